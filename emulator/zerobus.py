@@ -1,0 +1,375 @@
+"""The Zerobus Ingest gRPC service (`databricks.zerobus.Zerobus/EphemeralStream`).
+
+One call is one stream: a `create_stream` message names the table and the record
+format, then `ingest_record` / `ingest_record_batch` messages carry offsets 0, 1, 2, ...
+Each message's rows are decoded, checked against the table and handed to the table's
+writer; acknowledgements are cumulative and sent only after the rows are committed.
+
+Per stream, the handler runs a reader (decode and queue appends, in offset order) and
+an acker (await commits in order, coalesce, send `durability_ack_up_to_offset`). A bad
+record stops the reader; what was queued before it still commits and is acknowledged,
+then the call ends with INVALID_ARGUMENT naming the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pyarrow as pa
+import structlog
+
+from emulator.catalog import Catalog
+from emulator.errors import EmulatorError, SchemaMismatchError, TableNotFoundError
+from emulator.records import JsonRecordDecoder, ProtoRecordDecoder
+from proto import zerobus_service_pb2 as pb
+from proto import zerobus_service_pb2_grpc as pb_grpc
+
+log = structlog.get_logger(__name__)
+
+TABLE_HEADER = "x-databricks-zerobus-table-name"
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # the service promises 10 MiB; leave headroom
+# Batches at least this large are decoded off the event loop so acks keep flowing.
+_THREAD_DECODE_MIN_RECORDS = 64
+
+
+class StreamError(Exception):
+    """Ends one stream with a gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class StreamInfo:
+    stream_id: str
+    table: str
+    record_type: str
+    opened_at: float
+    messages: int = 0
+    rows: int = 0
+    acked_offset: int = -1
+
+
+@dataclass
+class ZerobusStats:
+    streams_created: int = 0
+    streams_rejected: int = 0
+    rows_committed: int = 0
+    active: dict[str, StreamInfo] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "streams_created": self.streams_created,
+            "streams_rejected": self.streams_rejected,
+            "streams_active": len(self.active),
+            "rows_committed": self.rows_committed,
+            "active": [vars(s) for s in self.active.values()],
+        }
+
+
+_DONE = object()
+
+
+class ZerobusService(pb_grpc.ZerobusServicer):
+    def __init__(
+        self,
+        catalog: Catalog,
+        token: str,
+        *,
+        rotation_interval_s: float | None = None,
+        rotation_grace_s: float = 5.0,
+        ack_only: bool = False,
+    ) -> None:
+        self.catalog = catalog
+        self._token = token.encode()
+        self.rotation_interval_s = rotation_interval_s
+        self.rotation_grace_s = rotation_grace_s
+        # Acknowledge without decoding or storing: the transport's ceiling, for benchmarks.
+        self.ack_only = ack_only
+        self.stats = ZerobusStats()
+        self._sessions: set[_Session] = set()
+
+    async def EphemeralStream(  # noqa: N802 - the RPC's name
+        self, request_iterator: AsyncIterator[pb.EphemeralStreamRequest], context: Any
+    ) -> None:
+        # The SDK waits for response headers before it sends its first message.
+        await context.send_initial_metadata(())
+        session: _Session | None = None
+        try:
+            session = await self._open(request_iterator, context)
+            self._sessions.add(session)
+            await session.run()
+        except StreamError as exc:
+            if session is None:
+                self.stats.streams_rejected += 1
+            log.warning("stream_failed", code=exc.code.name, reason=exc.message)
+            await context.abort(exc.code, exc.message)
+        finally:
+            if session is not None:
+                self._sessions.discard(session)
+                self.stats.active.pop(session.info.stream_id, None)
+
+    async def shutdown(self) -> None:
+        """Stop reading every stream, commit and acknowledge what they hold, end them."""
+        await asyncio.gather(*(s.stop_reading() for s in list(self._sessions)))
+
+    async def _open(
+        self, requests: AsyncIterator[pb.EphemeralStreamRequest], context: Any
+    ) -> _Session:
+        metadata = {k.lower(): v for k, v in context.invocation_metadata()}
+        authorization = metadata.get("authorization", "")
+        scheme, _, presented = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), self._token):
+            raise StreamError(grpc.StatusCode.UNAUTHENTICATED, "invalid or missing bearer token")
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT, "stream closed before create_stream"
+            ) from None
+        if first.WhichOneof("payload") != "create_stream":
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be create_stream"
+            )
+        create = first.create_stream
+        if not create.table_name:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "create_stream has no table_name")
+        try:
+            table = self.catalog.get(create.table_name)
+            header = metadata.get(TABLE_HEADER)
+            if header is None:
+                raise StreamError(
+                    grpc.StatusCode.UNAUTHENTICATED, f"missing {TABLE_HEADER} header"
+                )
+            if self.catalog.get(header).name != table.name:
+                raise StreamError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{TABLE_HEADER} names {header}, the stream targets {create.table_name}",
+                )
+        except TableNotFoundError as exc:
+            raise StreamError(grpc.StatusCode.NOT_FOUND, str(exc)) from None
+        except SchemaMismatchError as exc:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
+        record_type = create.record_type if create.HasField("record_type") else pb.PROTO
+        decoder: ProtoRecordDecoder | JsonRecordDecoder
+        try:
+            if record_type == pb.PROTO:
+                if not create.HasField("descriptor_proto"):
+                    raise SchemaMismatchError("a PROTO stream needs descriptor_proto")
+                decoder = ProtoRecordDecoder(table.schema, create.descriptor_proto)
+            elif record_type == pb.JSON:
+                decoder = JsonRecordDecoder(table.schema)
+            else:
+                raise SchemaMismatchError(f"unsupported record_type {record_type}")
+        except SchemaMismatchError as exc:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
+        info = StreamInfo(
+            stream_id=uuid.uuid4().hex,
+            table=table.name,
+            record_type=pb.RecordType.Name(record_type),
+            opened_at=time.time(),
+        )
+        await context.write(
+            pb.EphemeralStreamResponse(
+                create_stream_response=pb.CreateIngestStreamResponse(stream_id=info.stream_id)
+            )
+        )
+        self.stats.streams_created += 1
+        self.stats.active[info.stream_id] = info
+        log.info("stream_opened", stream_id=info.stream_id, table=table.name, type=info.record_type)
+        return _Session(self, requests, context, decoder, info)
+
+
+class _Session:
+    def __init__(
+        self,
+        service: ZerobusService,
+        requests: AsyncIterator[pb.EphemeralStreamRequest],
+        context: Any,
+        decoder: ProtoRecordDecoder | JsonRecordDecoder,
+        info: StreamInfo,
+    ) -> None:
+        self.service = service
+        self.requests = requests
+        self.context = context
+        self.decoder = decoder
+        self.info = info
+        self.writer = None if service.ack_only else service.catalog.writer(info.table)
+        self.pending: asyncio.Queue[Any] = asyncio.Queue()
+        self.write_lock = asyncio.Lock()
+        self.reader: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        self.reader = asyncio.create_task(self._read())
+        acker = asyncio.create_task(self._ack())
+        rotation = (
+            asyncio.create_task(self._rotate())
+            if self.service.rotation_interval_s is not None
+            else None
+        )
+        try:
+            await asyncio.wait({self.reader, acker}, return_when=asyncio.FIRST_COMPLETED)
+            if acker.done() and acker.exception() is not None:
+                self.reader.cancel()
+                acker.result()  # raises the commit failure
+            read_error: BaseException | None = None
+            try:
+                await self.reader
+            except asyncio.CancelledError:
+                if not self.reader.cancelled():
+                    raise
+            except StreamError as exc:
+                read_error = exc
+            self.pending.put_nowait(_DONE)
+            await acker  # commits and acknowledges what was read before the end
+            if read_error is not None:
+                raise read_error
+        finally:
+            for task in (self.reader, acker, rotation):
+                if task is not None and not task.done():
+                    task.cancel()
+            log.info(
+                "stream_closed",
+                stream_id=self.info.stream_id,
+                messages=self.info.messages,
+                rows=self.info.rows,
+                acked=self.info.acked_offset,
+            )
+
+    async def stop_reading(self) -> None:
+        if self.reader is not None and not self.reader.done():
+            self.reader.cancel()
+
+    async def _read(self) -> None:
+        expected = 0
+        async for request in self.requests:
+            kind = request.WhichOneof("payload")
+            if kind == "ingest_record":
+                body = request.ingest_record
+                which = body.WhichOneof("record")
+                payloads: list[Any] = [getattr(body, which)] if which else []
+            elif kind == "ingest_record_batch":
+                body = request.ingest_record_batch
+                which = body.WhichOneof("batch")
+                payloads = list(getattr(body, which).records) if which else []
+            else:
+                raise StreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind} after create_stream"
+                )
+            if not body.HasField("offset_id") or body.offset_id != expected:
+                got = body.offset_id if body.HasField("offset_id") else "none"
+                raise StreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"offset_id {got} out of order: expected {expected}"
+                )
+            if not payloads:
+                raise StreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"message at offset {expected} has no records"
+                )
+            is_json = which in ("json_record", "json_batch")
+            if is_json != isinstance(self.decoder, JsonRecordDecoder):
+                raise StreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"offset {expected}: {which} on a {self.info.record_type} stream",
+                )
+            self.info.messages += 1
+            if self.writer is None:
+                self.pending.put_nowait((expected, None, len(payloads)))
+            else:
+                batch = await self._decode(payloads, expected)
+                commit = asyncio.ensure_future(self.writer.append(batch))
+                self.pending.put_nowait((expected, commit, batch.num_rows))
+            expected += 1
+
+    async def _decode(self, payloads: list[Any], offset: int) -> pa.RecordBatch:
+        try:
+            if len(payloads) >= _THREAD_DECODE_MIN_RECORDS:
+                return await asyncio.to_thread(self.decoder.decode, payloads)
+            return self.decoder.decode(payloads)
+        except EmulatorError as exc:
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"offset {offset}: {exc}"
+            ) from None
+
+    async def _ack(self) -> None:
+        while True:
+            item = await self.pending.get()
+            if item is _DONE:
+                return
+            last, rows = await self._committed(item)
+            # Coalesce: everything already committed behind it shares one ack.
+            while not self.pending.empty():
+                queued = self.pending._queue[0]  # type: ignore[attr-defined]
+                if queued is _DONE or (queued[1] is not None and not queued[1].done()):
+                    break
+                self.pending.get_nowait()
+                offset, more = await self._committed(queued)
+                last, rows = offset, rows + more
+            self.info.acked_offset = last
+            self.info.rows += rows
+            self.service.stats.rows_committed += rows
+            async with self.write_lock:
+                await self.context.write(
+                    pb.EphemeralStreamResponse(
+                        ingest_record_response=pb.IngestRecordResponse(
+                            durability_ack_up_to_offset=last
+                        )
+                    )
+                )
+
+    @staticmethod
+    async def _committed(item: tuple[int, asyncio.Future[Any] | None, int]) -> tuple[int, int]:
+        offset, commit, rows = item
+        if commit is not None:
+            try:
+                await commit
+            except Exception as exc:
+                raise StreamError(
+                    grpc.StatusCode.UNAVAILABLE, f"commit of offset {offset} failed: {exc}"
+                ) from exc
+        return offset, rows
+
+    async def _rotate(self) -> None:
+        interval = self.service.rotation_interval_s
+        assert interval is not None
+        await asyncio.sleep(interval)
+        grace = self.service.rotation_grace_s
+        seconds, nanos = int(grace), int((grace - int(grace)) * 1e9)
+        async with self.write_lock:
+            await self.context.write(
+                pb.EphemeralStreamResponse(
+                    close_stream_signal=pb.CloseStreamSignal(
+                        duration={"seconds": seconds, "nanos": nanos}
+                    )
+                )
+            )
+        log.info("stream_rotation_signalled", stream_id=self.info.stream_id, grace_s=grace)
+        await asyncio.sleep(grace)
+        await self.stop_reading()
+
+
+def build_server(service: ZerobusService, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """A gRPC server for the service, bound to host:port (0 = any free port)."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_ZerobusServicer_to_server(service, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind the Zerobus service to {host}:{port}")
+    return server, bound
+
