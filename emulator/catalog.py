@@ -76,9 +76,7 @@ class Catalog:
         except KeyError:
             raise TableNotFoundError(canonical) from None
 
-    def create_table(
-        self, name: str, schema: TableSchema, *, if_not_exists: bool = False
-    ) -> Table:
+    def create_table(self, name: str, schema: TableSchema, *, if_not_exists: bool = False) -> Table:
         canonical = parse_table_name(name)
         existing = self._tables.get(canonical)
         if existing is not None:

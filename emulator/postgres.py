@@ -152,6 +152,15 @@ def _free_port(host: str) -> int:
         return port
 
 
+def _kill(proc: psutil.Process, timeout: float = 10.0) -> None:
+    """SIGKILL ``proc`` and wait until it is gone or a zombie (its reaper may be slow)."""
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc.kill()
+        while proc.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
 def _check_loopback(host: str) -> None:
     if host == "localhost":
         return
@@ -199,6 +208,7 @@ class EmbeddedPostgres:
         self._socket_dir: Path | None = None
         self._private_socket_dir: Path | None = None
         self._started = False
+        self._pid: int | None = None
         self._lock = threading.Lock()
 
     # -- properties -------------------------------------------------------------------------
@@ -241,29 +251,42 @@ class EmbeddedPostgres:
         """Initialize the cluster if needed, start it and wait until it accepts connections."""
         with self._lock:
             if self._started:
-                if self._running():
+                if self._ours_running():
                     return
                 log.warning("postgres.server_gone", data_dir=str(self._data_dir))
                 self._started = False
+                self._remove_private_socket_dir()
             began = time.monotonic()
-            self._prepare_data_dir()
-            if not (self._data_dir / "PG_VERSION").exists():
-                self._initdb()
-            self._stop_orphan()
-            self._launch()
             try:
+                self._prepare_data_dir()
+                if not (self._data_dir / "PG_VERSION").exists():
+                    self._initdb()
+                self._stop_orphan()
+            except OSError as exc:
+                raise PostgresStartError(
+                    f"cannot prepare postgres data dir {self._data_dir}: {exc}"
+                ) from exc
+            try:
+                self._launch()
                 self._wait_ready(time.monotonic() + _START_TIMEOUT_S)
                 self._ensure_database()
                 self._ensure_password()
+            except psycopg.Error as exc:
+                self._shutdown()
+                raise PostgresStartError(
+                    f"postgres at {self._data_dir} failed its start-up checks: "
+                    f"{self._scrub(str(exc).strip())}"
+                ) from exc
             except BaseException:
                 self._shutdown()
                 raise
             self._started = True
+            self._pid = self._read_pid()
             log.info(
                 "postgres.started",
                 dsn=self.dsn_masked,
                 data_dir=str(self._data_dir),
-                pid=self._read_pid(),
+                pid=self._pid,
                 ms=round((time.monotonic() - began) * 1000),
             )
 
@@ -272,8 +295,13 @@ class EmbeddedPostgres:
         with self._lock:
             if not self._started:
                 return
-            self._shutdown()
             self._started = False
+            if not self._ours_running():
+                # Our server died, or the data dir serves another instance by now.
+                log.info("postgres.already_stopped", data_dir=str(self._data_dir))
+                self._remove_private_socket_dir()
+                return
+            self._shutdown()
             log.info("postgres.stopped", data_dir=str(self._data_dir))
 
     # -- steps ------------------------------------------------------------------------------
@@ -363,10 +391,7 @@ class EmbeddedPostgres:
             result = self._pg_ctl_stop()
             if result.returncode != 0:
                 log.warning("postgres.orphan_killed", pid=pid, reason=result.stderr.strip())
-                with contextlib.suppress(psutil.Error):
-                    proc.kill()
-            with contextlib.suppress(psutil.Error):
-                proc.wait(timeout=10)
+                _kill(proc)
         if (
             old_socket_dir is not None
             and old_socket_dir.parent == _private_base()
@@ -409,6 +434,7 @@ class EmbeddedPostgres:
 
     def _pg_ctl_start(self) -> None:
         self._socket_dir = self._choose_socket_dir()
+        self._clear_stale_socket_lock()
         options = " ".join(
             [
                 "-c",
@@ -455,6 +481,29 @@ class EmbeddedPostgres:
                 f"{self._scrub(result.stderr.strip())}\n"
                 f"--- server log {self.log_path} (tail) ---\n{self._tail(server_log)}"
             )
+
+    def _clear_stale_socket_lock(self) -> None:
+        """Remove a socket lock file whose owner is gone or a zombie.
+
+        Postgres removes such files itself when the pid is dead, but not when the old
+        postmaster is a zombie nobody has reaped yet (common in containers).
+        """
+        assert self._socket_dir is not None
+        socket_path = self._socket_dir / f".s.PGSQL.{self._port}"
+        lock = socket_path.with_name(socket_path.name + ".lock")
+        try:
+            pid = int(lock.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return
+        try:
+            proc = psutil.Process(pid)
+            alive = proc.status() != psutil.STATUS_ZOMBIE and proc.name() == "postgres"
+        except psutil.Error:
+            alive = False
+        if not alive:
+            lock.unlink(missing_ok=True)
+            socket_path.unlink(missing_ok=True)
+            log.info("postgres.stale_socket_lock_removed", pid=pid, path=str(lock))
 
     def _choose_socket_dir(self) -> Path:
         self._remove_private_socket_dir()
@@ -566,15 +615,14 @@ class EmbeddedPostgres:
         )
 
     def _shutdown(self) -> None:
-        result = self._pg_ctl_stop()
-        if result.returncode != 0:
+        # Only a live postmaster: pg_ctl would wait the full timeout on a zombie's pid file.
+        if self._running():
+            result = self._pg_ctl_stop()
             pid = self._read_pid()
             proc = self._postmaster(pid) if pid is not None else None
-            if proc is not None:
+            if result.returncode != 0 and proc is not None:
                 log.warning("postgres.stop_failed_killing", pid=pid, reason=result.stderr.strip())
-                with contextlib.suppress(psutil.Error):
-                    proc.kill()
-                    proc.wait(timeout=10)
+                _kill(proc)
         self._remove_private_socket_dir()
 
     def _pg_ctl_stop(self) -> subprocess.CompletedProcess[str]:
@@ -627,6 +675,9 @@ class EmbeddedPostgres:
             out.seek(0)
             err.seek(0)
             return subprocess.CompletedProcess(command, proc.returncode, out.read(), err.read())
+
+    def _ours_running(self) -> bool:
+        return self._pid is not None and self._read_pid() == self._pid and self._running()
 
     def _running(self) -> bool:
         pid = self._read_pid()

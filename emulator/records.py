@@ -86,7 +86,9 @@ class ProtoRecordDecoder:
         try:
             proto = descriptor_pb2.DescriptorProto.FromString(descriptor_bytes)
         except message.DecodeError:
-            raise SchemaMismatchError("descriptor_proto is not a serialized DescriptorProto") from None
+            raise SchemaMismatchError(
+                "descriptor_proto is not a serialized DescriptorProto"
+            ) from None
         if not proto.name:
             raise SchemaMismatchError("descriptor_proto has no message name")
         # Column index for each proto field index; None for a column the descriptor lacks.
@@ -153,7 +155,9 @@ class ProtoRecordDecoder:
             try:
                 msg = parse(payload)
             except message.DecodeError:
-                raise SchemaMismatchError(self._explain(i, payload)) from None
+                raise SchemaMismatchError(
+                    f"record {i} is not a valid {self._message_name} message"
+                ) from None
             if len(UnknownFieldSet(msg)):
                 raise SchemaMismatchError(
                     f"record {i} has fields that {self._message_name} does not declare"
@@ -164,15 +168,6 @@ class ProtoRecordDecoder:
             rows.append(row)
         columns = list(zip(*rows, strict=True)) if rows else [()] * width
         return _to_batch(self.schema, columns, len(rows))
-
-    def _explain(self, index: int, payload: bytes) -> str:
-        partial = self._cls()
-        try:
-            partial.MergeFromString(payload)
-        except message.DecodeError:
-            return f"record {index} is not a valid {self._message_name} message"
-        missing = partial.FindInitializationErrors()
-        return f"record {index} lacks required field(s) {', '.join(missing)}"
 
 
 class JsonRecordDecoder:
@@ -252,7 +247,8 @@ def _json_value(col: Column, value: Any, index: int) -> Any:
         ok = False
     if not ok:
         raise SchemaMismatchError(
-            f"record {index}: column {col.name} is {kind}, got {type(value).__name__} {value!r:.40}",
+            f"record {index}: column {col.name} is {kind}, "
+            f"got {type(value).__name__} {value!r:.40}",
             col.name,
         )
     return value
