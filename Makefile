@@ -23,7 +23,7 @@ test: lint proto-check
 
 ## bench: benchmarks; results go to results/
 bench: $(STAMP)
-	$(BIN)/python -m bench.emulator_bench --out results
+	$(BIN)/python -m bench.stack_bench --out results
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import operator
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -91,8 +92,12 @@ class ProtoRecordDecoder:
             ) from None
         if not proto.name:
             raise SchemaMismatchError("descriptor_proto has no message name")
-        # Column index for each proto field index; None for a column the descriptor lacks.
-        self._slots = self._check(proto)
+        slots = self._check(proto)
+        # (field name, column index, required) for each field of the descriptor
+        self._fields = [
+            (f.name, slot, f.label == FDP.LABEL_REQUIRED)
+            for f, slot in zip(proto.field, slots, strict=True)
+        ]
         self._message_name = proto.name
         self._cls = self._build_class(proto)
 
@@ -147,27 +152,41 @@ class ProtoRecordDecoder:
         return message_factory.GetMessageClass(descriptor)
 
     def decode(self, payloads: Sequence[bytes]) -> pa.RecordBatch:
-        width = len(self.schema.columns)
-        slots = self._slots
         parse: Callable[[bytes], message.Message] = self._cls.FromString
-        rows = []
+        try:
+            messages = list(map(parse, payloads))
+        except message.DecodeError:
+            raise SchemaMismatchError(
+                f"record {self._first_undecodable(payloads)} is not a valid "
+                f"{self._message_name} message"
+            ) from None
+        if any(map(len, map(UnknownFieldSet, messages))):
+            index = next(i for i, m in enumerate(messages) if len(UnknownFieldSet(m)))
+            raise SchemaMismatchError(
+                f"record {index} has fields that {self._message_name} does not declare"
+            )
+        # Column by column: one attribute lookup per value is several times cheaper than
+        # assembling rows from ListFields().
+        count = len(messages)
+        columns: list[list[Any]] = [[None] * count for _ in self.schema.columns]
+        # upb does not enforce proto2 `required` when parsing; IsInitialized() does, and
+        # when it holds, required fields need no presence check.
+        complete = all(m.IsInitialized() for m in messages)
+        for field_name, slot, required in self._fields:
+            get = operator.attrgetter(field_name)
+            if required and complete:
+                columns[slot] = list(map(get, messages))
+            else:
+                columns[slot] = [get(m) if m.HasField(field_name) else None for m in messages]
+        return _to_batch(self.schema, columns, count)
+
+    def _first_undecodable(self, payloads: Sequence[bytes]) -> int:
         for i, payload in enumerate(payloads):
             try:
-                msg = parse(payload)
+                self._cls.FromString(payload)
             except message.DecodeError:
-                raise SchemaMismatchError(
-                    f"record {i} is not a valid {self._message_name} message"
-                ) from None
-            if len(UnknownFieldSet(msg)):
-                raise SchemaMismatchError(
-                    f"record {i} has fields that {self._message_name} does not declare"
-                )
-            row: list[Any] = [None] * width
-            for fd, value in msg.ListFields():
-                row[slots[fd.index]] = value
-            rows.append(row)
-        columns = list(zip(*rows, strict=True)) if rows else [()] * width
-        return _to_batch(self.schema, columns, len(rows))
+                return i
+        return -1
 
 
 class JsonRecordDecoder:

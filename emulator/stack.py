@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ class StackConfig:
     rotation_interval_s: float | None = None
     rotation_grace_s: float = 5.0
     ack_only: bool = False
-    writer: TableWriterConfig = TableWriterConfig()
+    writer: TableWriterConfig = field(default_factory=TableWriterConfig)
 
 
 class LocalStack:
@@ -46,6 +46,7 @@ class LocalStack:
         self._grpc: Any = None
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
+        self._statements: Any = None
         self.zerobus_port = 0
         self.api_port = 0
 
@@ -65,6 +66,7 @@ class LocalStack:
         await self._grpc.start()
 
         app = create_statement_app(self.catalog, cfg.token)
+        self._statements = app.state.statement_service
         app.add_api_route("/api/local/status", self._status, methods=["GET"])
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -109,6 +111,8 @@ class LocalStack:
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             await self._http_task
+        if self._statements is not None:
+            await self._statements.close()
         if self.catalog is not None:
             await self.catalog.close()
         if self.postgres is not None:

@@ -125,6 +125,14 @@ class TableWriter:
             self.stats.commits += 1
             self.stats.rows += result.rows_in_commit
             self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
+            log.debug(
+                "committed",
+                table=self.name,
+                version=result.version,
+                rows=result.rows_in_commit,
+                appends=len(taken),
+                ms=round(self.stats.last_commit_ms, 1),
+            )
             for _, future in taken:
                 if not future.done():
                     future.set_result(result)

@@ -1,0 +1,1 @@
+"""Benchmarks: load generation, statistics and results files."""

@@ -1,0 +1,56 @@
+"""Session fixtures: one local stack process for the whole run, real sockets throughout."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from emulator.process import LocalStackProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+PRODUCTS_DDL = (ROOT / "sql" / "products_table.sql").read_text()
+
+
+def workspace_client(endpoints: dict[str, Any]) -> Any:
+    from databricks.sdk import WorkspaceClient
+
+    return WorkspaceClient(host=endpoints["api_url"], token=endpoints["token"], auth_type="pat")
+
+
+def run_sql(endpoints: dict[str, Any], statement: str, **kwargs: Any) -> Any:
+    """Run one statement through the official SDK; fail the test unless it succeeded."""
+    from databricks.sdk.service.sql import StatementState
+
+    w = workspace_client(endpoints)
+    resp = w.statement_execution.execute_statement(
+        statement=statement, warehouse_id=endpoints["warehouse_id"], wait_timeout="30s", **kwargs
+    )
+    assert resp.status.state == StatementState.SUCCEEDED, resp.status
+    return resp
+
+
+def products_ddl(table: str) -> str:
+    return PRODUCTS_DDL.replace("main.default.products", table)
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The local stack (without Postgres), shared by the session."""
+    data_dir = tmp_path_factory.mktemp("stack")
+    stack = LocalStackProcess(data_dir, token=secrets.token_urlsafe(16), args=["--no-postgres"])
+    endpoints = stack.start()
+    yield endpoints
+    assert stack.stop() == 0, f"local stack exited uncleanly; see {stack.log_path}"
+
+
+@pytest.fixture
+def products_table(local_stack: dict[str, Any], request: pytest.FixtureRequest) -> str:
+    """A fresh, empty products table for one test."""
+    name = f"main.default.products_{request.node.name.split('[')[0][-40:]}_{secrets.token_hex(3)}"
+    name = name.lower().replace("-", "_")
+    run_sql(local_stack, products_ddl(name))
+    return name
