@@ -25,7 +25,6 @@ from tests.emulator.zerobus_support import (
     to_proto,
 )
 
-
 # How the SDK (tonic underneath) renders the gRPC status codes in its errors.
 INVALID_ARGUMENT = "code: 'Client specified an invalid argument'"
 UNAUTHENTICATED = "code: 'The request does not have valid authentication credentials'"
@@ -164,7 +163,8 @@ async def test_record_missing_not_null_value_writes_nothing(local_stack, product
         await stream.ingest_records_offset([to_proto(product(9)), bad.SerializeToString()])
         await stream.flush()
     assert str(err.value) == (
-        "Invalid argument: offset 1: column product_name is NOT NULL but record 1 has no value for it."
+        "Invalid argument: offset 1: "
+        "column product_name is NOT NULL but record 1 has no value for it."
     )
     # The good batch before is there; nothing of the rejected batch is.
     assert read_rows(local_stack, products_table) == expected(good)
