@@ -68,6 +68,7 @@ class LocalStack:
         app = create_statement_app(self.catalog, cfg.token)
         self._statements = app.state.statement_service
         app.add_api_route("/api/local/status", self._status, methods=["GET"])
+        app.add_api_route("/api/local/endpoints", self._endpoints, methods=["GET"])
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((cfg.host, cfg.api_port))
@@ -119,13 +120,21 @@ class LocalStack:
             await asyncio.to_thread(self.postgres.stop)
         log.info("local_stack_stopped")
 
-    async def _status(self, authorization: str = Header(default="")) -> dict[str, Any]:
-        """Counters of the local stack (streams, commits), for tests and debug pages."""
+    def _authorize(self, authorization: str) -> None:
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             presented.encode(), self.config.token.encode()
         ):
             raise HTTPException(status_code=401, detail="invalid or missing bearer token")
+
+    async def _endpoints(self, authorization: str = Header(default="")) -> dict[str, Any]:
+        """Where the services listen, for a client given only the API URL and the token."""
+        self._authorize(authorization)
+        return self.endpoints()
+
+    async def _status(self, authorization: str = Header(default="")) -> dict[str, Any]:
+        """Counters of the local stack (streams, commits), for tests and debug pages."""
+        self._authorize(authorization)
         assert self.catalog is not None and self.zerobus is not None
         tables = {}
         for name in self.catalog.names():

@@ -39,12 +39,30 @@ def products_ddl(table: str) -> str:
 
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The local stack (without Postgres), shared by the session."""
+    """The whole local stack (Zerobus, Statement Execution API, Postgres), shared by the session."""
     data_dir = tmp_path_factory.mktemp("stack")
-    stack = LocalStackProcess(data_dir, token=secrets.token_urlsafe(16), args=["--no-postgres"])
+    stack = LocalStackProcess(data_dir, token=secrets.token_urlsafe(16))
     endpoints = stack.start()
     yield endpoints
     assert stack.stop() == 0, f"local stack exited uncleanly; see {stack.log_path}"
+
+
+def local_targets(endpoints: dict[str, Any], **settings: Any) -> Any:
+    """Writer targets on the local stack, as the app resolves them in local mode."""
+    from pydantic import SecretStr
+
+    from settings import Settings
+    from writers.base import Targets
+
+    return Targets(
+        mode="local",
+        settings=Settings(app_mode="local", data_dir=Path(endpoints["data_dir"]), **settings),
+        zerobus_endpoint=endpoints["zerobus_endpoint"],
+        workspace_url=endpoints["api_url"],
+        warehouse_id=endpoints["warehouse_id"],
+        local_token=SecretStr(endpoints["token"]),
+        postgres_dsn=SecretStr(endpoints["postgres_dsn"]),
+    )
 
 
 @pytest.fixture
@@ -54,3 +72,32 @@ def products_table(local_stack: dict[str, Any], request: pytest.FixtureRequest) 
     name = name.lower().replace("-", "_")
     run_sql(local_stack, products_ddl(name))
     return name
+
+
+def app_settings(endpoints: dict[str, Any], **overrides: Any) -> Any:
+    """Settings of an app in local mode that uses the given running local stack."""
+    from settings import Settings
+
+    values: dict[str, Any] = {
+        "app_mode": "local",
+        "data_dir": Path(endpoints["data_dir"]),
+        "local_stack_url": endpoints["api_url"],
+        "local_stack_token": endpoints["token"],
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def app_server(local_stack: dict[str, Any]) -> Iterator[Any]:
+    """The app on a real socket, in local mode on the session's local stack."""
+    from tests.app_server import AppServer
+
+    with AppServer(app_settings(local_stack)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def client(app_server: Any) -> Iterator[Any]:
+    with app_server.client() as http:
+        yield http

@@ -1,0 +1,11 @@
+"""HTTP routes, one module per resource; `api_router` gathers them."""
+
+from fastapi import APIRouter
+
+from api.routes import debug, health, ingest, writers
+
+api_router = APIRouter()
+api_router.include_router(ingest.router)
+api_router.include_router(writers.router)
+api_router.include_router(debug.router)
+api_router.include_router(health.router)

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import structlog
+from fastapi import APIRouter
+
+from api.deps import RuntimeDep, SettingsDep
+from api.models import ErrorBody, ErrorInfo, ProcessRequest, ProcessResponse, WriterResult
+from bench.measure import WriteOutcome, measured_write
+from errors import (
+    RequestTooLargeError,
+    UnknownWriterError,
+    WriteFailedError,
+    WriterUnavailableError,
+)
+from records import build_records, new_batch_id
+from writers import INGEST_WRITERS, WRITERS, writer_class
+
+router = APIRouter(tags=["ingest"])
+log = structlog.get_logger(__name__)
+
+
+def _writer_names(writer_type: str) -> tuple[str, ...]:
+    if writer_type == "all":
+        return INGEST_WRITERS
+    if writer_type in INGEST_WRITERS:
+        return (writer_type,)
+    valid = f"{', '.join(INGEST_WRITERS)} or 'all'"
+    if writer_type in WRITERS:
+        raise UnknownWriterError(
+            f"writer {writer_type!r} is a benchmark baseline that stores nothing; "
+            f"writer_type must be {valid}"
+        )
+    raise UnknownWriterError(f"unknown writer {writer_type!r}; writer_type must be {valid}")
+
+
+def _result(outcome: WriteOutcome, label: str) -> WriterResult:
+    error = None
+    if outcome.error is not None:
+        error = ErrorInfo(
+            kind="unavailable" if outcome.status == "unavailable" else "write_failed",
+            message=outcome.error.message,
+        )
+    return WriterResult(
+        writer=outcome.writer,
+        label=label,
+        status=outcome.status,
+        rows_written=outcome.rows_written,
+        processing_time_ms=round(outcome.elapsed_s * 1000, 3),
+        throughput_records_per_sec=round(outcome.rows_per_s, 1),
+        details=outcome.details,
+        error=error,
+    )
+
+
+@router.post(
+    "/api/v1/process-structured",
+    responses={
+        400: {"model": ErrorBody, "description": "unknown writer"},
+        413: {"model": ErrorBody, "description": "too many items or too large a body"},
+        502: {"model": ErrorBody, "description": "the target failed the write"},
+        503: {"model": ErrorBody, "description": "the writer cannot reach its target"},
+    },
+)
+async def process_structured(
+    body: ProcessRequest, runtime: RuntimeDep, settings: SettingsDep
+) -> ProcessResponse:
+    """Write the items durably through one writer, or through every writer side by side."""
+    if len(body.items) > settings.max_items_per_request:
+        raise RequestTooLargeError(
+            f"{len(body.items)} items in one request; the limit is "
+            f"{settings.max_items_per_request}: split the batch"
+        )
+    names = _writer_names(body.writer_type)
+    batch_id = new_batch_id()
+    processed_at = dt.datetime.now(dt.UTC)
+    started = time.perf_counter()
+    results: list[WriterResult] = []
+    outcomes: list[WriteOutcome] = []
+    for name in names:
+        label = name
+        try:
+            label = writer_class(name).label
+            writer = await runtime.writers.get(name)
+        except WriterUnavailableError as exc:
+            outcome = WriteOutcome(name, "unavailable", 0, 0.0, error=exc)
+        else:
+            records = build_records(
+                body.items, batch_id=batch_id, source=name, processed_at=processed_at
+            )
+            outcome = await measured_write(writer, records)
+        log.info(
+            "ingest",
+            batch_id=batch_id,
+            writer=name,
+            status=outcome.status,
+            rows=outcome.rows_written,
+            ms=round(outcome.elapsed_s * 1000, 1),
+        )
+        outcomes.append(outcome)
+        results.append(_result(outcome, label))
+    elapsed = time.perf_counter() - started
+
+    succeeded = [o for o in outcomes if o.status == "success"]
+    if not succeeded:
+        if len(outcomes) == 1 and outcomes[0].error is not None:
+            raise outcomes[0].error
+        reasons = "; ".join(
+            f"{o.writer}: {o.error.message if o.error else o.status}" for o in outcomes
+        )
+        if all(o.status == "unavailable" for o in outcomes):
+            raise WriterUnavailableError(f"no writer could write: {reasons}")
+        raise WriteFailedError(f"no writer wrote the batch: {reasons}")
+    written = sum(o.rows_written for o in succeeded)
+    return ProcessResponse(
+        batch_id=batch_id,
+        writer_type=body.writer_type,
+        status="success" if len(succeeded) == len(outcomes) else "partial",
+        processed_count=written,
+        processing_time_ms=round(elapsed * 1000, 3),
+        throughput_records_per_sec=round(written / elapsed, 1) if elapsed > 0 else 0.0,
+        results=results,
+    )

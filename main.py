@@ -1,0 +1,102 @@
+"""The FastAPI app: `create_app(settings)`, and `app` for `uvicorn main:app`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from api import api_router
+from api.middleware import BodyLimitMiddleware, RequestLogMiddleware
+from errors import DirectWriteError
+from log import configure_logging
+from runtime import Runtime
+from settings import Settings
+
+STATIC = Path(__file__).resolve().parent / "static"
+_ERROR_NAMES = {
+    400: "unknown_writer",
+    409: "conflict",
+    413: "request_too_large",
+    502: "write_failed",
+    503: "writer_unavailable",
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(settings)
+        app.state.runtime = runtime
+        try:
+            await runtime.start()
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="Direct Write Bench",
+        version="0.1.0",
+        description="Write the same records through Zerobus, a SQL warehouse and Lakebase, "
+        "and compare latency and throughput.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(api_router)
+
+    @app.exception_handler(DirectWriteError)
+    async def direct_write_error(_: Request, exc: DirectWriteError) -> JSONResponse:
+        body = {
+            "error": _ERROR_NAMES.get(exc.status_code, "error"),
+            "message": exc.message,
+            "writer": exc.writer,
+        }
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's shape, with the offending input made safe to echo: NaN is not JSON, and a
+        # 16 MiB description does not belong in an error message.
+        errors = [{**e, "input": _echo(e.get("input"))} for e in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        @app.get("/", include_in_schema=False)
+        async def index() -> FileResponse:
+            return FileResponse(STATIC / "index.html")
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLogMiddleware)
+    return app
+
+
+def _echo(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str) and len(value) > 200:
+        return value[:200] + f"… ({len(value)} characters)"
+    if isinstance(value, dict | list):
+        text = repr(value)
+        return value if len(text) <= 2000 and "nan" not in text else text[:200] + "…"
+    return value
+
+
+def _app_from_environment() -> FastAPI:
+    settings = Settings()
+    configure_logging()
+    return create_app(settings)
+
+
+app = _app_from_environment()

@@ -1,0 +1,67 @@
+"""The app's settings: one pydantic-settings class, built once at start and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    # `local` runs against the local stack; `databricks` against a workspace.
+    # Default: databricks when DATABRICKS_HOST is set, else local.
+    app_mode: Literal["local", "databricks"] | None = None
+    data_dir: Path = Path(".data")
+    # An already running local stack (its api_url) instead of starting one, and its token.
+    local_stack_url: str | None = None
+    local_stack_token: SecretStr | None = None
+
+    zerobus_endpoint: str | None = None
+    zerobus_table: str = "main.default.products"
+    zerobus_record_format: Literal["proto", "json"] = "proto"
+
+    databricks_host: str | None = None
+    databricks_client_id: str | None = None
+    databricks_client_secret: SecretStr | None = None
+
+    databricks_warehouse_id: str | None = None
+    sql_table: str = "main.default.products"
+    sql_driver: Literal["statement-api", "connector"] = "statement-api"
+
+    pghost: str | None = None
+    pgport: int = 5432
+    pgdatabase: str | None = None
+    pguser: str | None = None
+    pgpassword: SecretStr | None = None
+    pgsslmode: str | None = None
+    lakebase_instance_name: str | None = None
+    lakebase_table: str = "public.products"
+    lakebase_write_mode: Literal["copy", "insert"] = "copy"
+
+    # Request limits of POST /api/v1/process-structured.
+    max_items_per_request: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, validation_alias="DATABRICKS_APP_PORT")
+
+    @model_validator(mode="after")
+    def _default_mode(self) -> Settings:
+        if self.app_mode is None:
+            self.app_mode = "databricks" if self.databricks_host else "local"
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        return self.app_mode == "local"
+
+    @property
+    def workspace_url(self) -> str | None:
+        if not self.databricks_host:
+            return None
+        host = self.databricks_host.rstrip("/")
+        return host if host.startswith(("https://", "http://")) else f"https://{host}"

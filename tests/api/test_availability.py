@@ -1,0 +1,93 @@
+"""The app against a local stack that goes away and comes back, and stream reuse."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import httpx
+
+from emulator.process import LocalStackProcess
+from tests.api.test_ingest import WATCH, delta_rows
+from tests.app_server import AppServer
+from tests.conftest import app_settings
+
+
+def stack_status(endpoints: dict[str, Any]) -> dict[str, Any]:
+    resp = httpx.get(
+        f"{endpoints['api_url']}/api/local/status",
+        headers={"Authorization": f"Bearer {endpoints['token']}"},
+    )
+    resp.raise_for_status()
+    return resp.json()
+
+
+def test_many_requests_share_one_zerobus_stream(local_stack):
+    before = stack_status(local_stack)["zerobus"]["streams_created"]
+    server = AppServer(app_settings(local_stack))
+    with server, server.client() as http:
+        batches = []
+        for _ in range(25):
+            resp = http.post(
+                "/api/v1/process-structured", json={"writer_type": "zerobus", "items": [WATCH]}
+            )
+            assert resp.status_code == 200, resp.text
+            batches.append(resp.json()["batch_id"])
+        debug = http.get("/debug/zerobus-availability").json()
+    assert stack_status(local_stack)["zerobus"]["streams_created"] == before + 1
+    assert debug["streams_created"] == 1 and debug["stream_state"] == "open"
+    assert all(len(delta_rows(local_stack, b, "zerobus")) == 1 for b in batches)
+
+
+def _ports(endpoints: dict[str, Any]) -> list[str]:
+    pg_port = endpoints["postgres_dsn"].rsplit(":", 1)[1].split("/", 1)[0]
+    return [
+        "--zerobus-port", endpoints["zerobus_endpoint"].rsplit(":", 1)[1],
+        "--api-port", endpoints["api_url"].rsplit(":", 1)[1],
+        "--postgres-port", pg_port,
+    ]  # fmt: skip
+
+
+def test_stack_down_is_503_with_a_reason_and_back_up_works(tmp_path):
+    token = secrets.token_urlsafe(16)
+    stack = LocalStackProcess(tmp_path / "stack", token=token)
+    endpoints = stack.start()
+    restarted = LocalStackProcess(tmp_path / "stack", token=token, args=_ports(endpoints))
+    server = AppServer(app_settings(endpoints))
+    try:
+        with server, server.client() as http:
+            ok = http.post(
+                "/api/v1/process-structured", json={"writer_type": "all", "items": [WATCH]}
+            )
+            assert ok.status_code == 200, ok.text
+            assert stack.stop() == 0
+
+            for writer in ("zerobus", "sql", "lakebase"):
+                resp = http.post(
+                    "/api/v1/process-structured", json={"writer_type": writer, "items": [WATCH]}
+                )
+                assert resp.status_code == 503, (writer, resp.text)
+                body = resp.json()
+                assert body["error"] == "writer_unavailable" and body["writer"] == writer
+                assert body["message"], body
+                assert token not in resp.text
+            every = http.post(
+                "/api/v1/process-structured", json={"writer_type": "all", "items": [WATCH]}
+            )
+            assert every.status_code == 503
+            writers = http.get("/api/v1/writers").json()
+            assert [w["available"] for w in writers] == [False, False, False]
+            assert all(w["reason"] for w in writers)
+
+            restarted.start()
+            for writer in ("zerobus", "sql", "lakebase"):
+                resp = http.post(
+                    "/api/v1/process-structured", json={"writer_type": writer, "items": [WATCH]}
+                )
+                assert resp.status_code == 200, (writer, resp.text)
+                assert resp.json()["processed_count"] == 1
+            rows = delta_rows(endpoints, resp.json()["batch_id"], "lakebase")
+            assert rows == []  # lakebase rows live in Postgres, not in the Delta table
+    finally:
+        stack.kill()
+        restarted.stop()

@@ -1,0 +1,224 @@
+"""POST /api/v1/process-structured end to end: real app, real local stack, rows read back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import psycopg
+import pytest
+from deltalake import DeltaTable
+
+from tests.emulator.zerobus_support import table_path
+
+WATCH = {
+    "product_id": "PROD005",
+    "product_name": "Smart Watch",
+    "product_price": 499.99,
+    "category": "electronics",
+    "sale_start_date": "2026-11-01",
+    "sale_stop_date": "2026-11-30",
+    "description": "O'Brien's \"best\" watch — ⌚",
+}
+
+
+def delta_rows(endpoints: dict[str, Any], batch_id: str, source: str) -> list[dict[str, Any]]:
+    data = DeltaTable(str(table_path(endpoints, "main.default.products"))).to_pyarrow_table()
+    rows = [r for r in data.to_pylist() if r["batch_id"] == batch_id and r["source"] == source]
+    return sorted(rows, key=lambda r: r["record_id"])
+
+
+def postgres_rows(endpoints: dict[str, Any], batch_id: str) -> list[dict[str, Any]]:
+    with psycopg.connect(endpoints["postgres_dsn"]) as conn:
+        cur = conn.execute(
+            "SELECT * FROM public.products WHERE batch_id = %s ORDER BY record_id", (batch_id,)
+        )
+        names = [c.name for c in cur.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def expected_row(item: dict[str, Any], batch_id: str, index: int, source: str) -> dict[str, Any]:
+    return {
+        "record_id": f"{batch_id}-{index:06d}",
+        "product_id": item["product_id"],
+        "product_name": item["product_name"],
+        "product_price": item["product_price"],
+        "category": item["category"],
+        "sale_start_date": dt.date.fromisoformat(item["sale_start_date"]),
+        "sale_stop_date": dt.date.fromisoformat(item["sale_stop_date"]),
+        "batch_id": batch_id,
+        "source": source,
+        "description": item.get("description"),
+    }
+
+
+def stored(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "processed_at"}
+
+
+def test_one_record_through_zerobus(client, local_stack):
+    resp = client.post(
+        "/api/v1/process-structured",
+        json={"schema_type": "products", "writer_type": "zerobus", "items": [WATCH]},
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["status"] == "success" and body["processed_count"] == 1
+    (result,) = body["results"]
+    assert result["writer"] == "zerobus" and result["rows_written"] == 1
+    assert isinstance(result["details"]["offset"], int)
+    rows = delta_rows(local_stack, body["batch_id"], "zerobus")
+    assert [stored(r) for r in rows] == [expected_row(WATCH, body["batch_id"], 0, "zerobus")]
+    assert rows[0]["processed_at"].tzinfo is not None
+
+
+def test_all_writes_the_same_items_to_every_target(client, local_stack):
+    items = [WATCH, {**WATCH, "product_id": "PROD006", "product_name": "Laptop"}]
+    resp = client.post("/api/v1/process-structured", json={"writer_type": "all", "items": items})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    batch = body["batch_id"]
+    assert [r["writer"] for r in body["results"]] == ["zerobus", "sql", "lakebase"]
+    assert all(r["status"] == "success" and r["rows_written"] == 2 for r in body["results"])
+    assert body["processed_count"] == 6
+    for source in ("zerobus", "sql"):
+        rows = [stored(r) for r in delta_rows(local_stack, batch, source)]
+        assert rows == [expected_row(it, batch, i, source) for i, it in enumerate(items)]
+    pg = [stored(r) for r in postgres_rows(local_stack, batch)]
+    assert pg == [expected_row(it, batch, i, "lakebase") for i, it in enumerate(items)]
+
+
+def test_unknown_writer_names_the_valid_ones(client):
+    resp = client.post(
+        "/api/v1/process-structured", json={"writer_type": "kafka", "items": [WATCH]}
+    )
+    assert resp.status_code == 400
+    assert resp.json() == {
+        "error": "unknown_writer",
+        "message": "unknown writer 'kafka'; writer_type must be zerobus, sql, lakebase or 'all'",
+        "writer": None,
+    }
+
+
+def test_null_writer_is_not_for_ingestion(client):
+    resp = client.post("/api/v1/process-structured", json={"writer_type": "null", "items": [WATCH]})
+    assert resp.status_code == 400
+    assert "benchmark baseline that stores nothing" in resp.json()["message"]
+
+
+def _item(**changes: Any) -> dict[str, Any]:
+    item = dict(WATCH)
+    for key, value in changes.items():
+        if value is ...:
+            item.pop(key)
+        else:
+            item[key] = value
+    return item
+
+
+@pytest.mark.parametrize(
+    ("items", "loc", "message"),
+    [
+        (
+            [_item(product_price=-1)],
+            ["body", "items", 0, "product_price"],
+            "greater than or equal to 0",
+        ),
+        ([_item(product_price="12.5")], ["body", "items", 0, "product_price"], "must be a number"),
+        ([_item(product_price=True)], ["body", "items", 0, "product_price"], "must be a number"),
+        ([_item(product_id="")], ["body", "items", 0, "product_id"], "at least 1 character"),
+        ([_item(product_name="x" * 257)], ["body", "items", 0, "product_name"], "at most 256"),
+        ([_item(product_id=...)], ["body", "items", 0, "product_id"], "Field required"),
+        (
+            [_item(sale_start_date="2026-12-01")],
+            ["body", "items", 0],
+            "sale_start_date must be on or before",
+        ),
+        (
+            [_item(sale_stop_date="30/11/2026")],
+            ["body", "items", 0, "sale_stop_date"],
+            "valid date",
+        ),
+        ([_item(category="c" * 65)], ["body", "items", 0, "category"], "at most 64"),
+        ([_item(colour="red")], ["body", "items", 0, "colour"], "Extra inputs are not permitted"),
+        (
+            [WATCH, _item(product_price=None)],
+            ["body", "items", 1, "product_price"],
+            "must be a number",
+        ),
+        ([], ["body", "items"], "at least 1 item"),
+        ("PROD005", ["body", "items"], "valid list"),
+    ],
+)
+def test_invalid_items_get_field_messages_and_write_nothing(
+    client, local_stack, items, loc, message
+):
+    before = DeltaTable(str(table_path(local_stack, "main.default.products"))).version()
+    resp = client.post("/api/v1/process-structured", json={"writer_type": "all", "items": items})
+    assert resp.status_code == 422, resp.text
+    errors = resp.json()["detail"]
+    assert any(e["loc"] == loc and message in e["msg"] for e in errors), errors
+    assert DeltaTable(str(table_path(local_stack, "main.default.products"))).version() == before
+
+
+def test_nan_price_is_rejected(client):
+    body = json.dumps({"writer_type": "zerobus", "items": [_item(product_price=float("nan"))]})
+    resp = client.post(
+        "/api/v1/process-structured", content=body, headers={"content-type": "application/json"}
+    )
+    assert resp.status_code == 422
+    assert "finite" in json.dumps(resp.json()["detail"])
+
+
+def test_wrong_schema_type(client):
+    resp = client.post(
+        "/api/v1/process-structured",
+        json={"schema_type": "orders", "writer_type": "zerobus", "items": [WATCH]},
+    )
+    assert resp.status_code == 422
+    assert resp.json()["detail"][0]["loc"] == ["body", "schema_type"]
+
+
+def test_malformed_json(client):
+    resp = client.post(
+        "/api/v1/process-structured",
+        content=b'{"writer_type": "zerobus", "items": [',
+        headers={"content-type": "application/json"},
+    )
+    assert resp.status_code == 422
+    assert resp.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_too_many_items_is_413(local_stack):
+    from tests.app_server import AppServer
+    from tests.conftest import app_settings
+
+    server = AppServer(app_settings(local_stack, max_items_per_request=3))
+    with server, server.client() as http:
+        resp = http.post(
+            "/api/v1/process-structured", json={"writer_type": "sql", "items": [WATCH] * 4}
+        )
+    assert resp.status_code == 413
+    assert resp.json()["message"] == "4 items in one request; the limit is 3: split the batch"
+
+
+def test_huge_body_is_413(client):
+    huge = _item(description="x" * (17 * 1024 * 1024))
+    resp = client.post(
+        "/api/v1/process-structured", json={"writer_type": "zerobus", "items": [huge]}
+    )
+    assert resp.status_code == 413
+    assert resp.json()["error"] == "request_too_large"
+
+
+def test_debug_endpoints_mask_secrets(client, local_stack):
+    zb = client.get("/debug/zerobus-availability").json()
+    assert zb["zerobus_writer_available"] is True and zb["reason"] is None
+    assert zb["endpoint"] == local_stack["zerobus_endpoint"]
+    assert zb["table"] == "main.default.products" and zb["sdk_version"]
+    writers = client.get("/debug/writers").json()
+    assert [w["name"] for w in writers["writers"]] == ["zerobus", "sql", "lakebase", "null"]
+    text = json.dumps(zb) + json.dumps(writers)
+    assert local_stack["token"] not in text
+    assert client.get("/health").json() == {"status": "ok"}

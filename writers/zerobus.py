@@ -1,0 +1,257 @@
+"""The Zerobus writer: the official async SDK, one long-lived stream per table.
+
+The stream opens on first use and is shared by every request. A batch goes through the
+SDK's batch call (one offset for the batch) and `write()` returns once that offset is
+acknowledged, which the service sends only after the rows are durably committed.
+A stream that fails is closed and created anew once; if the write fails again the
+error is reported and nothing is claimed written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+from zerobus.sdk.aio import ZerobusSdk, ZerobusStream
+from zerobus.sdk.shared import (
+    HeadersProvider,
+    NonRetriableException,
+    StreamConfigurationOptions,
+    TableProperties,
+    ZerobusException,
+)
+
+from errors import DirectWriteError, WriteFailedError, WriterUnavailableError
+from proto import product_record_pb2
+from records import ProductRecord, to_json, to_proto
+from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, mask
+
+log = structlog.get_logger(__name__)
+
+ACK_TIMEOUT_S = 60.0
+# How the SDK renders gRPC codes that mean "the target is not there for us" at stream creation.
+_UNAVAILABLE_CODES = (
+    "The service is currently unavailable",
+    "The request does not have valid authentication credentials",
+    "The caller does not have permission",
+    "Some requested entity was not found",
+    "tcp connect error",
+)
+
+
+class LocalBearerToken(HeadersProvider):
+    """The local stack's auth: a fixed bearer token plus the table header."""
+
+    def __init__(self, token: str, table: str) -> None:
+        super().__init__()
+        self._token = token
+        self._table = table
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        return [
+            ("authorization", f"Bearer {self._token}"),
+            ("x-databricks-zerobus-table-name", self._table),
+        ]
+
+
+class ZerobusWriter(DataWriterInterface):
+    name = "zerobus"
+    label = "Zerobus Ingest (direct write)"
+
+    def __init__(self, targets: Targets) -> None:
+        super().__init__(targets)
+        self.table = self.settings.zerobus_table
+        self.record_format = self.settings.zerobus_record_format
+        self.endpoint = targets.zerobus_endpoint or self.settings.zerobus_endpoint
+        self._sdk: ZerobusSdk | None = None
+        self._stream: ZerobusStream | None = None
+        self._lock = asyncio.Lock()
+        self.streams_created = 0
+        self.last_error: str | None = None
+
+    async def open(self) -> None:
+        problem = self._config_problem()
+        if problem:
+            raise WriterUnavailableError(problem, writer=self.name)
+        assert self.endpoint is not None
+        self._sdk = ZerobusSdk(
+            self.endpoint, self.targets.workspace_url or "", application_name="direct-write-bench"
+        )
+        if self.targets.mode == "local":
+            await self._sdk._inner.set_use_tls(False)  # the local stack speaks plaintext gRPC
+
+    def _config_problem(self) -> str | None:
+        if not self.endpoint:
+            return "ZEROBUS_ENDPOINT is not set (the workspace's Zerobus Ingest endpoint)"
+        if self.targets.mode == "databricks":
+            s = self.settings
+            if not (s.databricks_client_id and s.databricks_client_secret):
+                return "DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET are not set"
+            if not self.targets.workspace_url:
+                return "DATABRICKS_HOST is not set"
+        elif self.targets.local_token is None:
+            return "the local stack's token is not known"
+        return None
+
+    async def _open_stream(self) -> ZerobusStream:
+        assert self._sdk is not None
+        descriptor = product_record_pb2.ProductRecord.DESCRIPTOR
+        props = (
+            TableProperties(self.table, descriptor)
+            if self.record_format == "proto"
+            else TableProperties(self.table)
+        )
+        options = StreamConfigurationOptions(
+            recovery_retries=3, recovery_backoff_ms=500, recovery_timeout_ms=10_000
+        )
+        try:
+            if self.targets.mode == "local":
+                assert self.targets.local_token is not None
+                headers = LocalBearerToken(self.targets.local_token.get_secret_value(), self.table)
+                stream = await self._sdk.create_stream(
+                    table_properties=props, options=options, headers_provider=headers
+                )
+            else:
+                secret = self.settings.databricks_client_secret
+                assert secret is not None
+                stream = await self._sdk.create_stream(
+                    self.settings.databricks_client_id,
+                    secret.get_secret_value(),
+                    props,
+                    options,
+                )
+        except ZerobusException as exc:
+            raise self._translate(exc, opening=True) from exc
+        self.streams_created += 1
+        log.info(
+            "zerobus_stream_opened", writer=self.name, table=self.table, n=self.streams_created
+        )
+        return stream
+
+    async def _current_stream(self) -> ZerobusStream:
+        async with self._lock:
+            if self._stream is None:
+                self._stream = await self._open_stream()
+            return self._stream
+
+    async def _discard(self, stream: ZerobusStream) -> None:
+        async with self._lock:
+            if self._stream is stream:
+                self._stream = None
+        with contextlib.suppress(ZerobusException):  # it failed already; this frees resources
+            await stream.close()
+
+    async def write(self, records: Sequence[ProductRecord]) -> WriteReceipt:
+        if self._sdk is None:
+            raise WriterUnavailableError("writer is not open", writer=self.name)
+        if not records:
+            return WriteReceipt(rows=0, details={"offset": None})
+        encode = to_proto if self.record_format == "proto" else to_json
+        payloads: list[Any] = [encode(r) for r in records]
+        for attempt in (1, 2):
+            stream = await self._current_stream()
+            try:
+                offset = await stream.ingest_records_offset(payloads)
+                assert offset is not None
+                await asyncio.wait_for(stream.wait_for_offset(offset), ACK_TIMEOUT_S)
+            except (ZerobusException, TimeoutError) as exc:
+                await self._discard(stream)
+                error = self._translate(exc, opening=False)
+                self.last_error = error.message
+                # A bad record fails the same way on a new stream: do not send it twice.
+                if attempt == 2 or (isinstance(exc, NonRetriableException) and _is_bad_input(exc)):
+                    raise error from exc
+                log.warning("zerobus_stream_recreated", writer=self.name, reason=error.message)
+                continue
+            self.last_error = None
+            return WriteReceipt(
+                rows=len(records),
+                details={
+                    "offset": offset,
+                    "stream": self.streams_created,
+                    "record_format": self.record_format,
+                    "table": self.table,
+                },
+            )
+        raise AssertionError("unreachable")
+
+    def _translate(self, exc: BaseException, *, opening: bool) -> DirectWriteError:
+        if isinstance(exc, TimeoutError):
+            return WriteFailedError(
+                f"no durability acknowledgement within {ACK_TIMEOUT_S:.0f} s; "
+                "the rows are not counted as written",
+                writer=self.name,
+            )
+        text = str(exc)
+        if opening and any(code in text for code in _UNAVAILABLE_CODES):
+            return WriterUnavailableError(
+                f"cannot open a Zerobus stream to {self.table} at {self.endpoint}: {text}",
+                writer=self.name,
+            )
+        if opening:
+            return WriterUnavailableError(
+                f"Zerobus refused the stream for {self.table}: {text}", writer=self.name
+            )
+        if "unavailable" in text.lower() or "connect" in text.lower():
+            return WriterUnavailableError(f"Zerobus stream lost: {text}", writer=self.name)
+        return WriteFailedError(f"Zerobus rejected the batch: {text}", writer=self.name)
+
+    async def availability(self) -> Availability:
+        details = self.describe()
+        problem = self._config_problem()
+        if problem:
+            return Availability(False, problem, details)
+        if self._stream is not None:
+            return Availability(True, None, details)
+        # No stream yet: check that something listens, without opening a stream.
+        assert self.endpoint is not None
+        parts = urlsplit(self.endpoint if "//" in self.endpoint else f"https://{self.endpoint}")
+        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(_tcp_check, host, port), 3.0)
+        except (OSError, TimeoutError) as exc:
+            reason = f"cannot reach the Zerobus endpoint {host}:{port}: {exc or 'timed out'}"
+            return Availability(False, reason, details)
+        return Availability(True, None, details)
+
+    def describe(self) -> dict[str, Any]:
+        if self.targets.mode == "local":
+            auth = "bearer token (local stack)"
+        else:
+            auth = f"oauth-m2m (client_id={mask(self.settings.databricks_client_id)})"
+        return {
+            "endpoint": self.endpoint,
+            "table": self.table,
+            "record_format": self.record_format,
+            "auth_mode": auth,
+            "sdk_version": metadata.version("databricks-zerobus-ingest-sdk"),
+            "stream_state": "open" if self._stream is not None else "not opened",
+            "streams_created": self.streams_created,
+            "last_error": self.last_error,
+        }
+
+    async def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            started = time.perf_counter()
+            try:
+                await stream.close()
+            except ZerobusException as exc:
+                log.warning("zerobus_close_failed", writer=self.name, error=str(exc))
+            log.info("zerobus_stream_closed", ms=round((time.perf_counter() - started) * 1000))
+
+
+def _is_bad_input(exc: BaseException) -> bool:
+    return str(exc).startswith("Invalid argument")
+
+
+def _tcp_check(host: str, port: int) -> None:
+    with socket.create_connection((host, port), timeout=2.0):
+        pass
