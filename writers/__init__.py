@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from collections import defaultdict
 
 from errors import UnknownWriterError, WriterUnavailableError
 from writers.base import DataWriterInterface, Targets
@@ -44,14 +45,14 @@ class WriterSet:
     def __init__(self, targets: Targets) -> None:
         self.targets = targets
         self._writers: dict[str, DataWriterInterface] = {}
-        self._lock = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def get(self, name: str) -> DataWriterInterface:
         writer = self._writers.get(name)
         if writer is not None:
             return writer
         cls = writer_class(name)
-        async with self._lock:
+        async with self._locks[name]:
             writer = self._writers.get(name)
             if writer is None:
                 writer = cls(self.targets)

@@ -237,6 +237,47 @@ class ZerobusWriter(DataWriterInterface):
             "last_error": self.last_error,
         }
 
+    async def count_rows(self, batch_id: str) -> int:
+        """Rows of the batch readable in the table, through the SQL warehouse."""
+        return await asyncio.to_thread(self._count_rows, batch_id)
+
+    def _count_rows(self, batch_id: str) -> int:
+        from databricks.sdk import WorkspaceClient
+        from databricks.sdk.service.sql import StatementParameterListItem, StatementState
+
+        if self.targets.mode == "local":
+            assert self.targets.local_token is not None
+            w = WorkspaceClient(
+                host=self.targets.workspace_url,
+                token=self.targets.local_token.get_secret_value(),
+                auth_type="pat",
+            )
+        else:
+            secret = self.settings.databricks_client_secret
+            w = WorkspaceClient(
+                host=self.targets.workspace_url,
+                client_id=self.settings.databricks_client_id,
+                client_secret=secret.get_secret_value() if secret else None,
+                auth_type="oauth-m2m",
+            )
+        if not self.targets.warehouse_id:
+            raise WriterUnavailableError(
+                "reading Zerobus rows back needs DATABRICKS_WAREHOUSE_ID", writer=self.name
+            )
+        resp = w.statement_execution.execute_statement(
+            statement=f"SELECT count(*) FROM {_quoted_table(self.table)} "
+            "WHERE batch_id = :b AND source = 'zerobus'",
+            parameters=[StatementParameterListItem(name="b", value=batch_id, type="STRING")],
+            warehouse_id=self.targets.warehouse_id,
+            wait_timeout="30s",
+        )
+        status = resp.status
+        if status is None or status.state != StatementState.SUCCEEDED:
+            message = status.error.message if status and status.error else "no result"
+            raise WriteFailedError(f"counting rows failed: {message}", writer=self.name)
+        assert resp.result is not None and resp.result.data_array is not None
+        return int(resp.result.data_array[0][0])
+
     async def close(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
@@ -246,6 +287,13 @@ class ZerobusWriter(DataWriterInterface):
             except ZerobusException as exc:
                 log.warning("zerobus_close_failed", writer=self.name, error=str(exc))
             log.info("zerobus_stream_closed", ms=round((time.perf_counter() - started) * 1000))
+
+
+def _quoted_table(name: str) -> str:
+    parts = name.split(".")
+    if len(parts) != 3 or not all(p.replace("_", "").isalnum() and p.isascii() for p in parts):
+        raise WriterUnavailableError(f"ZEROBUS_TABLE {name!r} is not catalog.schema.table")
+    return ".".join(f"`{p}`" for p in parts)
 
 
 def _is_bad_input(exc: BaseException) -> bool:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -29,5 +30,7 @@ async def zerobus_availability(runtime: RuntimeDep) -> ZerobusAvailability:
 @router.get("/debug/writers")
 async def debug_writers(runtime: RuntimeDep) -> dict[str, Any]:
     """Availability and configuration of every writer (secrets masked)."""
-    infos: list[WriterInfo] = [await writer_info(runtime, name) for name in WRITERS]
+    infos: list[WriterInfo] = list(
+        await asyncio.gather(*(writer_info(runtime, name) for name in WRITERS))
+    )
     return {"mode": runtime.targets.mode, "writers": [i.model_dump() for i in infos]}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -34,7 +35,7 @@ async def writer_info(runtime: Runtime, name: str) -> WriterInfo:
 @router.get("/api/v1/writers")
 async def list_writers(runtime: RuntimeDep) -> list[WriterInfo]:
     """The writers the ingestion API accepts, with their availability now."""
-    return [await writer_info(runtime, name) for name in INGEST_WRITERS]
+    return list(await asyncio.gather(*(writer_info(runtime, n) for n in INGEST_WRITERS)))
 
 
 @router.get("/api/v1/sample-items")

@@ -1,0 +1,65 @@
+"""One contract suite, run against every writer on the local stack."""
+
+from __future__ import annotations
+
+import pytest
+
+from records import build_records, new_batch_id, sample_items
+from tests.conftest import local_targets, products_ddl, run_sql
+from writers import WRITERS, writer_class
+from writers.base import DataWriterInterface
+
+ITEMS = sample_items(40, seed=7)
+
+
+@pytest.fixture(params=list(WRITERS))
+async def writer(request, local_stack):
+    run_sql(local_stack, products_ddl("main.default.products"))  # IF NOT EXISTS
+    instance: DataWriterInterface = writer_class(request.param)(local_targets(local_stack))
+    await instance.open()
+    yield instance
+    await instance.close()
+    await instance.close()  # closing twice is harmless
+
+
+async def test_available_with_details(writer):
+    availability = await writer.availability()
+    assert availability.available, availability.reason
+    assert availability.reason is None
+    assert isinstance(availability.details, dict) and availability.details
+
+
+async def test_write_is_durable_and_counted_once(writer):
+    batch_id = new_batch_id()
+    receipt = await writer.write(build_records(ITEMS, batch_id=batch_id, source=writer.name))
+    assert receipt.rows == len(ITEMS)
+    if writer.stores_rows:
+        # Returned means durable: the rows are readable at once, exactly once.
+        assert await writer.count_rows(batch_id) == len(ITEMS)
+        assert await writer.count_rows(new_batch_id()) == 0
+
+
+async def test_batches_stay_apart(writer):
+    first, second = new_batch_id(), new_batch_id()
+    await writer.write(build_records(ITEMS[:3], batch_id=first, source=writer.name))
+    await writer.write(build_records(ITEMS[3:10], batch_id=second, source=writer.name))
+    if writer.stores_rows:
+        assert await writer.count_rows(first) == 3
+        assert await writer.count_rows(second) == 7
+
+
+async def test_concurrent_writes_all_land(writer):
+    import asyncio
+
+    batches = [new_batch_id() for _ in range(6)]
+    receipts = await asyncio.gather(
+        *(writer.write(build_records(ITEMS[:5], batch_id=b, source=writer.name)) for b in batches)
+    )
+    assert [r.rows for r in receipts] == [5] * 6
+    if writer.stores_rows:
+        assert [await writer.count_rows(b) for b in batches] == [5] * 6
+
+
+async def test_empty_write_writes_nothing(writer):
+    receipt = await writer.write([])
+    assert receipt.rows == 0
