@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint format proto proto-check local-stack clean
+.PHONY: run test bench lint format proto proto-check local-stack chromium clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,13 +13,23 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-## run: start the local stack and the app on http://127.0.0.1:8000
+## run: the app on http://127.0.0.1:8000 (in local mode it starts the local stack itself)
 run: $(STAMP)
-	$(BIN)/python -m emulator --data-dir .data
+	$(BIN)/python -m uvicorn main:app --host 127.0.0.1 --port 8000
 
 ## test: lint, type-check, check generated code, then the whole test suite
-test: lint proto-check
+test: lint proto-check chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## chromium: Debian's Chromium for the browser tests (never a downloaded browser build)
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		echo "installing Debian's chromium for the browser tests"; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	fi
+	@/usr/bin/chromium --version
 
 ## bench: benchmarks; results go to results/
 bench: $(STAMP)
