@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from proto import product_record_pb2
 
@@ -83,12 +83,14 @@ class ProductItem(BaseModel):
     def _category_case(cls, value: str) -> str:
         return value.lower() if value.lower() in CATEGORIES else value
 
-    @model_validator(mode="after")
-    def _dates_in_order(self) -> ProductItem:
-        start, stop = self.sale_start_date, self.sale_stop_date
+    @field_validator("sale_stop_date")
+    @classmethod
+    def _dates_in_order(cls, stop: dt.date | None, info: ValidationInfo) -> dt.date | None:
+        # On the stop date's field, so the error points at an input the user can fix.
+        start = info.data.get("sale_start_date")
         if start is not None and stop is not None and start > stop:
-            raise ValueError("sale_start_date must be on or before sale_stop_date")
-        return self
+            raise ValueError("sale_stop_date must be on or after sale_start_date")
+        return stop
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,13 +40,21 @@ def products_ddl(table: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The whole local stack (Zerobus, Statement Execution API, Postgres), shared by the session."""
-    data_dir = tmp_path_factory.mktemp("stack")
+def local_stack() -> Iterator[dict[str, Any]]:
+    """The whole local stack (Zerobus, Statement Execution API, Postgres), shared by the session.
+
+    Its data lives outside pytest's temporary root: as root, Postgres runs as an unprivileged
+    user that must traverse the path, and a second pytest session resets that root to 0700.
+    """
+    data_dir = Path(tempfile.mkdtemp(prefix="dwbench-stack-"))
     stack = LocalStackProcess(data_dir, token=secrets.token_urlsafe(16))
-    endpoints = stack.start()
-    yield endpoints
-    assert stack.stop() == 0, f"local stack exited uncleanly; see {stack.log_path}"
+    try:
+        endpoints = stack.start()
+        yield endpoints
+        assert stack.stop() == 0, f"local stack exited uncleanly; see {stack.log_path}"
+    finally:
+        stack.kill()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def local_targets(endpoints: dict[str, Any], **settings: Any) -> Any:

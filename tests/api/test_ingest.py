@@ -132,8 +132,8 @@ def _item(**changes: Any) -> dict[str, Any]:
         ([_item(product_id=...)], ["body", "items", 0, "product_id"], "Field required"),
         (
             [_item(sale_start_date="2026-12-01")],
-            ["body", "items", 0],
-            "sale_start_date must be on or before",
+            ["body", "items", 0, "sale_stop_date"],
+            "sale_stop_date must be on or after sale_start_date",
         ),
         (
             [_item(sale_stop_date="30/11/2026")],

@@ -1,0 +1,241 @@
+"""Benchmark of the app's ingestion path and of the Lakebase writer.
+
+    python -m bench.app_bench [--out results] [--requests 1000] [--clients 8]
+
+1. App overhead: 100-record requests through Zerobus via POST /api/v1/process-structured,
+   from N concurrent clients. Per request, the writer's own write time (the response's
+   per-writer processing_time_ms) is subtracted from the time the app spent on the
+   request (its Server-Timing header) and from the latency the client saw.
+2. The seed app's pattern for comparison: for each request, a new SDK stream and one
+   ingest call per record, then flush and close; same records, same clients.
+3. Lakebase COPY: 10,000-row batches through the writer, one after another.
+
+Everything runs against a local stack started for the run. Results go to
+<out>/app-<timestamp>.json; a summary is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import statistics
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from hdrh.histogram import HdrHistogram
+from pydantic import SecretStr
+from zerobus.sdk.aio import ZerobusSdk
+from zerobus.sdk.shared import TableProperties
+
+from emulator.process import LocalStackProcess
+from main import create_app
+from proto import product_record_pb2
+from records import build_records, new_batch_id, sample_items, to_proto
+from settings import Settings
+from writers.base import Targets
+from writers.lakebase import LakebaseWriter
+from writers.zerobus import LocalBearerToken
+
+TABLE = "main.default.products"
+PERCENTILES = (50, 90, 99)
+
+
+def _ms(hist: HdrHistogram) -> dict[str, float]:
+    out = {f"p{p}": hist.get_value_at_percentile(p) / 1000 for p in PERCENTILES}
+    out.update(max=hist.get_max_value() / 1000, count=hist.get_total_count())
+    return out
+
+
+async def app_overhead(
+    endpoints: dict[str, Any], data_dir: Path, requests: int, clients: int
+) -> dict[str, Any]:
+    settings = Settings(
+        app_mode="local",
+        data_dir=data_dir,
+        local_stack_url=endpoints["api_url"],
+        local_stack_token=endpoints["token"],
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), port=0, log_level="warning", access_log=False)
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+        await asyncio.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    items = [i.model_dump(mode="json") for i in sample_items(100, seed=1)]
+    body = {"schema_type": "products", "writer_type": "zerobus", "items": items}
+    app_extra = HdrHistogram(1, 60_000_000, 3)  # µs the app adds, server side
+    client_extra = HdrHistogram(1, 60_000_000, 3)  # µs the app and HTTP add, client side
+    write_time = HdrHistogram(1, 60_000_000, 3)
+    done = 0
+    warmup = 50
+
+    async def client(n: int) -> None:
+        nonlocal done
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            for _ in range(n):
+                started = time.perf_counter()
+                resp = await http.post("/api/v1/process-structured", json=body)
+                latency_ms = (time.perf_counter() - started) * 1000
+                resp.raise_for_status()
+                done += 1
+                if done <= warmup:
+                    continue
+                writer_ms = resp.json()["results"][0]["processing_time_ms"]
+                app_ms = float(resp.headers["server-timing"].split("dur=")[1])
+                write_time.record_value(max(1, int(writer_ms * 1000)))
+                app_extra.record_value(max(1, int((app_ms - writer_ms) * 1000)))
+                client_extra.record_value(max(1, int((latency_ms - writer_ms) * 1000)))
+
+    started = time.perf_counter()
+    per_client = (requests + warmup) // clients
+    await asyncio.gather(*(client(per_client) for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    server.should_exit = True
+    await task
+    rows = per_client * clients * 100
+    return {
+        "requests": per_client * clients,
+        "warmup_requests": warmup,
+        "clients": clients,
+        "records_per_request": 100,
+        "rows_per_s": round(rows / elapsed),
+        "writer_write_ms": _ms(write_time),
+        "app_overhead_ms_server_side": _ms(app_extra),
+        "app_and_http_overhead_ms_client_side": _ms(client_extra),
+    }
+
+
+async def seed_pattern(endpoints: dict[str, Any], requests: int, clients: int) -> dict[str, Any]:
+    """A new stream per request and one ingest call per record, as the seed app did."""
+    records = build_records(sample_items(100, seed=1), batch_id=new_batch_id(), source="seed")
+    payloads = [to_proto(r) for r in records]
+    latencies: list[float] = []
+
+    async def one_request() -> None:
+        started = time.perf_counter()
+        sdk = ZerobusSdk(endpoints["zerobus_endpoint"], endpoints["api_url"])
+        await sdk._inner.set_use_tls(False)
+        stream = await sdk.create_stream(
+            table_properties=TableProperties(TABLE, product_record_pb2.ProductRecord.DESCRIPTOR),
+            headers_provider=LocalBearerToken(endpoints["token"], TABLE),
+        )
+        for payload in payloads:
+            offset = await stream.ingest_record_offset(payload)
+            await stream.wait_for_offset(offset)
+        await stream.close()
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    async def client(n: int) -> None:
+        for _ in range(n):
+            await one_request()
+
+    per_client = max(1, requests // clients)
+    started = time.perf_counter()
+    await asyncio.gather(*(client(per_client) for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    return {
+        "requests": per_client * clients,
+        "clients": clients,
+        "records_per_request": 100,
+        "rows_per_s": round(per_client * clients * 100 / elapsed),
+        "request_ms_p50": round(statistics.median(latencies), 2),
+    }
+
+
+async def lakebase_copy(endpoints: dict[str, Any], data_dir: Path, batches: int) -> dict[str, Any]:
+    targets = Targets(
+        mode="local",
+        settings=Settings(app_mode="local", data_dir=data_dir, lakebase_table="public.copy_bench"),
+        postgres_dsn=SecretStr(endpoints["postgres_dsn"]),
+    )
+    writer = LakebaseWriter(targets)
+    await writer.open()
+    items = sample_items(10_000, seed=3)
+    times = []
+    try:
+        for k in range(batches + 1):
+            records = build_records(items, batch_id=new_batch_id(), source="lakebase")
+            started = time.perf_counter()
+            receipt = await writer.write(records)
+            if k > 0:  # the first batch warms the pool and the server's caches
+                times.append(time.perf_counter() - started)
+            assert receipt.rows == 10_000
+    finally:
+        await writer.close()
+    return {
+        "batch_rows": 10_000,
+        "batches": batches,
+        "rows_per_s": round(batches * 10_000 / sum(times)),
+        "batch_ms_p50": round(statistics.median(times) * 1000, 2),
+        "note": "rows are built before the clock starts; the clock covers write() only",
+    }
+
+
+async def run(out: Path, requests: int, clients: int, seed_requests: int) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "benchmark": "app",
+        "version": 1,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(),
+        "environment": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "libraries": {
+                n: metadata.version(n)
+                for n in ("databricks-zerobus-ingest-sdk", "fastapi", "uvicorn", "psycopg")
+            },
+        },
+    }
+    with tempfile.TemporaryDirectory(prefix="dwbench-") as tmp:
+        stack = LocalStackProcess(Path(tmp, "stack"), token=secrets.token_urlsafe(16))
+        with stack:
+            endpoints = stack.endpoints
+            results["app_overhead"] = await app_overhead(endpoints, Path(tmp), requests, clients)
+            results["seed_pattern"] = await seed_pattern(endpoints, seed_requests, clients)
+            results["lakebase_copy"] = await lakebase_copy(endpoints, Path(tmp), 20)
+    ours = results["app_overhead"]["rows_per_s"]
+    results["ours_vs_seed_rows_per_s"] = round(ours / results["seed_pattern"]["rows_per_s"], 1)
+    results["file"] = str(_write(out, results))
+    return results
+
+
+def _write(out: Path, results: dict[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"app-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--seed-requests", type=int, default=40)
+    args = p.parse_args()
+    r = asyncio.run(run(args.out, args.requests, args.clients, args.seed_requests))
+    ao, sp, lc = r["app_overhead"], r["seed_pattern"], r["lakebase_copy"]
+    print(f"results: {r['file']}")
+    print(
+        f"app: {ao['requests']} requests x 100 records, {ao['clients']} clients: "
+        f"{ao['rows_per_s']} rows/s; writer write p50 {ao['writer_write_ms']['p50']} ms; "
+        f"app overhead p50 {ao['app_overhead_ms_server_side']['p50']} ms (server side), "
+        f"{ao['app_and_http_overhead_ms_client_side']['p50']} ms (client side)"
+    )
+    print(f"seed pattern: {sp['rows_per_s']} rows/s; ours is {r['ours_vs_seed_rows_per_s']}x")
+    print(f"lakebase COPY, 10,000-row batches: {lc['rows_per_s']} rows/s")
+
+
+if __name__ == "__main__":
+    main()
