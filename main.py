@@ -31,11 +31,14 @@ _ERROR_NAMES = {
 }
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, configure_logs: bool = False) -> FastAPI:
+    """The app. `configure_logs` is for the entry point: it sets up log output on start-up."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if configure_logs:
+            configure_logging()
         runtime = Runtime(settings)
         app.state.runtime = runtime
         try:
@@ -93,10 +96,5 @@ def _echo(value: Any) -> Any:
     return value
 
 
-def _app_from_environment() -> FastAPI:
-    settings = Settings()
-    configure_logging()
-    return create_app(settings)
-
-
-app = _app_from_environment()
+# For `uvicorn main:app`: settings from the environment, logging set up when it starts.
+app = create_app(configure_logs=True)

@@ -39,7 +39,8 @@ class RequestLogMiddleware:
                 headers.append((b"server-timing", f"app;dur={ms:.3f}".encode()))
             await send(message)
 
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        # Routes bind more (writer=, rows=, batch_id=) for this request's one log line.
+        token = structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
@@ -50,7 +51,7 @@ class RequestLogMiddleware:
                 status=status,
                 ms=round((time.perf_counter() - started) * 1000, 2),
             )
-            structlog.contextvars.unbind_contextvars("request_id")
+            structlog.contextvars.reset_contextvars(**token)
 
 
 class _TooLarge(Exception):

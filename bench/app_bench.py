@@ -23,7 +23,10 @@ import json
 import os
 import platform
 import secrets
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from importlib import metadata
@@ -31,14 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from hdrh.histogram import HdrHistogram
 from pydantic import SecretStr
 from zerobus.sdk.aio import ZerobusSdk
 from zerobus.sdk.shared import TableProperties
 
 from emulator.process import LocalStackProcess
-from main import create_app
 from proto import product_record_pb2
 from records import build_records, new_batch_id, sample_items, to_proto
 from settings import Settings
@@ -47,6 +48,7 @@ from writers.lakebase import LakebaseWriter
 from writers.zerobus import LocalBearerToken
 
 TABLE = "main.default.products"
+ROOT = Path(__file__).resolve().parent.parent
 PERCENTILES = (50, 90, 99)
 
 
@@ -59,19 +61,50 @@ def _ms(hist: HdrHistogram) -> dict[str, float]:
 async def app_overhead(
     endpoints: dict[str, Any], data_dir: Path, requests: int, clients: int
 ) -> dict[str, Any]:
-    settings = Settings(
-        app_mode="local",
-        data_dir=data_dir,
-        local_stack_url=endpoints["api_url"],
-        local_stack_token=endpoints["token"],
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), port=0, log_level="warning", access_log=False)
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
-        await asyncio.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    with AppProcess(endpoints, data_dir) as port:
+        return await _drive_app(port, requests, clients)
+
+
+class AppProcess:
+    """`uvicorn main:app` in a process of its own, so the load generator does not share its CPU."""
+
+    def __init__(self, endpoints: dict[str, Any], data_dir: Path) -> None:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        env = {
+            **os.environ,
+            "APP_MODE": "local",
+            "DATA_DIR": str(data_dir),
+            "LOCAL_STACK_URL": endpoints["api_url"],
+            "LOCAL_STACK_TOKEN": endpoints["token"],
+        }
+        self._cmd = [
+            sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1",
+            "--port", str(self.port), "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+        self._env = env
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> int:
+        self._proc = subprocess.Popen(self._cmd, env=self._env, cwd=ROOT, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health").status_code == 200:
+                    return self.port
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("the app did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc is not None
+        self._proc.terminate()
+        self._proc.wait(30)
+
+
+async def _drive_app(port: int, requests: int, clients: int) -> dict[str, Any]:
     items = [i.model_dump(mode="json") for i in sample_items(100, seed=1)]
     body = {"schema_type": "products", "writer_type": "zerobus", "items": items}
     app_extra = HdrHistogram(1, 60_000_000, 3)  # µs the app adds, server side
@@ -101,8 +134,6 @@ async def app_overhead(
     per_client = (requests + warmup) // clients
     await asyncio.gather(*(client(per_client) for _ in range(clients)))
     elapsed = time.perf_counter() - started
-    server.should_exit = True
-    await task
     rows = per_client * clients * 100
     return {
         "requests": per_client * clients,

@@ -392,7 +392,7 @@ class LakebaseWriter(DataWriterInterface):
         async with cur.copy(self._copy_sql) as copy:
             copy.set_types(COPY_TYPES)
             for record in records:
-                await copy.write_row(record.as_tuple())
+                await copy.write_row(record)
         return cur.rowcount
 
     async def _insert(self, cur: psycopg.AsyncCursor[Any], records: Sequence[ProductRecord]) -> int:

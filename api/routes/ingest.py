@@ -91,14 +91,14 @@ async def process_structured(
                 body.items, batch_id=batch_id, source=name, processed_at=processed_at
             )
             outcome = await measured_write(writer, records)
-        log.info(
-            "ingest",
-            batch_id=batch_id,
-            writer=name,
-            status=outcome.status,
-            rows=outcome.rows_written,
-            ms=round(outcome.elapsed_s * 1000, 1),
-        )
+        if outcome.status != "success":
+            log.warning(
+                "write_failed",
+                batch_id=batch_id,
+                writer=name,
+                status=outcome.status,
+                error=outcome.error.message if outcome.error else None,
+            )
         outcomes.append(outcome)
         results.append(_result(outcome, label))
     elapsed = time.perf_counter() - started
@@ -114,6 +114,8 @@ async def process_structured(
             raise WriterUnavailableError(f"no writer could write: {reasons}")
         raise WriteFailedError(f"no writer wrote the batch: {reasons}")
     written = sum(o.rows_written for o in succeeded)
+    # Carried on the request's one log line (api.middleware.RequestLogMiddleware).
+    structlog.contextvars.bind_contextvars(batch_id=batch_id, writer=body.writer_type, rows=written)
     return ProcessResponse(
         batch_id=batch_id,
         writer_type=body.writer_type,

@@ -1,0 +1,543 @@
+"""The SQL writer: multi-row INSERTs through a SQL warehouse.
+
+Drivers (`SQL_DRIVER`):
+    statement-api  databricks-sdk's Statement Execution API (default; the local stack emulates it)
+    connector      databricks-sql-connector over Thrift (Databricks mode only)
+
+Rows travel only as typed named parameters, never as SQL text. A write becomes statements of
+at most ROWS_PER_STATEMENT rows (11 columns x 23 rows = 253 of the 256 parameters a warehouse
+accepts) and about STATEMENT_BUDGET_BYTES of payload; up to `max_concurrency` run at once.
+A statement that FAILED still answers HTTP 200, so every statement's state is checked, and the
+receipt comes back only when all of them SUCCEEDED. When a statement fails, the error says
+how many rows other statements had committed by then; nothing is claimed written that was not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+import structlog
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.config import Config
+from databricks.sdk.errors import (
+    DatabricksError,
+    DeadlineExceeded,
+    NotFound,
+    PermissionDenied,
+    TemporarilyUnavailable,
+    TooManyRequests,
+    Unauthenticated,
+)
+from databricks.sdk.service.sql import (
+    ExecuteStatementRequestOnWaitTimeout,
+    StatementParameterListItem,
+    StatementState,
+)
+
+from errors import DirectWriteError, RequestTooLargeError, WriteFailedError, WriterUnavailableError
+from records import COLUMNS, ProductRecord
+from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, mask
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+MiB = 1024 * 1024
+MAX_PARAMETERS = 256  # a warehouse rejects statements with more named parameters
+ROWS_PER_STATEMENT = MAX_PARAMETERS // len(COLUMNS)
+MAX_STATEMENT_BYTES = 16 * MiB  # the API's limit on statement text; we hold each request to it
+STATEMENT_BUDGET_BYTES = 8 * MiB  # rows are packed into one statement up to this much payload
+COLUMN_TYPES = {column: "STRING" for column in COLUMNS} | {
+    "product_price": "DOUBLE",
+    "sale_start_date": "DATE",
+    "sale_stop_date": "DATE",
+    "processed_at": "TIMESTAMP",
+}
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_]+\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+")
+_ESCAPED = re.compile(r'["\\]')  # characters JSON escapes in printable ASCII
+_DONE = (StatementState.SUCCEEDED, StatementState.FAILED, StatementState.CANCELED)
+
+
+@dataclass(frozen=True)
+class SqlParameter:
+    name: str
+    type: str  # STRING, DOUBLE, DATE or TIMESTAMP
+    value: Any
+
+    @property
+    def text(self) -> str | None:
+        """The value as the Statement Execution API takes it: a string, or None for NULL."""
+        value = self.value
+        if value is None:
+            return None
+        if self.type == "DOUBLE":
+            return repr(float(value))
+        if self.type == "TIMESTAMP":
+            if value.tzinfo is None:  # naive times are UTC, as everywhere in the app
+                value = value.replace(tzinfo=dt.UTC)
+            return str(value.astimezone(dt.UTC).isoformat(timespec="microseconds"))
+        if self.type == "DATE":
+            return str(value.isoformat())
+        return str(value)
+
+
+@dataclass(frozen=True)
+class InsertStatement:
+    sql: str
+    parameters: list[SqlParameter]
+    rows: int
+
+
+def quote_table(name: str) -> str:
+    """`catalog`.`schema`.`table`, after checking the name is three plain identifiers."""
+    if not _TABLE_NAME.fullmatch(name):
+        raise ValueError(
+            "SQL_TABLE must be a three-part name catalog.schema.table of letters, digits "
+            f"and underscores, got {name!r}"
+        )
+    return ".".join(f"`{part}`" for part in name.split("."))
+
+
+def insert_statements(
+    quoted_table: str,
+    records: Sequence[ProductRecord],
+    *,
+    max_rows: int = ROWS_PER_STATEMENT,
+    budget_bytes: int = STATEMENT_BUDGET_BYTES,
+) -> list[InsertStatement]:
+    """Split records into INSERT statements under the parameter and size limits.
+
+    Nothing is sent when one record alone is too large: the whole write is refused up front.
+    """
+    head = f"INSERT INTO {quoted_table} ({', '.join(COLUMNS)}) VALUES "
+    statements: list[InsertStatement] = []
+    groups: list[str] = []
+    params: list[SqlParameter] = []
+    size = len(head)
+    for record in records:
+        values = record.as_tuple()
+        row_size = _payload_bytes(values)
+        if len(head) + row_size > MAX_STATEMENT_BYTES:
+            raise RequestTooLargeError(
+                f"record {record.record_id} needs {row_size / MiB:.1f} MiB as SQL parameters; "
+                f"one statement must stay under {MAX_STATEMENT_BYTES // MiB} MiB, so it cannot "
+                "be written through SQL (shorten its description)",
+                writer="sql",
+            )
+        if groups and (len(groups) >= max_rows or size + row_size > budget_bytes):
+            statements.append(InsertStatement(head + ", ".join(groups), params, len(groups)))
+            groups, params, size = [], [], len(head)
+        row = [
+            SqlParameter(f"p{len(params) + i}", COLUMN_TYPES[column], value)
+            for i, (column, value) in enumerate(zip(COLUMNS, values, strict=True))
+        ]
+        groups.append("(" + ", ".join(f":{p.name}" for p in row) + ")")
+        params.extend(row)
+        size += row_size
+    if groups:
+        statements.append(InsertStatement(head + ", ".join(groups), params, len(groups)))
+    return statements
+
+
+def _payload_bytes(values: tuple[Any, ...]) -> int:
+    """What a row adds to a request: JSON-encoded parameters (name, type, value) and markers."""
+    size = 0
+    for value in values:
+        size += 64  # {"name": "p252", "type": "TIMESTAMP", "value": ...} and ":p252, "
+        if isinstance(value, str):
+            plain = value.isascii() and value.isprintable() and not _ESCAPED.search(value)
+            size += len(value) + 2 if plain else len(json.dumps(value))
+        elif value is not None:
+            size += 40  # a number, date or timestamp as text
+    return size
+
+
+@dataclass(frozen=True)
+class _Result:
+    statement_id: str
+    rows: list[list[Any]]
+
+
+class _StatementFailed(Exception):
+    """A statement that ended in another state than SUCCEEDED (translated to WriteFailedError)."""
+
+
+class SqlWriter(DataWriterInterface):
+    name = "sql"
+    label = "SQL warehouse"
+    # Statements of one write in flight at once (statement-api; the connector runs one).
+    max_concurrency = 4
+    # How long one execute call waits for the result before we poll (0 = always poll).
+    wait_timeout_s = 10
+
+    def __init__(self, targets: Targets) -> None:
+        super().__init__(targets)
+        s = self.settings
+        self.local = targets.mode == "local"
+        self.table = s.sql_table
+        self.driver = s.sql_driver
+        self.host = (
+            targets.workspace_url if self.local else targets.workspace_url or s.workspace_url
+        )
+        self.warehouse_id = targets.warehouse_id or s.databricks_warehouse_id
+        # Overall deadline per statement; a stopped warehouse can take minutes to start.
+        self.statement_timeout_s = 60.0 if self.local else 600.0
+        self._token = targets.local_token.get_secret_value() if targets.local_token else ""
+        secret = s.databricks_client_secret
+        self._client_secret = secret.get_secret_value() if secret else ""
+        self._secrets = [x for x in (self._token, self._client_secret) if x]
+        self._client: WorkspaceClient | None = None
+        self._connection: Any = None  # databricks.sql Connection, opened on first use
+        self._connection_lock = threading.Lock()
+        self._quoted: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _config_problem(self) -> str | None:
+        try:
+            quote_table(self.table)
+        except ValueError as exc:
+            return str(exc)
+        if self.local:
+            if self.driver == "connector":
+                return (
+                    "the connector driver needs a Databricks SQL warehouse; "
+                    "local mode supports statement-api"
+                )
+            if not self.host or not self._token or not self.warehouse_id:
+                return "the local stack's SQL API (URL, token, warehouse) is not known"
+            return None
+        if not self.host:
+            return "set DATABRICKS_HOST to the workspace URL"
+        if not self.settings.databricks_client_id or not self._client_secret:
+            return "set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (a service principal)"
+        if not self.warehouse_id:
+            return "set DATABRICKS_WAREHOUSE_ID to the id of the SQL warehouse to write through"
+        return None
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        problem = self._config_problem()
+        if problem:
+            raise WriterUnavailableError(problem, writer=self.name)
+        self._quoted = quote_table(self.table)
+        # Building a client probes the host (and fetches OAuth endpoints): not on the loop.
+        self._client = await self._call(self._make_client)
+        log.info("sql_writer_opened", writer=self.name, **self._details())
+
+    def _make_client(self) -> WorkspaceClient:
+        # Short retry budget: an unreachable server fails in seconds, not the SDK's 5 minutes.
+        # http_timeout must outlast the execute call's own wait_timeout.
+        timeouts: dict[str, Any] = {
+            "retry_timeout_seconds": 2 if self.local else 20,
+            "http_timeout_seconds": self.wait_timeout_s + 20,
+        }
+        if self.local:
+            config = Config(host=self.host, token=self._token, auth_type="pat", **timeouts)
+        else:
+            config = Config(
+                host=self.host,
+                client_id=self.settings.databricks_client_id,
+                client_secret=self._client_secret,
+                auth_type="oauth-m2m",
+                **timeouts,
+            )
+        return WorkspaceClient(config=config)
+
+    async def close(self) -> None:
+        self._client = None
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(connection.close)
+
+    # -- availability ----------------------------------------------------------------------
+
+    def _details(self) -> dict[str, Any]:
+        client_id = self.settings.databricks_client_id
+        return {
+            "host": self.host,
+            "warehouse_id": self.warehouse_id,
+            "table": self.table,
+            "driver": self.driver,
+            "auth": "pat (local token)"
+            if self.local
+            else f"oauth-m2m (client_id={mask(client_id)})",
+        }
+
+    async def availability(self) -> Availability:
+        details = self._details()
+        problem = self._config_problem()
+        if problem:
+            return Availability(False, problem, details)
+        if self._client is None:
+            return Availability(False, "the SQL writer is not open", details)
+        try:
+            warehouse = await self._call(self._client.warehouses.get, self.warehouse_id or "")
+        except DirectWriteError as exc:
+            return Availability(False, exc.message, details)
+        state = warehouse.state.value if warehouse.state else "UNKNOWN"
+        details.update(warehouse_name=warehouse.name, warehouse_state=state)
+        if state == "RUNNING":
+            return Availability(True, None, details)
+        if state in ("STARTING", "STOPPED", "STOPPING"):
+            # A statement starts a stopped warehouse; reporting it unavailable would leave
+            # nothing that could ever start it (availability has no side effects).
+            details["note"] = f"the warehouse is {state}; the first statement starts it (minutes)"
+            return Availability(True, None, details)
+        return Availability(False, f"warehouse {self.warehouse_id} is {state}", details)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def write(self, records: Sequence[ProductRecord]) -> WriteReceipt:
+        if not records:
+            return WriteReceipt(rows=0, details={"statement_ids": [], "statements": 0})
+        quoted = self._require_open()
+        statements = insert_statements(quoted, records)
+        started = time.perf_counter()
+        ids: list[str | None] = [None] * len(statements)
+        failures: list[tuple[int, DirectWriteError]] = []
+        pending = iter(enumerate(statements))
+
+        async def worker() -> None:
+            for index, statement in pending:  # shared: each worker takes the next statement
+                if failures:
+                    return
+                try:
+                    result = await self._call(self._run, statement.sql, statement.parameters)
+                    _check_inserted(result, statement.rows)
+                except DirectWriteError as exc:
+                    failures.append((index, exc))
+                    return
+                ids[index] = result.statement_id
+
+        workers = 1 if self.driver == "connector" else self.max_concurrency
+        await asyncio.gather(*(worker() for _ in range(min(workers, len(statements)))))
+        ms = round((time.perf_counter() - started) * 1000, 2)
+        if failures:
+            index, exc = min(failures, key=lambda f: f[0])
+            raise self._partial_failure(records, statements, ids, index, exc, ms) from exc
+        log.debug("sql_write", writer=self.name, rows=len(records), statements=len(ids), ms=ms)
+        return WriteReceipt(
+            rows=len(records), details={"statement_ids": ids, "statements": len(statements)}
+        )
+
+    def _partial_failure(
+        self,
+        records: Sequence[ProductRecord],
+        statements: list[InsertStatement],
+        ids: list[str | None],
+        index: int,
+        exc: DirectWriteError,
+        ms: float,
+    ) -> DirectWriteError:
+        done = [(s, i) for s, i in zip(statements, ids, strict=True) if i]
+        committed = sum(s.rows for s, _ in done)
+        shown = ", ".join(i for _, i in done[:10]) + (", ..." if len(done) > 10 else "")
+        message = (
+            f"{exc.message} (statement {index + 1} of {len(statements)}). "
+            f"{committed} of {len(records)} rows were committed before the write stopped"
+            + (f" (statements {shown})" if done else "")
+            + f"; the other {len(records) - committed} rows are not reported as written."
+        )
+        log.warning(
+            "sql_write_failed",
+            writer=self.name,
+            rows=len(records),
+            committed_rows=committed,
+            statements=len(statements),
+            failed_statement=index + 1,
+            ms=ms,
+            error=exc.message,
+        )
+        return type(exc)(message, writer=self.name)
+
+    async def count_rows(self, batch_id: str) -> int:
+        quoted = self._require_open()
+        sql = f"SELECT count(*) AS n FROM {quoted} WHERE batch_id = :b AND source = 'sql'"
+        result = await self._call(self._run, sql, [SqlParameter("b", "STRING", batch_id)])
+        return int(result.rows[0][0])
+
+    def _require_open(self) -> str:
+        if self._client is None or self._quoted is None:
+            raise WriterUnavailableError("the SQL writer is not open", writer=self.name)
+        return self._quoted
+
+    def _run(self, sql: str, parameters: list[SqlParameter]) -> _Result:
+        if self.driver == "connector":
+            return self._run_connector(sql, parameters)
+        return self._run_statement(sql, parameters)
+
+    def _run_statement(self, sql: str, parameters: list[SqlParameter]) -> _Result:
+        """One statement through the Statement Execution API, polled until it is done."""
+        if self._client is None:
+            raise WriterUnavailableError("the SQL writer is closed", writer=self.name)
+        api = self._client.statement_execution
+        deadline = time.monotonic() + self.statement_timeout_s
+        resp = api.execute_statement(
+            statement=sql,
+            warehouse_id=self.warehouse_id or "",
+            parameters=[
+                StatementParameterListItem(name=p.name, type=p.type, value=p.text)
+                for p in parameters
+            ],
+            wait_timeout=f"{self.wait_timeout_s}s",
+            on_wait_timeout=ExecuteStatementRequestOnWaitTimeout.CONTINUE,
+        )
+        statement_id = resp.statement_id or "?"
+        delay = 0.02
+        while (state := resp.status.state if resp.status else None) not in _DONE:
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(Exception):
+                    api.cancel_execution(statement_id)
+                raise _StatementFailed(
+                    f"statement {statement_id} did not finish within "
+                    f"{self.statement_timeout_s:g} s (last state {state.value if state else '?'})"
+                    "; cancel was requested, but its rows may still be committed"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            resp = api.get_statement(statement_id)
+        if state != StatementState.SUCCEEDED:
+            error = resp.status.error if resp.status else None
+            why = error.message if error and error.message else "no error message"
+            raise _StatementFailed(
+                f"the warehouse reports statement {statement_id} {state.value if state else '?'}"
+                f": {why}"
+            )
+        rows = resp.result.data_array if resp.result and resp.result.data_array else []
+        return _Result(statement_id, rows)
+
+    def _run_connector(self, sql: str, parameters: list[SqlParameter]) -> _Result:
+        """One statement through databricks-sql-connector (one at a time per connection)."""
+        with self._connection_lock:
+            if self._connection is None:
+                self._connection = self._connect()
+            with self._connection.cursor() as cursor:
+                cursor.execute(sql, [connector_parameter(p) for p in parameters])
+                rows = cursor.fetchall() if cursor.description else []
+                return _Result(cursor.query_id or "?", [list(r) for r in rows])
+
+    def _connect(self) -> Any:
+        # As the connector's documentation shows for service principals (OAuth M2M).
+        from databricks import sql
+        from databricks.sdk.core import oauth_service_principal
+
+        host, client_id, secret = self.host, self.settings.databricks_client_id, self._client_secret
+
+        def credentials_provider() -> Any:
+            return oauth_service_principal(
+                Config(host=host, client_id=client_id, client_secret=secret)
+            )
+
+        return sql.connect(
+            server_hostname=urlsplit(host).hostname,
+            http_path=f"/sql/1.0/warehouses/{self.warehouse_id}",
+            credentials_provider=credentials_provider,
+        )
+
+    # -- errors ----------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking SDK call in a thread; its errors come back as the app's errors."""
+        return await asyncio.to_thread(self._translated, fn, *args)
+
+    def _translated(self, fn: Callable[..., T], *args: Any) -> T:
+        # Translated inside the thread: asyncio re-creates a TimeoutError crossing from a
+        # thread (Python 3.11) and drops its cause, which says why the server was unreachable.
+        try:
+            return fn(*args)
+        except DirectWriteError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: Exception) -> DirectWriteError:
+        """The one place where driver errors become WriterUnavailableError or WriteFailedError."""
+        unavailable, failed = WriterUnavailableError, WriteFailedError
+        text = str(exc)
+        if isinstance(exc, _StatementFailed):
+            error: DirectWriteError = failed(text)
+        elif isinstance(exc, Unauthenticated):
+            error = unavailable(f"{self.host} rejected the credentials (HTTP 401): {text}")
+        elif isinstance(exc, PermissionDenied):
+            error = unavailable(f"{self.host} denied access (HTTP 403): {text}")
+        elif isinstance(exc, NotFound):
+            error = unavailable(f"not found on {self.host}: {text}")
+        elif isinstance(exc, TooManyRequests | TemporarilyUnavailable | DeadlineExceeded):
+            error = unavailable(f"the SQL API at {self.host} is busy or unavailable: {text}")
+        elif isinstance(exc, DatabricksError):
+            error = failed(f"the SQL API refused the request: {text}")
+        elif isinstance(exc, TimeoutError | requests.RequestException):
+            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+            error = unavailable(f"cannot reach the SQL API at {self.host}: {_network(cause)}")
+        elif type(exc).__module__.startswith("databricks.sql"):
+            error = self._translate_connector(exc)
+        elif isinstance(exc, ValueError):  # the SDK's Config: auth could not be set up
+            error = unavailable(f"cannot authenticate to {self.host}: {text}")
+        else:
+            error = failed(f"{type(exc).__name__}: {text}")
+        error.message = self._clean(error.message)
+        error.args = (error.message,)
+        error.writer = self.name
+        return error
+
+    def _translate_connector(self, exc: Exception) -> DirectWriteError:
+        from databricks.sql import exc as sql_exc
+
+        text = str(getattr(exc, "message", None) or exc)
+        if isinstance(exc, sql_exc.ServerOperationError):
+            return WriteFailedError(f"the warehouse failed the statement: {text}")
+        if isinstance(
+            exc, sql_exc.RequestError | sql_exc.OperationalError | sql_exc.InterfaceError
+        ):
+            return WriterUnavailableError(f"cannot reach the SQL warehouse: {text}")
+        return WriteFailedError(f"the SQL connector failed: {text}")
+
+    def _clean(self, message: str) -> str:
+        message = re.split(r"\.? Config: ", message, maxsplit=1)[0]  # the SDK's debug suffix
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        return message[:4000]
+
+
+def _check_inserted(result: _Result, expected: int) -> None:
+    """An INSERT answers [num_affected_rows, num_inserted_rows]; it must match what we sent."""
+    if result.rows and result.rows[0] and str(result.rows[0][0]).isdigit():
+        inserted = int(result.rows[0][-1])
+        if inserted != expected:
+            raise WriteFailedError(
+                f"statement {result.statement_id} inserted {inserted} rows, expected {expected}"
+            )
+
+
+def _network(exc: BaseException) -> str:
+    text = str(exc)
+    if "refused" in text.lower():
+        return "connection refused"
+    if "NameResolution" in text or "Name or service not known" in text or "getaddrinfo" in text:
+        return "the host name does not resolve"
+    if isinstance(exc, TimeoutError | requests.Timeout) or "timed out" in text.lower():
+        return "timed out"
+    return text[:300]
+
+
+def connector_parameter(p: SqlParameter) -> Any:
+    """The parameter as databricks-sql-connector's typed native parameter (NULL as VOID)."""
+    from databricks.sql import parameters
+
+    if p.value is None:
+        return parameters.VoidParameter(None, name=p.name)
+    # StringParameter, DoubleParameter, DateParameter, TimestampParameter
+    return getattr(parameters, f"{p.type.title()}Parameter")(p.value, name=p.name)
