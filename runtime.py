@@ -16,6 +16,9 @@ import httpx
 import structlog
 from pydantic import SecretStr
 
+from bench.environment import capture_environment
+from bench.manager import BenchmarkManager
+from bench.store import ResultStore
 from emulator.process import LocalStackProcess
 from errors import WriterUnavailableError
 from settings import Settings
@@ -34,6 +37,7 @@ class Runtime:
         self.endpoints: dict[str, Any] = {}
         self.targets = Targets(mode="databricks", settings=settings)
         self.writers = WriterSet(self.targets)
+        self.benchmarks = BenchmarkManager(self.writers, ResultStore(settings.data_dir / "results"))
 
     async def start(self) -> None:
         if self.settings.is_local:
@@ -60,9 +64,15 @@ class Runtime:
                 warehouse_id=s.databricks_warehouse_id,
             )
         self.writers = WriterSet(self.targets)
+        self.benchmarks = BenchmarkManager(
+            self.writers,
+            ResultStore(self.settings.data_dir / "results"),
+            environment=lambda: capture_environment(self.targets),
+        )
         log.info("runtime_started", mode=self.targets.mode)
 
     async def stop(self) -> None:
+        await self.benchmarks.close()
         await self.writers.close()
         if self.stack is not None:
             code = await asyncio.to_thread(self.stack.stop)

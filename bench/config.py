@@ -1,0 +1,64 @@
+"""What a benchmark run is asked to do."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from writers import WRITERS
+
+
+class BenchmarkConfig(BaseModel):
+    """A workload, run through each writer named (one after another unless `parallel`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    writers: list[str] = Field(default=["zerobus", "sql", "lakebase"], min_length=1)
+    records: int | None = Field(
+        default=10_000, ge=1, le=100_000_000, description="rows per writer (after warm-up)"
+    )
+    duration_s: float | None = Field(
+        default=None, gt=0, le=86_400, description="seconds per writer, instead of records"
+    )
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="batches in flight (closed loop); at a target rate, the cap on batches in "
+        "flight beyond which the run records the batch as dropped",
+    )
+    record_bytes: int = Field(
+        default=1024, ge=200, le=1_000_000, description="approximate row size; pads description"
+    )
+    warmup_s: float = Field(default=0.0, ge=0, le=3600, description="not measured")
+    seed: int = Field(default=0, ge=0)
+    rate: int | None = Field(
+        default=None, ge=1, le=100_000_000, description="target rows/s (open loop); none = max"
+    )
+    parallel: bool = Field(default=False, description="run the writers at the same time")
+    visibility: bool = Field(default=True, description="measure ack -> rows readable")
+    visibility_poll_ms: int = Field(default=50, ge=5, le=10_000)
+
+    @field_validator("writers")
+    @classmethod
+    def _known_writers(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in WRITERS]
+        if unknown:
+            raise ValueError(f"unknown writer(s) {', '.join(unknown)}; valid: {', '.join(WRITERS)}")
+        if len(set(names)) != len(names):
+            raise ValueError("each writer may appear once")
+        return names
+
+    @model_validator(mode="after")
+    def _records_or_duration(self) -> Self:
+        if self.duration_s is not None:
+            self.records = None
+        elif self.records is None:
+            raise ValueError("give records or duration_s")
+        return self
+
+    @property
+    def closed_loop(self) -> bool:
+        return self.rate is None

@@ -1,0 +1,103 @@
+"""Where a run ran: machine, software and targets, recorded in every result file."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from writers.base import Targets
+
+LIBRARIES = (
+    "databricks-zerobus-ingest-sdk",
+    "databricks-sdk",
+    "databricks-sql-connector",
+    "psycopg",
+    "psycopg-pool",
+    "grpcio",
+    "protobuf",
+    "deltalake",
+    "pyarrow",
+    "duckdb",
+    "fastapi",
+    "uvicorn",
+    "hdrhistogram",
+)
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=5,
+    )
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def capture_environment(targets: Targets | None = None) -> dict[str, Any]:
+    """CPU, cores, memory, OS, Python and library versions, git commit, mode and endpoints.
+
+    Endpoints are URLs without credentials; tokens and passwords are never included.
+    """
+    env: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_bytes": _memory_bytes(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+        "git_commit": _git_commit(),
+    }
+    if targets is not None:
+        s = targets.settings
+        env["mode"] = targets.mode
+        env["endpoints"] = {
+            "zerobus": targets.zerobus_endpoint,
+            "workspace": targets.workspace_url,
+            "warehouse_id": targets.warehouse_id,
+            "postgres": f"{s.pghost}:{s.pgport}" if targets.mode == "databricks" else "local",
+        }
+        env["tables"] = {
+            "zerobus": s.zerobus_table,
+            "sql": s.sql_table,
+            "lakebase": s.lakebase_table,
+        }
+    return env

@@ -1,0 +1,167 @@
+"""The result of a benchmark run: one versioned JSON document, plus a CSV summary.
+
+`RunResult.model_json_schema()` is the result schema (`make` writes nothing: the tests
+validate files against the model, and `dwbench` can print the schema).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bench.config import BenchmarkConfig
+
+SCHEMA_VERSION = 1
+
+RunStatus = Literal["running", "completed", "cancelled", "failed"]
+WriterStatus = Literal["pending", "running", "completed", "cancelled", "failed", "unavailable"]
+
+
+class LatencySummary(BaseModel):
+    """Milliseconds. p99.9 is spelled p99_9 in Python and "p99.9" in the file."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    count: int
+    min: float
+    mean: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    p99_9: float = Field(alias="p99.9")
+    max: float
+
+
+class VisibilitySummary(BaseModel):
+    """Ack -> rows readable in the target, sampled one batch at a time."""
+
+    samples: int
+    timeouts: int
+    poll_interval_ms: int
+    p50_ms: float | None
+    p95_ms: float | None
+    max_ms: float | None
+
+
+class SecondStats(BaseModel):
+    t: int = Field(description="second since measuring began")
+    rows: int
+    mib: float
+    batches: int
+    errors: int
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+class WriterResult(BaseModel):
+    writer: str
+    label: str
+    stores_rows: bool
+    status: WriterStatus
+    error: str | None = None
+    rows: int = 0
+    bytes: int = 0
+    batches: int = 0
+    failed_batches: int = 0
+    errors: dict[str, int] = Field(default_factory=dict, description="failed batches by kind")
+    error_samples: list[str] = Field(default_factory=list)
+    warmup_rows: int = 0
+    elapsed_s: float = 0.0
+    rows_per_s: float = 0.0
+    mib_per_s: float = 0.0
+    target_rows_per_s: int | None = None
+    rate_ratio: float | None = Field(default=None, description="achieved / target rows/s")
+    latency_ms: LatencySummary | None = Field(
+        default=None, description="per batch, from send to acknowledgement (service time)"
+    )
+    latency_from_intended_ms: LatencySummary | None = Field(
+        default=None, description="fixed rate only: from the batch's scheduled start"
+    )
+    send_delay_ms: LatencySummary | None = Field(
+        default=None, description="fixed rate only: actual send - scheduled start"
+    )
+    visibility: VisibilitySummary | None = None
+    per_second: list[SecondStats] = Field(default_factory=list)
+    percentile_curve: list[tuple[float, float]] = Field(
+        default_factory=list, description="(percentile, ms) for a log 1/(1-p) chart"
+    )
+    histograms: dict[str, str] = Field(
+        default_factory=dict, description="HdrHistogram compressed base64, microseconds"
+    )
+    client_cpu_percent: float | None = None
+    warnings: list[str] = Field(default_factory=list)
+
+
+class RunResult(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    id: str
+    status: RunStatus
+    partial: bool = Field(default=False, description="cancelled or failed before the end")
+    started_at: str
+    finished_at: str | None = None
+    config: BenchmarkConfig
+    environment: dict[str, Any] = Field(default_factory=dict)
+    writers: list[WriterResult] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=2)
+
+
+CSV_COLUMNS = (
+    "run_id",
+    "writer",
+    "status",
+    "rows",
+    "rows_per_s",
+    "mib_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "p99.9_ms",
+    "max_ms",
+    "corrected_p99_ms",
+    "send_delay_p99_ms",
+    "visibility_p95_ms",
+    "failed_batches",
+    "target_rows_per_s",
+    "rate_ratio",
+)
+
+
+def to_csv(run: RunResult) -> str:
+    """One row per writer: the numbers of the side-by-side table."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for w in run.writers:
+        lat = w.latency_ms
+        corrected = w.latency_from_intended_ms
+        writer.writerow(
+            [
+                run.id,
+                w.writer,
+                w.status,
+                w.rows,
+                round(w.rows_per_s, 1),
+                round(w.mib_per_s, 3),
+                lat.p50 if lat else "",
+                lat.p90 if lat else "",
+                lat.p95 if lat else "",
+                lat.p99 if lat else "",
+                lat.p99_9 if lat else "",
+                lat.max if lat else "",
+                corrected.p99 if corrected else "",
+                w.send_delay_ms.p99 if w.send_delay_ms else "",
+                w.visibility.p95_ms if w.visibility else "",
+                w.failed_batches,
+                w.target_rows_per_s or "",
+                w.rate_ratio if w.rate_ratio is not None else "",
+            ]
+        )
+    return out.getvalue()

@@ -1,0 +1,508 @@
+"""The load generator: one workload through one or more writers, measured.
+
+Closed loop (no target rate): `concurrency` lanes each send a batch, wait for it, send
+the next. Open loop (a target rate): batch k is sent at t0 + k * batch_size / rate
+whatever happened to earlier batches, up to `concurrency` batches in flight; a batch due
+when the cap is reached is counted as dropped, so a writer that cannot keep up shows as
+a rate shortfall instead of silently slowing the schedule.
+
+The runner keeps the clock; writers only write. Batches started during warm-up are
+written but not measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import gc
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from bench.config import BenchmarkConfig
+from bench.results import (
+    LatencySummary,
+    RunResult,
+    SecondStats,
+    VisibilitySummary,
+    WriterResult,
+)
+from bench.stats import Latencies, exact_percentile
+from bench.workload import BatchFactory
+from errors import DirectWriteError, RequestTooLargeError, WriterUnavailableError
+from writers.base import DataWriterInterface
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], float]
+ProgressCallback = Callable[[dict[str, Any]], None]
+VISIBILITY_TIMEOUT_S = 30.0
+MAX_ERROR_SAMPLES = 5
+
+
+class WriterSource(Protocol):
+    async def get(self, name: str) -> DataWriterInterface: ...
+
+
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, WriterUnavailableError):
+        return "unavailable"
+    if isinstance(exc, RequestTooLargeError):
+        return "too_large"
+    if isinstance(exc, DirectWriteError):
+        return "write_failed"
+    return f"unexpected {type(exc).__name__}"
+
+
+@dataclass
+class _Second:
+    rows: int = 0
+    bytes: int = 0
+    batches: int = 0
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+class _WriterRun:
+    """The state and measurements of one writer's part of a run."""
+
+    def __init__(
+        self, name: str, config: BenchmarkConfig, run_id: str, clock: Clock, cancel: asyncio.Event
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.clock = clock
+        self.cancel = cancel
+        self.factory = BatchFactory(config, run_id=run_id, source=name)
+        self.writer: DataWriterInterface | None = None
+        self.status = "pending"
+        self.phase = "pending"
+        self.error: str | None = None
+        self.service = Latencies()
+        self.from_intended = Latencies()
+        self.send_delay = Latencies()
+        self.visibility = Latencies()
+        self.visibility_timeouts = 0
+        self.seconds: dict[int, _Second] = {}
+        self.errors: dict[str, int] = {}
+        self.error_samples: list[str] = []
+        self.rows = 0
+        self.bytes = 0
+        self.batches = 0
+        self.failed = 0
+        self.warmup_rows = 0
+        self.in_flight = 0
+        self.started = 0.0
+        self.measure_start = math.inf
+        self.last_completion = 0.0
+        self.cpu_start = 0.0
+        self.cpu_percent: float | None = None
+        self._sampler: asyncio.Task[None] | None = None
+
+    # -- the run ---------------------------------------------------------------------
+
+    async def run(self, source: WriterSource) -> None:
+        try:
+            self.writer = await source.get(self.name)
+        except DirectWriteError as exc:
+            self.status, self.error = "unavailable", exc.message
+            return
+        self.status = "running"
+        # Objects alive now (the app, the batch pool) need no more garbage collection: a
+        # full collection over them mid-run would show up as a latency spike.
+        gc.collect()
+        gc.freeze()
+        self.started = self.clock()
+        self.measure_start = self.started + self.config.warmup_s
+        self.phase = "warmup" if self.config.warmup_s > 0 else "measuring"
+        self.cpu_start = time.process_time()
+        try:
+            if self.config.closed_loop:
+                await self._closed_loop()
+            else:
+                await self._open_loop()
+        finally:
+            if self._sampler is not None:
+                await self._sampler
+            wall = max(self.clock() - self.started, 1e-9)
+            self.cpu_percent = round(100 * (time.process_time() - self.cpu_start) / wall, 1)
+        self.phase = "done"
+        self.status = "cancelled" if self.cancel.is_set() else "completed"
+
+    def _budget_left(self, now: float, measured_batches: int) -> bool:
+        if self.cancel.is_set():
+            return False
+        cfg = self.config
+        if cfg.duration_s is not None:
+            return now < self.measure_start + cfg.duration_s
+        return measured_batches < self.factory.measured_batches
+
+    async def _closed_loop(self) -> None:
+        counter = {"measured": 0, "k": 0}
+
+        async def lane() -> None:
+            while True:
+                now = self.clock()
+                if not self._budget_left(now, counter["measured"]):
+                    return
+                measured = now >= self.measure_start
+                if measured:
+                    counter["measured"] += 1
+                k = counter["k"]
+                counter["k"] += 1
+                batch = self.factory.batch(k, last=self._is_last(measured, counter["measured"]))
+                await self._send(batch, intended=None, measured=measured)
+
+        await asyncio.gather(*(lane() for _ in range(self.config.concurrency)))
+
+    def _is_last(self, measured: bool, measured_batches: int) -> bool:
+        return (
+            measured
+            and self.config.duration_s is None
+            and measured_batches == self.factory.measured_batches
+        )
+
+    async def _open_loop(self) -> None:
+        assert self.config.rate is not None
+        interval = self.config.batch_size / self.config.rate
+        tasks: set[asyncio.Task[None]] = set()
+        t0 = self.clock()
+        self.measure_start = t0 + self.config.warmup_s
+        measured_batches = 0
+        k = 0
+        while True:
+            intended = t0 + k * interval
+            measured = intended >= self.measure_start
+            if not self._budget_left(intended, measured_batches):
+                break
+            if measured:
+                measured_batches += 1
+            batch = self.factory.batch(k, last=self._is_last(measured, measured_batches))
+            k += 1
+            # Short naps rather than waiting on the cancel event: a wait_for per batch costs a
+            # task, and a nap of at most 0.25 s keeps cancel responsive.
+            while (delay := intended - self.clock()) > 0 and not self.cancel.is_set():  # noqa: ASYNC110
+                await asyncio.sleep(min(delay, 0.25))
+            if self.cancel.is_set():
+                break
+            if self.in_flight >= self.config.concurrency:
+                self._failure("dropped", "in-flight cap reached", batch.rows, measured, intended)
+                continue
+            task = asyncio.create_task(self._send(batch, intended=intended, measured=measured))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    async def _send(self, batch: Any, *, intended: float | None, measured: bool) -> None:
+        assert self.writer is not None
+        self.in_flight += 1
+        start = self.clock()
+        try:
+            await self.writer.write(batch.records)
+        except Exception as exc:  # every failure is counted, none stops the run
+            self.in_flight -= 1
+            message = exc.message if isinstance(exc, DirectWriteError) else repr(exc)
+            self._failure(_kind(exc), message, batch.rows, measured, intended)
+            return
+        end = self.clock()
+        self.in_flight -= 1
+        if not measured:
+            self.warmup_rows += batch.rows
+            return
+        if self.phase == "warmup":
+            self.phase = "measuring"
+        self.rows += batch.rows
+        self.bytes += batch.bytes
+        self.batches += 1
+        self.last_completion = max(self.last_completion, end)
+        self.service.record(end - start)
+        if intended is not None:
+            self.from_intended.record(end - intended)
+            self.send_delay.record(max(0.0, start - intended))
+        second = self._second(end)
+        second.rows += batch.rows
+        second.bytes += batch.bytes
+        second.batches += 1
+        second.latencies_ms.append((end - start) * 1000)
+        if self.config.visibility and self.writer.stores_rows:
+            self._maybe_sample_visibility(batch.batch_id, batch.rows, end)
+
+    def _second(self, at: float) -> _Second:
+        index = max(0, int(at - self.measure_start))
+        second = self.seconds.get(index)
+        if second is None:
+            second = self.seconds[index] = _Second()
+        return second
+
+    def _failure(
+        self, kind: str, message: str, rows: int, measured: bool, intended: float | None
+    ) -> None:
+        if not measured:
+            return
+        self.failed += 1
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        if len(self.error_samples) < MAX_ERROR_SAMPLES:
+            self.error_samples.append(f"{kind}: {message}"[:500])
+        self._second(self.clock()).errors += 1
+        if intended is not None and kind == "dropped":
+            self.last_completion = max(self.last_completion, self.clock())
+
+    # -- visibility ------------------------------------------------------------------
+
+    def _maybe_sample_visibility(self, batch_id: str, rows: int, acked_at: float) -> None:
+        # One sample at a time, so the reader's own queries stay a small, steady load.
+        if self._sampler is None or self._sampler.done():
+            self._sampler = asyncio.create_task(self._sample(batch_id, rows, acked_at))
+
+    async def _sample(self, batch_id: str, rows: int, acked_at: float) -> None:
+        assert self.writer is not None
+        poll = self.config.visibility_poll_ms / 1000
+        while True:
+            try:
+                seen = await self.writer.count_rows(batch_id)
+            except NotImplementedError:
+                return
+            except Exception as exc:
+                self.visibility_timeouts += 1
+                log.warning("visibility_check_failed", writer=self.name, error=str(exc))
+                return
+            now = self.clock()
+            if seen >= rows:
+                self.visibility.record(now - acked_at)
+                return
+            if now - acked_at > VISIBILITY_TIMEOUT_S:
+                self.visibility_timeouts += 1
+                return
+            await asyncio.sleep(poll)
+
+    # -- reporting -------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        if self.measure_start == math.inf:
+            return 0.0
+        end = self.last_completion if self.phase == "done" else self.clock()
+        return max(0.0, end - self.measure_start)
+
+    def progress(self) -> dict[str, Any]:
+        now_second = self.seconds.get(max(0, int(self.clock() - self.measure_start) - 1))
+        p = self.service
+        return {
+            "writer": self.name,
+            "status": self.status,
+            "phase": self.phase,
+            "rows": self.rows,
+            "failed_batches": self.failed,
+            "elapsed_s": round(self.elapsed(), 3),
+            "rows_per_s_last_second": now_second.rows if now_second else 0,
+            "p50_ms": p.percentile_ms(50) if p.count else None,
+            "p99_ms": p.percentile_ms(99) if p.count else None,
+            "target_rows": self.factory.measured_rows,
+            "target_rows_per_s": self.config.rate,
+        }
+
+    def result(self, label: str, stores_rows: bool) -> WriterResult:
+        elapsed = self.elapsed()
+        rows_per_s = self.rows / elapsed if elapsed > 0 else 0.0
+        warnings: list[str] = []
+        rate_ratio = None
+        if self.config.rate is not None and self.rows:
+            rate_ratio = round(rows_per_s / self.config.rate, 4)
+            if rate_ratio < 0.95:
+                warnings.append(
+                    f"target rate not sustained: {rows_per_s:,.0f} of "
+                    f"{self.config.rate:,} rows/s ({rate_ratio:.0%})"
+                )
+        if self.failed:
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.errors.items()))
+            warnings.append(f"{self.failed} batches failed ({kinds})")
+        if self.cpu_percent is not None and self.cpu_percent >= 90:
+            warnings.append(
+                f"client CPU saturated ({self.cpu_percent:.0f}% of a core): the load "
+                "generator may be what limits these numbers"
+            )
+        if self.visibility_timeouts:
+            warnings.append(f"{self.visibility_timeouts} visibility samples timed out or failed")
+        histograms = {"latency": self.service.encode()}
+        if self.from_intended.count:
+            histograms["latency_from_intended"] = self.from_intended.encode()
+            histograms["send_delay"] = self.send_delay.encode()
+        if self.visibility.count:
+            histograms["visibility"] = self.visibility.encode()
+        curve_source = self.from_intended if self.from_intended.count else self.service
+        return WriterResult(
+            writer=self.name,
+            label=label,
+            stores_rows=stores_rows,
+            status=self.status,  # type: ignore[arg-type]
+            error=self.error,
+            rows=self.rows,
+            bytes=self.bytes,
+            batches=self.batches,
+            failed_batches=self.failed,
+            errors=dict(self.errors),
+            error_samples=list(self.error_samples),
+            warmup_rows=self.warmup_rows,
+            elapsed_s=round(elapsed, 4),
+            rows_per_s=round(rows_per_s, 1),
+            mib_per_s=round(self.bytes / 1048576 / elapsed, 3) if elapsed > 0 else 0.0,
+            target_rows_per_s=self.config.rate,
+            rate_ratio=rate_ratio,
+            latency_ms=_summary(self.service),
+            latency_from_intended_ms=_summary(self.from_intended),
+            send_delay_ms=_summary(self.send_delay),
+            visibility=self._visibility_summary(stores_rows),
+            per_second=[self._second_stats(t, s) for t, s in sorted(self.seconds.items())],
+            percentile_curve=curve_source.curve(),
+            histograms=histograms if self.service.count else {},
+            client_cpu_percent=self.cpu_percent,
+            warnings=warnings,
+        )
+
+    def _visibility_summary(self, stores_rows: bool) -> VisibilitySummary | None:
+        if not (self.config.visibility and stores_rows):
+            return None
+        v = self.visibility
+        return VisibilitySummary(
+            samples=v.count,
+            timeouts=self.visibility_timeouts,
+            poll_interval_ms=self.config.visibility_poll_ms,
+            p50_ms=v.percentile_ms(50) if v.count else None,
+            p95_ms=v.percentile_ms(95) if v.count else None,
+            max_ms=v.hist.get_max_value() / 1000 if v.count else None,
+        )
+
+    @staticmethod
+    def _second_stats(t: int, s: _Second) -> SecondStats:
+        return SecondStats(
+            t=t,
+            rows=s.rows,
+            mib=round(s.bytes / 1048576, 4),
+            batches=s.batches,
+            errors=s.errors,
+            p50_ms=round(exact_percentile(s.latencies_ms, 50), 3) if s.latencies_ms else None,
+            p99_ms=round(exact_percentile(s.latencies_ms, 99), 3) if s.latencies_ms else None,
+        )
+
+
+def _summary(latencies: Latencies) -> LatencySummary | None:
+    values = latencies.summary()
+    return LatencySummary.model_validate(values) if values else None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+class BenchmarkRun:
+    """A run in progress: start it, watch its progress, cancel it, take its result."""
+
+    def __init__(
+        self,
+        config: BenchmarkConfig,
+        *,
+        run_id: str | None = None,
+        environment: dict[str, Any] | None = None,
+        clock: Clock = time.perf_counter,
+    ) -> None:
+        self.config = config
+        self.id = run_id or new_run_id()
+        self.environment = environment or {}
+        self.clock = clock
+        self.cancel_event = asyncio.Event()
+        self.started_at = _now()
+        self.finished_at: str | None = None
+        self.status = "running"
+        self.error: str | None = None
+        self.parts = [
+            _WriterRun(name, config, self.id, clock, self.cancel_event) for name in config.writers
+        ]
+        self._labels: dict[str, tuple[str, bool]] = {}
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    async def execute(
+        self, source: WriterSource, on_progress: ProgressCallback | None = None
+    ) -> RunResult:
+        ticker = asyncio.create_task(self._tick(on_progress)) if on_progress else None
+        try:
+            if self.config.parallel:
+                await asyncio.gather(*(self._one(part, source) for part in self.parts))
+            else:
+                for part in self.parts:
+                    await self._one(part, source)
+            self.status = "cancelled" if self.cancel_event.is_set() else "completed"
+        except Exception as exc:  # a harness bug: keep what was measured, say so
+            log.exception("benchmark_failed", run_id=self.id)
+            self.status, self.error = "failed", repr(exc)
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+            self.finished_at = _now()
+        result = self.result()
+        if on_progress:
+            on_progress(self.progress())
+        return result
+
+    async def _one(self, part: _WriterRun, source: WriterSource) -> None:
+        if self.cancel_event.is_set():
+            part.status = "cancelled"
+            return
+        await part.run(source)
+        if part.writer is not None:
+            self._labels[part.name] = (part.writer.label, part.writer.stores_rows)
+
+    async def _tick(self, on_progress: ProgressCallback) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            on_progress(self.progress())
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "run_id": self.id,
+            "status": self.status,
+            "writers": [part.progress() for part in self.parts],
+        }
+
+    def result(self) -> RunResult:
+        writers = []
+        for part in self.parts:
+            label, stores = self._labels.get(part.name, (part.name, True))
+            writers.append(part.result(label, stores))
+        warnings = [f"{w.writer}: {text}" for w in writers for text in w.warnings]
+        if self.error:
+            warnings.insert(0, f"the run stopped on an error: {self.error}")
+        return RunResult(
+            id=self.id,
+            status=self.status,  # type: ignore[arg-type]
+            partial=self.status in ("cancelled", "failed", "running"),
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            config=self.config,
+            environment=self.environment,
+            writers=writers,
+            warnings=warnings,
+        )
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+async def run_benchmark(
+    config: BenchmarkConfig,
+    source: WriterSource,
+    *,
+    on_progress: ProgressCallback | None = None,
+    environment: dict[str, Any] | None = None,
+    clock: Clock = time.perf_counter,
+) -> RunResult:
+    """Run the workload through each writer and return the measured result."""
+    run = BenchmarkRun(config, environment=environment, clock=clock)
+    return await run.execute(source, on_progress)
