@@ -34,6 +34,8 @@ chromium:
 ## bench: benchmarks; results go to results/
 bench: $(STAMP)
 	$(BIN)/python -m bench.stack_bench --out results
+	$(BIN)/python -m bench.app_bench --out results
+	$(BIN)/python -m bench.harness_bench --out results
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

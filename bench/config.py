@@ -26,8 +26,8 @@ class BenchmarkConfig(BaseModel):
         default=4,
         ge=1,
         le=256,
-        description="batches in flight (closed loop); at a target rate, the cap on batches in "
-        "flight beyond which the run records the batch as dropped",
+        description="batches in flight (closed loop); at a target rate, the most in flight: a "
+        "batch due while that many are in flight is sent late, its delay measured",
     )
     record_bytes: int = Field(
         default=1024, ge=200, le=1_000_000, description="approximate row size; pads description"

@@ -37,7 +37,8 @@ class LatencySummary(BaseModel):
 
 
 class VisibilitySummary(BaseModel):
-    """Ack -> rows readable in the target, sampled one batch at a time."""
+    """Ack -> rows readable in the target: one batch at a time, a new one at most every
+    250 ms, polled every `poll_interval_ms` (so values are exact to within that interval)."""
 
     samples: int
     timeouts: int

@@ -1,10 +1,12 @@
 """The load generator: one workload through one or more writers, measured.
 
 Closed loop (no target rate): `concurrency` lanes each send a batch, wait for it, send
-the next. Open loop (a target rate): batch k is sent at t0 + k * batch_size / rate
-whatever happened to earlier batches, up to `concurrency` batches in flight; a batch due
-when the cap is reached is counted as dropped, so a writer that cannot keep up shows as
-a rate shortfall instead of silently slowing the schedule.
+the next. Open loop (a target rate): batch k is due at t0 + k * batch_size / rate,
+whatever happened to earlier batches. It is sent at that moment unless `concurrency`
+batches are already in flight; then it is sent as soon as one finishes. The schedule
+never shifts, and latency is also measured from the due time (wrk2's correction for
+coordinated omission), so a writer that cannot keep up shows as growing latency, send
+delay and a rate shortfall, never as a quietly slower schedule.
 
 The runner keeps the clock; writers only write. Batches started during warm-up are
 written but not measured.
@@ -42,6 +44,7 @@ log = structlog.get_logger(__name__)
 Clock = Callable[[], float]
 ProgressCallback = Callable[[dict[str, Any]], None]
 VISIBILITY_TIMEOUT_S = 30.0
+VISIBILITY_SAMPLE_EVERY_S = 0.25
 MAX_ERROR_SAMPLES = 5
 
 
@@ -103,6 +106,7 @@ class _WriterRun:
         self.cpu_start = 0.0
         self.cpu_percent: float | None = None
         self._sampler: asyncio.Task[None] | None = None
+        self._last_sample_at = -math.inf
 
     # -- the run ---------------------------------------------------------------------
 
@@ -170,6 +174,7 @@ class _WriterRun:
     async def _open_loop(self) -> None:
         assert self.config.rate is not None
         interval = self.config.batch_size / self.config.rate
+        slots = asyncio.Semaphore(self.config.concurrency)
         tasks: set[asyncio.Task[None]] = set()
         t0 = self.clock()
         self.measure_start = t0 + self.config.warmup_s
@@ -190,14 +195,18 @@ class _WriterRun:
                 await asyncio.sleep(min(delay, 0.25))
             if self.cancel.is_set():
                 break
-            if self.in_flight >= self.config.concurrency:
-                self._failure("dropped", "in-flight cap reached", batch.rows, measured, intended)
-                continue
+            await slots.acquire()  # late only when `concurrency` batches are in flight
             task = asyncio.create_task(self._send(batch, intended=intended, measured=measured))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            task.add_done_callback(lambda _: slots.release())
         if tasks:
             await asyncio.gather(*tasks)
+        # The schedule covers measured_batches whole intervals: the rate is over that window
+        # (or longer, when the writer finished late).
+        self.last_completion = max(
+            self.last_completion, self.measure_start + measured_batches * interval
+        )
 
     async def _send(self, batch: Any, *, intended: float | None, measured: bool) -> None:
         assert self.writer is not None
@@ -250,15 +259,18 @@ class _WriterRun:
         if len(self.error_samples) < MAX_ERROR_SAMPLES:
             self.error_samples.append(f"{kind}: {message}"[:500])
         self._second(self.clock()).errors += 1
-        if intended is not None and kind == "dropped":
-            self.last_completion = max(self.last_completion, self.clock())
 
     # -- visibility ------------------------------------------------------------------
 
     def _maybe_sample_visibility(self, batch_id: str, rows: int, acked_at: float) -> None:
-        # One sample at a time, so the reader's own queries stay a small, steady load.
-        if self._sampler is None or self._sampler.done():
-            self._sampler = asyncio.create_task(self._sample(batch_id, rows, acked_at))
+        # One sample at a time, and a new one at most every VISIBILITY_SAMPLE_EVERY_S: the
+        # reader's queries must stay a small, steady load next to the writes they measure.
+        if self._sampler is not None and not self._sampler.done():
+            return
+        if acked_at - self._last_sample_at < VISIBILITY_SAMPLE_EVERY_S:
+            return
+        self._last_sample_at = acked_at
+        self._sampler = asyncio.create_task(self._sample(batch_id, rows, acked_at))
 
     async def _sample(self, batch_id: str, rows: int, acked_at: float) -> None:
         assert self.writer is not None

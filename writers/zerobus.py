@@ -75,6 +75,7 @@ class ZerobusWriter(DataWriterInterface):
         self._lock = asyncio.Lock()
         self.streams_created = 0
         self.last_error: str | None = None
+        self._read_client: Any = None
 
     async def open(self) -> None:
         problem = self._config_problem()
@@ -237,29 +238,36 @@ class ZerobusWriter(DataWriterInterface):
             "last_error": self.last_error,
         }
 
+    def _reader(self) -> Any:
+        """A workspace client for reading rows back through the SQL warehouse (made once)."""
+        if self._read_client is None:
+            from databricks.sdk import WorkspaceClient
+
+            if self.targets.mode == "local":
+                assert self.targets.local_token is not None
+                self._read_client = WorkspaceClient(
+                    host=self.targets.workspace_url,
+                    token=self.targets.local_token.get_secret_value(),
+                    auth_type="pat",
+                )
+            else:
+                secret = self.settings.databricks_client_secret
+                self._read_client = WorkspaceClient(
+                    host=self.targets.workspace_url,
+                    client_id=self.settings.databricks_client_id,
+                    client_secret=secret.get_secret_value() if secret else None,
+                    auth_type="oauth-m2m",
+                )
+        return self._read_client
+
     async def count_rows(self, batch_id: str) -> int:
         """Rows of the batch readable in the table, through the SQL warehouse."""
         return await asyncio.to_thread(self._count_rows, batch_id)
 
     def _count_rows(self, batch_id: str) -> int:
-        from databricks.sdk import WorkspaceClient
         from databricks.sdk.service.sql import StatementParameterListItem, StatementState
 
-        if self.targets.mode == "local":
-            assert self.targets.local_token is not None
-            w = WorkspaceClient(
-                host=self.targets.workspace_url,
-                token=self.targets.local_token.get_secret_value(),
-                auth_type="pat",
-            )
-        else:
-            secret = self.settings.databricks_client_secret
-            w = WorkspaceClient(
-                host=self.targets.workspace_url,
-                client_id=self.settings.databricks_client_id,
-                client_secret=secret.get_secret_value() if secret else None,
-                auth_type="oauth-m2m",
-            )
+        w = self._reader()
         if not self.targets.warehouse_id:
             raise WriterUnavailableError(
                 "reading Zerobus rows back needs DATABRICKS_WAREHOUSE_ID", writer=self.name

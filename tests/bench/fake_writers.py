@@ -1,0 +1,78 @@
+"""In-repo writers implementing the writer interface, for harness tests.
+
+They stand in for targets, never for the real writers: the contract suite and the
+benchmark tests on the local stack use the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from errors import WriteFailedError
+from records import ProductRecord
+from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt
+
+
+class StallingWriter(DataWriterInterface):
+    """One connection (writes are serialized); every write takes `normal_s`, except the
+    `stall_at`-th, which takes `stall_s`. Rows are kept in memory and counted back."""
+
+    name = "stalling"
+    label = "Stalling test writer"
+
+    def __init__(
+        self, targets: Targets, *, normal_s: float, stall_at: int, stall_s: float
+    ) -> None:
+        super().__init__(targets)
+        self.normal_s, self.stall_at, self.stall_s = normal_s, stall_at, stall_s
+        self.writes = 0
+        self.rows: dict[str, int] = {}
+        self._connection = asyncio.Lock()
+
+    async def open(self) -> None:
+        return None
+
+    async def availability(self) -> Availability:
+        return Availability(True)
+
+    async def write(self, records: Sequence[ProductRecord]) -> WriteReceipt:
+        async with self._connection:
+            self.writes += 1
+            await asyncio.sleep(self.stall_s if self.writes == self.stall_at else self.normal_s)
+            for r in records:
+                self.rows[r.batch_id] = self.rows.get(r.batch_id, 0) + 1
+        return WriteReceipt(rows=len(records))
+
+    async def count_rows(self, batch_id: str) -> int:
+        return self.rows.get(batch_id, 0)
+
+    async def close(self) -> None:
+        return None
+
+
+class FailingEveryNthWriter(StallingWriter):
+    """Fails every n-th write with a WriteFailedError; stores the others."""
+
+    name = "failing"
+    label = "Failing test writer"
+
+    def __init__(self, targets: Targets, *, every: int) -> None:
+        super().__init__(targets, normal_s=0.001, stall_at=-1, stall_s=0)
+        self.every = every
+
+    async def write(self, records: Sequence[ProductRecord]) -> WriteReceipt:
+        if (self.writes + 1) % self.every == 0:
+            self.writes += 1
+            raise WriteFailedError("the target refused the batch", writer=self.name)
+        return await super().write(records)
+
+
+class FixedSource:
+    """A writer source that hands out the given instances by name."""
+
+    def __init__(self, *writers: DataWriterInterface) -> None:
+        self.writers = {w.name: w for w in writers}
+
+    async def get(self, name: str) -> DataWriterInterface:
+        return self.writers[name]
