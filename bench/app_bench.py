@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import os
-import platform
 import secrets
 import socket
 import statistics
@@ -29,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +36,7 @@ from pydantic import SecretStr
 from zerobus.sdk.aio import ZerobusSdk
 from zerobus.sdk.shared import TableProperties
 
+from bench.environment import capture_environment, write_results
 from emulator.process import LocalStackProcess
 from proto import product_record_pb2
 from records import build_records, new_batch_id, sample_items, to_proto
@@ -218,15 +216,7 @@ async def run(out: Path, requests: int, clients: int, seed_requests: int) -> dic
         "benchmark": "app",
         "version": 1,
         "started_at": dt.datetime.now(dt.UTC).isoformat(),
-        "environment": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "libraries": {
-                n: metadata.version(n)
-                for n in ("databricks-zerobus-ingest-sdk", "fastapi", "uvicorn", "psycopg")
-            },
-        },
+        "environment": capture_environment(),
     }
     with tempfile.TemporaryDirectory(prefix="dwbench-") as tmp:
         stack = LocalStackProcess(Path(tmp, "stack"), token=secrets.token_urlsafe(16))
@@ -237,15 +227,8 @@ async def run(out: Path, requests: int, clients: int, seed_requests: int) -> dic
             results["lakebase_copy"] = await lakebase_copy(endpoints, Path(tmp), 20)
     ours = results["app_overhead"]["rows_per_s"]
     results["ours_vs_seed_rows_per_s"] = round(ours / results["seed_pattern"]["rows_per_s"], 1)
-    results["file"] = str(_write(out, results))
+    results["file"] = str(write_results(out, "app", results))
     return results
-
-
-def _write(out: Path, results: dict[str, Any]) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"app-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2))
-    return path
 
 
 def main() -> None:

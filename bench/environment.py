@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -101,3 +103,11 @@ def capture_environment(targets: Targets | None = None) -> dict[str, Any]:
             "lakebase": s.lakebase_table,
         }
     return env
+
+
+def write_results(out: Path, prefix: str, results: dict[str, Any]) -> Path:
+    """A benchmark script's results as `<out>/<prefix>-<timestamp>.json`."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    return path

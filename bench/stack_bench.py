@@ -21,14 +21,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
-import os
-import platform
 import secrets
 import tempfile
 import time
 from collections import Counter
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +35,7 @@ from hdrh.histogram import HdrHistogram
 from zerobus.sdk.aio import ZerobusSdk
 from zerobus.sdk.shared import HeadersProvider, StreamConfigurationOptions, TableProperties
 
+from bench.environment import capture_environment, write_results
 from emulator.process import LocalStackProcess
 from proto import product_record_pb2
 
@@ -263,15 +260,7 @@ async def run(
         "benchmark": "local-stack-zerobus",
         "version": 1,
         "started_at": dt.datetime.now(dt.UTC).isoformat(),
-        "environment": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "libraries": {
-                name: metadata.version(name)
-                for name in ("databricks-zerobus-ingest-sdk", "grpcio", "deltalake", "pyarrow")
-            },
-        },
+        "environment": capture_environment(),
         "workload": {"batch_records": BATCH, "record_bytes": len(make_batch(0, "d" * 900)[0])},
     }
     with tempfile.TemporaryDirectory(prefix="dwbench-") as tmp:
@@ -288,15 +277,8 @@ async def run(
     results["ratio_to_ack_only"] = round(
         results["max_rate"]["rows_per_s"] / results["ack_only_max_rate"]["rows_per_s"], 3
     )
-    results["file"] = str(_write(out, results))
+    results["file"] = str(write_results(out, "stack", results))
     return results
-
-
-def _write(out: Path, results: dict[str, Any]) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"stack-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2))
-    return path
 
 
 def main() -> None:

@@ -5,25 +5,15 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-import httpx
-
 from emulator.process import LocalStackProcess
 from tests.api.test_ingest import WATCH, delta_rows
 from tests.app_server import AppServer
 from tests.conftest import app_settings
-
-
-def stack_status(endpoints: dict[str, Any]) -> dict[str, Any]:
-    resp = httpx.get(
-        f"{endpoints['api_url']}/api/local/status",
-        headers={"Authorization": f"Bearer {endpoints['token']}"},
-    )
-    resp.raise_for_status()
-    return resp.json()
+from tests.emulator.test_zerobus import status
 
 
 def test_many_requests_share_one_zerobus_stream(local_stack):
-    before = stack_status(local_stack)["zerobus"]["streams_created"]
+    before = status(local_stack)["zerobus"]["streams_created"]
     server = AppServer(app_settings(local_stack))
     with server, server.client() as http:
         batches = []
@@ -34,7 +24,7 @@ def test_many_requests_share_one_zerobus_stream(local_stack):
             assert resp.status_code == 200, resp.text
             batches.append(resp.json()["batch_id"])
         debug = http.get("/debug/zerobus-availability").json()
-    assert stack_status(local_stack)["zerobus"]["streams_created"] == before + 1
+    assert status(local_stack)["zerobus"]["streams_created"] == before + 1
     assert debug["streams_created"] == 1 and debug["stream_state"] == "open"
     assert all(len(delta_rows(local_stack, b, "zerobus")) == 1 for b in batches)
 

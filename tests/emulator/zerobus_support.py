@@ -10,24 +10,12 @@ from typing import Any
 import pyarrow as pa
 from deltalake import DeltaTable
 from zerobus.sdk import aio, sync
-from zerobus.sdk.shared import HeadersProvider, StreamConfigurationOptions, TableProperties
+from zerobus.sdk.shared import StreamConfigurationOptions, TableProperties
 
 from proto import product_record_pb2
+from writers.zerobus import LocalBearerToken
 
 EPOCH = dt.date(1970, 1, 1)
-
-
-class BearerHeaders(HeadersProvider):
-    def __init__(self, token: str, table: str) -> None:
-        super().__init__()
-        self.token = token
-        self.table = table
-
-    def get_headers(self) -> list[tuple[str, str]]:
-        return [
-            ("authorization", f"Bearer {self.token}"),
-            ("x-databricks-zerobus-table-name", self.table),
-        ]
 
 
 def fast_options(**overrides: Any) -> StreamConfigurationOptions:
@@ -55,7 +43,7 @@ async def async_stream(
     sdk = aio.ZerobusSdk(endpoints["zerobus_endpoint"], endpoints["api_url"])
     await sdk._inner.set_use_tls(False)
     props = TableProperties(table, descriptor) if descriptor is not None else TableProperties(table)
-    headers = BearerHeaders(token or endpoints["token"], header_table or table)
+    headers = LocalBearerToken(token or endpoints["token"], header_table or table)
     return await sdk.create_stream(
         table_properties=props, headers_provider=headers, options=options or fast_options()
     )
@@ -73,7 +61,7 @@ def sync_stream(
     props = TableProperties(table, descriptor) if descriptor is not None else TableProperties(table)
     return sdk.create_stream(
         table_properties=props,
-        headers_provider=BearerHeaders(endpoints["token"], table),
+        headers_provider=LocalBearerToken(endpoints["token"], table),
         options=options or fast_options(),
     )
 
