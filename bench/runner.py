@@ -136,7 +136,12 @@ class _WriterRun:
             wall = max(self.clock() - self.started, 1e-9)
             self.cpu_percent = round(100 * (time.process_time() - self.cpu_start) / wall, 1)
         self.phase = "done"
-        self.status = "cancelled" if self.cancel.is_set() else "completed"
+        if self.cancel.is_set():
+            self.status = "cancelled"
+        elif self.failed and not self.rows:
+            self.status, self.error = "failed", "every measured batch failed"
+        else:
+            self.status = "completed"
 
     def _budget_left(self, now: float, measured_batches: int) -> bool:
         if self.cancel.is_set():
@@ -302,7 +307,9 @@ class _WriterRun:
         return max(0.0, end - self.measure_start)
 
     def progress(self) -> dict[str, Any]:
-        now_second = self.seconds.get(max(0, int(self.clock() - self.measure_start) - 1))
+        now_second = None
+        if self.measure_start != math.inf:  # a writer that has not started has no seconds yet
+            now_second = self.seconds.get(max(0, int(self.clock() - self.measure_start) - 1))
         p = self.service
         return {
             "writer": self.name,

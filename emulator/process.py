@@ -58,6 +58,9 @@ class LocalStackProcess:
             stderr=log_file,
             env=env,
             cwd=_ROOT,
+            # Its own session: a Ctrl-C at the terminal goes to the parent, which decides
+            # when to stop the stack (after committing what it holds), not to the stack.
+            start_new_session=True,
         )
         log_file.close()
         assert self._proc.stdout is not None

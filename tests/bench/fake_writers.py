@@ -21,9 +21,7 @@ class StallingWriter(DataWriterInterface):
     name = "stalling"
     label = "Stalling test writer"
 
-    def __init__(
-        self, targets: Targets, *, normal_s: float, stall_at: int, stall_s: float
-    ) -> None:
+    def __init__(self, targets: Targets, *, normal_s: float, stall_at: int, stall_s: float) -> None:
         super().__init__(targets)
         self.normal_s, self.stall_at, self.stall_s = normal_s, stall_at, stall_s
         self.writes = 0

@@ -111,9 +111,7 @@ async def test_fixed_rate_holds_against_the_null_writer():
 
 
 async def test_cancel_keeps_partial_results_marked_as_such():
-    run = BenchmarkRun(
-        BenchmarkConfig(writers=["null"], duration_s=30, batch_size=100, rate=2000)
-    )
+    run = BenchmarkRun(BenchmarkConfig(writers=["null"], duration_s=30, batch_size=100, rate=2000))
     task = asyncio.create_task(run.execute(WriterSet(TARGETS)))
     await asyncio.sleep(0.6)
     run.cancel()
@@ -168,3 +166,16 @@ async def test_every_real_writer_small_run_produces_complete_result_files(local_
     rows = next(d for d in diffs if d.writer == "null" and d.metric == "failed_batches")
     assert rows.change == 0.0 and rows.within_noise
     assert [r["id"] for r in store.history()] == [second.id, first.id]
+
+
+async def test_progress_of_writers_not_started_yet_and_a_writer_that_fails_everything():
+    failing = FailingEveryNthWriter(TARGETS, every=1)
+    run = BenchmarkRun(config(["down", "failing"], records=300, batch_size=100))
+    assert [w["status"] for w in run.progress()["writers"]] == ["pending", "pending"]
+    messages: list[dict[str, Any]] = []
+    result = await run.execute(SourceWithAnUnavailableWriter(failing), messages.append)
+    down, failed = result.writers
+    assert down.status == "unavailable"
+    assert failed.status == "failed" and failed.error == "every measured batch failed"
+    assert failed.failed_batches == 3 and failed.rows == 0
+    assert messages[-1]["writers"][1]["status"] == "failed"
