@@ -7,10 +7,11 @@ PYTEST_ARGS ?=
 
 .PHONY: run test bench lint format proto proto-check local-stack chromium clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .   # the dwbench command
 	touch $(STAMP)
 
 ## run: the app on http://127.0.0.1:8000 (in local mode it starts the local stack itself)

@@ -1,0 +1,797 @@
+"""`dwbench`: run the app, the local stack and benchmarks from a terminal.
+
+A thin adapter over `bench/` and `runtime.py`: it parses arguments, shows progress, renders
+tables and saves files; everything measured is measured by `bench.runner`.
+
+Exit codes: 0 done (`run`: every writer completed without failed batches); 1 a writer failed,
+was unavailable or had failed batches, or the targets could not be reached; 2 bad arguments;
+130 cancelled with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from pydantic import ValidationError
+
+from bench.config import BenchmarkConfig
+from bench.results import RunResult, WriterResult, to_csv
+from bench.store import (
+    NOISE_FLOOR,
+    MetricDiff,
+    ResultStore,
+    compare,
+    compare_json,
+    load_result,
+)
+
+if TYPE_CHECKING:
+    from settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+
+# -- argument types ------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "500ms", "5s", "2m", "1h" or a plain number of seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use e.g. 500ms, 30s, 2m, 1h or a number of seconds"
+        )
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def parse_writers(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one writer, e.g. zerobus,sql,lakebase")
+    return names
+
+
+# Config fields as the command line spells them, for error messages.
+_OPTION = {
+    "writers": "--writers",
+    "records": "--records",
+    "duration_s": "--duration",
+    "batch_size": "--batch-size",
+    "concurrency": "--concurrency",
+    "record_bytes": "--record-bytes",
+    "warmup_s": "--warmup",
+    "seed": "--seed",
+    "rate": "--rate",
+    "parallel": "--parallel",
+    "visibility": "--no-visibility",
+    "visibility_poll_ms": "--poll-interval",
+}
+_UNIT = {"duration_s": "seconds", "warmup_s": "seconds", "visibility_poll_ms": "milliseconds"}
+
+
+def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
+    """The run's BenchmarkConfig; pydantic's ValidationError when a value is out of range."""
+    values: dict[str, Any] = {
+        "batch_size": args.batch_size,
+        "concurrency": args.concurrency,
+        "record_bytes": args.record_bytes,
+        "warmup_s": args.warmup,
+        "seed": args.seed,
+        "rate": args.rate,
+        "parallel": args.parallel,
+        "visibility": not args.no_visibility,
+        "visibility_poll_ms": round(args.poll_interval * 1000),
+    }
+    if args.writers is not None:
+        values["writers"] = args.writers
+    if args.duration is not None:
+        values["duration_s"] = args.duration
+    elif args.records is not None:
+        values["records"] = args.records
+    return BenchmarkConfig(**values)
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line per invalid field, named as the command line names it."""
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        where = _OPTION.get(field, field or "arguments")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        unit = _UNIT.get(field)
+        lines.append(f"{where}: {message}" + (f" ({unit})" if unit else ""))
+    return "; ".join(lines)
+
+
+# -- number formatting -----------------------------------------------------------------------
+
+MISSING = "-"
+
+
+def fmt_int(value: float | None) -> str:
+    return MISSING if value is None else f"{round(value):,}"
+
+
+def fmt_ms(value: float | None) -> str:
+    if value is None:
+        return MISSING
+    if value < 1:
+        return f"{value:.3f}"
+    if value < 10:
+        return f"{value:.2f}"
+    if value < 100:
+        return f"{value:.1f}"
+    return f"{value:,.0f}"
+
+
+def fmt_mib(value: float | None) -> str:
+    return MISSING if value is None else f"{value:,.2f}"
+
+
+def fmt_pct(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.1f} %"
+
+
+# -- tables --------------------------------------------------------------------------------
+
+
+def render_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], *, align: str | None = None
+) -> str:
+    """Plain text columns; `align` has one letter per column, "l" or "r" (default: the
+    first column left, the others right)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.ljust(w) if a == "l" else cell.rjust(w)
+            for cell, w, a in zip(cells, widths, align, strict=True)
+        ]
+        return "  ".join(padded).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+Metric = Callable[[WriterResult], float | None]
+BEST = "*"
+
+
+def _rate_pct(w: WriterResult) -> float | None:
+    return w.rate_ratio * 100 if w.rate_ratio is not None else None
+
+
+# (row label, value, format, which is better: "high", "low" or None for no mark)
+_RESULT_ROWS: tuple[tuple[str, Metric, Callable[[float | None], str], str | None], ...] = (
+    ("rows", lambda w: w.rows, fmt_int, None),
+    ("elapsed s", lambda w: w.elapsed_s, lambda v: MISSING if v is None else f"{v:.2f}", None),
+    ("rows/s", lambda w: w.rows_per_s, fmt_int, "high"),
+    ("MiB/s", lambda w: w.mib_per_s, fmt_mib, "high"),
+    ("p50 ms", lambda w: w.latency_ms.p50 if w.latency_ms else None, fmt_ms, "low"),
+    ("p95 ms", lambda w: w.latency_ms.p95 if w.latency_ms else None, fmt_ms, "low"),
+    ("p99 ms", lambda w: w.latency_ms.p99 if w.latency_ms else None, fmt_ms, "low"),
+    ("p99.9 ms", lambda w: w.latency_ms.p99_9 if w.latency_ms else None, fmt_ms, "low"),
+    ("max ms", lambda w: w.latency_ms.max if w.latency_ms else None, fmt_ms, "low"),
+    ("errors", lambda w: w.failed_batches, fmt_int, "low"),
+    (
+        "visibility p95 ms",
+        lambda w: w.visibility.p95_ms if w.visibility else None,
+        fmt_ms,
+        "low",
+    ),
+)
+_FIXED_RATE_ROWS: tuple[tuple[str, Metric, Callable[[float | None], str], str | None], ...] = (
+    (
+        "corrected p99 ms",
+        lambda w: w.latency_from_intended_ms.p99 if w.latency_from_intended_ms else None,
+        fmt_ms,
+        "low",
+    ),
+    (
+        "send-delay p99 ms",
+        lambda w: w.send_delay_ms.p99 if w.send_delay_ms else None,
+        fmt_ms,
+        "low",
+    ),
+    ("rate achieved", _rate_pct, fmt_pct, "high"),
+)
+
+
+def _best(values: list[float | None], better: str | None, eligible: list[bool]) -> set[int]:
+    """Columns holding the best value; none unless at least two eligible columns have one."""
+    candidates = [(i, v) for i, v in enumerate(values) if v is not None and eligible[i]]
+    if better is None or len(candidates) < 2:
+        return set()
+    if len({v for _, v in candidates}) == 1:
+        return set()  # all equal: nothing to point out
+    pick = max if better == "high" else min
+    target = pick(v for _, v in candidates)
+    return {i for i, v in candidates if v == target}
+
+
+def workload_text(config: BenchmarkConfig) -> str:
+    amount = (
+        f"{config.duration_s:g} s per writer"
+        if config.duration_s is not None
+        else f"{config.records:,} rows per writer"
+    )
+    pace = f"at {config.rate:,} rows/s" if config.rate is not None else "max rate"
+    parts = [
+        amount,
+        f"batch {config.batch_size:,}",
+        f"concurrency {config.concurrency}",
+        f"{config.record_bytes:,} B/row",
+        pace,
+    ]
+    if config.warmup_s:
+        parts.append(f"warm-up {config.warmup_s:g} s")
+    if config.parallel:
+        parts.append("writers in parallel")
+    return ", ".join(parts)
+
+
+def results_table(run: RunResult) -> str:
+    """The side-by-side table: one column per writer, the best of each row marked."""
+    writers = run.writers
+    header = ["", *(w.writer for w in writers)]
+    # The null writer stores nothing: it is the harness ceiling, never "the best writer".
+    eligible = [w.stores_rows and w.status in ("completed", "cancelled") for w in writers]
+    rows: list[list[str]] = [["status", *(f"{w.status}  " for w in writers)]]
+    specs = _RESULT_ROWS + (_FIXED_RATE_ROWS if run.config.rate is not None else ())
+    marked = False
+    for label, metric, fmt, better in specs:
+        values = [metric(w) if w.status != "unavailable" else None for w in writers]
+        best = _best(values, better, eligible)
+        marked = marked or bool(best)
+        cells = [fmt(v) + (f" {BEST}" if i in best else "  ") for i, v in enumerate(values)]
+        rows.append([label, *cells])
+    lines = [
+        f"run {run.id}: {run.status}{' (partial)' if run.partial else ''}",
+        f"workload: {workload_text(run.config)}",
+        "",
+        render_table(header, rows),
+    ]
+    if marked:
+        lines.append(f"{BEST} best of the writers that store rows")
+    if any(not w.stores_rows for w in writers):
+        baseline = ", ".join(w.writer for w in writers if not w.stores_rows)
+        lines.append(f"{baseline}: discards rows; the harness ceiling, not a target")
+    problems = [f"{w.writer}: {w.status}: {w.error}" for w in writers if w.error]
+    problems += run.warnings
+    if problems:
+        lines += ["", "warnings:", *(f"  - {text}" for text in problems)]
+    return "\n".join(lines)
+
+
+def _date(iso: str) -> str:
+    return iso[:19].replace("T", " ")
+
+
+def history_table(entries: Sequence[dict[str, Any]]) -> str:
+    """Stored runs, newest first, as `ResultStore.history()` lists them."""
+    if not entries:
+        return "no stored runs"
+    rows = []
+    for e in entries:
+        status = e["status"] + (" (partial)" if e["partial"] and e["status"] != "cancelled" else "")
+        writers = ", ".join(f"{w['writer']} {fmt_int(w['rows_per_s'])}" for w in e["writers"])
+        rows.append([e["id"], _date(e["started_at"]), status, writers, _workload_summary(e)])
+    header = ["id", "started (UTC)", "status", "writers (rows/s)", "workload"]
+    return render_table(header, rows, align="lllll")
+
+
+def _workload_summary(entry: dict[str, Any]) -> str:
+    w = entry["workload"]
+    amount = f"{w['duration_s']:g} s" if w.get("duration_s") else f"{fmt_int(w['records'])} rows"
+    pace = f"{w['rate']:,} rows/s" if w.get("rate") else "max rate"
+    return f"{amount}, batch {w['batch_size']:,}, conc {w['concurrency']}, {pace}"
+
+
+_METRIC_NAMES = {
+    "rows_per_s": ("rows/s", fmt_int),
+    "mib_per_s": ("MiB/s", fmt_mib),
+    "p50_ms": ("p50 ms", fmt_ms),
+    "p95_ms": ("p95 ms", fmt_ms),
+    "p99_ms": ("p99 ms", fmt_ms),
+    "p99.9_ms": ("p99.9 ms", fmt_ms),
+    "max_ms": ("max ms", fmt_ms),
+    "visibility_p95_ms": ("visibility p95 ms", fmt_ms),
+    "failed_batches": ("failed batches", fmt_int),
+}
+
+
+def _mark(diff: MetricDiff) -> str:
+    if diff.change is None:
+        return "not comparable"
+    if diff.within_noise:
+        return "within noise"
+    if diff.better is None:
+        return "no change"
+    return f"{diff.better.upper()} better"
+
+
+def _change(diff: MetricDiff) -> str:
+    return MISSING if diff.change is None else f"{diff.change * 100:+.1f} %"
+
+
+def compare_table(a: RunResult, b: RunResult, diffs: Sequence[MetricDiff]) -> str:
+    """Per writer, per metric: A, B, the change and whether it is within noise."""
+    lines = [
+        f"A: {a.id}  {_date(a.started_at)}  {a.status}  ({workload_text(a.config)})",
+        f"B: {b.id}  {_date(b.started_at)}  {b.status}  ({workload_text(b.config)})",
+    ]
+    differ = _config_differences(a.config, b.config)
+    if differ:
+        lines.append(f"note: the workloads differ ({differ})")
+    writers = list(dict.fromkeys(d.writer for d in diffs))
+    for writer in writers:
+        rows = []
+        noise = 0.0
+        for d in diffs:
+            if d.writer != writer:
+                continue
+            noise = d.noise
+            name, fmt = _METRIC_NAMES.get(d.metric, (d.metric, fmt_ms))
+            rows.append([name, fmt(d.a), fmt(d.b), _change(d), _mark(d)])
+        lines += ["", f"{writer} (noise threshold {noise * 100:.1f} %)"]
+        lines.append(render_table(["metric", "A", "B", "change", ""], rows, align="lrrrl"))
+    only_a = [w.writer for w in a.writers if w.writer not in writers]
+    only_b = [w.writer for w in b.writers if w.writer not in writers]
+    if only_a or only_b:
+        lines.append("")
+        if only_a:
+            lines.append(f"only in A: {', '.join(only_a)}")
+        if only_b:
+            lines.append(f"only in B: {', '.join(only_b)}")
+    lines += [
+        "",
+        f"noise rule (bench.store.compare): a change is within noise when it is smaller than "
+        f"max({NOISE_FLOOR * 100:g} %, 2 x the larger per-second throughput variation (stdev/mean) "
+        "of the two runs), per writer",
+    ]
+    return "\n".join(lines)
+
+
+def _config_differences(a: BenchmarkConfig, b: BenchmarkConfig) -> str:
+    da, db = a.model_dump(exclude={"writers"}), b.model_dump(exclude={"writers"})
+    return ", ".join(f"{k} {da[k]} vs {db[k]}" for k in da if da[k] != db.get(k))
+
+
+# -- progress ------------------------------------------------------------------------------
+
+BAR_WIDTH = 20
+
+
+def progress_line(writer: dict[str, Any], duration_s: float | None) -> str:
+    """One writer's bar and live numbers, from one entry of `BenchmarkRun.progress()`.
+    Most telling first: a narrow terminal cuts the end of the line."""
+    status, phase = writer["status"], writer["phase"]
+    fraction = 1.0 if status == "completed" else _fraction(writer, duration_s)
+    filled = round(fraction * BAR_WIDTH)
+    bar = "[" + "#" * filled + "." * (BAR_WIDTH - filled) + "]"
+    target = writer.get("target_rows")
+    rows = f"{writer['rows']:,}" + (f"/{target:,}" if target else "") + " rows"
+    if phase == "done" and writer["elapsed_s"] > 0:
+        speed = f"{writer['rows'] / writer['elapsed_s']:,.0f} rows/s avg"
+    else:
+        speed = f"{writer['rows_per_s_last_second']:,} rows/s"
+    p50, p99 = fmt_ms(writer.get("p50_ms")), fmt_ms(writer.get("p99_ms"))
+    parts = [
+        f"{writer['writer']:<9} {bar} {fraction * 100:3.0f}%",
+        f"{phase if status == 'running' else status:<11}",
+        rows,
+        speed,
+        f"p50/p99 {p50}/{p99} ms",
+        f"{writer['failed_batches']} failed",
+        f"{writer['elapsed_s']:.1f} s",
+    ]
+    return "  ".join(parts)
+
+
+def _fraction(writer: dict[str, Any], duration_s: float | None) -> float:
+    if duration_s:
+        done = writer["elapsed_s"] / duration_s
+    elif writer.get("target_rows"):
+        done = writer["rows"] / writer["target_rows"]
+    else:
+        done = 0.0
+    return min(1.0, max(0.0, done))
+
+
+class ProgressDisplay:
+    """Bars on a stream: redrawn in place on a terminal, plain lines otherwise."""
+
+    def __init__(self, stream: TextIO, *, tty: bool, duration_s: float | None) -> None:
+        self.stream = stream
+        self.tty = tty
+        self.duration_s = duration_s
+        self._drawn = 0
+        self._lines: list[str] = []
+
+    def update(self, progress: dict[str, Any]) -> None:
+        self._lines = [progress_line(w, self.duration_s) for w in progress["writers"]]
+        self._draw()
+
+    def note(self, message: str) -> None:
+        """A message above the bars (on a terminal the bars are drawn again below it)."""
+        if self.tty:
+            self.stream.write(self._up() + "\x1b[2K" + message + "\n")
+            self._drawn = 0
+            self._draw()
+        else:
+            self.stream.write(message + "\n")
+            self.stream.flush()
+
+    def _up(self) -> str:
+        return f"\x1b[{self._drawn}F" if self._drawn else ""
+
+    def _draw(self) -> None:
+        if not self._lines:
+            return
+        if self.tty:
+            width = _columns(self.stream) - 1  # no wrap: a wrapped line breaks the redraw
+            body = "".join(f"\x1b[2K{line[:width]}\n" for line in self._lines)
+            self.stream.write(self._up() + body)
+            self._drawn = len(self._lines)
+        else:
+            self.stream.write("".join(line + "\n" for line in self._lines))
+        self.stream.flush()
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):
+        columns = 0
+    return columns if columns > 0 else shutil.get_terminal_size().columns
+
+
+# -- run -----------------------------------------------------------------------------------
+
+
+ABORT_GRACE_S = 5.0
+
+
+class _Interrupts:
+    """Ctrl-C. First: cancel the run gracefully (batches in flight finish, results are kept).
+    Second: abort (cancel the task, save nothing); if that has not ended the command within
+    ABORT_GRACE_S, or on a third Ctrl-C, stop the local stack and exit at once."""
+
+    def __init__(self, display: ProgressDisplay, task: asyncio.Task[Any]) -> None:
+        self.display = display
+        self.task = task
+        self.count = 0
+        self.aborting = False
+        self.cancel_run: Callable[[], None] | None = None
+        self.stop_stack: Callable[[], object] | None = None
+
+    def __call__(self) -> None:
+        self.count += 1
+        if self.count == 1 and self.cancel_run is not None:
+            self.cancel_run()  # act before writing: stderr may be gone
+            self.display.note("cancelling: finishing batches in flight (Ctrl-C again to abort)")
+        elif not self.aborting:
+            self.aborting = True
+            self.task.cancel()
+            asyncio.get_running_loop().call_later(ABORT_GRACE_S, self.exit_now)
+            self.display.note("aborting (Ctrl-C again to exit at once)")
+        else:
+            self.exit_now()
+
+    def exit_now(self) -> None:
+        try:
+            if self.stop_stack is not None:
+                self.stop_stack()
+        finally:
+            _say("aborted; nothing saved")
+            os._exit(EXIT_CANCELLED)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def _run_benchmark(
+    config: BenchmarkConfig, settings: Settings, display: ProgressDisplay
+) -> RunResult | None:
+    """Start the targets, run the benchmark, stop the targets; None when aborted."""
+    from bench.environment import capture_environment
+    from bench.runner import BenchmarkRun
+    from runtime import Runtime
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    interrupts = _Interrupts(display, task)
+    loop.add_signal_handler(signal.SIGINT, interrupts)
+    runtime = Runtime(settings)
+    interrupts.stop_stack = lambda: runtime.stack.stop(timeout_s=5) if runtime.stack else None
+    try:
+        if settings.is_local and not settings.local_stack_url:
+            where = settings.data_dir / "local-stack"
+            _say(f"starting the local stack in {where} (this takes a few seconds)")
+        elif settings.is_local:
+            _say(f"using the local stack at {settings.local_stack_url}")
+        await runtime.start()  # a Ctrl-C meanwhile aborts: cancel_run is not set yet
+        run = BenchmarkRun(config, environment=capture_environment(runtime.targets))
+        interrupts.cancel_run = run.cancel
+        _say(f"run {run.id}: {', '.join(config.writers)}; {workload_text(config)}")
+        _say("Ctrl-C cancels the run and keeps what was measured")
+        # The local stack runs in its own session, so the terminal's Ctrl-C reaches only us.
+        display.update(run.progress())  # the bars from the start, then once a second
+        return await run.execute(runtime.writers, display.update)
+    except asyncio.CancelledError:
+        if interrupts.aborting:
+            task.uncancel()
+            return None
+        raise
+    finally:
+        try:
+            await asyncio.wait_for(runtime.stop(), timeout=30)
+        except (TimeoutError, asyncio.CancelledError):
+            _say("the targets did not stop in time")
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+def _exit_code(run: RunResult) -> int:
+    if run.status == "cancelled":
+        return EXIT_CANCELLED
+    if run.status != "completed":
+        return EXIT_FAILED
+    if any(w.status != "completed" or w.failed_batches for w in run.writers):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _save(run: RunResult, out: Path | None, results_dir: Path) -> list[Path]:
+    paths = []
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(run.to_json())
+        csv_path = out.with_suffix(".csv")
+        csv_path.write_text(to_csv(run))
+        paths += [out, csv_path]
+    store = ResultStore(results_dir)
+    paths += [store.save(run), store.path(run.id, ".csv")]
+    return paths
+
+
+def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        config = config_from_args(args)
+    except ValidationError as exc:
+        parser.error(validation_message(exc))
+    settings = _settings(parser)
+    results_dir = args.results_dir or settings.data_dir / "results"
+    _configure_logging(args.log_level)
+    display = ProgressDisplay(sys.stderr, tty=sys.stderr.isatty(), duration_s=config.duration_s)
+    try:
+        run = asyncio.run(_run_benchmark(config, settings, display))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        _say("aborted; nothing saved")
+        return EXIT_CANCELLED
+    except Exception as exc:
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        _say(f"dwbench run: cannot reach the targets: {message}")
+        return EXIT_FAILED
+    if run is None:
+        _say("aborted; nothing saved")
+        return EXIT_CANCELLED
+    print(results_table(run))
+    print()
+    try:
+        paths = _save(run, args.out, results_dir)
+    except OSError as exc:
+        _say(f"dwbench run: the result could not be saved: {exc}")
+        return EXIT_FAILED
+    for path in paths:
+        print(f"saved {path}")
+    return _exit_code(run)
+
+
+def _configure_logging(level: str) -> None:
+    from log import configure_logging
+
+    configure_logging(level)
+    # The Zerobus SDK logs from Rust straight to stderr, at info unless told otherwise.
+    os.environ.setdefault("RUST_LOG", _RUST_LEVEL[level])
+
+
+def _settings(parser: argparse.ArgumentParser) -> Settings:
+    from settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        parser.error(f"invalid settings in the environment: {fields}")
+
+
+# -- other commands ------------------------------------------------------------------------
+
+
+def _store(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ResultStore:
+    directory = args.results_dir or _settings(parser).data_dir / "results"
+    return ResultStore(directory)
+
+
+def cmd_history(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    entries = _store(args, parser).history()
+    print(json.dumps(entries, indent=2) if args.json else history_table(entries))
+    return EXIT_OK
+
+
+def _load(ref: str, store: ResultStore, parser: argparse.ArgumentParser) -> RunResult:
+    path = Path(ref)
+    try:
+        if path.is_file():
+            return load_result(path)
+        return store.load(ref)
+    except KeyError:
+        parser.error(f"no run {ref!r} in {store.directory}, and no such file")
+    except (ValidationError, ValueError) as exc:
+        parser.error(f"{ref} is not a result file: {str(exc).splitlines()[0]}")
+
+
+def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    store = _store(args, parser)
+    a, b = _load(args.a, store, parser), _load(args.b, store, parser)
+    if args.json:
+        print(json.dumps({**compare_json(a, b), "noise_floor": NOISE_FLOOR}, indent=2))
+    else:
+        print(compare_table(a, b, compare(a, b)))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    print(json.dumps(RunResult.model_json_schema(by_alias=True), indent=2))
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import uvicorn
+
+    uvicorn.run("main:app", host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def cmd_local_stack(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from emulator.__main__ import main as emulator_main
+
+    return emulator_main(args.stack_args)
+
+
+# -- parser --------------------------------------------------------------------------------
+
+Command = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+_RUST_LEVEL = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dwbench",
+        description="Direct Write Bench: compare Zerobus, SQL warehouse and Lakebase writes.",
+        epilog="exit codes: 0 ok, 1 a writer failed or was unavailable, 2 bad arguments, "
+        "130 cancelled",
+    )
+    parser.add_argument(
+        "--log-level", default="warning", choices=sorted(_RUST_LEVEL), help="default: %(default)s"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    serve = commands.add_parser("serve", help="run the web app (uvicorn main:app)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=cmd_serve, command_parser=serve)
+
+    stack = commands.add_parser(
+        "local-stack",
+        help="run the local stack in the foreground (python -m emulator)",
+        add_help=False,
+        description="Options are those of `python -m emulator` (see dwbench local-stack -h).",
+    )
+    stack.set_defaults(handler=cmd_local_stack, command_parser=stack)
+
+    run = commands.add_parser(
+        "run",
+        help="run a benchmark and print the writers side by side",
+        epilog="durations: 500ms, 30s, 2m, 1h or seconds. exit codes: 0 every writer "
+        "completed without failed batches, 1 a writer failed, was unavailable or had failed "
+        "batches, 2 bad arguments, 130 cancelled (Ctrl-C; partial results are saved)",
+    )
+    run.add_argument(
+        "--writers",
+        type=parse_writers,
+        metavar="W1,W2",
+        help="comma-separated: zerobus, sql, lakebase, null (default: zerobus,sql,lakebase)",
+    )
+    amount = run.add_mutually_exclusive_group()
+    amount.add_argument("--records", type=int, help="rows per writer (default: 10000)")
+    amount.add_argument(
+        "--duration", type=parse_duration, metavar="TIME", help="time per writer, e.g. 30s"
+    )
+    run.add_argument("--batch-size", type=int, default=1000, help="default: %(default)s")
+    run.add_argument("--concurrency", type=int, default=4, help="batches in flight")
+    run.add_argument(
+        "--rate",
+        type=int,
+        metavar="ROWS_PER_S",
+        help="target rows/s (open loop); default: max rate",
+    )
+    run.add_argument(
+        "--warmup", type=parse_duration, default=0.0, metavar="TIME", help="not measured"
+    )
+    run.add_argument("--record-bytes", type=int, default=1024, help="default: %(default)s")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--parallel", action="store_true", help="run the writers at the same time")
+    run.add_argument(
+        "--no-visibility", action="store_true", help="skip ack -> readable measurement"
+    )
+    run.add_argument(
+        "--poll-interval",
+        type=parse_duration,
+        default=0.05,
+        metavar="TIME",
+        help="visibility polling interval (default: 50ms)",
+    )
+    run.add_argument(
+        "--out", type=Path, metavar="FILE", help="also write the result here (JSON, and .csv)"
+    )
+    run.add_argument("--results-dir", type=Path, metavar="DIR", help="default: $DATA_DIR/results")
+    run.set_defaults(handler=cmd_run, command_parser=run)
+
+    history = commands.add_parser("history", help="list stored runs")
+    history.add_argument(
+        "--results-dir", type=Path, metavar="DIR", help="default: $DATA_DIR/results"
+    )
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(handler=cmd_history, command_parser=history)
+
+    comp = commands.add_parser("compare", help="compare two runs metric by metric")
+    comp.add_argument("a", help="run id in the results dir, or a result file")
+    comp.add_argument("b", help="run id in the results dir, or a result file")
+    comp.add_argument("--results-dir", type=Path, metavar="DIR", help="default: $DATA_DIR/results")
+    comp.add_argument("--json", action="store_true")
+    comp.set_defaults(handler=cmd_compare, command_parser=comp)
+
+    schema = commands.add_parser("schema", help="print the JSON schema of result files")
+    schema.set_defaults(handler=cmd_schema, command_parser=schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        # `local-stack` hands every option after it to the local stack's own parser.
+        args, rest = parser.parse_known_args(argv)
+        if args.command == "local-stack":
+            args.stack_args = rest
+        elif rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        handler: Command = args.handler
+        return handler(args, args.command_parser)
+    except SystemExit as exc:  # argparse: --help, or a usage error
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except BrokenPipeError:  # `dwbench history | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

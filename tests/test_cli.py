@@ -1,0 +1,312 @@
+"""`dwbench` as a user runs it: `python cli.py` in a subprocess, on the session's local stack.
+
+The runs use the stack of the `local_stack` fixture through LOCAL_STACK_URL, so none of them
+starts a stack of its own; their Zerobus rows go to a table of their own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.results import RunResult
+from cli import ProgressDisplay, main
+from tests.conftest import ROOT
+
+TABLE = "main.default.cli_bench"
+SMALL_RUN = ("--records", "2000", "--batch-size", "200", "--concurrency", "2")
+_FOREIGN = ("DATABRICKS_", "PG", "LOCAL_STACK_", "ZEROBUS_", "SQL_", "LAKEBASE_")
+
+
+def base_env(**values: str) -> dict[str, str]:
+    """This process's environment without any target settings a developer's shell may hold."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+    env.pop("APP_MODE", None)
+    env.pop("DATA_DIR", None)
+    return {**env, **values}
+
+
+def stack_env(stack: dict[str, Any]) -> dict[str, str]:
+    return base_env(
+        APP_MODE="local",
+        LOCAL_STACK_URL=stack["api_url"],
+        LOCAL_STACK_TOKEN=stack["token"],
+        DATA_DIR=stack["data_dir"],
+        ZEROBUS_TABLE=TABLE,
+        SQL_TABLE=TABLE,
+    )
+
+
+def dwbench(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "cli.py", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    """The side-by-side table's rows by label: label -> cells (a best mark stays attached)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("-----"))
+    rows = {}
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        label, _, cells = line.partition("  ")
+        rows[label.strip()] = cells.replace(" *", "*").split()
+    return rows
+
+
+@pytest.fixture(scope="module")
+def two_runs(local_stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The same small run twice into one results dir: (dir, [(completed process, out path)])."""
+    tmp = tmp_path_factory.mktemp("cli")
+    results = tmp / "results"
+    runs = []
+    for name in ("a", "b"):
+        out = tmp / name / "r.json"
+        args = ("run", "--writers", "null,zerobus", *SMALL_RUN, "--out", out)
+        runs.append((dwbench(*args, "--results-dir", results, env=stack_env(local_stack)), out))
+    return results, runs
+
+
+def test_run_prints_the_writers_side_by_side_and_saves_json_and_csv(two_runs):
+    results, [(proc, out), _] = two_runs
+    assert proc.returncode == 0, proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if "null" in line and "zerobus" in line)
+    assert header.split() == ["null", "zerobus"]
+    rows = table_rows(proc.stdout)
+    for label in ("rows/s", "MiB/s", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "max ms"):
+        assert len(rows[label]) == 2, label
+    assert rows["status"] == ["completed", "completed"]
+    assert rows["rows"] == ["2,000", "2,000"]
+    assert rows["errors"] == ["0", "0"]
+    assert rows["visibility p95 ms"][0] == "-"  # the null writer stores nothing to see
+    assert "corrected p99 ms" not in rows  # closed loop: nothing to correct
+
+    run = RunResult.model_validate_json(out.read_text())
+    assert run.status == "completed" and not run.partial
+    assert [(w.writer, w.rows, w.status) for w in run.writers] == [
+        ("null", 2000, "completed"),
+        ("zerobus", 2000, "completed"),
+    ]
+    csv_lines = out.with_suffix(".csv").read_text().splitlines()
+    assert csv_lines[0].startswith("run_id,writer,status,rows") and len(csv_lines) == 3
+    assert (results / f"{run.id}.json").exists() and (results / f"{run.id}.csv").exists()
+    for path in (out, out.with_suffix(".csv"), results / f"{run.id}.json"):
+        assert f"saved {path}" in proc.stdout
+
+
+def test_progress_is_plain_lines_on_stderr_when_it_is_not_a_terminal(two_runs):
+    _, [(proc, _), _] = two_runs
+    assert "\x1b" not in proc.stderr
+    assert "using the local stack at http://127.0.0.1:" in proc.stderr
+    bars = [line for line in proc.stderr.splitlines() if "[" in line and "rows" in line]
+    for writer in ("null", "zerobus"):
+        mine = [line for line in bars if line.startswith(f"{writer} ")]
+        assert mine, proc.stderr
+        assert "100%  completed" in mine[-1] and "2,000/2,000 rows" in mine[-1]
+
+
+def test_fixed_rate_run_adds_the_corrected_latency_rows(local_stack, tmp_path):
+    proc = dwbench(
+        "run", "--writers", "null,zerobus", *SMALL_RUN, "--rate", "8000",
+        "--results-dir", tmp_path, env=stack_env(local_stack),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = table_rows(proc.stdout)
+    for label in ("corrected p99 ms", "send-delay p99 ms", "rate achieved"):
+        assert len(rows[label]) >= 2, label
+    assert "at 8,000 rows/s" in proc.stdout
+
+
+def test_history_lists_the_runs(two_runs, local_stack):
+    results, runs = two_runs
+    ids = [RunResult.model_validate_json(out.read_text()).id for _, out in runs]
+    proc = dwbench("history", "--results-dir", results, env=stack_env(local_stack))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:2] == ["id", "started"]
+    newest_first = [line.split()[0] for line in lines[2:]]
+    assert newest_first == ids[::-1]
+    assert "null " in lines[2] and "zerobus " in lines[2] and "2,000 rows" in lines[2]
+
+    as_json = json.loads(
+        dwbench("history", "--json", "--results-dir", results, env=stack_env(local_stack)).stdout
+    )
+    assert [r["id"] for r in as_json] == ids[::-1]
+    assert [w["writer"] for w in as_json[0]["writers"]] == ["null", "zerobus"]
+
+
+def test_compare_marks_each_metric_and_prints_the_noise_rule(two_runs, local_stack):
+    results, [(_, a), (_, b)] = two_runs
+    id_b = RunResult.model_validate_json(b.read_text()).id
+    # A by its file, B by its id in the results dir.
+    proc = dwbench("compare", a, id_b, "--results-dir", results, env=stack_env(local_stack))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "null (noise threshold" in out and "zerobus (noise threshold" in out
+    failed = [line for line in out.splitlines() if line.startswith("failed batches")]
+    assert len(failed) == 2 and all(line.endswith("within noise") for line in failed)
+    marks = {"within noise", "A better", "B better", "not comparable"}
+    rows_per_s = [line for line in out.splitlines() if line.startswith("rows/s")]
+    assert all(any(line.endswith(m) for m in marks) for line in rows_per_s)
+    assert out.rstrip().splitlines()[-1].startswith("noise rule (bench.store.compare)")
+
+    body = json.loads(
+        dwbench(
+            "compare", a, id_b, "--json", "--results-dir", results, env=stack_env(local_stack)
+        ).stdout
+    )
+    assert body["b"] == id_b
+    assert {d["writer"] for d in body["diffs"]} == {"null", "zerobus"}
+    assert all("within_noise" in d and "change" in d for d in body["diffs"])
+
+
+def test_an_unavailable_writer_exits_1_with_the_table_and_the_reason(tmp_path):
+    # Databricks mode with nothing configured: every writer but null is unavailable.
+    env = base_env(APP_MODE="databricks", DATA_DIR=str(tmp_path))
+    proc = dwbench("run", "--writers", "null,zerobus", *SMALL_RUN, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert table_rows(proc.stdout)["status"] == ["completed", "unavailable"]
+    assert "zerobus: unavailable: ZEROBUS_ENDPOINT is not set" in proc.stdout
+    assert list((tmp_path / "results").glob("*.json"))  # saved all the same
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--writers", "nosuch,null"], "--writers: unknown writer(s) nosuch"),
+        (["--batch-size", "0"], "--batch-size: Input should be greater than or equal to 1"),
+        (["--duration", "5x"], "argument --duration: invalid duration '5x'"),
+        (["--records", "10", "--duration", "5s"], "not allowed with argument --records"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_problem(args, message, capsys):
+    assert main(["run", *args]) == 2
+    err = capsys.readouterr().err
+    assert "dwbench run: error:" in err and message in err
+
+
+def test_bad_arguments_exit_2_from_the_command_line_too():
+    proc = dwbench("run", "--batch-size", "0", env=base_env())
+    assert proc.returncode == 2
+    assert "--batch-size: Input should be greater than or equal to 1" in proc.stderr
+
+
+def _read_until(proc: subprocess.Popen[str], done: Callable[[str], bool], timeout: float) -> str:
+    """stderr of a running process, line by line, until a line satisfies `done`."""
+    assert proc.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=deadline - time.monotonic()):
+                continue
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+            if done(line):
+                return seen
+    raise AssertionError(f"no such line within {timeout} s:\n{seen}")
+
+
+def test_ctrl_c_cancels_the_run_and_keeps_the_partial_result(local_stack, tmp_path):
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [sys.executable, "cli.py", "run", "--writers", "null", "--duration", "30s",
+         "--rate", "5000", "--out", str(out), "--results-dir", str(tmp_path / "results")],
+        cwd=ROOT, env=stack_env(local_stack), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,  # a process group of its own, as a terminal's job is
+    )  # fmt: skip
+    try:
+        # The run is under way once the null writer has rows (the first bar has none).
+        _read_until(proc, lambda line: line.startswith("null ") and "  0 rows" not in line, 30)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        sent = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert took < 5
+    assert "cancelling" in stderr
+    assert "cancelled (partial)" in stdout
+    run = RunResult.model_validate_json(out.read_text())
+    assert run.status == "cancelled" and run.partial
+    assert run.writers[0].status == "cancelled" and 0 < run.writers[0].rows < 50_000
+
+
+def test_progress_redraws_in_place_on_a_terminal(local_stack, tmp_path):
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "cli.py", "run", "--writers", "null,zerobus", *SMALL_RUN,
+         "--results-dir", str(tmp_path)],
+        cwd=ROOT, env=stack_env(local_stack), stdout=subprocess.PIPE, stderr=terminal,
+    )  # fmt: skip
+    os.close(terminal)
+    seen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's other end closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+        proc.wait(timeout=60)
+    finally:
+        os.close(controller)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    text = seen.decode()
+    assert "\x1b[2Knull " in text and "\x1b[2Kzerobus " in text
+    assert "\x1b[2F" in text  # back up over the two bars to redraw them
+
+
+def test_progress_display_on_a_terminal_redraws_and_keeps_notes_above_the_bars():
+    stream = io.StringIO()
+    display = ProgressDisplay(stream, tty=True, duration_s=None)
+    writer = {
+        "writer": "zerobus", "status": "running", "phase": "measuring", "rows": 500,
+        "target_rows": 1000, "rows_per_s_last_second": 500, "p50_ms": 3.2, "p99_ms": 9.9,
+        "failed_batches": 0, "elapsed_s": 1.0, "target_rows_per_s": None,
+    }  # fmt: skip
+    display.update({"writers": [writer, {**writer, "writer": "sql", "rows": 0}]})
+    display.update({"writers": [{**writer, "rows": 1000}, {**writer, "writer": "sql"}]})
+    display.note("cancelling")
+    first, second, note = stream.getvalue().split("\x1b[2F")
+    assert "50%" in first and "\x1b[2Kzerobus " in first and "\x1b[2Ksql " in first
+    assert "100%" in second and "1,000/1,000 rows" in second
+    assert note.startswith("\x1b[2Kcancelling\n") and note.count("\x1b[2K") == 3
+
+
+def test_schema_prints_the_result_json_schema(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert "writers" in schema["properties"]
+    assert "p99.9" in schema["$defs"]["LatencySummary"]["properties"]
