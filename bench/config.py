@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from writers import WRITERS
 
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+
 
 class BenchmarkConfig(BaseModel):
     """A workload, run through each writer named (one after another unless `parallel`)."""
@@ -50,6 +52,15 @@ class BenchmarkConfig(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError("each writer may appear once")
         return names
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> Self:
+        if self.batch_size * self.record_bytes > MAX_BATCH_BYTES:
+            raise ValueError(
+                f"batch_size x record_bytes is {self.batch_size * self.record_bytes:,} bytes; "
+                f"keep a batch under {MAX_BATCH_BYTES:,} (64 MiB)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _records_or_duration(self) -> Self:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -74,12 +75,10 @@ def _version(name: str) -> str | None:
         return None
 
 
-def capture_environment(targets: Targets | None = None) -> dict[str, Any]:
-    """CPU, cores, memory, OS, Python and library versions, git commit, mode and endpoints.
-
-    Endpoints are URLs without credentials; tokens and passwords are never included.
-    """
-    env: dict[str, Any] = {
+@functools.cache
+def _machine() -> dict[str, Any]:
+    """What does not change while the process runs (found once: git runs a subprocess)."""
+    return {
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "memory_bytes": _memory_bytes(),
@@ -88,6 +87,14 @@ def capture_environment(targets: Targets | None = None) -> dict[str, Any]:
         "libraries": {name: _version(name) for name in LIBRARIES},
         "git_commit": _git_commit(),
     }
+
+
+def capture_environment(targets: Targets | None = None) -> dict[str, Any]:
+    """CPU, cores, memory, OS, Python and library versions, git commit, mode and endpoints.
+
+    Endpoints are URLs without credentials; tokens and passwords are never included.
+    """
+    env: dict[str, Any] = dict(_machine())
     if targets is not None:
         s = targets.settings
         env["mode"] = targets.mode

@@ -296,6 +296,8 @@ class _WriterRun:
             if now - acked_at > VISIBILITY_TIMEOUT_S:
                 self.visibility_timeouts += 1
                 return
+            if self.cancel.is_set():
+                return  # a cancelled run ends now, not after a 30 s visibility timeout
             await asyncio.sleep(poll)
 
     # -- reporting -------------------------------------------------------------------

@@ -19,6 +19,7 @@ NOISE_FLOOR = 0.05  # relative differences below 5 % are never called a change
 class ResultStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._summaries: dict[Path, tuple[int, dict[str, Any]]] = {}
 
     def path(self, run_id: str, suffix: str = ".json") -> Path:
         if not _ID.match(run_id):
@@ -47,10 +48,14 @@ class ResultStore:
         out = []
         for path in self.directory.glob("*.json"):
             try:
-                run = load_result(path)
+                mtime = path.stat().st_mtime_ns
+                cached = self._summaries.get(path)
+                if cached is None or cached[0] != mtime:
+                    cached = (mtime, summary(load_result(path)))
+                    self._summaries[path] = cached
             except (ValueError, OSError):
                 continue  # not a result file of ours
-            out.append(summary(run))
+            out.append(cached[1])
         return sorted(out, key=lambda r: r["started_at"], reverse=True)
 
 

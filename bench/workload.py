@@ -39,6 +39,9 @@ class BatchFactory:
         pad = max(0, config.record_bytes - base - 3)  # 3: the description's tag and length
         rng = random.Random(config.seed)
         letters = string.ascii_letters + string.digits + " "
+        # One random buffer; each pooled row takes its padding at its own offset. Cost grows
+        # with the row size plus the pool, not with their product.
+        noise = "".join(rng.choices(letters, k=pad + len(items))) if pad else ""
         self.record_bytes = base + (pad + 3 if pad else 0)
         self._templates = [
             (
@@ -50,9 +53,9 @@ class BatchFactory:
                     item.sale_start_date,
                     item.sale_stop_date,
                 ),
-                "".join(rng.choices(letters, k=pad)) if pad else None,
+                noise[i : i + pad] if pad else None,
             )
-            for item in items
+            for i, item in enumerate(items)
         ]
         self.measured_rows = config.records
         self.measured_batches = (

@@ -17,6 +17,10 @@ import signal
 import sys
 from pathlib import Path
 
+# Set before gRPC loads: the stack starts Postgres tools (initdb, pg_ctl) as child processes,
+# and gRPC's fork handlers can abort a child forked while its threads are busy.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import structlog
 
 from emulator.stack import LocalStack, StackConfig

@@ -54,6 +54,15 @@ class LocalStack:
         """Start every service; return what a client needs to reach them."""
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        # Postgres first: its tools are child processes, best forked before gRPC's threads run.
+        if cfg.postgres:
+            self.postgres = EmbeddedPostgres(
+                cfg.data_dir / "postgres",
+                host=cfg.host,
+                port=cfg.postgres_port,
+                password=cfg.token,
+            )
+            await asyncio.to_thread(self.postgres.start)
         self.catalog = Catalog(cfg.data_dir, cfg.writer)
         self.zerobus = ZerobusService(
             self.catalog,
@@ -84,14 +93,6 @@ class LocalStack:
                 self._http_task.result()
             await asyncio.sleep(0.01)
 
-        if cfg.postgres:
-            self.postgres = EmbeddedPostgres(
-                cfg.data_dir / "postgres",
-                host=cfg.host,
-                port=cfg.postgres_port,
-                password=cfg.token,
-            )
-            await asyncio.to_thread(self.postgres.start)
         return self.endpoints()
 
     def endpoints(self) -> dict[str, Any]:
