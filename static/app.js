@@ -1,5 +1,6 @@
-// Direct Write Bench: the "Write records" form. Plain JS, no framework, no build step.
-// Server data only ever reaches the page through textContent, never as HTML.
+// Direct Write Bench: the "Write records" form and the view switcher. Plain JS, no framework,
+// no build step. Server data only ever reaches the page through textContent, never as HTML.
+// The DOM, HTTP and formatting helpers are exported for the Benchmark view (bench.js).
 
 // The known categories, as in records.CATEGORIES; any other text up to 64 characters is
 // accepted too (the "Custom…" choice).
@@ -81,7 +82,7 @@ let rowSerial = 0;
 // Small DOM and formatting helpers
 
 /** An element with attributes and children; strings become text nodes. */
-function el(tag, attrs = {}, children = []) {
+export function el(tag, attrs = {}, children = []) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(attrs)) {
     if (value === null || value === undefined || value === false) continue;
@@ -99,37 +100,37 @@ function el(tag, attrs = {}, children = []) {
 const numberFormat = new Intl.NumberFormat("en-US", { maximumFractionDigits: 1 });
 const msFormat = new Intl.NumberFormat("en-US", { maximumFractionDigits: 2 });
 
-function formatCount(value) {
+export function formatCount(value) {
   return typeof value === "number" ? numberFormat.format(value) : "—";
 }
 
-function formatMs(value) {
+export function formatMs(value) {
   return typeof value === "number" ? `${msFormat.format(value)} ms` : "—";
 }
 
-function formatRate(value) {
+export function formatRate(value) {
   return typeof value === "number" ? `${numberFormat.format(value)} rows/s` : "—";
 }
 
-function plural(count, word) {
+export function plural(count, word) {
   return `${count} ${word}${count === 1 ? "" : "s"}`;
 }
 
 /** A detail value as text: lists joined, objects as JSON, nothing as a dash. */
-function formatDetail(value) {
+export function formatDetail(value) {
   if (value === null || value === undefined || value === "") return "—";
   if (Array.isArray(value)) return value.length ? value.map(formatDetail).join(", ") : "—";
   if (typeof value === "object") return JSON.stringify(value);
   return String(value);
 }
 
-function humanKey(key) {
+export function humanKey(key) {
   const text = String(key).replace(/_/g, " ");
   return text.charAt(0).toUpperCase() + text.slice(1);
 }
 
 /** A <dl> of [term, value, attrs] entries; value may be a Node or text. */
-function keyValueList(entries, className) {
+export function keyValueList(entries, className) {
   const dl = el("dl", { className: `kv ${className || ""}`.trim() });
   for (const [term, value, attrs] of entries) {
     dl.append(el("dt", { text: term }), el("dd", attrs || {}, [value]));
@@ -141,7 +142,7 @@ function keyValueList(entries, className) {
 // HTTP
 
 /** fetch + JSON: resolves to {ok, status, body}; body is parsed JSON or the response text. */
-async function requestJson(url, options = {}) {
+export async function requestJson(url, options = {}) {
   const response = await fetch(url, {
     ...options,
     headers: { Accept: "application/json", ...(options.headers || {}) },
@@ -159,7 +160,7 @@ async function requestJson(url, options = {}) {
 }
 
 /** A readable one-line reason from an error response body. */
-function errorMessage(status, body) {
+export function errorMessage(status, body) {
   if (body && typeof body === "object") {
     if (body.message) return String(body.message);
     if (typeof body.detail === "string") return body.detail;
@@ -405,7 +406,7 @@ async function generateSamples(event) {
 // ---------------------------------------------------------------------------------------
 // Errors: field messages next to inputs, and the alert region
 
-function cleanMessage(message) {
+export function cleanMessage(message) {
   return String(message || "invalid value").replace(/^Value error, /, "");
 }
 
@@ -580,7 +581,7 @@ function renderResults(response) {
       : `Partly written: ${plural(response.processed_count, "row")}; the cards below say which writers did not write.`;
 }
 
-function badge(status) {
+export function badge(status) {
   return el("span", { className: `badge badge-${status}`, "data-status": status, text: status });
 }
 

@@ -1,0 +1,1259 @@
+// Direct Write Bench: the Benchmark view. Start a run, watch it live over a WebSocket, read the
+// side-by-side table and the charts, browse the history, compare two runs.
+// Server data reaches the page only through textContent (el()) and chart data, never as HTML.
+// Charts are uPlot (static/vendor, the global `uPlot`); every chart has a table beside it.
+
+import { badge, cleanMessage, el, errorMessage, formatCount, keyValueList, plural, requestJson } from "./app.js";
+
+const API = "api/v1/benchmarks";
+const WRITER_LABELS = {
+  zerobus: "Zerobus Ingest",
+  sql: "SQL warehouse",
+  lakebase: "Lakebase (Postgres)",
+  null: "Null baseline",
+};
+// Distinct on white and for common colour-vision deficiencies; the baseline is also dashed.
+const WRITER_COLORS = { zerobus: "#1d4ed8", sql: "#c2410c", lakebase: "#047857", null: "#4b5563" };
+const EXTRA_COLORS = ["#7c3aed", "#be123c", "#0e7490", "#a16207"];
+const WRITER_DASH = { null: [6, 4] };
+const FIELDS = [
+  "records",
+  "duration_s",
+  "batch_size",
+  "concurrency",
+  "record_bytes",
+  "warmup_s",
+  "seed",
+  "rate",
+  "parallel",
+  "visibility",
+  "visibility_poll_ms",
+];
+const FIELD_LABELS = {
+  writers: "Writers",
+  records: "Records per writer",
+  duration_s: "Seconds per writer",
+  batch_size: "Batch size",
+  concurrency: "Concurrency",
+  record_bytes: "Record size",
+  warmup_s: "Warm-up",
+  seed: "Seed",
+  rate: "Target rate",
+  parallel: "Run the writers at the same time",
+  visibility: "Measure visibility",
+  visibility_poll_ms: "Visibility poll",
+};
+// The side-by-side table: `better` says which end of a column wins.
+const BASE_COLUMNS = [
+  { key: "rows_per_s", label: "Rows/s", better: "high", get: (w) => w.rows_per_s, format: formatNumber },
+  { key: "mib_per_s", label: "MiB/s", better: "high", get: (w) => w.mib_per_s, format: formatMib },
+  { key: "p50", label: "p50", unit: "ms", better: "low", get: (w) => latency(w, "p50"), format: formatMsValue },
+  { key: "p95", label: "p95", unit: "ms", better: "low", get: (w) => latency(w, "p95"), format: formatMsValue },
+  { key: "p99", label: "p99", unit: "ms", better: "low", get: (w) => latency(w, "p99"), format: formatMsValue },
+  { key: "p99.9", label: "p99.9", unit: "ms", better: "low", get: (w) => latency(w, "p99.9"), format: formatMsValue },
+  { key: "max", label: "max", unit: "ms", better: "low", get: (w) => latency(w, "max"), format: formatMsValue },
+  {
+    key: "errors",
+    label: "Errors",
+    unit: "batches",
+    title: "failed batches",
+    better: "low",
+    get: (w) => w.failed_batches,
+    format: formatNumber,
+  },
+  {
+    key: "visibility_p95",
+    label: "Visibility p95",
+    unit: "ms",
+    title: "acknowledgement to rows readable in the target",
+    better: "low",
+    get: (w) => (w.visibility ? w.visibility.p95_ms : null),
+    format: formatMsValue,
+  },
+];
+const RATE_COLUMNS = [
+  {
+    key: "corrected_p99",
+    label: "Corrected p99",
+    unit: "ms",
+    title: "from each batch's scheduled start (coordinated omission corrected)",
+    better: "low",
+    get: (w) => (w.latency_from_intended_ms ? w.latency_from_intended_ms.p99 : null),
+    format: formatMsValue,
+  },
+  {
+    key: "send_delay_p99",
+    label: "Send delay p99",
+    unit: "ms",
+    title: "actual send minus scheduled start",
+    better: "low",
+    get: (w) => (w.send_delay_ms ? w.send_delay_ms.p99 : null),
+    format: formatMsValue,
+  },
+];
+const METRIC_LABELS = {
+  rows_per_s: "Rows/s",
+  mib_per_s: "MiB/s",
+  p50_ms: "p50 ms",
+  p95_ms: "p95 ms",
+  p99_ms: "p99 ms",
+  "p99.9_ms": "p99.9 ms",
+  max_ms: "max ms",
+  visibility_p95_ms: "Visibility p95 ms",
+  failed_batches: "Errors (failed batches)",
+};
+// Percentile axis ticks: x = 1 / (1 - p).
+const PERCENTILE_TICKS = [
+  [2, "50%"],
+  [10, "90%"],
+  [100, "99%"],
+  [1e3, "99.9%"],
+  [1e4, "99.99%"],
+  [1e5, "99.999%"],
+  [1e6, "99.9999%"],
+];
+const QUIET_CHECK_MS = 3000; // no socket message for this long: ask the API how the run is
+const POLL_MS = 1000;
+const MAX_MISSES = 10; // polls in a row without an answer before giving up on a run
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  form: $("bench-form"),
+  start: $("bench-start"),
+  cancel: $("bench-cancel"),
+  status: $("bench-status"),
+  alert: $("bench-alert"),
+  live: $("bench-live"),
+  liveHeading: $("bench-live-heading"),
+  liveBadge: $("bench-live-badge"),
+  progress: $("bench-progress"),
+  liveChart: $("bench-live-chart"),
+  result: $("bench-result"),
+  resultHeading: $("bench-result-heading"),
+  resultBadge: $("bench-result-badge"),
+  downloads: $("bench-downloads"),
+  resultMeta: $("bench-result-meta"),
+  warnings: $("bench-warnings"),
+  table: $("bench-table"),
+  pctChart: $("bench-pct-chart"),
+  pctCaption: $("bench-pct-caption"),
+  tputChart: $("bench-tput-chart"),
+  historyRows: $("bench-history-rows"),
+  historyStatus: $("bench-history-status"),
+  historyRefresh: $("bench-history-refresh"),
+  compare: $("bench-compare"),
+  compareHint: $("bench-compare-hint"),
+  compareResult: $("bench-compare-result"),
+  compareHeading: $("bench-compare-heading"),
+  compareRuns: $("bench-compare-runs"),
+  compareTable: $("bench-compare-table"),
+};
+
+/** The run being watched: {id, config, writers, xs, ys, socket, timers, finished}. */
+let watched = null;
+let history = [];
+const charts = new Map(); // container element -> uPlot instance
+
+// ---------------------------------------------------------------------------------------
+// Formatting
+
+const integerFormat = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
+
+function formatNumber(value) {
+  if (typeof value !== "number") return "—";
+  return value >= 100 ? integerFormat.format(value) : formatCount(value);
+}
+
+function formatMib(value) {
+  return typeof value === "number" ? value.toFixed(value >= 100 ? 1 : 3) : "—";
+}
+
+/** Milliseconds with about three significant digits. */
+function formatMsValue(value) {
+  if (typeof value !== "number") return "—";
+  const digits = value >= 100 ? 0 : value >= 10 ? 1 : value >= 1 ? 2 : 3;
+  return new Intl.NumberFormat("en-US", { maximumFractionDigits: digits }).format(value);
+}
+
+function formatSeconds(value) {
+  return typeof value === "number" ? `${value.toFixed(1)} s` : "—";
+}
+
+function formatPercent(fraction) {
+  if (typeof fraction !== "number") return "—";
+  const sign = fraction > 0 ? "+" : "";
+  return `${sign}${(fraction * 100).toFixed(1)}%`;
+}
+
+function formatTime(iso) {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return String(iso || "—");
+  return date.toLocaleString("en-GB", { dateStyle: "medium", timeStyle: "medium" });
+}
+
+function writerLabel(name) {
+  return WRITER_LABELS[name] || String(name);
+}
+
+function latency(w, key) {
+  return w.latency_ms && typeof w.latency_ms[key] === "number" ? w.latency_ms[key] : null;
+}
+
+function writerColor(name, index) {
+  return WRITER_COLORS[name] || EXTRA_COLORS[index % EXTRA_COLORS.length];
+}
+
+/** One line for a workload: what each writer was asked to do. */
+function describeWorkload(cfg) {
+  if (!cfg) return "—";
+  const parts = [];
+  if (typeof cfg.duration_s === "number") parts.push(`${formatCount(cfg.duration_s)} s per writer`);
+  else if (typeof cfg.records === "number") parts.push(`${formatNumber(cfg.records)} records per writer`);
+  if (typeof cfg.batch_size === "number") parts.push(`batches of ${formatNumber(cfg.batch_size)}`);
+  if (typeof cfg.concurrency === "number") parts.push(`${cfg.concurrency} in flight`);
+  if (typeof cfg.record_bytes === "number") parts.push(`${formatNumber(cfg.record_bytes)} B records`);
+  parts.push(typeof cfg.rate === "number" ? `${formatNumber(cfg.rate)} rows/s target` : "max rate");
+  if (cfg.parallel === true) parts.push("writers in parallel");
+  return parts.join(" · ");
+}
+
+// ---------------------------------------------------------------------------------------
+// The form
+
+function numberOrNull(id) {
+  const text = $(id).value.trim();
+  return text === "" ? null : Number(text);
+}
+
+function readConfig() {
+  const byDuration = ui.form.querySelector('[name="length_kind"]:checked').value === "duration";
+  return {
+    writers: [...ui.form.querySelectorAll('[name="writers"]:checked')].map((input) => input.value),
+    records: byDuration ? null : numberOrNull("bench-records"),
+    duration_s: byDuration ? numberOrNull("bench-duration_s") : null,
+    batch_size: numberOrNull("bench-batch_size"),
+    concurrency: numberOrNull("bench-concurrency"),
+    record_bytes: numberOrNull("bench-record_bytes"),
+    warmup_s: numberOrNull("bench-warmup_s"),
+    seed: numberOrNull("bench-seed"),
+    rate: numberOrNull("bench-rate"),
+    parallel: $("bench-parallel").checked,
+    visibility: $("bench-visibility").checked,
+    visibility_poll_ms: numberOrNull("bench-visibility_poll_ms"),
+  };
+}
+
+function onLengthKind() {
+  const byDuration = ui.form.querySelector('[name="length_kind"]:checked').value === "duration";
+  $("bench-records").disabled = byDuration;
+  $("bench-duration_s").disabled = !byDuration;
+  clearError("records");
+  clearError("duration_s");
+  clearError("length");
+}
+
+function errorNode(name) {
+  return $(`bench-${name}-error`);
+}
+
+function controlFor(name) {
+  if (name === "writers") return ui.form.querySelector('[name="writers"]');
+  if (name === "length") return ui.form.querySelector('[name="length_kind"]:checked');
+  return $(`bench-${name}`);
+}
+
+function showError(name, message) {
+  const node = errorNode(name);
+  node.textContent = node.hidden ? message : `${node.textContent} ${message}`;
+  node.hidden = false;
+  const targets = name === "writers" ? ui.form.querySelectorAll('[name="writers"]') : [controlFor(name)];
+  for (const control of targets) if (control) control.setAttribute("aria-invalid", "true");
+}
+
+function clearError(name) {
+  const node = errorNode(name);
+  if (!node) return;
+  node.hidden = true;
+  node.textContent = "";
+  const targets = name === "writers" ? ui.form.querySelectorAll('[name="writers"]') : [controlFor(name)];
+  for (const control of targets) if (control) control.removeAttribute("aria-invalid");
+}
+
+function clearFormErrors() {
+  for (const name of ["writers", "length", ...FIELDS]) clearError(name);
+  hideAlert();
+}
+
+function onFormInput(event) {
+  const name = event.target.name;
+  if (name === "writers") clearError("writers");
+  else if (FIELDS.includes(name)) clearError(name);
+}
+
+function showAlert(title, lines = []) {
+  const list = lines.length
+    ? el(
+        "ul",
+        {},
+        lines.map((line) => el("li", { text: line })),
+      )
+    : null;
+  ui.alert.replaceChildren(el("p", { className: "alert-title", text: title }), list);
+  ui.alert.hidden = false;
+}
+
+function hideAlert() {
+  ui.alert.hidden = true;
+  ui.alert.replaceChildren();
+}
+
+/** Each FastAPI 422 error at its field (loc like ["body","batch_size"]), all of them in the alert. */
+function showValidationErrors(detail) {
+  const lines = [];
+  let first = null;
+  for (const error of detail) {
+    const path = Array.isArray(error.loc) ? error.loc.slice(error.loc[0] === "body" ? 1 : 0) : [];
+    const message =
+      path[0] === "writers" && error.type === "too_short" ? "Choose at least one writer." : cleanMessage(error.msg);
+    let name = path[0];
+    if (name !== "writers" && !FIELDS.includes(name)) {
+      // A rule over the whole config ("give records or duration_s") belongs to the run length.
+      name = /records|duration/.test(message) ? "length" : null;
+    }
+    if (name) {
+      showError(name, message);
+      first ||= controlFor(name);
+      lines.push(`${FIELD_LABELS[name] || "Run length"}: ${message}`);
+    } else {
+      lines.push(`${path.join(".") || "Request"}: ${message}`);
+    }
+  }
+  showAlert(`The benchmark did not start: ${plural(detail.length, "problem")} to fix.`, lines);
+  if (first) first.focus();
+}
+
+async function startRun(event) {
+  event.preventDefault();
+  if (ui.start.disabled) return;
+  clearFormErrors();
+  const config = readConfig();
+  ui.start.disabled = true;
+  ui.status.textContent = "Starting…";
+  let started = false;
+  try {
+    const { ok, status, body } = await requestJson(API, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(config),
+    });
+    if (ok && body && typeof body.id === "string") {
+      started = true;
+      watchRun(body.id, body.config || config);
+    } else if (status === 422 && body && Array.isArray(body.detail)) {
+      ui.status.textContent = "";
+      showValidationErrors(body.detail);
+    } else if (status === 409) {
+      ui.status.textContent = "";
+      showAlert("Another benchmark is running (HTTP 409)", [
+        errorMessage(status, body),
+        "Cancel it or wait for it to finish; it is the first run in the history below.",
+      ]);
+      loadHistory();
+    } else {
+      ui.status.textContent = "";
+      showAlert(`The benchmark did not start (HTTP ${status})`, [errorMessage(status, body)]);
+    }
+  } catch (error) {
+    ui.status.textContent = "";
+    showAlert("The request did not reach the server.", [error.message]);
+  } finally {
+    if (!started) ui.start.disabled = Boolean(watched && !watched.finished);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Watching a run: the WebSocket, with polling as the fallback
+
+function watchRun(id, config) {
+  stopWatching();
+  watched = {
+    id,
+    config: config || null,
+    writers: config && Array.isArray(config.writers) ? [...config.writers] : [],
+    t0: performance.now(),
+    xs: [],
+    ys: new Map(),
+    statuses: new Map(),
+    socket: null,
+    quietTimer: null,
+    pollTimer: null,
+    misses: 0,
+    finished: false,
+  };
+  ui.live.hidden = false;
+  ui.live.dataset.runId = id;
+  ui.liveHeading.textContent = `Run ${id}`;
+  ui.liveBadge.replaceChildren(badge("running"));
+  ui.progress.replaceChildren(...watched.writers.map((name) => progressItem({ writer: name, status: "pending" })));
+  resetLiveChart();
+  ui.start.disabled = true;
+  ui.cancel.disabled = false;
+  ui.status.textContent = `Benchmark ${id} is running.`;
+  connect(watched);
+  if (!watched.config) {
+    // Joined a run someone else started: its config gives the run length for the progress bars.
+    const run = watched;
+    fetchRun(id).then((result) => {
+      if (result && result.config && run === watched) run.config = result.config;
+    });
+  }
+  loadHistory();
+}
+
+function stopWatching() {
+  if (!watched) return;
+  clearTimeout(watched.quietTimer);
+  clearTimeout(watched.pollTimer);
+  if (watched.socket) {
+    const socket = watched.socket;
+    watched.socket = null;
+    socket.close();
+  }
+}
+
+function connect(run) {
+  const url = new URL(`ws/benchmarks/${encodeURIComponent(run.id)}`, document.baseURI);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  let socket;
+  try {
+    socket = new WebSocket(url);
+  } catch {
+    poll(run);
+    return;
+  }
+  run.socket = socket;
+  armQuietCheck(run);
+  socket.addEventListener("message", (event) => {
+    if (run !== watched || run.finished) return;
+    armQuietCheck(run);
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (!message || (message.run_id && message.run_id !== run.id)) return;
+    if (message.type === "progress") onProgress(run, message);
+    else if (message.type === "finished") finishRun(run);
+  });
+  socket.addEventListener("close", () => {
+    if (run === watched && !run.finished && run.socket === socket) {
+      run.socket = null;
+      poll(run);
+    }
+  });
+}
+
+/** A short run can end before the socket subscribes: after a quiet spell, ask the API. */
+function armQuietCheck(run) {
+  clearTimeout(run.quietTimer);
+  run.quietTimer = setTimeout(async () => {
+    if (run !== watched || run.finished) return;
+    const current = await fetchRun(run.id);
+    if (current && current.status !== "running") finishRun(run, current);
+    else armQuietCheck(run);
+  }, QUIET_CHECK_MS);
+}
+
+/** Without a socket: read the run once a second until it is no longer running. */
+async function poll(run) {
+  if (run !== watched || run.finished) return;
+  const current = await fetchRun(run.id);
+  if (run !== watched || run.finished) return;
+  if (current && current.status !== "running") {
+    finishRun(run, current);
+    return;
+  }
+  if (current) {
+    run.misses = 0;
+    onProgress(run, progressFromResult(current));
+  } else if ((run.misses += 1) >= MAX_MISSES) {
+    finishRun(run);
+    return;
+  }
+  run.pollTimer = setTimeout(() => poll(run), POLL_MS);
+}
+
+/** A partial RunResult in the shape of a progress message. */
+function progressFromResult(result) {
+  return {
+    run_id: result.id,
+    status: result.status,
+    writers: (result.writers || []).map((w) => {
+      const seconds = w.per_second || [];
+      const last = seconds.length > 1 ? seconds.at(-2) : seconds.at(-1);
+      return {
+        writer: w.writer,
+        status: w.status,
+        phase: w.status === "running" ? "measuring" : w.status === "pending" ? "pending" : "done",
+        rows: w.rows,
+        target_rows: result.config ? result.config.records : null,
+        rows_per_s_last_second: last ? last.rows : 0,
+        p50_ms: latency(w, "p50"),
+        p99_ms: latency(w, "p99"),
+        failed_batches: w.failed_batches,
+        elapsed_s: w.elapsed_s,
+        target_rows_per_s: w.target_rows_per_s,
+      };
+    }),
+  };
+}
+
+async function fetchRun(id) {
+  try {
+    const { ok, body } = await requestJson(`${API}/${encodeURIComponent(id)}`);
+    return ok && body && typeof body === "object" ? body : null;
+  } catch {
+    return null;
+  }
+}
+
+function onProgress(run, message) {
+  const writers = Array.isArray(message.writers) ? message.writers : [];
+  for (const w of writers) if (!run.writers.includes(w.writer)) run.writers.push(w.writer);
+  const byName = new Map(writers.map((w) => [w.writer, w]));
+  ui.progress.replaceChildren(
+    ...run.writers.map((name) => progressItem(byName.get(name) || { writer: name, status: "pending" }, run.config)),
+  );
+  announceChanges(run, writers);
+  addLivePoint(run, byName);
+}
+
+function announceChanges(run, writers) {
+  const changes = [];
+  for (const w of writers) {
+    const state = w.status === "running" ? w.phase || "running" : w.status;
+    if (run.statuses.get(w.writer) !== state) {
+      run.statuses.set(w.writer, state);
+      if (state !== "pending") changes.push(`${writerLabel(w.writer)}: ${state}`);
+    }
+  }
+  if (changes.length) ui.status.textContent = `Benchmark ${run.id} — ${changes.join("; ")}.`;
+}
+
+function progressItem(w, config) {
+  const rows = typeof w.rows === "number" ? w.rows : 0;
+  const duration = config && typeof config.duration_s === "number" ? config.duration_s : null;
+  const elapsed = typeof w.elapsed_s === "number" ? w.elapsed_s : 0;
+  const target = typeof w.target_rows === "number" ? w.target_rows : null;
+  let max = 1;
+  let value = 0;
+  let amount = `${formatNumber(rows)} rows`;
+  if (target) {
+    max = target;
+    value = Math.min(rows, target);
+    amount = `${formatNumber(rows)} / ${formatNumber(target)} rows`;
+  } else if (duration) {
+    max = duration;
+    value = Math.min(elapsed, duration);
+  }
+  if (w.status === "completed") value = max;
+  const time = duration ? `${formatSeconds(elapsed)} of ${formatSeconds(duration)}` : formatSeconds(elapsed);
+  const facts = [amount, time];
+  if (w.status === "running") facts.push(`${formatNumber(w.rows_per_s_last_second ?? 0)} rows/s last second`);
+  if (typeof w.p99_ms === "number") facts.push(`p50 ${formatMsValue(w.p50_ms)} ms, p99 ${formatMsValue(w.p99_ms)} ms`);
+  if (typeof w.target_rows_per_s === "number") facts.push(`target ${formatNumber(w.target_rows_per_s)} rows/s`);
+  if (w.failed_batches)
+    facts.push(`${formatNumber(w.failed_batches)} failed batch${w.failed_batches === 1 ? "" : "es"}`);
+  const phase = w.status === "running" ? w.phase || "running" : w.status || "pending";
+  const label = writerLabel(w.writer);
+  return el(
+    "li",
+    { className: "progress-item", "data-writer": w.writer, "data-status": w.status, "data-phase": phase },
+    [
+      el("div", { className: "progress-head" }, [
+        el("span", {
+          className: "writer-swatch",
+          "aria-hidden": "true",
+          style: `background:${writerColor(w.writer, 0)}`,
+        }),
+        el("span", { className: "writer-name", text: label }),
+        badge(w.status || "pending"),
+        w.status === "running" ? el("span", { className: "muted small", text: phase }) : null,
+      ]),
+      el("progress", { max: String(max), value: String(value), "aria-label": `${label} progress` }),
+      el("p", { className: "progress-facts small", text: facts.join(" · ") }),
+    ],
+  );
+}
+
+async function finishRun(run, known) {
+  if (run.finished) return;
+  run.finished = true;
+  stopWatching();
+  let result = known && known.status !== "running" ? known : null;
+  // The finished message follows the save; a moment's retry covers a slow disk.
+  for (let attempt = 0; !result && attempt < 10; attempt += 1) {
+    const current = await fetchRun(run.id);
+    if (current && current.status !== "running") result = current;
+    else await new Promise((resolve) => setTimeout(resolve, 300));
+  }
+  if (run !== watched) return;
+  ui.cancel.disabled = true;
+  ui.start.disabled = false;
+  if (!result) {
+    ui.liveBadge.replaceChildren(badge("unknown"));
+    ui.status.textContent = `Benchmark ${run.id} ended, but its result could not be read.`;
+    loadHistory();
+    return;
+  }
+  ui.liveBadge.replaceChildren(badge(result.status));
+  onProgress(run, progressFromResult(result));
+  renderResult(result);
+  ui.status.textContent = `Benchmark ${run.id} ${result.status}${result.partial ? " (partial)" : ""}; the results are below.`;
+  loadHistory();
+}
+
+async function cancelRun() {
+  if (!watched || watched.finished) return;
+  const run = watched;
+  ui.cancel.disabled = true;
+  ui.status.textContent = `Cancelling ${run.id}…`;
+  try {
+    const { ok, status, body } = await requestJson(`${API}/${encodeURIComponent(run.id)}/cancel`, { method: "POST" });
+    if (!ok) {
+      showAlert(`Could not cancel the run (HTTP ${status})`, [errorMessage(status, body)]);
+      ui.cancel.disabled = run.finished;
+      return;
+    }
+    finishRun(run, body && body.id === run.id && Array.isArray(body.writers) ? body : null);
+  } catch (error) {
+    showAlert("The request did not reach the server.", [error.message]);
+    ui.cancel.disabled = run.finished;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Charts
+
+function chartsAvailable() {
+  return typeof window.uPlot === "function";
+}
+
+function chartSize(container) {
+  const width = Math.max(container.clientWidth, 280);
+  return { width, height: width < 500 ? 220 : 280 };
+}
+
+function setChart(container, options, data) {
+  const old = charts.get(container);
+  if (old) old.destroy();
+  charts.delete(container);
+  container.replaceChildren();
+  if (!chartsAvailable()) {
+    container.append(
+      el("p", { className: "muted small", text: "The chart library did not load; the table gives the figures." }),
+    );
+    return null;
+  }
+  const chart = new window.uPlot({ ...chartSize(container), ...options }, data, container);
+  charts.set(container, chart);
+  return chart;
+}
+
+function seriesFor(name, index) {
+  return {
+    label: writerLabel(name),
+    stroke: writerColor(name, index),
+    width: 2,
+    dash: WRITER_DASH[name],
+    spanGaps: false,
+  };
+}
+
+function countPoints(ys) {
+  let count = 0;
+  for (const series of ys) for (const value of series) if (value !== null && value !== undefined) count += 1;
+  return count;
+}
+
+const AXIS = { stroke: "#4a5568", grid: { stroke: "#e2e8f0" }, ticks: { stroke: "#cbd2dc" } };
+
+function throughputOptions(xLabel) {
+  return {
+    scales: { x: { time: false }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, 1)] } },
+    axes: [
+      { ...AXIS, label: xLabel },
+      { ...AXIS, label: "rows/s", size: 70, values: (u, splits) => splits.map(formatAxisCount) },
+    ],
+    cursor: { drag: { x: false, y: false } },
+  };
+}
+
+function formatAxisCount(value) {
+  if (Math.abs(value) >= 1e6) return `${+(value / 1e6).toFixed(1)}M`;
+  if (Math.abs(value) >= 1e4) return `${+(value / 1e3).toFixed(1)}k`;
+  return integerFormat.format(value);
+}
+
+function resetLiveChart() {
+  const run = watched;
+  run.xs = [];
+  run.ys = new Map();
+  ui.liveChart.dataset.points = "0";
+  ui.liveChart.dataset.writers = run.writers.join(" ");
+  drawLiveChart(run);
+}
+
+function drawLiveChart(run) {
+  const names = run.writers;
+  for (const name of names)
+    if (!run.ys.has(name))
+      run.ys.set(
+        name,
+        run.xs.map(() => null),
+      );
+  const ys = names.map((name) => run.ys.get(name));
+  const chart = charts.get(ui.liveChart);
+  const sameSeries = chart && ui.liveChart.dataset.writers === names.join(" ");
+  if (sameSeries) chart.setData([run.xs, ...ys]);
+  else {
+    ui.liveChart.dataset.writers = names.join(" ");
+    setChart(
+      ui.liveChart,
+      { ...throughputOptions("seconds since the run started"), series: [{ label: "second" }, ...names.map(seriesFor)] },
+      [run.xs, ...ys],
+    );
+  }
+  ui.liveChart.dataset.points = String(countPoints(ys));
+  ui.liveChart.setAttribute(
+    "aria-label",
+    `Live throughput per second: ${names
+      .map((name) => {
+        const last = (run.ys.get(name) || []).filter((v) => v !== null).at(-1);
+        return `${writerLabel(name)} ${last === undefined ? "no data yet" : `${formatNumber(last)} rows/s`}`;
+      })
+      .join("; ")}`,
+  );
+}
+
+function addLivePoint(run, byName) {
+  const t = Math.round((performance.now() - run.t0) / 100) / 10;
+  run.xs.push(t);
+  for (const name of run.writers) {
+    const w = byName.get(name);
+    const measuring = w && w.status === "running" && w.phase !== "warmup" && w.phase !== "pending";
+    const value = measuring && typeof w.rows_per_s_last_second === "number" ? w.rows_per_s_last_second : null;
+    if (!run.ys.has(name))
+      run.ys.set(
+        name,
+        run.xs.slice(0, -1).map(() => null),
+      );
+    run.ys.get(name).push(value);
+  }
+  drawLiveChart(run);
+}
+
+/** Series on different x values, aligned on their union (uPlot's data shape); gaps are null. */
+function alignSeries(curves) {
+  const keyOf = (x) => Number(x.toPrecision(10));
+  const xs = [...new Set(curves.flatMap((points) => points.map(([x]) => keyOf(x))))].sort((a, b) => a - b);
+  const index = new Map(xs.map((x, i) => [x, i]));
+  const ys = curves.map((points) => {
+    const row = xs.map(() => null);
+    for (const [x, y] of points) row[index.get(keyOf(x))] = y;
+    return row;
+  });
+  return [xs, ys];
+}
+
+function drawPercentileChart(run) {
+  const writers = (run.writers || []).filter((w) => Array.isArray(w.percentile_curve) && w.percentile_curve.length);
+  const curves = writers.map((w) =>
+    w.percentile_curve
+      .filter(([p, ms]) => typeof p === "number" && p < 100 && typeof ms === "number")
+      .map(([p, ms]) => [1 / (1 - p / 100), Math.max(ms, 0.001)]),
+  );
+  const [xs, ys] = alignSeries(curves);
+  const fixedRate = run.config && typeof run.config.rate === "number";
+  ui.pctCaption.textContent = `Latency by percentile, ${
+    fixedRate ? "from each batch's scheduled start (corrected)" : "from send to acknowledgement"
+  } (ms; log scales), per writer`;
+  const top = 10 ** Math.max(2, Math.ceil(Math.log10(Math.max(xs.at(-1) || 1, 10)) - 1e-9));
+  setChart(
+    ui.pctChart,
+    {
+      scales: {
+        x: { time: false, distr: 3, log: 10, range: () => [1, top] },
+        y: { distr: 3, log: 10 },
+      },
+      axes: [
+        {
+          ...AXIS,
+          label: "percentile",
+          splits: () => PERCENTILE_TICKS.map(([x]) => x).filter((x) => x <= top),
+          filter: (u, splits) => splits, // uPlot's log default would blank the 2 (50%)
+          values: (u, splits) =>
+            splits.map((x) => (PERCENTILE_TICKS.find(([t]) => Math.abs(t - x) <= t * 1e-6) || [x, ""])[1]),
+        },
+        {
+          ...AXIS,
+          label: "ms",
+          size: 60,
+          splits: logSplits,
+          filter: (u, splits) => splits,
+          values: (u, splits) => splits.map(formatMsValue),
+        },
+      ],
+      series: [
+        { label: "percentile", value: (u, x) => (x === null ? "—" : `${percentileOf(x)}%`) },
+        ...writers.map((w, i) => ({
+          ...seriesFor(w.writer, i),
+          spanGaps: true,
+          value: (u, v) => (v === null ? "—" : `${formatMsValue(v)} ms`),
+        })),
+      ],
+      cursor: { drag: { x: false, y: false } },
+    },
+    [xs, ...ys],
+  );
+  ui.pctChart.dataset.points = String(countPoints(ys));
+  ui.pctChart.dataset.writers = writers.map((w) => w.writer).join(" ");
+  ui.pctChart.setAttribute(
+    "aria-label",
+    `${ui.pctCaption.textContent}: ${writers
+      .map((w) => {
+        const summary = (fixedRate && w.latency_from_intended_ms) || w.latency_ms || {};
+        const at = (key) => `${key} ${formatMsValue(summary[key])} ms`;
+        return `${writerLabel(w.writer)} ${["p50", "p99", "p99.9"].map(at).join(", ")}`;
+      })
+      .join("; ")}`,
+  );
+}
+
+/** Ticks of a log axis: each power of ten in range, with 2 and 5 between when it spans little. */
+function logSplits(u, axisIndex, min, max) {
+  if (!(min > 0) || !(max > 0)) return [];
+  const splits = [];
+  const few = Math.log10(max / min) < 2;
+  for (let e = Math.floor(Math.log10(min)); e <= Math.ceil(Math.log10(max)); e += 1) {
+    for (const m of few ? [1, 2, 5] : [1]) {
+      const value = m * 10 ** e;
+      if (value >= min * 0.999 && value <= max * 1.001) splits.push(Number(value.toPrecision(6)));
+    }
+  }
+  return splits;
+}
+
+function percentileOf(x) {
+  const p = 100 * (1 - 1 / x);
+  return p >= 99 ? +p.toFixed(3) : +p.toFixed(1);
+}
+
+function drawThroughputChart(run) {
+  const writers = (run.writers || []).filter((w) => Array.isArray(w.per_second) && w.per_second.length);
+  const [xs, ys] = alignSeries(writers.map((w) => w.per_second.map((s) => [s.t, s.rows])));
+  setChart(
+    ui.tputChart,
+    {
+      ...throughputOptions("second of measuring"),
+      series: [{ label: "second" }, ...writers.map((w, i) => seriesFor(w.writer, i))],
+    },
+    [xs, ...ys],
+  );
+  ui.tputChart.dataset.points = String(countPoints(ys));
+  ui.tputChart.setAttribute(
+    "aria-label",
+    `Throughput each second of measuring: ${writers
+      .map(
+        (w) =>
+          `${writerLabel(w.writer)} ${formatNumber(w.rows_per_s)} rows/s on average over ${plural(w.per_second.length, "second")}`,
+      )
+      .join("; ")}`,
+  );
+}
+
+const resizer =
+  typeof ResizeObserver === "function"
+    ? new ResizeObserver((entries) => {
+        for (const entry of entries) {
+          const chart = charts.get(entry.target);
+          const width = entry.target.clientWidth;
+          if (chart && width > 0 && Math.abs(chart.width - width) > 1) chart.setSize(chartSize(entry.target));
+        }
+      })
+    : null;
+
+// ---------------------------------------------------------------------------------------
+// A run's result: the side-by-side table, warnings, downloads, charts
+
+function columnsFor(run) {
+  const fixedRate =
+    (run.config && typeof run.config.rate === "number") ||
+    (run.writers || []).some((w) => w.latency_from_intended_ms || w.send_delay_ms);
+  return fixedRate ? [...BASE_COLUMNS, ...RATE_COLUMNS] : BASE_COLUMNS;
+}
+
+/** Writers that compete: they store rows and measured something. */
+function ranked(w) {
+  return (
+    w.stores_rows !== false && w.status !== "unavailable" && w.status !== "pending" && (w.batches > 0 || w.rows > 0)
+  );
+}
+
+/** The best value of a column, or null when fewer than two writers differ in it. */
+function bestValue(writers, column) {
+  const values = writers
+    .filter(ranked)
+    .map(column.get)
+    .filter((v) => typeof v === "number");
+  if (values.length < 2) return null;
+  const best = column.better === "high" ? Math.max(...values) : Math.min(...values);
+  return values.every((v) => v === best) ? null : best;
+}
+
+function downloadLinks(id) {
+  const base = `${API}/${encodeURIComponent(id)}`;
+  return [
+    el(
+      "a",
+      {
+        className: "button button-quiet",
+        href: `${base}/result.json`,
+        download: true,
+        "data-download": "json",
+        "aria-label": `Download run ${id} as JSON`,
+      },
+      ["JSON"],
+    ),
+    el(
+      "a",
+      {
+        className: "button button-quiet",
+        href: `${base}/result.csv`,
+        download: true,
+        "data-download": "csv",
+        "aria-label": `Download run ${id} as CSV`,
+      },
+      ["CSV"],
+    ),
+  ];
+}
+
+function renderResult(run) {
+  ui.result.hidden = false;
+  ui.result.dataset.runId = run.id;
+  ui.resultHeading.textContent = `Result of run ${run.id}`;
+  ui.resultBadge.replaceChildren(badge(run.status), ...(run.partial ? [" ", badge("partial")] : []));
+  ui.downloads.replaceChildren(el("span", { className: "muted small", text: "Download:" }), ...downloadLinks(run.id));
+  const cfg = run.config || {};
+  const env = run.environment && typeof run.environment === "object" ? run.environment : {};
+  ui.resultMeta.replaceChildren(
+    ...keyValueList(
+      [
+        ["Started", formatTime(run.started_at)],
+        ["Finished", run.finished_at ? formatTime(run.finished_at) : "—"],
+        ["Workload", describeWorkload(cfg)],
+        ["Warm-up, seed", `${formatSeconds(cfg.warmup_s)}, ${cfg.seed ?? "—"}`],
+        [
+          "Visibility",
+          cfg.visibility === false ? "not measured" : `sampled, polling every ${cfg.visibility_poll_ms ?? "—"} ms`,
+        ],
+      ],
+      "",
+    ).childNodes,
+  );
+  const envEntries = Object.entries(env);
+  const warnings = Array.isArray(run.warnings) ? run.warnings : [];
+  ui.warnings.replaceChildren(
+    warnings.length
+      ? el("div", { className: "notice notice-warn", role: "note", "aria-labelledby": "bench-warnings-title" }, [
+          el("p", { id: "bench-warnings-title", className: "notice-title", text: `Warnings (${warnings.length})` }),
+          el(
+            "ul",
+            {},
+            warnings.map((text) => el("li", { text })),
+          ),
+        ])
+      : null,
+    envEntries.length
+      ? el("details", { className: "environment" }, [
+          el("summary", { text: "Environment and library versions" }),
+          el("pre", { className: "small", text: JSON.stringify(env, null, 2) }),
+        ])
+      : null,
+  );
+  renderTable(run);
+  drawPercentileChart(run);
+  drawThroughputChart(run);
+}
+
+function renderTable(run) {
+  const columns = columnsFor(run);
+  const writers = run.writers || [];
+  const best = new Map(columns.map((column) => [column.key, bestValue(writers, column)]));
+  const head = el("tr", {}, [
+    el("th", { scope: "col", text: "Writer" }),
+    ...columns.map((column) =>
+      el("th", { scope: "col", className: "num", "data-col": column.key, title: column.title || null }, [
+        column.label,
+        column.unit ? el("span", { className: "unit", text: column.unit }) : null,
+      ]),
+    ),
+  ]);
+  const rows = writers.map((w, i) => {
+    const notes = [];
+    if (w.stores_rows === false)
+      notes.push(el("span", { className: "muted small block", text: "baseline, not ranked" }));
+    if (w.error) notes.push(el("span", { className: "cell-error small block", text: w.error }));
+    return el("tr", { "data-writer": w.writer, "data-status": w.status }, [
+      el("th", { scope: "row", className: "writer-cell" }, [
+        el("span", {
+          className: "writer-swatch",
+          "aria-hidden": "true",
+          style: `background:${writerColor(w.writer, i)}`,
+        }),
+        el("span", { className: "writer-name", text: WRITER_LABELS[w.writer] || w.label || w.writer }),
+        w.status !== "completed" ? badge(w.status) : null,
+        ...notes,
+      ]),
+      ...columns.map((column) => {
+        const value = column.get(w);
+        const isBest = ranked(w) && typeof value === "number" && value === best.get(column.key);
+        return el(
+          "td",
+          {
+            className: isBest ? "num best" : "num",
+            "data-col": column.key,
+            "data-label": column.unit ? `${column.label} (${column.unit})` : column.label,
+            "data-best": isBest ? "true" : null,
+          },
+          el(
+            "span",
+            { className: "cell-value" },
+            isBest
+              ? [
+                  el("strong", { text: column.format(value) }),
+                  " ",
+                  el("span", { className: "best-badge", text: "best" }),
+                ]
+              : [column.format(value)],
+          ),
+        );
+      }),
+    ]);
+  });
+  ui.table.tHead.replaceChildren(head);
+  ui.table.tBodies[0].replaceChildren(...rows);
+}
+
+async function openRun(id) {
+  ui.historyStatus.textContent = `Opening run ${id}…`;
+  const result = await fetchRun(id);
+  if (!result) {
+    ui.historyStatus.textContent = `Could not read run ${id}.`;
+    return;
+  }
+  ui.historyStatus.textContent = `Showing run ${id}.`;
+  renderResult(result);
+  ui.resultHeading.focus();
+}
+
+// ---------------------------------------------------------------------------------------
+// History and comparison
+
+async function loadHistory() {
+  ui.historyRefresh.disabled = true;
+  try {
+    const { ok, status, body } = await requestJson(API);
+    if (!ok || !Array.isArray(body)) throw new Error(errorMessage(status, body));
+    history = body;
+    renderHistory();
+    const running = history.find((run) => run.status === "running");
+    if (running && (!watched || watched.finished) && running.id !== (watched && watched.id)) {
+      watchRun(running.id, null);
+    }
+  } catch (error) {
+    ui.historyStatus.textContent = `Could not read the history: ${error.message}`;
+  } finally {
+    ui.historyRefresh.disabled = false;
+  }
+}
+
+function selectedIds() {
+  return [...ui.historyRows.querySelectorAll('input[name="compare"]:checked')].map((input) => input.value);
+}
+
+function renderHistory() {
+  const keep = new Set(selectedIds());
+  if (!history.length) {
+    ui.historyRows.replaceChildren(
+      el("tr", {}, [el("td", { colspan: "6", className: "muted", text: "No runs yet." })]),
+    );
+  } else {
+    ui.historyRows.replaceChildren(...history.map(historyRow(keep)));
+  }
+  updateCompareButton();
+}
+
+function historyRow(keep) {
+  return (run, index) => {
+    const id = String(run.id);
+    const checkboxId = `bench-select-${index}`;
+    const writers = Array.isArray(run.writers) ? run.writers : [];
+    return el("tr", { "data-run-id": id, "data-status": run.status }, [
+      el("td", { className: "select-cell" }, [
+        el("input", { type: "checkbox", id: checkboxId, name: "compare", value: id, checked: keep.has(id) }),
+        el("label", { for: checkboxId, className: "visually-hidden", text: `Select run ${id} to compare` }),
+      ]),
+      el("td", {}, [
+        el("time", { datetime: run.started_at, className: "block", text: formatTime(run.started_at) }),
+        el("code", { className: "run-id small", text: id }),
+      ]),
+      el("td", {}, [badge(run.status), ...(run.partial && run.status !== "running" ? [" ", badge("partial")] : [])]),
+      el("td", { className: "small", text: describeWorkload(run.workload) }),
+      el(
+        "td",
+        {},
+        el(
+          "ul",
+          { className: "plain-list small" },
+          writers.map((w) =>
+            el("li", { "data-writer": w.writer }, [
+              el("span", { className: "writer-name", text: writerLabel(w.writer) }),
+              ` ${formatNumber(w.rows_per_s)} rows/s`,
+              w.status !== "completed" ? ` (${w.status})` : null,
+            ]),
+          ),
+        ),
+      ),
+      el("td", { className: "actions-cell" }, [
+        run.status === "running"
+          ? el("span", { className: "muted small", text: "running" })
+          : el("button", {
+              type: "button",
+              className: "button button-quiet",
+              "data-open": id,
+              "aria-label": `Open run ${id}`,
+              text: "Open",
+            }),
+        ...(run.status === "running" ? [] : downloadLinks(id)),
+      ]),
+    ]);
+  };
+}
+
+function updateCompareButton() {
+  const count = selectedIds().length;
+  ui.compare.disabled = count !== 2;
+  ui.compareHint.textContent =
+    count === 2 ? "Two runs selected." : `Select two runs to compare them (${count} selected).`;
+}
+
+function onHistoryClick(event) {
+  const button = event.target.closest("button[data-open]");
+  if (button) openRun(button.dataset.open);
+}
+
+async function compareSelected() {
+  const ids = selectedIds();
+  if (ids.length !== 2) return;
+  // A is the older run, B the newer: the change reads "from A to B".
+  const started = new Map(history.map((run) => [String(run.id), String(run.started_at)]));
+  const [a, b] = ids.sort((x, y) => (started.get(x) || "").localeCompare(started.get(y) || ""));
+  ui.compare.disabled = true;
+  ui.historyStatus.textContent = "Comparing…";
+  try {
+    const query = new URLSearchParams({ a, b });
+    const { ok, status, body } = await requestJson(`${API}/compare?${query}`);
+    if (!ok || !body || !Array.isArray(body.diffs)) throw new Error(errorMessage(status, body));
+    renderComparison(body, started);
+    ui.historyStatus.textContent = `Compared ${a} (A) with ${b} (B).`;
+    ui.compareHeading.focus();
+  } catch (error) {
+    ui.historyStatus.textContent = `Could not compare: ${error.message}`;
+  } finally {
+    updateCompareButton();
+  }
+}
+
+function verdict(diff) {
+  if (diff.within_noise) {
+    return el("span", {
+      className: "verdict verdict-noise",
+      text: `≈ within noise (±${Math.round((diff.noise || 0) * 100)}%)`,
+    });
+  }
+  if (diff.better === "b") return el("span", { className: "verdict verdict-better", text: "▲ B better" });
+  if (diff.better === "a") return el("span", { className: "verdict verdict-worse", text: "▼ B worse" });
+  if (diff.change === null || diff.change === undefined) {
+    return el("span", { className: "verdict muted", text: "not comparable" });
+  }
+  return el("span", { className: "verdict muted", text: "no change" });
+}
+
+function formatMetric(metric, value) {
+  if (typeof value !== "number") return "—";
+  if (metric.endsWith("_ms")) return formatMsValue(value);
+  if (metric === "mib_per_s") return formatMib(value);
+  return formatNumber(value);
+}
+
+function renderComparison(result, started) {
+  ui.compareResult.hidden = false;
+  ui.compareResult.dataset.a = result.a;
+  ui.compareResult.dataset.b = result.b;
+  ui.compareRuns.replaceChildren(
+    ...keyValueList(
+      [
+        ["A", `${result.a} (${formatTime(started.get(String(result.a)))})`],
+        ["B", `${result.b} (${formatTime(started.get(String(result.b)))})`],
+      ],
+      "",
+    ).childNodes,
+  );
+  const rows = result.diffs.map((diff) =>
+    el(
+      "tr",
+      {
+        "data-writer": diff.writer,
+        "data-metric": diff.metric,
+        "data-verdict": diff.within_noise ? "noise" : diff.better || "none",
+      },
+      [
+        el("th", { scope: "row", text: writerLabel(diff.writer) }),
+        el("td", { "data-label": "Metric", text: METRIC_LABELS[diff.metric] || diff.metric }),
+        el("td", { className: "num", "data-label": "A", text: formatMetric(diff.metric, diff.a) }),
+        el("td", { className: "num", "data-label": "B", text: formatMetric(diff.metric, diff.b) }),
+        el("td", { className: "num", "data-label": "Change", text: formatPercent(diff.change) }),
+        el("td", { "data-label": "Verdict" }, [verdict(diff)]),
+      ],
+    ),
+  );
+  if (!rows.length) {
+    rows.push(
+      el("tr", {}, [el("td", { colspan: "6", className: "muted", text: "The two runs have no writer in common." })]),
+    );
+  }
+  ui.compareTable.tBodies[0].replaceChildren(...rows);
+}
+
+// ---------------------------------------------------------------------------------------
+// Start
+
+function start() {
+  ui.form.addEventListener("submit", startRun);
+  ui.form.addEventListener("input", onFormInput);
+  ui.form.addEventListener("change", onFormInput);
+  for (const radio of ui.form.querySelectorAll('[name="length_kind"]')) radio.addEventListener("change", onLengthKind);
+  ui.cancel.addEventListener("click", cancelRun);
+  ui.historyRefresh.addEventListener("click", loadHistory);
+  ui.historyRows.addEventListener("click", onHistoryClick);
+  ui.historyRows.addEventListener("change", updateCompareButton);
+  ui.compare.addEventListener("click", compareSelected);
+  if (resizer) for (const container of [ui.liveChart, ui.pctChart, ui.tputChart]) resizer.observe(container);
+  onLengthKind();
+  loadHistory();
+}
+
+start();

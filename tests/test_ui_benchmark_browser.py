@@ -1,0 +1,535 @@
+"""The Benchmark view in a real browser: Debian's Chromium driven by Playwright, against the
+real app in local mode (its own local stack). Runs benchmarks through every writer, watches
+the live chart fill from the WebSocket, reads the side-by-side table, the percentile chart,
+the history, a comparison and the downloads. Screenshots go to test-artifacts/bench-*.png.
+
+The tests share one app and run in order: later ones use the runs earlier ones made.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+import pytest
+
+from tests.test_ui_browser import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DESKTOP,
+    PHONE,
+    ROOT,
+    START_TIMEOUT_S,
+    RunningApp,
+    _free_port,
+    _wait_for,
+    screenshot,
+)
+
+pytestmark = pytest.mark.browser
+
+ALL_WRITERS = ("zerobus", "sql", "lakebase", "null")  # the form's order
+RANKED = ("zerobus", "sql", "lakebase")  # the null baseline is never ranked
+RUN_TIMEOUT_MS = 120_000
+COLUMNS = (
+    "rows_per_s",
+    "mib_per_s",
+    "p50",
+    "p95",
+    "p99",
+    "p99.9",
+    "max",
+    "errors",
+    "visibility_p95",
+)
+RATE_COLUMNS = ("corrected_p99", "send_delay_p99")
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[RunningApp]:
+    """`uvicorn main:app` in local mode on a free loopback port, as in test_ui_browser.py."""
+    # Outside pytest's basetemp: a second pytest session resets it to 0700, which locks the
+    # embedded Postgres (an unprivileged user under root) out of its data directory.
+    data_dir = Path(tempfile.mkdtemp(prefix="dwbench-ui-bench-"))
+    log_path = data_dir / "app.log"
+    port = _free_port()
+    token = secrets.token_urlsafe(16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_", "PG"))}
+    env.pop("LOCAL_STACK_URL", None)
+    env.update(APP_MODE="local", DATA_DIR=str(data_dir), LOCAL_STACK_TOKEN=token)
+    command = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1"]
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        _wait_for(proc, f"{url}/health", log_path, deadline)
+        _wait_for(proc, f"{url}/api/v1/writers", log_path, deadline)
+        yield RunningApp(url=url, data_dir=data_dir, token=token, log_path=log_path)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        ARTIFACTS.mkdir(exist_ok=True)
+        if log_path.exists():
+            shutil.copyfile(log_path, ARTIFACTS / "ui-bench-app.log")
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install "
+            "chromium); these tests drive that browser and never download one"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def open_bench(browser: Any, app: RunningApp) -> Iterator[Any]:
+    """Opens the Benchmark view at a viewport size; fails the test on any script error or
+    failed request outside the API (whose 4xx answers the page shows)."""
+    contexts: list[Any] = []
+    problems: list[str] = []
+
+    def on_console(msg: Any) -> None:
+        if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
+            problems.append(f"console {msg.type}: {msg.text}")
+
+    def on_response(resp: Any) -> None:
+        if resp.status >= 400 and "/api/" not in resp.url:
+            problems.append(f"{resp.status} {resp.url}")
+
+    def _open(viewport: dict[str, int] = DESKTOP, *, via_tab: bool = False) -> Any:
+        context = browser.new_context(viewport=viewport)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.on("console", on_console)
+        page.on("response", on_response)
+        if via_tab:
+            page.goto(app.url + "/")
+            page.wait_for_selector("#writer-status li[data-writer]")
+            page.click("nav[aria-label='Views'] a[data-view='benchmark']")
+        else:
+            page.goto(app.url + "/#benchmark")
+        page.wait_for_selector("#view-benchmark:not([hidden])")
+        page.wait_for_selector("#bench-history-rows tr")  # the history has loaded
+        return page
+
+    yield _open
+    for context in contexts:
+        context.close()
+    assert not problems, problems
+
+
+# -- page helpers -------------------------------------------------------------------------
+
+
+def fill_form(
+    page: Any,
+    *,
+    writers: tuple[str, ...],
+    records: int | None = None,
+    duration_s: float | None = None,
+    batch_size: int = 100,
+    concurrency: int = 4,
+    record_bytes: int = 512,
+    rate: int | None = None,
+    parallel: bool = False,
+) -> None:
+    for box in page.query_selector_all("#bench-form input[name='writers']"):
+        want = box.get_attribute("value") in writers
+        if box.is_checked() != want:
+            box.click()
+    if duration_s is not None:
+        page.check("#bench-form input[name='length_kind'][value='duration']")
+        page.fill("#bench-duration_s", str(duration_s))
+    else:
+        page.check("#bench-form input[name='length_kind'][value='records']")
+        page.fill("#bench-records", str(records))
+    page.fill("#bench-batch_size", str(batch_size))
+    page.fill("#bench-concurrency", str(concurrency))
+    page.fill("#bench-record_bytes", str(record_bytes))
+    page.fill("#bench-rate", "" if rate is None else str(rate))
+    page.fill("#bench-warmup_s", "0")
+    page.set_checked("#bench-parallel", parallel)
+    page.set_checked("#bench-visibility", True)
+
+
+def live_points(page: Any) -> int:
+    return int(page.get_attribute("#bench-live-chart", "data-points") or 0)
+
+
+def wait_for_result(page: Any, run_id: str) -> None:
+    page.wait_for_selector(
+        f"#bench-result:not([hidden])[data-run-id='{run_id}']", timeout=RUN_TIMEOUT_MS
+    )
+    page.wait_for_function("!document.querySelector('#bench-start').disabled")
+
+
+def table(page: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """The side-by-side table as shown: writer -> column -> {text, best}."""
+    return page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('#bench-table tbody tr')]
+            .map(tr => [tr.dataset.writer, Object.fromEntries(
+                [...tr.querySelectorAll('td[data-col]')].map(td => [td.dataset.col, {
+                    text: td.textContent,
+                    best: td.dataset.best === 'true',
+                    bold: !!td.querySelector('strong'),
+                    badge: td.querySelector('.best-badge')?.textContent ?? null,
+                }]))]))"""
+    )
+
+
+def column_values(run: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """The table's numbers from the API's RunResult: column -> writer -> value."""
+
+    def lat(w: dict[str, Any], key: str, field: str = "latency_ms") -> float | None:
+        return w[field][key] if w.get(field) else None
+
+    out: dict[str, dict[str, float | None]] = {c: {} for c in COLUMNS + RATE_COLUMNS}
+    for w in run["writers"]:
+        name = w["writer"]
+        out["rows_per_s"][name] = w["rows_per_s"]
+        out["mib_per_s"][name] = w["mib_per_s"]
+        for key in ("p50", "p95", "p99", "p99.9", "max"):
+            out[key][name] = lat(w, key)
+        out["errors"][name] = w["failed_batches"]
+        out["visibility_p95"][name] = w["visibility"]["p95_ms"] if w.get("visibility") else None
+        out["corrected_p99"][name] = lat(w, "p99", "latency_from_intended_ms")
+        out["send_delay_p99"][name] = lat(w, "p99", "send_delay_ms")
+    return out
+
+
+def expected_best(values: dict[str, float | None], higher: bool) -> set[str]:
+    ranked = {w: v for w, v in values.items() if w in RANKED and v is not None}
+    if len(ranked) < 2 or len(set(ranked.values())) == 1:
+        return set()
+    best = max(ranked.values()) if higher else min(ranked.values())
+    return {w for w, v in ranked.items() if v == best}
+
+
+def check_table_marks(page: Any, run: dict[str, Any], columns: tuple[str, ...]) -> None:
+    shown = table(page)
+    assert list(shown) == [w["writer"] for w in run["writers"]]
+    values = column_values(run)
+    for column in columns:
+        want = expected_best(values[column], higher=column in ("rows_per_s", "mib_per_s"))
+        got = {w for w, cells in shown.items() if cells[column]["best"]}
+        assert got == want, (column, values[column], shown)
+        for writer in got:  # bold and a "best" badge a screen reader reads out
+            cell = shown[writer][column]
+            assert cell["bold"] and cell["badge"] == "best", cell
+    # The null baseline is shown but never wins.
+    if "null" in shown:
+        assert not any(cell["best"] for cell in shown["null"].values())
+
+
+def history_ids(page: Any) -> list[str]:
+    return page.eval_on_selector_all(
+        "#bench-history-rows tr[data-run-id]", "rows => rows.map(r => r.dataset.runId)"
+    )
+
+
+def get_json(app: RunningApp, path: str) -> Any:
+    resp = httpx.get(app.url + path, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+# -- tests --------------------------------------------------------------------------------
+
+
+def test_fixed_rate_run_through_every_writer(open_bench: Any, app: RunningApp) -> None:
+    page = open_bench(via_tab=True)
+    assert page.url.endswith("#benchmark")
+    tab = page.locator("nav[aria-label='Views'] a[data-view='benchmark']")
+    assert tab.get_attribute("aria-current") == "page"
+    assert page.locator("#view-write").is_hidden()
+
+    # Every visible control of the view has a label naming it.
+    unlabeled = page.evaluate(
+        """() => [...document.querySelectorAll('#view-benchmark input, #view-benchmark button')]
+            .filter(e => e.offsetParent !== null)
+            .filter(e => !(e.labels && e.labels.length && e.labels[0].textContent.trim())
+                         && !e.getAttribute('aria-label') && !e.textContent.trim())
+            .map(e => e.outerHTML)"""
+    )
+    assert unlabeled == []
+    assert page.get_attribute("#bench-status", "aria-live") == "polite"
+    assert page.is_disabled("#bench-cancel")
+
+    # A fixed rate, so the null baseline lasts as long as the others: 3 s per writer.
+    fill_form(page, writers=ALL_WRITERS, duration_s=3, rate=2000, batch_size=100)
+    page.click("#bench-start")
+    page.wait_for_selector("#bench-live:not([hidden])")
+    run_id = page.get_attribute("#bench-live", "data-run-id")
+    assert run_id
+    assert not page.is_disabled("#bench-cancel")
+    assert page.is_disabled("#bench-start")
+
+    # The live chart fills from the WebSocket, a point per writer measuring each second.
+    page.wait_for_function(
+        "Number(document.querySelector('#bench-live-chart').dataset.points) >= 2"
+    )
+    first = live_points(page)
+    page.wait_for_function(
+        f"Number(document.querySelector('#bench-live-chart').dataset.points) >= {first + 3}"
+    )
+    assert page.locator("#bench-live-chart canvas").count() >= 1
+    progress = page.eval_on_selector_all(
+        "#bench-progress li", "items => items.map(li => li.dataset.writer)"
+    )
+    assert progress == list(ALL_WRITERS)
+    assert "rows" in page.text_content("#bench-progress li[data-status='running']")
+    screenshot(page, "bench-desktop-running")
+
+    wait_for_result(page, run_id)
+    run = get_json(app, f"/api/v1/benchmarks/{run_id}")
+    assert run["status"] == "completed"
+    assert page.text_content("#bench-live-badge") == "completed"
+    assert "completed" in page.text_content("#bench-status")
+    # Every writer measured something, and the live chart has a series for each.
+    assert all(w["rows"] > 0 for w in run["writers"]), run["writers"]
+    assert page.get_attribute("#bench-live-chart", "data-writers") == " ".join(ALL_WRITERS)
+    assert live_points(page) >= 6
+
+    # The side-by-side table, with the fixed-rate columns and the winner of each column.
+    headers = page.eval_on_selector_all(
+        "#bench-table thead th[data-col]", "ths => ths.map(th => th.dataset.col)"
+    )
+    assert headers == [*COLUMNS, *RATE_COLUMNS]
+    check_table_marks(page, run, COLUMNS + RATE_COLUMNS)
+    marked = page.eval_on_selector_all(
+        "#bench-table td[data-best='true']", "tds => tds.map(td => td.dataset.col)"
+    )
+    for column in ("rows_per_s", "p50", "p99", "max"):
+        assert column in marked, (column, marked)
+    assert "baseline, not ranked" in page.text_content("#bench-table tr[data-writer='null']")
+
+    # Warnings of the run, as the API gives them.
+    if run["warnings"]:
+        shown = page.text_content("#bench-warnings")
+        assert all(text in shown for text in run["warnings"])
+
+    # The percentile chart: one series per writer, on canvas, with a text alternative.
+    assert page.get_attribute("#bench-pct-chart", "data-writers") == " ".join(ALL_WRITERS)
+    assert int(page.get_attribute("#bench-pct-chart", "data-points")) > 10
+    assert page.locator("#bench-pct-chart canvas").count() >= 1
+    assert page.get_attribute("#bench-pct-chart", "role") == "img"
+    assert "p99" in page.get_attribute("#bench-pct-chart", "aria-label")
+    assert int(page.get_attribute("#bench-tput-chart", "data-points")) >= 8
+
+    # Downloads answer 200 with the run's JSON and CSV.
+    for kind in ("json", "csv"):
+        href = page.get_attribute(f"#bench-downloads a[data-download='{kind}']", "href")
+        resp = httpx.get(urljoin(app.url + "/", href), timeout=30)
+        assert resp.status_code == 200, (href, resp.text)
+        if kind == "json":
+            assert resp.json()["id"] == run_id
+        else:
+            rows = list(csv.DictReader(io.StringIO(resp.text)))
+            assert [r["writer"] for r in rows] == list(ALL_WRITERS)
+    screenshot(page, "bench-desktop-result")
+
+    # The run heads the history.
+    page.click("#bench-history-refresh")
+    page.wait_for_selector(f"#bench-history-rows tr[data-run-id='{run_id}'][data-status]")
+    assert history_ids(page)[0] == run_id
+
+
+def test_invalid_config_shows_errors_at_the_fields(open_bench: Any, app: RunningApp) -> None:
+    page = open_bench(PHONE)
+    before = len(get_json(app, "/api/v1/benchmarks"))
+    for box in page.query_selector_all("#bench-form input[name='writers']:checked"):
+        box.click()
+    page.fill("#bench-batch_size", "0")
+    page.fill("#bench-record_bytes", "10")
+    page.click("#bench-start")
+    page.wait_for_selector("#bench-alert:not([hidden])")
+
+    assert "did not start" in page.text_content("#bench-alert")
+    batch_error = page.locator("#bench-batch_size-error")
+    assert batch_error.is_visible() and "greater than or equal to 1" in batch_error.text_content()
+    assert page.text_content("#bench-writers-error") == "Choose at least one writer."
+    assert page.get_attribute("#bench-batch_size", "aria-invalid") == "true"
+    assert page.get_attribute("#bench-record_bytes", "aria-invalid") == "true"
+    assert page.locator("#bench-writers-error").is_visible()
+    assert page.get_attribute("#bench-form input[name='writers'] >> nth=0", "aria-invalid") == (
+        "true"
+    )
+    # Fields without a problem are not marked; focus goes to the first field with one.
+    assert page.get_attribute("#bench-concurrency", "aria-invalid") is None
+    assert page.evaluate("document.activeElement.name") in ("writers", "batch_size")
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    screenshot(page, "bench-375-invalid")
+    assert len(get_json(app, "/api/v1/benchmarks")) == before
+
+    # Editing a field clears its message.
+    page.fill("#bench-batch_size", "100")
+    assert not batch_error.is_visible()
+    assert page.get_attribute("#bench-batch_size", "aria-invalid") is None
+
+
+def test_a_second_start_is_refused_then_the_page_joins_and_cancels(
+    open_bench: Any, app: RunningApp
+) -> None:
+    page = open_bench()
+    # A run started elsewhere (the API, as the CLI or another tab would).
+    started = httpx.post(
+        f"{app.url}/api/v1/benchmarks",
+        json={"writers": ["zerobus"], "duration_s": 60, "rate": 500, "batch_size": 50},
+        timeout=30,
+    )
+    assert started.status_code == 202, started.text
+    other = started.json()["id"]
+
+    fill_form(page, writers=("null",), records=1000)
+    page.click("#bench-start")
+    page.wait_for_selector("#bench-alert:not([hidden])")
+    alert = page.text_content("#bench-alert")
+    assert "Another benchmark is running (HTTP 409)" in alert
+    assert other in alert
+
+    # The page joins the running run: live progress, and Cancel stops it.
+    page.wait_for_selector(f"#bench-live:not([hidden])[data-run-id='{other}']")
+    page.wait_for_function(
+        "Number(document.querySelector('#bench-live-chart').dataset.points) >= 1"
+    )
+    page.wait_for_function("!document.querySelector('#bench-cancel').disabled")
+    page.click("#bench-cancel")
+    wait_for_result(page, other)
+    assert page.text_content("#bench-result-badge") == "cancelled partial"
+    run = get_json(app, f"/api/v1/benchmarks/{other}")
+    assert run["status"] == "cancelled" and run["partial"] is True
+    assert "cancelled" in page.text_content("#bench-status")
+
+
+def test_history_compare_and_open_a_past_run(open_bench: Any, app: RunningApp) -> None:
+    page = open_bench()
+    # A quick closed-loop run of the same writers, to compare with the fixed-rate one.
+    fill_form(page, writers=ALL_WRITERS, records=2000, batch_size=200)
+    page.click("#bench-start")
+    page.wait_for_selector("#bench-live:not([hidden])")
+    run_id = page.get_attribute("#bench-live", "data-run-id")
+    wait_for_result(page, run_id)
+    run = get_json(app, f"/api/v1/benchmarks/{run_id}")
+    assert run["status"] == "completed"
+    # Closed loop: no corrected-latency columns.
+    headers = page.eval_on_selector_all(
+        "#bench-table thead th[data-col]", "ths => ths.map(th => th.dataset.col)"
+    )
+    assert headers == list(COLUMNS)
+    check_table_marks(page, run, COLUMNS)
+
+    # History: newest first, each with its status and writers' rows/s.
+    history = get_json(app, "/api/v1/benchmarks")
+    page.wait_for_selector(f"#bench-history-rows tr[data-run-id='{run_id}']")
+    ids = history_ids(page)
+    assert ids == [r["id"] for r in history]
+    assert ids[0] == run_id and len(ids) >= 3
+    first_row = page.text_content(f"#bench-history-rows tr[data-run-id='{run_id}']")
+    assert "completed" in first_row and "rows/s" in first_row and "Zerobus Ingest" in first_row
+    fixed_rate = next(
+        r["id"] for r in history if r["workload"]["rate"] == 2000 and r["status"] == "completed"
+    )
+
+    # Compare two runs: A is the older, B the newer.
+    assert page.is_disabled("#bench-compare")
+    page.check(f"#bench-history-rows tr[data-run-id='{fixed_rate}'] input[name='compare']")
+    assert page.is_disabled("#bench-compare")
+    page.check(f"#bench-history-rows tr[data-run-id='{run_id}'] input[name='compare']")
+    page.click("#bench-compare")
+    page.wait_for_selector("#bench-compare-result:not([hidden])")
+    assert page.get_attribute("#bench-compare-result", "data-a") == fixed_rate
+    assert page.get_attribute("#bench-compare-result", "data-b") == run_id
+    diffs = get_json(app, f"/api/v1/benchmarks/compare?a={fixed_rate}&b={run_id}")["diffs"]
+    rows = page.eval_on_selector_all(
+        "#bench-compare-table tbody tr",
+        "rows => rows.map(r => [r.dataset.writer, r.dataset.metric, r.dataset.verdict,"
+        " r.lastElementChild.textContent])",
+    )
+    assert len(rows) == len(diffs) == len(ALL_WRITERS) * 9
+    for (writer, metric, verdict, text), diff in zip(rows, diffs, strict=True):
+        assert (writer, metric) == (diff["writer"], diff["metric"])
+        if diff["within_noise"]:
+            assert verdict == "noise" and "within noise" in text
+        elif diff["better"] == "b":
+            assert verdict == "b" and "B better" in text
+        elif diff["better"] == "a":
+            assert verdict == "a" and "B worse" in text
+    assert page.evaluate("document.activeElement.id") == "bench-compare-heading"
+    screenshot(page, "bench-desktop-compare")
+
+    # Open the fixed-rate run from the history: its table and charts.
+    page.click(f"#bench-history-rows button[data-open='{fixed_rate}']")
+    page.wait_for_selector(f"#bench-result[data-run-id='{fixed_rate}']")
+    assert page.evaluate("document.activeElement.id") == "bench-result-heading"
+    assert fixed_rate in page.text_content("#bench-result-heading")
+    headers = page.eval_on_selector_all(
+        "#bench-table thead th[data-col]", "ths => ths.map(th => th.dataset.col)"
+    )
+    assert headers == [*COLUMNS, *RATE_COLUMNS]
+    check_table_marks(page, get_json(app, f"/api/v1/benchmarks/{fixed_rate}"), COLUMNS)
+    assert int(page.get_attribute("#bench-pct-chart", "data-points")) > 10
+    for link in page.query_selector_all(f"#bench-history-rows tr[data-run-id='{fixed_rate}'] a"):
+        resp = httpx.get(urljoin(app.url + "/", link.get_attribute("href")), timeout=30)
+        assert resp.status_code == 200
+
+
+def test_phone_width_past_run(open_bench: Any, app: RunningApp) -> None:
+    page = open_bench(PHONE)
+    history = get_json(app, "/api/v1/benchmarks")
+    fixed_rate = next(r["id"] for r in history if r["workload"]["rate"] == 2000)
+    page.click(f"#bench-history-rows button[data-open='{fixed_rate}']")
+    page.wait_for_selector(f"#bench-result[data-run-id='{fixed_rate}']")
+    page.wait_for_selector("#bench-pct-chart canvas")
+    # Nothing wider than the screen (the wide table scrolls inside its own box).
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    box = page.locator("#bench-pct-chart").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    screenshot(page, "bench-375-result")
+
+    # The comparison stacks as one card per metric.
+    for run_id in [r["id"] for r in history if r["status"] == "completed"][:2]:
+        page.check(f"#bench-history-rows tr[data-run-id='{run_id}'] input[name='compare']")
+    page.click("#bench-compare")
+    page.wait_for_selector("#bench-compare-result:not([hidden]) tbody tr[data-metric]")
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    screenshot(page, "bench-375-compare")
