@@ -10,33 +10,19 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import secrets
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 import httpx
 import pytest
 
-from tests.test_ui_browser import (
-    ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
+from tests.browser_support import (
     DESKTOP,
     PHONE,
-    ROOT,
-    START_TIMEOUT_S,
     RunningApp,
-    _free_port,
-    _wait_for,
+    chromium,
+    running_app,
     screenshot,
 )
 
@@ -61,62 +47,14 @@ RATE_COLUMNS = ("corrected_p99", "send_delay_p99")
 
 @pytest.fixture(scope="module")
 def app() -> Iterator[RunningApp]:
-    """`uvicorn main:app` in local mode on a free loopback port, as in test_ui_browser.py."""
-    # Outside pytest's basetemp: a second pytest session resets it to 0700, which locks the
-    # embedded Postgres (an unprivileged user under root) out of its data directory.
-    data_dir = Path(tempfile.mkdtemp(prefix="dwbench-ui-bench-"))
-    log_path = data_dir / "app.log"
-    port = _free_port()
-    token = secrets.token_urlsafe(16)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_", "PG"))}
-    env.pop("LOCAL_STACK_URL", None)
-    env.update(APP_MODE="local", DATA_DIR=str(data_dir), LOCAL_STACK_TOKEN=token)
-    command = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1"]
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [*command, "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        _wait_for(proc, f"{url}/health", log_path, deadline)
-        _wait_for(proc, f"{url}/api/v1/writers", log_path, deadline)
-        yield RunningApp(url=url, data_dir=data_dir, token=token, log_path=log_path)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=45)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        ARTIFACTS.mkdir(exist_ok=True)
-        if log_path.exists():
-            shutil.copyfile(log_path, ARTIFACTS / "ui-bench-app.log")
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with running_app("ui-bench") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install "
-            "chromium); these tests drive that browser and never download one"
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -5,143 +5,38 @@ Delta table and in Postgres. Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from records import CATEGORIES
+from tests.browser_support import (
+    DESKTOP,
+    PHONE,
+    RunningApp,
+    chromium,
+    running_app,
+    screenshot,
+)
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 375, "height": 812}
 WRITERS = ("zerobus", "sql", "lakebase")
-START_TIMEOUT_S = 90.0
-
-
-@dataclass
-class RunningApp:
-    url: str
-    data_dir: Path
-    token: str
-    log_path: Path
-
-    @property
-    def delta_table(self) -> Path:
-        return self.data_dir / "local-stack" / "tables" / "main" / "default" / "products"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _log_tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
-
-
-def _wait_for(
-    proc: subprocess.Popen[bytes], url: str, log_path: Path, deadline: float
-) -> httpx.Response:
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the app exited with {proc.returncode}:\n{_log_tail(log_path)}")
-        try:
-            resp = httpx.get(url, timeout=10)
-            if resp.status_code == 200:
-                return resp
-            last = f"HTTP {resp.status_code}: {resp.text[:300]}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.25)
-    pytest.fail(f"{url} did not answer 200 in time ({last}):\n{_log_tail(log_path)}")
 
 
 @pytest.fixture(scope="module")
 def app() -> Iterator[RunningApp]:
-    """`uvicorn main:app` in local mode on a free loopback port, stopped with SIGTERM."""
-    # Not under pytest's basetemp: every pytest session that starts resets
-    # /tmp/pytest-of-<user> to mode 0700, which locks the embedded Postgres (running as an
-    # unprivileged user under root) out of its data directory mid-run.
-    data_dir = Path(tempfile.mkdtemp(prefix="dwbench-ui-"))
-    log_path = data_dir / "app.log"
-    port = _free_port()
-    token = secrets.token_urlsafe(16)  # the local stack's token is also the Postgres password
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_", "PG"))}
-    env.pop("LOCAL_STACK_URL", None)
-    env.update(APP_MODE="local", DATA_DIR=str(data_dir), LOCAL_STACK_TOKEN=token)
-    command = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1"]
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [*command, "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        _wait_for(proc, f"{url}/health", log_path, deadline)
-        _wait_for(proc, f"{url}/api/v1/writers", log_path, deadline)
-        yield RunningApp(url=url, data_dir=data_dir, token=token, log_path=log_path)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=45)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        ARTIFACTS.mkdir(exist_ok=True)
-        if log_path.exists():
-            shutil.copyfile(log_path, ARTIFACTS / "ui-app.log")
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with running_app("ui") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install "
-            "chromium); these tests drive that browser and never download one"
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
@@ -175,13 +70,6 @@ def open_page(browser: Any, app: RunningApp) -> Iterator[Any]:
     for context in contexts:
         context.close()
     assert not problems, problems
-
-
-def screenshot(page: Any, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
 
 
 # -- what landed in the targets -----------------------------------------------------------
