@@ -305,7 +305,9 @@ def _quoted_table(name: str) -> str:
 
 
 def _is_bad_input(exc: BaseException) -> bool:
-    return str(exc).startswith("Invalid argument")
+    # The SDK words an INVALID_ARGUMENT from the server two ways, by which path saw it first.
+    text = str(exc)
+    return text.startswith("Invalid argument") or "'Client specified an invalid argument'" in text
 
 
 def _tcp_check(host: str, port: int) -> None:
