@@ -77,8 +77,14 @@ _OPTION = {
     "parallel": "--parallel",
     "visibility": "--no-visibility",
     "visibility_poll_ms": "--poll-interval",
+    "visibility_sample_ms": "--sample-every",
 }
-_UNIT = {"duration_s": "seconds", "warmup_s": "seconds", "visibility_poll_ms": "milliseconds"}
+_UNIT = {
+    "duration_s": "seconds",
+    "warmup_s": "seconds",
+    "visibility_poll_ms": "milliseconds",
+    "visibility_sample_ms": "milliseconds",
+}
 
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
@@ -93,6 +99,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         "parallel": args.parallel,
         "visibility": not args.no_visibility,
         "visibility_poll_ms": round(args.poll_interval * 1000),
+        "visibility_sample_ms": round(args.sample_every * 1000),
     }
     if args.writers is not None:
         values["writers"] = args.writers
@@ -749,6 +756,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.05,
         metavar="TIME",
         help="visibility polling interval (default: 50ms)",
+    )
+    run.add_argument(
+        "--sample-every",
+        type=parse_duration,
+        default=1.0,
+        metavar="TIME",
+        help="start a visibility sample at most this often (default: 1s); each poll is a "
+        "query on the target, a load of its own",
     )
     run.add_argument(
         "--out", type=Path, metavar="FILE", help="also write the result here (JSON, and .csv)"

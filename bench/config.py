@@ -42,6 +42,13 @@ class BenchmarkConfig(BaseModel):
     parallel: bool = Field(default=False, description="run the writers at the same time")
     visibility: bool = Field(default=True, description="measure ack -> rows readable")
     visibility_poll_ms: int = Field(default=50, ge=5, le=10_000)
+    visibility_sample_ms: int = Field(
+        default=1000,
+        ge=50,
+        le=60_000,
+        description="start a visibility sample at most this often: each poll is a query on the "
+        "target, and on a shared machine its load shows in the numbers being measured",
+    )
 
     @field_validator("writers")
     @classmethod

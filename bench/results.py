@@ -38,11 +38,12 @@ class LatencySummary(BaseModel):
 
 class VisibilitySummary(BaseModel):
     """Ack -> rows readable in the target: one batch at a time, a new one at most every
-    250 ms, polled every `poll_interval_ms` (so values are exact to within that interval)."""
+    `sample_interval_ms`, polled every `poll_interval_ms` (values are exact to within it)."""
 
     samples: int
     timeouts: int
     poll_interval_ms: int
+    sample_interval_ms: int = 1000
     p50_ms: float | None
     p95_ms: float | None
     max_ms: float | None

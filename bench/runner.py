@@ -44,7 +44,6 @@ log = structlog.get_logger(__name__)
 Clock = Callable[[], float]
 ProgressCallback = Callable[[dict[str, Any]], None]
 VISIBILITY_TIMEOUT_S = 30.0
-VISIBILITY_SAMPLE_EVERY_S = 0.25
 MAX_ERROR_SAMPLES = 5
 
 
@@ -268,11 +267,11 @@ class _WriterRun:
     # -- visibility ------------------------------------------------------------------
 
     def _maybe_sample_visibility(self, batch_id: str, rows: int, acked_at: float) -> None:
-        # One sample at a time, and a new one at most every VISIBILITY_SAMPLE_EVERY_S: the
+        # One sample at a time, and a new one at most every visibility_sample_ms: the
         # reader's queries must stay a small, steady load next to the writes they measure.
         if self._sampler is not None and not self._sampler.done():
             return
-        if acked_at - self._last_sample_at < VISIBILITY_SAMPLE_EVERY_S:
+        if acked_at - self._last_sample_at < self.config.visibility_sample_ms / 1000:
             return
         self._last_sample_at = acked_at
         self._sampler = asyncio.create_task(self._sample(batch_id, rows, acked_at))
@@ -393,6 +392,7 @@ class _WriterRun:
             samples=v.count,
             timeouts=self.visibility_timeouts,
             poll_interval_ms=self.config.visibility_poll_ms,
+            sample_interval_ms=self.config.visibility_sample_ms,
             p50_ms=v.percentile_ms(50) if v.count else None,
             p95_ms=v.percentile_ms(95) if v.count else None,
             max_ms=v.hist.get_max_value() / 1000 if v.count else None,

@@ -32,6 +32,7 @@ from errors import DirectWriteError, WriteFailedError, WriterUnavailableError
 from proto import product_record_pb2
 from records import ProductRecord, to_json, to_proto
 from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, mask
+from writers.readback import WarehouseReader
 
 log = structlog.get_logger(__name__)
 
@@ -75,7 +76,7 @@ class ZerobusWriter(DataWriterInterface):
         self._lock = asyncio.Lock()
         self.streams_created = 0
         self.last_error: str | None = None
-        self._read_client: Any = None
+        self._reader: WarehouseReader | None = None
 
     async def open(self) -> None:
         problem = self._config_problem()
@@ -238,55 +239,16 @@ class ZerobusWriter(DataWriterInterface):
             "last_error": self.last_error,
         }
 
-    def _reader(self) -> Any:
-        """A workspace client for reading rows back through the SQL warehouse (made once)."""
-        if self._read_client is None:
-            from databricks.sdk import WorkspaceClient
-
-            if self.targets.mode == "local":
-                assert self.targets.local_token is not None
-                self._read_client = WorkspaceClient(
-                    host=self.targets.workspace_url,
-                    token=self.targets.local_token.get_secret_value(),
-                    auth_type="pat",
-                )
-            else:
-                secret = self.settings.databricks_client_secret
-                self._read_client = WorkspaceClient(
-                    host=self.targets.workspace_url,
-                    client_id=self.settings.databricks_client_id,
-                    client_secret=secret.get_secret_value() if secret else None,
-                    auth_type="oauth-m2m",
-                )
-        return self._read_client
-
     async def count_rows(self, batch_id: str) -> int:
         """Rows of the batch readable in the table, through the SQL warehouse."""
-        return await asyncio.to_thread(self._count_rows, batch_id)
-
-    def _count_rows(self, batch_id: str) -> int:
-        from databricks.sdk.service.sql import StatementParameterListItem, StatementState
-
-        w = self._reader()
-        if not self.targets.warehouse_id:
-            raise WriterUnavailableError(
-                "reading Zerobus rows back needs DATABRICKS_WAREHOUSE_ID", writer=self.name
-            )
-        resp = w.statement_execution.execute_statement(
-            statement=f"SELECT count(*) FROM {_quoted_table(self.table)} "
-            "WHERE batch_id = :b AND source = 'zerobus'",
-            parameters=[StatementParameterListItem(name="b", value=batch_id, type="STRING")],
-            warehouse_id=self.targets.warehouse_id,
-            wait_timeout="30s",
-        )
-        status = resp.status
-        if status is None or status.state != StatementState.SUCCEEDED:
-            message = status.error.message if status and status.error else "no result"
-            raise WriteFailedError(f"counting rows failed: {message}", writer=self.name)
-        assert resp.result is not None and resp.result.data_array is not None
-        return int(resp.result.data_array[0][0])
+        if self._reader is None:
+            self._reader = WarehouseReader(self.targets, self.table, self.name)
+        return await self._reader.count(batch_id)
 
     async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
         stream, self._stream = self._stream, None
         if stream is not None:
             started = time.perf_counter()
@@ -295,13 +257,6 @@ class ZerobusWriter(DataWriterInterface):
             except ZerobusException as exc:
                 log.warning("zerobus_close_failed", writer=self.name, error=str(exc))
             log.info("zerobus_stream_closed", ms=round((time.perf_counter() - started) * 1000))
-
-
-def _quoted_table(name: str) -> str:
-    parts = name.split(".")
-    if len(parts) != 3 or not all(p.replace("_", "").isalnum() and p.isascii() for p in parts):
-        raise WriterUnavailableError(f"ZEROBUS_TABLE {name!r} is not catalog.schema.table")
-    return ".".join(f"`{p}`" for p in parts)
 
 
 def _is_bad_input(exc: BaseException) -> bool:

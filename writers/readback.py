@@ -1,0 +1,94 @@
+"""Reading rows back through a SQL warehouse, for freshness checks (ack -> readable).
+
+Benchmarks poll this while they write, so it must not disturb the load it measures: it is
+async httpx on the event loop against the Statement Execution API, not a blocking SDK call
+in a thread (whose GIL hand-offs delay the scheduler by milliseconds). Auth headers come
+from the local token, or from the databricks-sdk credentials (OAuth M2M) in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import httpx
+
+from errors import WriteFailedError, WriterUnavailableError
+from writers.base import Targets
+
+_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def quoted_table(name: str) -> str:
+    """`catalog`.`schema`.`table`, after checking the name has three plain parts."""
+    parts = name.split(".")
+    if len(parts) != 3 or not all(_PART.match(p) for p in parts):
+        raise WriterUnavailableError(f"table name {name!r} is not catalog.schema.table")
+    return ".".join(f"`{p}`" for p in parts)
+
+
+class WarehouseReader:
+    def __init__(self, targets: Targets, table: str, source: str) -> None:
+        self.targets = targets
+        self.statement = (
+            f"SELECT count(*) FROM {quoted_table(table)} WHERE batch_id = :b AND source = :s"
+        )
+        self.source = source
+        self._http: httpx.AsyncClient | None = None
+        self._sdk_config: Any = None
+
+    async def _headers(self) -> dict[str, str]:
+        if self.targets.mode == "local":
+            assert self.targets.local_token is not None
+            return {"Authorization": f"Bearer {self.targets.local_token.get_secret_value()}"}
+        if self._sdk_config is None:
+            from databricks.sdk.core import Config
+
+            s = self.targets.settings
+            secret = s.databricks_client_secret
+            self._sdk_config = Config(
+                host=self.targets.workspace_url,
+                client_id=s.databricks_client_id,
+                client_secret=secret.get_secret_value() if secret else None,
+                auth_type="oauth-m2m",
+            )
+        # The SDK caches the OAuth token and refreshes it when needed.
+        headers: dict[str, str] = await asyncio.to_thread(self._sdk_config.authenticate)
+        return headers
+
+    async def count(self, batch_id: str) -> int:
+        if not self.targets.warehouse_id or not self.targets.workspace_url:
+            raise WriterUnavailableError(
+                "reading rows back needs a SQL warehouse (DATABRICKS_WAREHOUSE_ID)"
+            )
+        if self._http is None:
+            self._http = httpx.AsyncClient(base_url=self.targets.workspace_url, timeout=60)
+        body = {
+            "statement": self.statement,
+            "warehouse_id": self.targets.warehouse_id,
+            "parameters": [
+                {"name": "b", "value": batch_id, "type": "STRING"},
+                {"name": "s", "value": self.source, "type": "STRING"},
+            ],
+            "wait_timeout": "30s",
+        }
+        try:
+            resp = await self._http.post(
+                "/api/2.0/sql/statements", json=body, headers=await self._headers()
+            )
+        except httpx.HTTPError as exc:
+            raise WriterUnavailableError(f"cannot reach the SQL warehouse: {exc!r}") from exc
+        if resp.status_code != 200:
+            raise WriteFailedError(f"reading back failed: HTTP {resp.status_code}")
+        answer = resp.json()
+        state = answer.get("status", {}).get("state")
+        if state != "SUCCEEDED":
+            message = answer.get("status", {}).get("error", {}).get("message", state)
+            raise WriteFailedError(f"reading back failed: {message}")
+        return int(answer["result"]["data_array"][0][0])
+
+    async def close(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
