@@ -13,9 +13,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 
 from api import api_router
 from api.middleware import BodyLimitMiddleware, RequestLogMiddleware
+from api.models import ProcessRequest
 from errors import DirectWriteError
 from log import configure_logging
 from runtime import Runtime
@@ -56,6 +58,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = False
     )
     app.state.settings = settings
     app.include_router(api_router)
+    _declare_request_models(app, ProcessRequest)
 
     @app.exception_handler(DirectWriteError)
     async def direct_write_error(_: Request, exc: DirectWriteError) -> JSONResponse:
@@ -85,7 +88,26 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = False
     return app
 
 
+def _declare_request_models(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Put request bodies that routes parse themselves into the OpenAPI components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            if model.__name__ not in components:
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _echo(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):  # a raw body that is not JSON, maybe not UTF-8
+        return bytes(value[:200]).decode("utf-8", "replace")
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, str) and len(value) > 200:

