@@ -2,20 +2,9 @@
 // no build step. Server data only ever reaches the page through textContent, never as HTML.
 // The DOM, HTTP and formatting helpers are exported for the Benchmark view (bench.js).
 
-// The known categories, as in records.CATEGORIES; any other text up to 64 characters is
-// accepted too (the "Custom…" choice).
-const CATEGORIES = [
-  "electronics",
-  "clothing",
-  "home",
-  "books",
-  "sports",
-  "toys",
-  "grocery",
-  "beauty",
-  "automotive",
-  "other",
-];
+// The known categories, loaded from the server (records.CATEGORIES) before the first row is
+// drawn; any other text up to 64 characters is accepted too (the "Custom…" choice).
+let CATEGORIES = [];
 const CUSTOM_CATEGORY = "__custom__";
 const FIELDS = [
   "product_id",
@@ -632,7 +621,16 @@ function renderCard(result) {
 // ---------------------------------------------------------------------------------------
 // Start
 
-function start() {
+async function loadCategories() {
+  const { ok, status, body } = await requestJson("api/v1/categories");
+  if (ok && Array.isArray(body)) {
+    CATEGORIES = body.map(String);
+  } else {
+    showAlert("The product categories could not be loaded", [errorMessage(status, body)]);
+  }
+}
+
+async function start() {
   window.addEventListener("hashchange", showView);
   showView();
   ui.refreshWriters.addEventListener("click", loadWriters);
@@ -647,8 +645,9 @@ function start() {
     ui.writerType.removeAttribute("aria-invalid");
   });
   ui.writeForm.addEventListener("submit", submitWrite);
-  addRows([EXAMPLE_ITEM], { replace: true });
   loadWriters();
+  await loadCategories();
+  addRows([EXAMPLE_ITEM], { replace: true });
 }
 
 start();

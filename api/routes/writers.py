@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from api.deps import RuntimeDep
 from api.models import WriterInfo
 from errors import WriterUnavailableError
-from records import ProductItem, sample_items
+from records import CATEGORIES, ProductItem, sample_items
 from runtime import Runtime
 from writers import INGEST_WRITERS, writer_class
 
@@ -36,6 +36,12 @@ async def writer_info(runtime: Runtime, name: str) -> WriterInfo:
 async def list_writers(runtime: RuntimeDep) -> list[WriterInfo]:
     """The writers the ingestion API accepts, with their availability now."""
     return list(await asyncio.gather(*(writer_info(runtime, n) for n in INGEST_WRITERS)))
+
+
+@router.get("/api/v1/categories")
+async def get_categories() -> list[str]:
+    """The known product categories (any other text up to 64 characters is accepted too)."""
+    return list(CATEGORIES)
 
 
 @router.get("/api/v1/sample-items")

@@ -237,3 +237,9 @@ def test_body_that_is_not_json_or_not_utf8(client):
         assert resp.status_code == 422, raw
         (error,) = resp.json()["detail"]
         assert error["type"] == "json_invalid" and error["loc"] == ["body"]
+
+
+def test_categories_come_from_the_record_model(client):
+    from records import CATEGORIES
+
+    assert client.get("/api/v1/categories").json() == list(CATEGORIES)
