@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -177,7 +176,3 @@ def compare_json(a: RunResult, b: RunResult) -> dict[str, Any]:
         "b": b.id,
         "diffs": [d.__dict__ for d in compare(a, b)],
     }
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, indent=2)
