@@ -1,4 +1,8 @@
-"""Dependencies shared by the routes, as Annotated aliases."""
+"""Dependencies shared by the routes, as Annotated aliases.
+
+They are `async def` on purpose: FastAPI runs a plain `def` dependency in its thread pool,
+and two thread hops per request queue every request behind whatever else the loop holds.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ from runtime import Runtime
 from settings import Settings
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
