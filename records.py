@@ -45,6 +45,7 @@ COLUMNS = (
 )
 MAX_DESCRIPTION_CHARS = 1_000_000
 _EPOCH_DATE = dt.date(1970, 1, 1)
+_EPOCH_ORDINAL = _EPOCH_DATE.toordinal()
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -119,19 +120,25 @@ def build_records(
     """Rows for one writer: record ids are `<batch_id>-<index>`, the same for every writer."""
     at = processed_at or dt.datetime.now(dt.UTC)
     # Stored with microsecond precision (Delta TIMESTAMP, proto int64 µs, timestamptz).
+    # Positional construction in COLUMNS order: half the cost of keyword arguments, and
+    # this runs for every row of every request.
+    make = tuple.__new__
     return [
-        ProductRecord(
-            record_id=f"{batch_id}-{i:06d}",
-            product_id=item.product_id,
-            product_name=item.product_name,
-            product_price=float(item.product_price),
-            category=item.category,
-            sale_start_date=item.sale_start_date,
-            sale_stop_date=item.sale_stop_date,
-            processed_at=at,
-            batch_id=batch_id,
-            source=source,
-            description=item.description,
+        make(
+            ProductRecord,
+            (
+                f"{batch_id}-{i:06d}",
+                item.product_id,
+                item.product_name,
+                float(item.product_price),
+                item.category,
+                item.sale_start_date,
+                item.sale_stop_date,
+                at,
+                batch_id,
+                source,
+                item.description,
+            ),
         )
         for i, item in enumerate(items)
     ]
@@ -148,23 +155,39 @@ def epoch_micros(value: dt.datetime) -> int:
 
 def to_proto(record: ProductRecord) -> bytes:
     """The record as a serialized ProductRecord message (Zerobus proto mode)."""
-    msg = product_record_pb2.ProductRecord(
-        record_id=record.record_id,
-        product_id=record.product_id,
-        product_name=record.product_name,
-        product_price=record.product_price,
-        category=record.category,
-        processed_at=epoch_micros(record.processed_at),
-        batch_id=record.batch_id,
-        source=record.source,
-    )
-    if record.sale_start_date is not None:
-        msg.sale_start_date = epoch_days(record.sale_start_date)
-    if record.sale_stop_date is not None:
-        msg.sale_stop_date = epoch_days(record.sale_stop_date)
-    if record.description is not None:
-        msg.description = record.description
-    return msg.SerializeToString()
+    return to_protos((record,))[0]
+
+
+def to_protos(records: Sequence[ProductRecord]) -> list[bytes]:
+    """Each record as a serialized ProductRecord message, in order.
+
+    The ingestion path's encoder, written for speed: one keyword construction per message
+    (None leaves an optional field unset) and the shared processed_at converted once.
+    """
+    message = product_record_pb2.ProductRecord
+    serialize = message.SerializeToString
+    out = []
+    at: dt.datetime | None = None
+    at_micros = 0
+    for r in records:
+        if r.processed_at is not at:
+            at, at_micros = r.processed_at, epoch_micros(r.processed_at)
+        start, stop = r.sale_start_date, r.sale_stop_date
+        msg = message(
+            record_id=r.record_id,
+            product_id=r.product_id,
+            product_name=r.product_name,
+            product_price=r.product_price,
+            category=r.category,
+            sale_start_date=None if start is None else start.toordinal() - _EPOCH_ORDINAL,
+            sale_stop_date=None if stop is None else stop.toordinal() - _EPOCH_ORDINAL,
+            processed_at=at_micros,
+            batch_id=r.batch_id,
+            source=r.source,
+            description=r.description,
+        )
+        out.append(serialize(msg))
+    return out
 
 
 def to_json(record: ProductRecord) -> str:

@@ -30,7 +30,7 @@ from zerobus.sdk.shared import (
 
 from errors import DirectWriteError, WriteFailedError, WriterUnavailableError
 from proto import product_record_pb2
-from records import ProductRecord, to_json, to_proto
+from records import ProductRecord, to_json, to_protos
 from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, mask
 from writers.readback import WarehouseReader
 
@@ -155,8 +155,9 @@ class ZerobusWriter(DataWriterInterface):
             raise WriterUnavailableError("writer is not open", writer=self.name)
         if not records:
             return WriteReceipt(rows=0, details={"offset": None})
-        encode = to_proto if self.record_format == "proto" else to_json
-        payloads: list[Any] = [encode(r) for r in records]
+        payloads: list[Any] = (
+            to_protos(records) if self.record_format == "proto" else [to_json(r) for r in records]
+        )
         for attempt in (1, 2):
             stream = await self._current_stream()
             try:
