@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = False
             return FileResponse(STATIC / "index.html")
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(RequestLogMiddleware, expose_clock=settings.expose_app_clock)
     return app
 
 

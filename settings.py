@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # Request limits of POST /api/v1/process-structured.
     max_items_per_request: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Benchmarks only: each response carries X-App-Clock, the monotonic time (s) the app
+    # started on the request, so a load generator on the same machine can tell the time a
+    # request waited before the app's clock started from the time the app spent on it.
+    expose_app_clock: bool = False
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, validation_alias="DATABRICKS_APP_PORT")

@@ -14,10 +14,15 @@ log = structlog.get_logger("api.request")
 
 
 class RequestLogMiddleware:
-    """One log line per request: request_id, method, path, status, ms."""
+    """One log line per request: request_id, method, path, status, ms.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Every response carries X-Request-Id and Server-Timing (`app;dur=<ms>`, the time from
+    here to the response's start); with `expose_clock`, also X-App-Clock (see Settings).
+    """
+
+    def __init__(self, app: ASGIApp, *, expose_clock: bool = False) -> None:
         self.app = app
+        self.expose_clock = expose_clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,6 +42,8 @@ class RequestLogMiddleware:
                 headers = message.setdefault("headers", [])
                 headers.append((b"x-request-id", request_id.encode()))
                 headers.append((b"server-timing", f"app;dur={ms:.3f}".encode()))
+                if self.expose_clock:
+                    headers.append((b"x-app-clock", f"{started:.6f}".encode()))
             await send(message)
 
         # Routes bind more (writer=, rows=, batch_id=) for this request's one log line.

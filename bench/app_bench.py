@@ -60,8 +60,28 @@ def _ms(hist: HdrHistogram) -> dict[str, float]:
 async def app_overhead(
     endpoints: dict[str, Any], data_dir: Path, requests: int, clients: int
 ) -> dict[str, Any]:
-    with AppProcess(endpoints, data_dir) as port:
-        return await _drive_app(port, requests, clients)
+    with AppProcess(endpoints, data_dir) as app:
+        pids = {"app": app.pid, "local_stack": endpoints["pid"], "load_generator": os.getpid()}
+        return await _drive_app(app.port, requests, clients, pids)
+
+
+def _cpu_seconds(pid: int, *, thread: int | None = None) -> float | None:
+    """User + system CPU of a process (or one of its threads) so far; None off Linux."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
+    try:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # Fields 14 and 15 of stat(5), counted after the ")" that ends the command name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_snapshot(pids: dict[str, int]) -> dict[str, float | None]:
+    snap = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    # The app's main thread runs its event loop; the rest are the SDK's and gRPC's threads.
+    snap["app_event_loop_thread"] = _cpu_seconds(pids["app"], thread=pids["app"])
+    return snap
 
 
 class AppProcess:
@@ -78,6 +98,7 @@ class AppProcess:
             "DATA_DIR": str(data_dir),
             "LOCAL_STACK_URL": endpoints["api_url"],
             "LOCAL_STACK_TOKEN": endpoints["token"],
+            "EXPOSE_APP_CLOCK": "true",  # X-App-Clock: when the app's clock started
         }
         self._cmd = [
             sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1",
@@ -86,13 +107,18 @@ class AppProcess:
         self._env = env
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> int:
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def __enter__(self) -> AppProcess:
         self._proc = subprocess.Popen(self._cmd, env=self._env, cwd=ROOT, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health").status_code == 200:
-                    return self.port
+                    return self
             except httpx.TransportError:
                 time.sleep(0.1)
         raise RuntimeError("the app did not start")
@@ -103,14 +129,24 @@ class AppProcess:
         self._proc.wait(30)
 
 
-async def _drive_app(port: int, requests: int, clients: int) -> dict[str, Any]:
+async def _drive_app(
+    port: int, requests: int, clients: int, pids: dict[str, int]
+) -> dict[str, Any]:
     items = [i.model_dump(mode="json") for i in sample_items(100, seed=1)]
     body = {"schema_type": "products", "writer_type": "zerobus", "items": items}
     app_extra = HdrHistogram(1, 60_000_000, 3)  # µs the app adds, server side
     client_extra = HdrHistogram(1, 60_000_000, 3)  # µs the app and HTTP add, client side
     write_time = HdrHistogram(1, 60_000_000, 3)
+    # Where the client-side extra goes: from sending to the app's clock starting (transport
+    # and the wait behind other requests in the app's event loop), and from the response's
+    # start to the client having read it. perf_counter is CLOCK_MONOTONIC on Linux: one
+    # clock for both processes.
+    shared_clock = "CLOCK_MONOTONIC" in time.get_clock_info("perf_counter").implementation
+    before_app = HdrHistogram(1, 60_000_000, 3)
+    after_app = HdrHistogram(1, 60_000_000, 3)
     done = 0
     warmup = 50
+    measured_from: tuple[float, dict[str, float | None]] | None = None
 
     payload = json.dumps(body).encode()
     request = (
@@ -121,24 +157,32 @@ async def _drive_app(port: int, requests: int, clients: int) -> dict[str, Any]:
     async def client(n: int) -> None:
         # A bare keep-alive HTTP/1.1 client: httpx costs ~1.4 ms of CPU per request, which on
         # 2 shared cores would be taken from the app being measured.
-        nonlocal done
+        nonlocal done, measured_from
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             for _ in range(n):
                 started = time.perf_counter()
                 writer.write(request)
                 status, headers, content = await _read_response(reader)
-                latency_ms = (time.perf_counter() - started) * 1000
+                finished = time.perf_counter()
+                latency_ms = (finished - started) * 1000
                 if status != 200:
                     raise RuntimeError(f"HTTP {status}: {content[:300]!r}")
                 done += 1
                 if done <= warmup:
+                    if done == warmup:
+                        measured_from = (time.perf_counter(), _cpu_snapshot(pids))
                     continue
                 writer_ms = json.loads(content)["results"][0]["processing_time_ms"]
                 app_ms = float(headers["server-timing"].split("dur=")[1])
                 write_time.record_value(max(1, int(writer_ms * 1000)))
                 app_extra.record_value(max(1, int((app_ms - writer_ms) * 1000)))
                 client_extra.record_value(max(1, int((latency_ms - writer_ms) * 1000)))
+                if shared_clock:
+                    app_started = float(headers["x-app-clock"])
+                    before_app.record_value(max(1, int((app_started - started) * 1e6)))
+                    app_done = app_started + app_ms / 1000
+                    after_app.record_value(max(1, int((finished - app_done) * 1e6)))
         finally:
             writer.close()
             await writer.wait_closed()
@@ -147,6 +191,17 @@ async def _drive_app(port: int, requests: int, clients: int) -> dict[str, Any]:
     per_client = (requests + warmup) // clients
     await asyncio.gather(*(client(per_client) for _ in range(clients)))
     elapsed = time.perf_counter() - started
+    assert measured_from is not None
+    cpu_end, measured_s = _cpu_snapshot(pids), time.perf_counter() - measured_from[0]
+    measured_requests = per_client * clients - warmup
+    cpu: dict[str, Any] = {}
+    for name, end in cpu_end.items():
+        begin = measured_from[1][name]
+        if end is not None and begin is not None:
+            cpu[name] = {
+                "cores_busy": round((end - begin) / measured_s, 3),
+                "ms_per_request": round((end - begin) * 1000 / measured_requests, 3),
+            }
     rows = per_client * clients * 100
     return {
         "requests": per_client * clients,
@@ -157,7 +212,15 @@ async def _drive_app(port: int, requests: int, clients: int) -> dict[str, Any]:
         "writer_write_ms": _ms(write_time),
         "app_overhead_ms_server_side": _ms(app_extra),
         "app_and_http_overhead_ms_client_side": _ms(client_extra),
+        "client_side_split_ms": {
+            "send_to_app_clock_start": _ms(before_app),
+            "response_start_to_client_read": _ms(after_app),
+        }
+        if shared_clock
+        else None,
         "client": "keep-alive HTTP/1.1 over asyncio streams, one connection per client",
+        "cpu_after_warmup": cpu,
+        "cores": os.cpu_count(),
     }
 
 
@@ -276,6 +339,15 @@ def main() -> None:
         f"app overhead p50 {ao['app_overhead_ms_server_side']['p50']} ms (server side), "
         f"{ao['app_and_http_overhead_ms_client_side']['p50']} ms (client side)"
     )
+    if ao["client_side_split_ms"]:
+        split = ao["client_side_split_ms"]
+        print(
+            f"  client side, p50: send -> app clock start "
+            f"{split['send_to_app_clock_start']['p50']} ms; response start -> read by client "
+            f"{split['response_start_to_client_read']['p50']} ms"
+        )
+    for name, use in ao["cpu_after_warmup"].items():
+        print(f"  cpu {name}: {use['cores_busy']} cores busy, {use['ms_per_request']} ms/request")
     print(f"seed pattern: {sp['rows_per_s']} rows/s; ours is {r['ours_vs_seed_rows_per_s']}x")
     print(f"lakebase COPY, 10,000-row batches: {lc['rows_per_s']} rows/s")
 
