@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     zerobus_endpoint: str | None = None
     zerobus_table: str = "main.default.products"
     zerobus_record_format: Literal["proto", "json"] = "proto"
+    # How long a write waits for its batch's durability acknowledgement before failing.
+    zerobus_ack_timeout_s: float = Field(default=60.0, gt=0)
 
     databricks_host: str | None = None
     databricks_client_id: str | None = None

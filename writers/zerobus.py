@@ -4,13 +4,13 @@ The stream opens on first use and is shared by every request. A batch goes throu
 SDK's batch call (one offset for the batch) and `write()` returns once that offset is
 acknowledged, which the service sends only after the rows are durably committed.
 A stream that fails is closed and created anew once; if the write fails again the
-error is reported and nothing is claimed written.
+error is reported and nothing is claimed written. A batch that is not acknowledged within
+ZEROBUS_ACK_TIMEOUT_S fails at once and is not sent again: the service may still commit it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
 from collections.abc import Sequence
@@ -36,7 +36,9 @@ from writers.readback import WarehouseReader
 
 log = structlog.get_logger(__name__)
 
-ACK_TIMEOUT_S = 60.0
+# Closing a stream waits for its pending acknowledgements; a service that stopped answering
+# would hold a failed write (or shutdown) for the SDK's own 60 s ack timeout.
+CLOSE_TIMEOUT_S = 5.0
 # How the SDK renders gRPC codes that mean "the target is not there for us" at stream creation.
 _UNAVAILABLE_CODES = (
     "The service is currently unavailable",
@@ -70,6 +72,7 @@ class ZerobusWriter(DataWriterInterface):
         super().__init__(targets)
         self.table = self.settings.zerobus_table
         self.record_format = self.settings.zerobus_record_format
+        self.ack_timeout_s = self.settings.zerobus_ack_timeout_s
         self.endpoint = targets.zerobus_endpoint or self.settings.zerobus_endpoint
         self._sdk: ZerobusSdk | None = None
         self._stream: ZerobusStream | None = None
@@ -147,8 +150,7 @@ class ZerobusWriter(DataWriterInterface):
         async with self._lock:
             if self._stream is stream:
                 self._stream = None
-        with contextlib.suppress(ZerobusException):  # it failed already; this frees resources
-            await stream.close()
+        await _close_within(stream, CLOSE_TIMEOUT_S)
 
     async def write(self, records: Sequence[ProductRecord]) -> WriteReceipt:
         if self._sdk is None:
@@ -163,13 +165,18 @@ class ZerobusWriter(DataWriterInterface):
             try:
                 offset = await stream.ingest_records_offset(payloads)
                 assert offset is not None
-                await asyncio.wait_for(stream.wait_for_offset(offset), ACK_TIMEOUT_S)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the wait in
+                # a task of its own, one more trip through the event loop per request.
+                async with asyncio.timeout(self.ack_timeout_s):
+                    await stream.wait_for_offset(offset)
             except (ZerobusException, TimeoutError) as exc:
                 await self._discard(stream)
                 error = self._translate(exc, opening=False)
                 self.last_error = error.message
-                # A bad record fails the same way on a new stream: do not send it twice.
-                if attempt == 2 or (isinstance(exc, NonRetriableException) and _is_bad_input(exc)):
+                # Not sent again: a bad record fails the same way on a new stream, and a
+                # batch that was not acknowledged in time may still be committed.
+                bad_input = isinstance(exc, NonRetriableException) and _is_bad_input(exc)
+                if attempt == 2 or bad_input or isinstance(exc, TimeoutError):
                     raise error from exc
                 log.warning("zerobus_stream_recreated", writer=self.name, reason=error.message)
                 continue
@@ -188,8 +195,8 @@ class ZerobusWriter(DataWriterInterface):
     def _translate(self, exc: BaseException, *, opening: bool) -> DirectWriteError:
         if isinstance(exc, TimeoutError):
             return WriteFailedError(
-                f"no durability acknowledgement within {ACK_TIMEOUT_S:.0f} s; "
-                "the rows are not counted as written",
+                f"no durability acknowledgement within {self.ack_timeout_s:g} s; the rows "
+                "are not counted as written (the service may still commit them)",
                 writer=self.name,
             )
         text = str(exc)
@@ -253,11 +260,19 @@ class ZerobusWriter(DataWriterInterface):
         stream, self._stream = self._stream, None
         if stream is not None:
             started = time.perf_counter()
-            try:
-                await stream.close()
-            except ZerobusException as exc:
-                log.warning("zerobus_close_failed", writer=self.name, error=str(exc))
+            await _close_within(stream, CLOSE_TIMEOUT_S)
             log.info("zerobus_stream_closed", ms=round((time.perf_counter() - started) * 1000))
+
+
+async def _close_within(stream: ZerobusStream, timeout_s: float) -> None:
+    """Close the stream, flushing what it holds; give up on a service that does not answer."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await stream.close()
+    except ZerobusException as exc:
+        log.warning("zerobus_close_failed", error=str(exc))
+    except TimeoutError:
+        log.warning("zerobus_close_abandoned", reason=f"no answer within {timeout_s:g} s")
 
 
 def _is_bad_input(exc: BaseException) -> bool:
