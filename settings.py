@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     lakebase_instance_name: str | None = None
     lakebase_table: str = "public.products"
     lakebase_write_mode: Literal["copy", "insert"] = "copy"
+    # A batch's transaction that has not committed in this time is cancelled and fails.
+    lakebase_write_timeout_s: float = Field(default=120.0, gt=0)
 
     # Request limits of POST /api/v1/process-structured.
     max_items_per_request: int = Field(default=10_000, ge=1)

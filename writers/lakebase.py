@@ -155,6 +155,7 @@ class LakebaseWriter(DataWriterInterface):
         super().__init__(targets)
         self.table = self.settings.lakebase_table
         self.write_mode = self.settings.lakebase_write_mode
+        self.write_timeout_s = self.settings.lakebase_write_timeout_s
         self._password_provider = password_provider
         self._max_lifetime_s = max_lifetime_s
         self._pool_max_size = pool_max_size
@@ -361,6 +362,34 @@ class LakebaseWriter(DataWriterInterface):
             return WriteReceipt(rows=0, details={"mode": self.write_mode, "transaction": "none"})
         began = time.monotonic()
         progress: dict[str, str] = {}
+        try:
+            # A server that stops answering would otherwise hold the write for ever. On
+            # timeout psycopg cancels the query, and drops the connection if that fails.
+            async with asyncio.timeout(self.write_timeout_s):
+                await self._write_in_transaction(records, progress)
+        except TimeoutError:
+            outcome = "the transaction was cancelled and did not commit"
+            if progress.get("phase") == "commit":
+                outcome = "the outcome of COMMIT is unknown"
+            raise WriteFailedError(
+                f"{self.write_mode}: no answer from {self._where()} within "
+                f"{self.write_timeout_s:g} s; {outcome}",
+                writer=self.name,
+            ) from None
+        log.debug(
+            "lakebase.written",
+            writer=self.name,
+            rows=n,
+            ms=round((time.monotonic() - began) * 1000),
+        )
+        count_key = "rows_copied" if self.write_mode == "copy" else "rows_inserted"
+        details = {"mode": self.write_mode, count_key: n, "transaction": "committed"}
+        return WriteReceipt(rows=n, details=details)
+
+    async def _write_in_transaction(
+        self, records: Sequence[ProductRecord], progress: dict[str, str]
+    ) -> None:
+        n = len(records)
         async with (
             self._connection(self.write_mode, progress=progress) as conn,
             conn.transaction(),
@@ -376,15 +405,6 @@ class LakebaseWriter(DataWriterInterface):
                     writer=self.name,
                 )
             progress["phase"] = "commit"  # leaving the block commits
-        log.debug(
-            "lakebase.written",
-            writer=self.name,
-            rows=n,
-            ms=round((time.monotonic() - began) * 1000),
-        )
-        count_key = "rows_copied" if self.write_mode == "copy" else "rows_inserted"
-        details = {"mode": self.write_mode, count_key: n, "transaction": "committed"}
-        return WriteReceipt(rows=n, details=details)
 
     async def _copy(self, cur: psycopg.AsyncCursor[Any], records: Sequence[ProductRecord]) -> int:
         # Binary COPY with the column types declared up front: no per-value type lookup

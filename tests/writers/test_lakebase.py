@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import secrets
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -393,6 +395,56 @@ async def test_a_dropped_connection_fails_the_write_then_the_pool_recovers(
         assert (await writer.write(records)).rows == 20
         assert await writer.count_rows(first) == 20 and await writer.count_rows(second) == 20
     finally:
+        await writer.close()
+
+
+async def test_a_server_that_stops_answering_fails_the_write_in_bounded_time(
+    local_stack, admin, login_role
+):
+    role = login_role
+    password = secrets.token_urlsafe(16)
+    set_password(admin, role, password)
+    endpoints = {**local_stack, "postgres_dsn": role_dsn(local_stack, role, password)}
+    targets = local_targets(
+        endpoints, lakebase_table=f"{role}.products", lakebase_write_timeout_s=1.0
+    )
+    writer = await open_writer(targets, pool_max_size=1)
+    frozen: list[int] = []
+    try:
+        first, second, third = (secrets.token_hex(8) for _ in range(3))
+        await writer.write(build_records(sample_items(20), batch_id=first, source="t"))
+        # Freeze this writer's server process (its one pooled connection), mid-session.
+        frozen = [
+            row[0]
+            for row in admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE usename = %s", [role]
+            ).fetchall()
+        ]
+        assert len(frozen) == 1
+        os.kill(frozen[0], signal.SIGSTOP)
+        started = time.perf_counter()
+        with pytest.raises(WriteFailedError) as caught:
+            await writer.write(build_records(sample_items(20), batch_id=second, source="t"))
+        took = time.perf_counter() - started
+        assert caught.value.message == (
+            f"copy: no answer from {conninfo_to_dict(local_stack['postgres_dsn'])['host']}:"
+            f"{conninfo_to_dict(local_stack['postgres_dsn'])['port']} within 1 s; "
+            "the transaction was cancelled and did not commit"
+        )
+        # The timeout, then psycopg's own wait for the cancelled query before it drops
+        # the connection (5 s).
+        assert took < 1.0 + 5.0 + 3.0
+        os.kill(frozen.pop(), signal.SIGCONT)
+
+        assert (
+            await writer.write(build_records(sample_items(7), batch_id=third, source="t"))
+        ).rows == 7
+        assert await writer.count_rows(first) == 20
+        assert await writer.count_rows(second) == 0
+        assert await writer.count_rows(third) == 7
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
         await writer.close()
 
 
