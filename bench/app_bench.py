@@ -1,11 +1,13 @@
 """Benchmark of the app's ingestion path and of the Lakebase writer.
 
-    python -m bench.app_bench [--out results] [--requests 1000] [--clients 8]
+    python -m bench.app_bench [--out results] [--requests 1000] [--clients 8] [--no-pin]
 
 1. App overhead: 100-record requests through Zerobus via POST /api/v1/process-structured,
    from N concurrent clients. Per request, the writer's own write time (the response's
    per-writer processing_time_ms) is subtracted from the time the app spent on the
-   request (its Server-Timing header) and from the latency the client saw.
+   request (its Server-Timing header) and from the latency the client saw. On Linux with
+   two or more cores the app runs on a core of its own during this part: the local stack
+   stands in for remote services and should not take the measured app's CPU.
 2. The seed app's pattern for comparison: for each request, a new SDK stream and one
    ingest call per record, then flush and close; same records, same clients.
 3. Lakebase COPY: 10,000-row batches through the writer, one after another.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -58,11 +61,37 @@ def _ms(hist: HdrHistogram) -> dict[str, float]:
 
 
 async def app_overhead(
-    endpoints: dict[str, Any], data_dir: Path, requests: int, clients: int
+    endpoints: dict[str, Any],
+    data_dir: Path,
+    requests: int,
+    clients: int,
+    app_cores: set[int] | None,
 ) -> dict[str, Any]:
-    with AppProcess(endpoints, data_dir) as app:
+    with AppProcess(endpoints, data_dir, app_cores) as app:
         pids = {"app": app.pid, "local_stack": endpoints["pid"], "load_generator": os.getpid()}
         return await _drive_app(app.port, requests, clients, pids)
+
+
+def split_cores(pin: bool) -> tuple[set[int], set[int]] | None:
+    """(the app's core, everyone else's) when pinning is asked for and possible.
+
+    The local stack stands in for remote services: on a small machine its Delta commits
+    would otherwise take CPU from the very app being measured. The app gets the last
+    core to itself; the stack and the load generator share the others.
+    """
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None
+    return {cores[-1]}, set(cores[:-1])
+
+
+def _pin(pid: int, cores: set[int]) -> None:
+    """Every thread of a process to `cores` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.sched_setaffinity(int(tid), cores)
 
 
 def _cpu_seconds(pid: int, *, thread: int | None = None) -> float | None:
@@ -87,7 +116,10 @@ def _cpu_snapshot(pids: dict[str, int]) -> dict[str, float | None]:
 class AppProcess:
     """`uvicorn main:app` in a process of its own, so the load generator does not share its CPU."""
 
-    def __init__(self, endpoints: dict[str, Any], data_dir: Path) -> None:
+    def __init__(
+        self, endpoints: dict[str, Any], data_dir: Path, cores: set[int] | None = None
+    ) -> None:
+        self._cores = cores
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -114,6 +146,10 @@ class AppProcess:
 
     def __enter__(self) -> AppProcess:
         self._proc = subprocess.Popen(self._cmd, env=self._env, cwd=ROOT, stderr=subprocess.DEVNULL)
+        if self._cores:
+            # Popen returns once the child has exec'd: it is still starting up, one thread,
+            # and every thread it starts later inherits this.
+            os.sched_setaffinity(self._proc.pid, self._cores)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -303,7 +339,9 @@ async def lakebase_copy(endpoints: dict[str, Any], data_dir: Path, batches: int)
     }
 
 
-async def run(out: Path, requests: int, clients: int, seed_requests: int) -> dict[str, Any]:
+async def run(
+    out: Path, requests: int, clients: int, seed_requests: int, pin: bool = True
+) -> dict[str, Any]:
     results: dict[str, Any] = {
         "benchmark": "app",
         "version": 1,
@@ -314,7 +352,26 @@ async def run(out: Path, requests: int, clients: int, seed_requests: int) -> dic
         stack = LocalStackProcess(Path(tmp, "stack"), token=secrets.token_urlsafe(16))
         with stack:
             endpoints = stack.endpoints
-            results["app_overhead"] = await app_overhead(endpoints, Path(tmp), requests, clients)
+            split = split_cores(pin)
+            results["cpu_affinity"] = None
+            if split:
+                app_cores, other_cores = split
+                results["cpu_affinity"] = {
+                    "phase": "app_overhead only",
+                    "app": sorted(app_cores),
+                    "local_stack_and_load_generator": sorted(other_cores),
+                }
+                everything = os.sched_getaffinity(0)
+                _pin(endpoints["pid"], other_cores)
+                _pin(os.getpid(), other_cores)
+            try:
+                results["app_overhead"] = await app_overhead(
+                    endpoints, Path(tmp), requests, clients, split[0] if split else None
+                )
+            finally:
+                if split:
+                    _pin(endpoints["pid"], everything)
+                    _pin(os.getpid(), everything)
             results["seed_pattern"] = await seed_pattern(endpoints, seed_requests, clients)
             results["lakebase_copy"] = await lakebase_copy(endpoints, Path(tmp), 20)
     ours = results["app_overhead"]["rows_per_s"]
@@ -329,10 +386,20 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seed-requests", type=int, default=40)
+    p.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not give the app a core of its own for the app-overhead run (Linux, >= 2 cores)",
+    )
     args = p.parse_args()
-    r = asyncio.run(run(args.out, args.requests, args.clients, args.seed_requests))
+    r = asyncio.run(run(args.out, args.requests, args.clients, args.seed_requests, args.pin))
     ao, sp, lc = r["app_overhead"], r["seed_pattern"], r["lakebase_copy"]
     print(f"results: {r['file']}")
+    if r["cpu_affinity"]:
+        aff = r["cpu_affinity"]
+        others = aff["local_stack_and_load_generator"]
+        print(f"cores: app {aff['app']}, local stack and load generator {others}")
     print(
         f"app: {ao['requests']} requests x 100 records, {ao['clients']} clients: "
         f"{ao['rows_per_s']} rows/s; writer write p50 {ao['writer_write_ms']['p50']} ms; "
