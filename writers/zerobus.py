@@ -163,11 +163,12 @@ class ZerobusWriter(DataWriterInterface):
         for attempt in (1, 2):
             stream = await self._current_stream()
             try:
-                offset = await stream.ingest_records_offset(payloads)
-                assert offset is not None
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the wait in
-                # a task of its own, one more trip through the event loop per request.
+                # The send is inside the deadline too: with the SDK's in-flight limit
+                # reached, it waits for acknowledgements. (asyncio.timeout, not wait_for:
+                # on Python 3.11 wait_for runs the wait as a task of its own.)
                 async with asyncio.timeout(self.ack_timeout_s):
+                    offset = await stream.ingest_records_offset(payloads)
+                    assert offset is not None
                     await stream.wait_for_offset(offset)
             except (ZerobusException, TimeoutError) as exc:
                 await self._discard(stream)
