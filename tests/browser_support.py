@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,39 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def watched_pages(browser: Any) -> Iterator[Callable[[dict[str, int]], Any]]:
+    """New pages, each in a fresh context at a viewport size, all watched: a script error, a
+    console error or a failed request outside the API (whose 4xx answers the pages show)
+    fails the test when the block ends."""
+    contexts: list[Any] = []
+    problems: list[str] = []
+
+    def on_console(msg: Any) -> None:
+        # The browser logs every 4xx API answer (the page shows those); other errors count.
+        if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
+            problems.append(f"console {msg.type}: {msg.text}")
+
+    def on_response(resp: Any) -> None:
+        if resp.status >= 400 and "/api/" not in resp.url:
+            problems.append(f"{resp.status} {resp.url}")
+
+    def new_page(viewport: dict[str, int]) -> Any:
+        context = browser.new_context(viewport=viewport)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.on("console", on_console)
+        page.on("response", on_response)
+        return page
+
+    yield new_page
+    for context in contexts:
+        context.close()
+    assert not problems, problems
 
 
 def screenshot(page: Any, name: str) -> Path:

@@ -24,6 +24,7 @@ from tests.browser_support import (
     chromium,
     running_app,
     screenshot,
+    watched_pages,
 )
 
 pytestmark = pytest.mark.browser
@@ -61,39 +62,21 @@ def browser() -> Iterator[Any]:
 def open_bench(browser: Any, app: RunningApp) -> Iterator[Any]:
     """Opens the Benchmark view at a viewport size; fails the test on any script error or
     failed request outside the API (whose 4xx answers the page shows)."""
-    contexts: list[Any] = []
-    problems: list[str] = []
+    with watched_pages(browser) as new_page:
 
-    def on_console(msg: Any) -> None:
-        if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
-            problems.append(f"console {msg.type}: {msg.text}")
+        def _open(viewport: dict[str, int] = DESKTOP, *, via_tab: bool = False) -> Any:
+            page = new_page(viewport)
+            if via_tab:
+                page.goto(app.url + "/")
+                page.wait_for_selector("#writer-status li[data-writer]")
+                page.click("nav[aria-label='Views'] a[data-view='benchmark']")
+            else:
+                page.goto(app.url + "/#benchmark")
+            page.wait_for_selector("#view-benchmark:not([hidden])")
+            page.wait_for_selector("#bench-history-rows tr")  # the history has loaded
+            return page
 
-    def on_response(resp: Any) -> None:
-        if resp.status >= 400 and "/api/" not in resp.url:
-            problems.append(f"{resp.status} {resp.url}")
-
-    def _open(viewport: dict[str, int] = DESKTOP, *, via_tab: bool = False) -> Any:
-        context = browser.new_context(viewport=viewport)
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-        page.on("console", on_console)
-        page.on("response", on_response)
-        if via_tab:
-            page.goto(app.url + "/")
-            page.wait_for_selector("#writer-status li[data-writer]")
-            page.click("nav[aria-label='Views'] a[data-view='benchmark']")
-        else:
-            page.goto(app.url + "/#benchmark")
-        page.wait_for_selector("#view-benchmark:not([hidden])")
-        page.wait_for_selector("#bench-history-rows tr")  # the history has loaded
-        return page
-
-    yield _open
-    for context in contexts:
-        context.close()
-    assert not problems, problems
+        yield _open
 
 
 # -- page helpers -------------------------------------------------------------------------

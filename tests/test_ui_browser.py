@@ -20,6 +20,7 @@ from tests.browser_support import (
     chromium,
     running_app,
     screenshot,
+    watched_pages,
 )
 
 pytestmark = pytest.mark.browser
@@ -42,34 +43,15 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def open_page(browser: Any, app: RunningApp) -> Iterator[Any]:
     """Opens the form at a viewport size; fails the test on any script error or failed request."""
-    contexts: list[Any] = []
-    problems: list[str] = []
+    with watched_pages(browser) as new_page:
 
-    def on_console(msg: Any) -> None:
-        # The browser logs every 4xx API answer (the page shows those); other errors count.
-        if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
-            problems.append(f"console {msg.type}: {msg.text}")
+        def _open(viewport: dict[str, int] = DESKTOP) -> Any:
+            page = new_page(viewport)
+            page.goto(app.url + "/")
+            page.wait_for_selector("#writer-status li[data-writer]")
+            return page
 
-    def on_response(resp: Any) -> None:
-        if resp.status >= 400 and "/api/" not in resp.url:
-            problems.append(f"{resp.status} {resp.url}")
-
-    def _open(viewport: dict[str, int] = DESKTOP) -> Any:
-        context = browser.new_context(viewport=viewport)
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-        page.on("console", on_console)
-        page.on("response", on_response)
-        page.goto(app.url + "/")
-        page.wait_for_selector("#writer-status li[data-writer]")
-        return page
-
-    yield _open
-    for context in contexts:
-        context.close()
-    assert not problems, problems
+        yield _open
 
 
 # -- what landed in the targets -----------------------------------------------------------
