@@ -23,7 +23,12 @@ from records import ProductRecord, build_records, sample_items
 from settings import Settings
 from tests.conftest import local_targets
 from writers.base import Targets
-from writers.lakebase import DatabaseCredentialProvider, LakebaseWriter, parse_table
+from writers.lakebase import (
+    POOL_MAX_SIZE,
+    DatabaseCredentialProvider,
+    LakebaseWriter,
+    parse_table,
+)
 
 COLUMN_LIST = (
     "record_id, product_id, product_name, product_price, category, sale_start_date, "
@@ -373,14 +378,27 @@ async def test_new_pooled_connections_use_the_rotated_password(local_stack, admi
     assert old not in caught.value.message and new not in caught.value.message
 
 
+async def open_role_writer(
+    local_stack: dict[str, Any],
+    admin: psycopg.Connection[Any],
+    role: str,
+    *,
+    pool_max_size: int = POOL_MAX_SIZE,
+    **settings: Any,
+) -> tuple[LakebaseWriter, str]:
+    """A writer logging in as `role` with a fresh password, into the role's own schema."""
+    password = secrets.token_urlsafe(16)
+    set_password(admin, role, password)
+    endpoints = {**local_stack, "postgres_dsn": role_dsn(local_stack, role, password)}
+    targets = local_targets(endpoints, lakebase_table=f"{role}.products", **settings)
+    return await open_writer(targets, pool_max_size=pool_max_size), password
+
+
 async def test_a_dropped_connection_fails_the_write_then_the_pool_recovers(
     local_stack, admin, login_role
 ):
     role = login_role
-    password = secrets.token_urlsafe(16)
-    set_password(admin, role, password)
-    endpoints = {**local_stack, "postgres_dsn": role_dsn(local_stack, role, password)}
-    writer = await open_writer(local_targets(endpoints, lakebase_table=f"{role}.products"))
+    writer, password = await open_role_writer(local_stack, admin, role)
     try:
         first, second = secrets.token_hex(8), secrets.token_hex(8)
         await writer.write(build_records(sample_items(20), batch_id=first, source="t"))
@@ -402,13 +420,9 @@ async def test_a_server_that_stops_answering_fails_the_write_in_bounded_time(
     local_stack, admin, login_role
 ):
     role = login_role
-    password = secrets.token_urlsafe(16)
-    set_password(admin, role, password)
-    endpoints = {**local_stack, "postgres_dsn": role_dsn(local_stack, role, password)}
-    targets = local_targets(
-        endpoints, lakebase_table=f"{role}.products", lakebase_write_timeout_s=1.0
+    writer, _ = await open_role_writer(
+        local_stack, admin, role, pool_max_size=1, lakebase_write_timeout_s=1.0
     )
-    writer = await open_writer(targets, pool_max_size=1)
     frozen: list[int] = []
     try:
         first, second, third = (secrets.token_hex(8) for _ in range(3))
@@ -426,9 +440,9 @@ async def test_a_server_that_stops_answering_fails_the_write_in_bounded_time(
         with pytest.raises(WriteFailedError) as caught:
             await writer.write(build_records(sample_items(20), batch_id=second, source="t"))
         took = time.perf_counter() - started
+        server = conninfo_to_dict(local_stack["postgres_dsn"])
         assert caught.value.message == (
-            f"copy: no answer from {conninfo_to_dict(local_stack['postgres_dsn'])['host']}:"
-            f"{conninfo_to_dict(local_stack['postgres_dsn'])['port']} within 1 s; "
+            f"copy: no answer from {server['host']}:{server['port']} within 1 s; "
             "the transaction was cancelled and did not commit"
         )
         # The timeout, then psycopg's own wait for the cancelled query before it drops
