@@ -44,8 +44,7 @@ COLUMNS = (
     "description",
 )
 MAX_DESCRIPTION_CHARS = 1_000_000
-_EPOCH_DATE = dt.date(1970, 1, 1)
-_EPOCH_ORDINAL = _EPOCH_DATE.toordinal()
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()  # a date's proto value: days since then
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -142,10 +141,6 @@ def build_records(
         )
         for i, item in enumerate(items)
     ]
-
-
-def epoch_days(value: dt.date) -> int:
-    return (value - _EPOCH_DATE).days
 
 
 def epoch_micros(value: dt.datetime) -> int:
