@@ -19,10 +19,10 @@ from pydantic import BaseModel
 from api import api_router
 from api.middleware import BodyLimitMiddleware, RequestLogMiddleware
 from api.models import ProcessRequest
-from errors import DirectWriteError
-from log import configure_logging
-from runtime import Runtime
-from settings import Settings
+from dwbench.errors import DirectWriteError
+from dwbench.log import configure_logging
+from dwbench.runtime import Runtime
+from dwbench.settings import Settings
 
 STATIC = Path(__file__).resolve().parent / "static"
 _ERROR_NAMES = {

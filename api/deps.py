@@ -10,8 +10,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from runtime import Runtime
-from settings import Settings
+from dwbench.runtime import Runtime
+from dwbench.settings import Settings
 
 
 async def get_runtime(request: Request) -> Runtime:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from records import ProductItem
+from workloads.products import ProductItem
 
 
 class ProcessRequest(BaseModel):

@@ -41,10 +41,10 @@ from zerobus.sdk.aio import ZerobusSdk
 from zerobus.sdk.shared import TableProperties
 
 from bench.environment import capture_environment, write_results
+from dwbench.settings import Settings
 from emulator.process import LocalStackProcess
 from proto import product_record_pb2
-from records import build_records, new_batch_id, sample_items, to_proto
-from settings import Settings
+from workloads.products import build_records, new_batch_id, sample_items, to_proto
 from writers.base import Targets
 from writers.lakebase import LakebaseWriter
 from writers.zerobus import LocalBearerToken

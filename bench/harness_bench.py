@@ -26,9 +26,9 @@ from bench.environment import capture_environment
 from bench.results import RunResult
 from bench.runner import run_benchmark
 from bench.store import ResultStore
+from dwbench.runtime import PRODUCTS_DDL
+from dwbench.settings import Settings
 from emulator.process import LocalStackProcess
-from runtime import PRODUCTS_DDL
-from settings import Settings
 from writers import WriterSet
 from writers.base import Targets
 

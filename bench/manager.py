@@ -17,7 +17,7 @@ from bench.config import BenchmarkConfig
 from bench.results import RunResult
 from bench.runner import BenchmarkRun, WriterSource
 from bench.store import ResultStore, summary
-from errors import BenchmarkError
+from dwbench.errors import BenchmarkError
 
 log = structlog.get_logger(__name__)
 

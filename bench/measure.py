@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from errors import DirectWriteError, WriterUnavailableError
-from records import ProductRecord
+from dwbench.errors import DirectWriteError, WriterUnavailableError
+from workloads.products import ProductRecord
 from writers.base import DataWriterInterface
 
 Clock = Callable[[], float]

@@ -36,7 +36,7 @@ from bench.results import (
 )
 from bench.stats import Latencies, exact_percentile
 from bench.workload import BatchFactory
-from errors import DirectWriteError, RequestTooLargeError, WriterUnavailableError
+from dwbench.errors import DirectWriteError, RequestTooLargeError, WriterUnavailableError
 from writers.base import DataWriterInterface
 
 log = structlog.get_logger(__name__)

@@ -15,7 +15,7 @@ import string
 from dataclasses import dataclass
 
 from bench.config import BenchmarkConfig
-from records import ProductRecord, build_records, sample_items, to_proto
+from workloads.products import ProductRecord, build_records, sample_items, to_proto
 
 POOL_SIZE = 1000
 

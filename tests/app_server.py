@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from dwbench.settings import Settings
 from main import create_app
-from settings import Settings
 
 
 class AppServer:

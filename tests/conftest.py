@@ -61,7 +61,7 @@ def local_targets(endpoints: dict[str, Any], **settings: Any) -> Any:
     """Writer targets on the local stack, as the app resolves them in local mode."""
     from pydantic import SecretStr
 
-    from settings import Settings
+    from dwbench.settings import Settings
     from writers.base import Targets
 
     return Targets(
@@ -86,7 +86,7 @@ def products_table(local_stack: dict[str, Any], request: pytest.FixtureRequest) 
 
 def app_settings(endpoints: dict[str, Any], **overrides: Any) -> Any:
     """Settings of an app in local mode that uses the given running local stack."""
-    from settings import Settings
+    from dwbench.settings import Settings
 
     values: dict[str, Any] = {
         "app_mode": "local",

@@ -1,4 +1,4 @@
-"""`dwbench` as a user runs it: `python cli.py` in a subprocess, on the session's local stack.
+"""`dwbench` as a user runs it: `python -m dwbench` in a subprocess, on the session's local stack.
 
 The runs use the stack of the `local_stack` fixture through LOCAL_STACK_URL, so none of them
 starts a stack of its own; their Zerobus rows go to a table of their own.
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from bench.results import RunResult
-from cli import ProgressDisplay, main
+from dwbench.cli import ProgressDisplay, main
 from tests.conftest import ROOT
 
 TABLE = "main.default.cli_bench"
@@ -51,7 +51,7 @@ def stack_env(stack: dict[str, Any]) -> dict[str, str]:
 
 def dwbench(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "cli.py", *map(str, args)],
+        [sys.executable, "-m", "dwbench", *map(str, args)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -232,7 +232,7 @@ def _read_until(proc: subprocess.Popen[str], done: Callable[[str], bool], timeou
 def test_ctrl_c_cancels_the_run_and_keeps_the_partial_result(local_stack, tmp_path):
     out = tmp_path / "r.json"
     proc = subprocess.Popen(
-        [sys.executable, "cli.py", "run", "--writers", "null", "--duration", "30s",
+        [sys.executable, "-m", "dwbench", "run", "--writers", "null", "--duration", "30s",
          "--rate", "5000", "--out", str(out), "--results-dir", str(tmp_path / "results")],
         cwd=ROOT, env=stack_env(local_stack), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -261,7 +261,7 @@ def test_ctrl_c_cancels_the_run_and_keeps_the_partial_result(local_stack, tmp_pa
 def test_progress_redraws_in_place_on_a_terminal(local_stack, tmp_path):
     controller, terminal = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "cli.py", "run", "--writers", "null,zerobus", *SMALL_RUN,
+        [sys.executable, "-m", "dwbench", "run", "--writers", "null,zerobus", *SMALL_RUN,
          "--results-dir", str(tmp_path)],
         cwd=ROOT, env=stack_env(local_stack), stdout=subprocess.PIPE, stderr=terminal,
     )  # fmt: skip

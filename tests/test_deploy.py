@@ -15,8 +15,8 @@ import pytest
 import yaml
 from pydantic import AliasChoices, AliasPath, SecretStr
 
-from records import COLUMNS
-from settings import Settings
+from dwbench.settings import Settings
+from workloads.products import COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_YAML = ROOT / "app.yaml"

@@ -5,7 +5,14 @@ from __future__ import annotations
 import datetime as dt
 
 from proto import product_record_pb2
-from records import COLUMNS, ProductItem, ProductRecord, build_records, to_proto, to_protos
+from workloads.products import (
+    COLUMNS,
+    ProductItem,
+    ProductRecord,
+    build_records,
+    to_proto,
+    to_protos,
+)
 
 AT = dt.datetime(2026, 11, 21, 10, 30, 15, 123456, tzinfo=dt.UTC)
 FULL = ProductItem(

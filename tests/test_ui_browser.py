@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-from records import CATEGORIES
 from tests.browser_support import (
     DESKTOP,
     PHONE,
@@ -22,6 +21,7 @@ from tests.browser_support import (
     screenshot,
     watched_pages,
 )
+from workloads.products import CATEGORIES
 
 pytestmark = pytest.mark.browser
 

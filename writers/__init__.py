@@ -9,7 +9,7 @@ import asyncio
 import importlib
 from collections import defaultdict
 
-from errors import UnknownWriterError, WriterUnavailableError
+from dwbench.errors import UnknownWriterError, WriterUnavailableError
 from writers.base import DataWriterInterface, Targets
 
 WRITERS: dict[str, str] = {

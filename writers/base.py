@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import SecretStr
 
-from records import ProductRecord
-from settings import Settings
+from dwbench.settings import Settings
+from workloads.products import ProductRecord
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from errors import DirectWriteError, WriteFailedError, WriterUnavailableError
-from records import COLUMNS, ProductRecord
+from dwbench.errors import DirectWriteError, WriteFailedError, WriterUnavailableError
+from workloads.products import COLUMNS, ProductRecord
 from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt
 
 log = structlog.get_logger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from records import ProductRecord
+from workloads.products import ProductRecord
 from writers.base import Availability, DataWriterInterface, WriteReceipt
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from errors import WriteFailedError, WriterUnavailableError
+from dwbench.errors import WriteFailedError, WriterUnavailableError
 from writers.base import Targets
 
 _PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -45,8 +45,13 @@ from databricks.sdk.service.sql import (
     StatementState,
 )
 
-from errors import DirectWriteError, RequestTooLargeError, WriteFailedError, WriterUnavailableError
-from records import COLUMNS, ProductRecord
+from dwbench.errors import (
+    DirectWriteError,
+    RequestTooLargeError,
+    WriteFailedError,
+    WriterUnavailableError,
+)
+from workloads.products import COLUMNS, ProductRecord
 from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, mask
 from writers.readback import WarehouseReader
 

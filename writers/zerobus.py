@@ -28,9 +28,9 @@ from zerobus.sdk.shared import (
     ZerobusException,
 )
 
-from errors import DirectWriteError, WriteFailedError, WriterUnavailableError
+from dwbench.errors import DirectWriteError, WriteFailedError, WriterUnavailableError
 from proto import product_record_pb2
-from records import ProductRecord, to_json, to_protos
+from workloads.products import ProductRecord, to_json, to_protos
 from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, mask
 from writers.readback import WarehouseReader
 

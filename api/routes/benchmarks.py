@@ -25,8 +25,8 @@ from bench.config import BenchmarkConfig
 from bench.manager import BenchmarkManager
 from bench.results import RunResult, RunStatus, WriterStatus
 from bench.store import compare_json, summary
-from errors import BenchmarkError
-from runtime import Runtime
+from dwbench.errors import BenchmarkError
+from dwbench.runtime import Runtime
 
 router = APIRouter(tags=["benchmarks"])
 log = structlog.get_logger(__name__)

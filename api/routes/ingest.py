@@ -11,13 +11,13 @@ from pydantic import ValidationError
 from api.deps import RuntimeDep, SettingsDep
 from api.models import ErrorBody, ErrorInfo, ProcessRequest, ProcessResponse, WriterResult
 from bench.measure import WriteOutcome, measured_write
-from errors import (
+from dwbench.errors import (
     RequestTooLargeError,
     UnknownWriterError,
     WriteFailedError,
     WriterUnavailableError,
 )
-from records import build_records, new_batch_id
+from workloads.products import build_records, new_batch_id
 from writers import INGEST_WRITERS, WRITERS, writer_class
 
 router = APIRouter(tags=["ingest"])

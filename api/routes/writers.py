@@ -7,9 +7,9 @@ from fastapi import APIRouter, Query
 
 from api.deps import RuntimeDep
 from api.models import WriterInfo
-from errors import WriterUnavailableError
-from records import CATEGORIES, ProductItem, sample_items
-from runtime import Runtime
+from dwbench.errors import WriterUnavailableError
+from dwbench.runtime import Runtime
+from workloads.products import CATEGORIES, ProductItem, sample_items
 from writers import INGEST_WRITERS, writer_class
 
 router = APIRouter(tags=["writers"])

@@ -20,8 +20,8 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.routing import BaseRoute
 
+from dwbench.settings import Settings
 from main import create_app
-from settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -240,6 +240,6 @@ def test_body_that_is_not_json_or_not_utf8(client):
 
 
 def test_categories_come_from_the_record_model(client):
-    from records import CATEGORIES
+    from workloads.products import CATEGORIES
 
     assert client.get("/api/v1/categories").json() == list(CATEGORIES)

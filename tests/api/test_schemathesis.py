@@ -5,8 +5,8 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from dwbench.settings import Settings
 from main import create_app
-from settings import Settings
 
 # The OpenAPI document does not depend on where the app runs, so it is built here; the
 # requests go to the running app of the session.

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from errors import WriteFailedError
-from records import ProductRecord
+from dwbench.errors import WriteFailedError
+from workloads.products import ProductRecord
 from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt
 
 

@@ -12,8 +12,8 @@ from bench.results import RunResult
 from bench.runner import BenchmarkRun, run_benchmark
 from bench.stats import Latencies
 from bench.store import ResultStore, compare, load_result
-from errors import WriterUnavailableError
-from settings import Settings
+from dwbench.errors import WriterUnavailableError
+from dwbench.settings import Settings
 from tests.bench.fake_writers import FailingEveryNthWriter, FixedSource, StallingWriter
 from tests.conftest import local_targets, products_ddl, run_sql
 from writers import WriterSet

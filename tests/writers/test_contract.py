@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from records import build_records, new_batch_id, sample_items
 from tests.conftest import local_targets, products_ddl, run_sql
+from workloads.products import build_records, new_batch_id, sample_items
 from writers import WRITERS, writer_class
 from writers.base import DataWriterInterface
 

@@ -18,10 +18,10 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from errors import WriteFailedError, WriterUnavailableError
-from records import ProductRecord, build_records, sample_items
-from settings import Settings
+from dwbench.errors import WriteFailedError, WriterUnavailableError
+from dwbench.settings import Settings
 from tests.conftest import local_targets
+from workloads.products import ProductRecord, build_records, sample_items
 from writers.base import Targets
 from writers.lakebase import (
     POOL_MAX_SIZE,

@@ -17,10 +17,10 @@ import pytest
 from deltalake import DeltaTable
 from pydantic import SecretStr
 
-from errors import RequestTooLargeError, WriteFailedError, WriterUnavailableError
-from records import COLUMNS, ProductRecord, build_records, new_batch_id, sample_items
-from settings import Settings
+from dwbench.errors import RequestTooLargeError, WriteFailedError, WriterUnavailableError
+from dwbench.settings import Settings
 from tests.conftest import local_targets
+from workloads.products import COLUMNS, ProductRecord, build_records, new_batch_id, sample_items
 from writers.base import Targets
 from writers.sql import (
     MAX_PARAMETERS,

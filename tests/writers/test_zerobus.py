@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from dwbench.errors import WriteFailedError
 from emulator.process import LocalStackProcess
-from errors import WriteFailedError
-from records import build_records, new_batch_id, sample_items
 from tests.conftest import local_targets, products_ddl, run_sql
+from workloads.products import build_records, new_batch_id, sample_items
 from writers.zerobus import CLOSE_TIMEOUT_S, ZerobusWriter
 
 TABLE = "main.default.products"

@@ -19,15 +19,15 @@ from pydantic import SecretStr
 from bench.environment import capture_environment
 from bench.manager import BenchmarkManager
 from bench.store import ResultStore
+from dwbench.errors import WriterUnavailableError
+from dwbench.settings import Settings
 from emulator.process import LocalStackProcess
-from errors import WriterUnavailableError
-from settings import Settings
 from writers import WriterSet
 from writers.base import Targets
 
 log = structlog.get_logger(__name__)
 
-PRODUCTS_DDL = (Path(__file__).resolve().parent / "sql" / "products_table.sql").read_text()
+PRODUCTS_DDL = (Path(__file__).resolve().parent.parent / "sql" / "products_table.sql").read_text()
 
 
 class Runtime:

@@ -36,7 +36,7 @@ from bench.store import (
 )
 
 if TYPE_CHECKING:
-    from settings import Settings
+    from dwbench.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -519,7 +519,7 @@ async def _run_benchmark(
     """Start the targets, run the benchmark, stop the targets; None when aborted."""
     from bench.environment import capture_environment
     from bench.runner import BenchmarkRun
-    from runtime import Runtime
+    from dwbench.runtime import Runtime
 
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -613,7 +613,7 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _configure_logging(level: str) -> None:
-    from log import configure_logging
+    from dwbench.log import configure_logging
 
     configure_logging(level)
     # The Zerobus SDK logs from Rust straight to stderr, at info unless told otherwise.
@@ -621,7 +621,7 @@ def _configure_logging(level: str) -> None:
 
 
 def _settings(parser: argparse.ArgumentParser) -> Settings:
-    from settings import Settings
+    from dwbench.settings import Settings
 
     try:
         return Settings()

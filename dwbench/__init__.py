@@ -1,0 +1,1 @@
+"""The app's foundations (settings, errors, logging) and its entry points (runtime, CLI)."""
