@@ -1,22 +1,43 @@
-"""The products workload: the input model, the full row, and its forms on each wire.
+"""The products workload: the seed Direct Write App's records.
 
-A `ProductItem` is what a user submits; a `ProductRecord` is the row every writer
-stores: the item plus record_id, batch_id, processed_at and source. The same rows go to
-Zerobus as protobuf or JSON, to SQL as typed parameters and to Postgres as COPY tuples.
+The table schema below is the one source of every form of a product row. What a user
+submits (`ProductItem`) is derived from it, with the seed's validation kept: a price is a
+finite number from 0 to 10^12 (not text), known categories are matched in any case, and a
+sale may not stop before it starts. The harness fills record_id, processed_at, batch_id
+and source.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import uuid
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+import random
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+import pyarrow as pa
+from pydantic import BaseModel, ValidationInfo, field_validator
 
-from proto import product_record_pb2
+from workloads.base import BatchMaker, Workload, default_table
+from workloads.generate import PooledRows
+from workloads.inputs import InputModel, input_model
+from workloads.schema import TableSchema
 
+DDL = """
+CREATE TABLE main.default.products (
+  record_id STRING NOT NULL,
+  product_id STRING NOT NULL,
+  product_name STRING NOT NULL,
+  product_price DOUBLE NOT NULL,
+  category STRING NOT NULL,
+  sale_start_date DATE,
+  sale_stop_date DATE,
+  processed_at TIMESTAMP,
+  batch_id STRING,
+  source STRING,
+  description STRING
+) USING DELTA
+"""
+SCHEMA = TableSchema.from_ddl(DDL)
+COLUMNS = tuple(SCHEMA.names)
 CATEGORIES = (
     "electronics",
     "clothing",
@@ -29,50 +50,20 @@ CATEGORIES = (
     "automotive",
     "other",
 )
-# Column order of the table everywhere (Delta, proto field numbers, Postgres).
-COLUMNS = (
-    "record_id",
-    "product_id",
-    "product_name",
-    "product_price",
-    "category",
-    "sale_start_date",
-    "sale_stop_date",
-    "processed_at",
-    "batch_id",
-    "source",
-    "description",
-)
 MAX_DESCRIPTION_CHARS = 1_000_000
-_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()  # a date's proto value: days since then
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-class ProductItem(BaseModel):
-    """One product as a user submits it."""
+class ProductChecks(InputModel):
+    """The seed's checks that a column type alone does not express."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = {"str_strip_whitespace": True}
 
-    product_id: str = Field(min_length=1, max_length=64, examples=["PROD005"])
-    product_name: str = Field(min_length=1, max_length=256, examples=["Smart Watch"])
-    # strict: "12.5" or true is not a price; NaN and infinity are refused too.
-    product_price: float = Field(ge=0, le=1e12, strict=True, allow_inf_nan=False, examples=[499.99])
-    category: str = Field(
-        min_length=1,
-        max_length=64,
-        description=f"one of {', '.join(CATEGORIES)}, or free text of up to 64 characters",
-        examples=["electronics"],
-    )
-    sale_start_date: dt.date | None = Field(default=None, examples=["2026-11-01"])
-    sale_stop_date: dt.date | None = Field(default=None, examples=["2026-11-30"])
-    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
-
-    @field_validator("category")
+    @field_validator("category", check_fields=False)
     @classmethod
     def _category_case(cls, value: str) -> str:
         return value.lower() if value.lower() in CATEGORIES else value
 
-    @field_validator("sale_stop_date")
+    @field_validator("sale_stop_date", check_fields=False)
     @classmethod
     def _dates_in_order(cls, stop: dt.date | None, info: ValidationInfo) -> dt.date | None:
         # On the stop date's field, so the error points at an input the user can fix.
@@ -82,141 +73,41 @@ class ProductItem(BaseModel):
         return stop
 
 
-class ProductRecord(NamedTuple):
-    """One stored row, fields in COLUMNS order (a tuple: cheap to build, ready for COPY)."""
-
-    record_id: str
-    product_id: str
-    product_name: str
-    product_price: float
-    category: str
-    sale_start_date: dt.date | None
-    sale_stop_date: dt.date | None
-    processed_at: dt.datetime
-    batch_id: str
-    source: str
-    description: str | None
-
-    def as_tuple(self) -> tuple[Any, ...]:
-        """Values in COLUMNS order (Postgres COPY, SQL rows)."""
-        return tuple(self)
-
-    def as_dict(self) -> dict[str, Any]:
-        return self._asdict()
-
-
-def new_batch_id() -> str:
-    return uuid.uuid4().hex
+INPUT_CONSTRAINTS: dict[str, dict[str, Any]] = {
+    "product_id": {"min_length": 1, "max_length": 64, "examples": ["PROD005"]},
+    "product_name": {"min_length": 1, "max_length": 256, "examples": ["Smart Watch"]},
+    "product_price": {"ge": 0, "le": 1e12, "examples": [499.99]},
+    "category": {
+        "min_length": 1,
+        "max_length": 64,
+        "description": f"one of {', '.join(CATEGORIES)}, or free text of up to 64 characters",
+        "examples": ["electronics"],
+    },
+    "sale_start_date": {"examples": ["2026-11-01"]},
+    "sale_stop_date": {"examples": ["2026-11-30"]},
+    "description": {"max_length": MAX_DESCRIPTION_CHARS},
+}
+INPUT_COLUMNS = [
+    "product_id",
+    "product_name",
+    "product_price",
+    "category",
+    "sale_start_date",
+    "sale_stop_date",
+    "description",
+]
 
 
-def build_records(
-    items: Sequence[ProductItem],
-    *,
-    batch_id: str,
-    source: str,
-    processed_at: dt.datetime | None = None,
-) -> list[ProductRecord]:
-    """Rows for one writer: record ids are `<batch_id>-<index>`, the same for every writer."""
-    at = processed_at or dt.datetime.now(dt.UTC)
-    # Stored with microsecond precision (Delta TIMESTAMP, proto int64 µs, timestamptz).
-    # Positional construction in COLUMNS order: half the cost of keyword arguments, and
-    # this runs for every row of every request.
-    make = tuple.__new__
-    return [
-        make(
-            ProductRecord,
-            (
-                f"{batch_id}-{i:06d}",
-                item.product_id,
-                item.product_name,
-                float(item.product_price),
-                item.category,
-                item.sale_start_date,
-                item.sale_stop_date,
-                at,
-                batch_id,
-                source,
-                item.description,
-            ),
-        )
-        for i, item in enumerate(items)
-    ]
-
-
-def epoch_micros(value: dt.datetime) -> int:
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def to_proto(record: ProductRecord) -> bytes:
-    """The record as a serialized ProductRecord message (Zerobus proto mode)."""
-    return to_protos((record,))[0]
-
-
-def to_protos(records: Sequence[ProductRecord]) -> list[bytes]:
-    """Each record as a serialized ProductRecord message, in order.
-
-    The ingestion path's encoder, written for speed: one keyword construction per message
-    (None leaves an optional field unset) and the shared processed_at converted once.
-    """
-    message = product_record_pb2.ProductRecord
-    serialize = message.SerializeToString
-    out = []
-    at: dt.datetime | None = None
-    at_micros = 0
-    for r in records:
-        if r.processed_at is not at:
-            at, at_micros = r.processed_at, epoch_micros(r.processed_at)
-        start, stop = r.sale_start_date, r.sale_stop_date
-        msg = message(
-            record_id=r.record_id,
-            product_id=r.product_id,
-            product_name=r.product_name,
-            product_price=r.product_price,
-            category=r.category,
-            sale_start_date=None if start is None else start.toordinal() - _EPOCH_ORDINAL,
-            sale_stop_date=None if stop is None else stop.toordinal() - _EPOCH_ORDINAL,
-            processed_at=at_micros,
-            batch_id=r.batch_id,
-            source=r.source,
-            description=r.description,
-        )
-        out.append(serialize(msg))
-    return out
-
-
-def to_json(record: ProductRecord) -> str:
-    """The record as a JSON object (Zerobus JSON mode): dates as ISO text, time in µs."""
-    return json.dumps(
-        {
-            "record_id": record.record_id,
-            "product_id": record.product_id,
-            "product_name": record.product_name,
-            "product_price": record.product_price,
-            "category": record.category,
-            "sale_start_date": record.sale_start_date.isoformat()
-            if record.sale_start_date
-            else None,
-            "sale_stop_date": record.sale_stop_date.isoformat() if record.sale_stop_date else None,
-            "processed_at": epoch_micros(record.processed_at),
-            "batch_id": record.batch_id,
-            "source": record.source,
-            "description": record.description,
-        }
-    )
-
-
-def sample_items(count: int, *, seed: int = 0, description_bytes: int = 0) -> list[ProductItem]:
+def sample_items(count: int, *, seed: int = 0, description_bytes: int = 0) -> list[BaseModel]:
     """Deterministic sample products (the web form's generator and the benchmarks)."""
-    import random
-
     rng = random.Random(seed)
     names = ("Smart Watch", "Laptop", "Headphones", "Desk Lamp", "Running Shoes", "Coffee Maker")
+    model = ProductItem
     items = []
     for i in range(count):
         start = dt.date(2026, 1, 1) + dt.timedelta(days=rng.randrange(300))
         items.append(
-            ProductItem(
+            model(
                 product_id=f"PROD{rng.randrange(1, 10_000):04d}",
                 product_name=f"{rng.choice(names)} {i}",
                 product_price=round(rng.uniform(1, 2000), 2),
@@ -227,3 +118,45 @@ def sample_items(count: int, *, seed: int = 0, description_bytes: int = 0) -> li
             )
         )
     return items
+
+
+def products_source(
+    *, seed: int = 0, record_bytes: int = 0, pad_column: str | None = None, **_: Any
+) -> BatchMaker:
+    """Rows from a pool of sample products; padding on the description by default."""
+    items = sample_items(1000, seed=seed)
+    dumped = [item.model_dump() for item in items]
+    arrays = []
+    for col in SCHEMA.columns:
+        values = [row.get(col.name) for row in dumped]
+        arrays.append(pa.array(values, type=col.type.arrow()))
+    pool = pa.Table.from_arrays(arrays, schema=SCHEMA.arrow())
+    return PooledRows(
+        TABLE,
+        pool,
+        seed=seed,
+        record_bytes=record_bytes,
+        pad_column=pad_column or "description",
+        time_column="processed_at",
+    )
+
+
+TABLE = default_table("products", SCHEMA, id_column="record_id")
+WORKLOAD = Workload(
+    name="products",
+    label="Products (the seed app's records)",
+    description="Product records as the seed Direct Write App sends them; generated from "
+    "sample products, padded on the description to --record-bytes.",
+    schema=SCHEMA,
+    table=TABLE,
+    source=products_source,
+    builtin=True,
+    options={
+        "input_base": ProductChecks,
+        "input_constraints": INPUT_CONSTRAINTS,
+        "input_model_name": "ProductItem",
+        "time_column": "processed_at",
+    },
+    input_columns=INPUT_COLUMNS,
+)
+ProductItem = input_model(WORKLOAD)

@@ -1,22 +1,25 @@
-"""The writer contract: open, availability, write a batch durably, close.
+"""The writer contract: open, availability, check a table, write a batch durably, close.
 
 A writer only writes. It never times itself, retries on another path or counts
-errors: the harness in `bench/` does that. `write()` returns only after the target
-acknowledged the rows as durable, and raises WriteFailedError (or
-WriterUnavailableError) otherwise; a writer never reports rows it did not write.
+errors: the harness in `bench/` does that. `write()` takes `Rows` (an Arrow record batch
+of a table's schema), converts it once to what its wire wants, and returns only after the
+target acknowledged the rows as durable; it raises WriteFailedError (or
+WriterUnavailableError) otherwise, and never reports rows it did not write.
+
+`check(table)` refuses, before anything is written, a schema whose types the writer's
+path cannot carry (SchemaNotSupportedError with the reason); it is cheap and static.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pydantic import SecretStr
 
 from dwbench.settings import Settings
-from workloads.products import ProductRecord
+from workloads.base import Rows, TableRef
 
 
 @dataclass(frozen=True)
@@ -68,15 +71,23 @@ class DataWriterInterface(ABC):
     async def availability(self) -> Availability:
         """Whether the writer can write now, and why not; cheap and without side effects."""
 
+    def check(self, table: TableRef) -> None:
+        """Raise SchemaNotSupportedError when this path cannot carry the table's schema."""
+        return None
+
+    async def prepare(self, table: TableRef) -> None:
+        """Get ready to write into the table (create it where the writer owns it)."""
+        self.check(table)
+
     @abstractmethod
-    async def write(self, records: Sequence[ProductRecord]) -> WriteReceipt:
-        """Write the records durably; return only once the target acknowledged them."""
+    async def write(self, rows: Rows) -> WriteReceipt:
+        """Write the rows durably; return only once the target acknowledged them."""
 
     @abstractmethod
     async def close(self) -> None:
         """Release clients, streams and pools. Safe to call twice."""
 
-    async def count_rows(self, batch_id: str) -> int:
+    async def count_rows(self, table: TableRef, batch_id: str) -> int:
         """Rows of a batch readable in the target (freshness checks and tests)."""
         raise NotImplementedError(f"{self.name} cannot read back its rows")
 
