@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
+import uuid
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -31,7 +32,7 @@ from pydantic import (
     create_model,
 )
 
-from workloads.base import Workload
+from workloads.base import Rows, TableRef, Workload
 from workloads.types import (
     INTEGER_RANGES,
     ArrayType,
@@ -193,3 +194,27 @@ def rows_from_items(
                 values = [None if v is None else list(v.items()) for v in values]
         arrays.append(pa.array(values, type=col.type.arrow()))
     return pa.RecordBatch.from_arrays(arrays, schema=schema.arrow())
+
+
+def new_batch_id() -> str:
+    return uuid.uuid4().hex
+
+
+def build_rows(
+    workload: Workload,
+    items: list[BaseModel],
+    *,
+    batch_id: str,
+    source: str,
+    processed_at: dt.datetime | None = None,
+    table: TableRef | None = None,
+) -> Rows:
+    """Validated items as the Rows one writer takes (record ids `<batch_id>-<index>`)."""
+    data = rows_from_items(
+        workload,
+        items,
+        batch_id=batch_id,
+        source=source,
+        processed_at=processed_at or dt.datetime.now(dt.UTC),
+    )
+    return Rows(table or workload.table, data, batch_id)
