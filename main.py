@@ -6,7 +6,6 @@ import gc
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,12 +18,12 @@ from pydantic import BaseModel
 from api import api_router
 from api.middleware import BodyLimitMiddleware, RequestLogMiddleware
 from api.models import ProcessRequest
+from dwbench.assets import STATIC_DIR
 from dwbench.errors import DirectWriteError
 from dwbench.log import configure_logging
 from dwbench.runtime import Runtime
 from dwbench.settings import Settings
 
-STATIC = Path(__file__).resolve().parent / "static"
 _ERROR_NAMES = {
     400: "unknown_writer",
     409: "conflict",
@@ -85,12 +84,12 @@ def create_app(settings: Settings | None = None, *, process_app: bool = False) -
         errors = [{**e, "input": _echo(e.get("input"))} for e in exc.errors()]
         return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
-    if STATIC.is_dir():
-        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
         @app.get("/", include_in_schema=False)
         async def index() -> FileResponse:
-            return FileResponse(STATIC / "index.html")
+            return FileResponse(STATIC_DIR / "index.html")
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLogMiddleware, expose_clock=settings.expose_app_clock)

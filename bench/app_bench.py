@@ -41,6 +41,7 @@ from zerobus.sdk.aio import ZerobusSdk
 from zerobus.sdk.shared import TableProperties
 
 from bench.environment import capture_environment, write_results
+from dwbench.assets import ROOT
 from dwbench.settings import Settings
 from emulator.process import LocalStackProcess
 from proto import product_record_pb2
@@ -50,7 +51,6 @@ from writers.lakebase import LakebaseWriter
 from writers.zerobus import LocalBearerToken
 
 TABLE = "main.default.products"
-ROOT = Path(__file__).resolve().parent.parent
 PERCENTILES = (50, 90, 99)
 
 

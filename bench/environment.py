@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dwbench.assets import ROOT
 from writers.base import Targets
 
 LIBRARIES = (
@@ -29,7 +30,6 @@ LIBRARIES = (
     "uvicorn",
     "hdrhistogram",
 )
-_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cpu_model() -> str | None:
@@ -50,22 +50,29 @@ def _memory_bytes() -> int | None:
 
 
 def _git_commit() -> str | None:
+    # Only a checkout has one: an installed copy (ROOT is site-packages) may lie inside some
+    # other work tree, whose commit is not this code's.
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "--show-toplevel", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    if out.returncode != 0:
+    lines = out.stdout.splitlines()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != ROOT:
         return None
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=_ROOT,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=5,
     )
-    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return lines[1] + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _version(name: str) -> str | None:

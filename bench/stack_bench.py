@@ -36,11 +36,12 @@ from zerobus.sdk.aio import ZerobusSdk
 from zerobus.sdk.shared import HeadersProvider, StreamConfigurationOptions, TableProperties
 
 from bench.environment import capture_environment, write_results
+from dwbench.assets import sql_text
 from emulator.process import LocalStackProcess
 from proto import product_record_pb2
 
 TABLE = "main.default.products"
-DDL = (Path(__file__).resolve().parent.parent / "sql" / "products_table.sql").read_text()
+DDL = sql_text("products_table.sql")
 BATCH = 1000
 PERCENTILES = (50, 90, 95, 99, 99.9)
 

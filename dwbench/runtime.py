@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +18,7 @@ from pydantic import SecretStr
 from bench.environment import capture_environment
 from bench.manager import BenchmarkManager
 from bench.store import ResultStore
+from dwbench.assets import sql_text
 from dwbench.errors import WriterUnavailableError
 from dwbench.settings import Settings
 from emulator.process import LocalStackProcess
@@ -27,7 +27,7 @@ from writers.base import Targets
 
 log = structlog.get_logger(__name__)
 
-PRODUCTS_DDL = (Path(__file__).resolve().parent.parent / "sql" / "products_table.sql").read_text()
+PRODUCTS_DDL = sql_text("products_table.sql")
 
 
 class Runtime:

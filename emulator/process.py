@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+# The directory that holds the `emulator` package (the checkout, or site-packages when
+# installed): the child imports the same copy of the code as its parent.
 _ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -51,9 +53,10 @@ class LocalStackProcess:
         if self.token:
             env["LOCAL_STACK_TOKEN"] = self.token  # not on the command line, where ps shows it
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
+        data_dir = str(self.data_dir.resolve())  # the child runs in _ROOT, not in our cwd
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "emulator", "--data-dir", str(self.data_dir), *self.args],
+            [sys.executable, "-m", "emulator", "--data-dir", data_dir, *self.args],
             stdout=subprocess.PIPE,
             stderr=log_file,
             env=env,

@@ -20,7 +20,6 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -29,13 +28,14 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from dwbench.assets import SQL_DIR
 from dwbench.errors import DirectWriteError, WriteFailedError, WriterUnavailableError
 from workloads.products import COLUMNS, ProductRecord
 from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt
 
 log = structlog.get_logger(__name__)
 
-DDL_PATH = Path(__file__).resolve().parent.parent / "sql" / "products_postgres.sql"
+DDL_PATH = SQL_DIR / "products_postgres.sql"
 # The names sql/products_postgres.sql is written with; replaced by the configured table's.
 _DDL_TABLE, _DDL_INDEX = "public.products", "products_batch_id_idx"
 # Postgres types in COLUMNS order, for binary COPY.
