@@ -11,7 +11,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .   # the dwbench command
+	# the dwbench command; built with the setuptools pinned in requirements-dev.txt, offline
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 ## run: the app on http://127.0.0.1:8000 (in local mode it starts the local stack itself)
@@ -68,4 +69,4 @@ local-stack: $(STAMP)
 	$(BIN)/python -m emulator --data-dir .data
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
