@@ -2,22 +2,45 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from workloads.base import Workload
+from workloads.inputs import input_model
 from workloads.products import ProductItem
 
 
 class ProcessRequest(BaseModel):
+    """The products workload's request (other workloads: `process_request_model`)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    schema_type: Literal["products"] = "products"
+    schema_type: Literal["products"] = Field(
+        default="products", description="the workload: products, telemetry, or a registered one"
+    )
     writer_type: str = Field(
-        description="zerobus, sql, lakebase, or all (every writer on the same items)",
+        description="a writer that stores rows (GET /api/v1/writers), or all (every one of "
+        "them on the same items)",
         examples=["zerobus"],
     )
-    items: list[ProductItem] = Field(min_length=1)
+    items: list[ProductItem] = Field(min_length=1)  # type: ignore[valid-type]
+
+
+@lru_cache(maxsize=128)
+def process_request_model(workload: Workload) -> type[BaseModel]:
+    """The request body of POST /api/v1/process-structured for one workload."""
+    if workload.name == "products" and workload.builtin:
+        return ProcessRequest
+    item = input_model(workload)
+    return create_model(
+        f"{item.__name__}ProcessRequest",
+        __config__=ConfigDict(extra="forbid"),
+        schema_type=(Literal[workload.name], Field()),  # type: ignore[valid-type, arg-type]
+        writer_type=(str, Field(examples=["zerobus"])),
+        items=(list[item], Field(min_length=1)),  # type: ignore[valid-type]
+    )
 
 
 class ErrorInfo(BaseModel):
@@ -51,6 +74,9 @@ class ProcessResponse(BaseModel):
 class WriterInfo(BaseModel):
     name: str
     label: str
+    family: str = Field(description="zerobus, sql, lakebase or baseline")
+    color: str | None = Field(description="the writer's colour in charts")
+    stores_rows: bool = Field(description="false for the harness baseline (null)")
     available: bool
     reason: str | None
     details: dict[str, Any]

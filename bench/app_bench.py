@@ -44,8 +44,10 @@ from bench.environment import capture_environment, write_results
 from dwbench.assets import ROOT
 from dwbench.settings import Settings
 from emulator.process import LocalStackProcess
-from proto import product_record_pb2
-from workloads.products import build_records, new_batch_id, sample_items, to_proto
+from workloads import products
+from workloads.inputs import build_rows, new_batch_id
+from workloads.products import sample_items
+from workloads.proto import proto_form
 from writers.base import Targets
 from writers.lakebase import LakebaseWriter
 from writers.zerobus import LocalBearerToken
@@ -275,8 +277,11 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
 
 async def seed_pattern(endpoints: dict[str, Any], requests: int, clients: int) -> dict[str, Any]:
     """A new stream per request and one ingest call per record, as the seed app did."""
-    records = build_records(sample_items(100, seed=1), batch_id=new_batch_id(), source="seed")
-    payloads = [to_proto(r) for r in records]
+    form = proto_form(products.SCHEMA, "products")
+    rows = build_rows(
+        products.WORKLOAD, sample_items(100, seed=1), batch_id=new_batch_id(), source="seed"
+    )
+    payloads = form.encoder(products.SCHEMA)(rows.data)
     latencies: list[float] = []
 
     async def one_request() -> None:
@@ -284,7 +289,7 @@ async def seed_pattern(endpoints: dict[str, Any], requests: int, clients: int) -
         sdk = ZerobusSdk(endpoints["zerobus_endpoint"], endpoints["api_url"])
         await sdk._inner.set_use_tls(False)
         stream = await sdk.create_stream(
-            table_properties=TableProperties(TABLE, product_record_pb2.ProductRecord.DESCRIPTOR),
+            table_properties=TableProperties(TABLE, form.descriptor),
             headers_provider=LocalBearerToken(endpoints["token"], TABLE),
         )
         for payload in payloads:
@@ -322,9 +327,15 @@ async def lakebase_copy(endpoints: dict[str, Any], data_dir: Path, batches: int)
     times = []
     try:
         for k in range(batches + 1):
-            records = build_records(items, batch_id=new_batch_id(), source="lakebase")
+            rows = build_rows(
+                products.WORKLOAD,
+                items,
+                batch_id=new_batch_id(),
+                source="lakebase",
+                table=products.WORKLOAD.table.with_tables(postgres_table="public.copy_bench"),
+            )
             started = time.perf_counter()
-            receipt = await writer.write(records)
+            receipt = await writer.write(rows)
             if k > 0:  # the first batch warms the pool and the server's caches
                 times.append(time.perf_counter() - started)
             assert receipt.rows == 10_000

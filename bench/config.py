@@ -16,6 +16,12 @@ class BenchmarkConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    workload: str = Field(
+        default="products",
+        min_length=1,
+        max_length=64,
+        description="the workload: products, telemetry, or one registered from a schema",
+    )
     writers: list[str] = Field(default=["zerobus", "sql", "lakebase"], min_length=1)
     records: int | None = Field(
         default=10_000, ge=1, le=100_000_000, description="rows per writer (after warm-up)"
@@ -32,10 +38,22 @@ class BenchmarkConfig(BaseModel):
         "batch due while that many are in flight is sent late, its delay measured",
     )
     record_bytes: int = Field(
-        default=1024, ge=200, le=1_000_000, description="approximate row size; pads description"
+        default=1024,
+        ge=0,
+        le=1_000_000,
+        description="approximate row size, padded on one string column (0: no padding)",
     )
     warmup_s: float = Field(default=0.0, ge=0, le=3600, description="not measured")
     seed: int = Field(default=0, ge=0)
+    drivers: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="telemetry: drivers in the fleet"
+    )
+    pad_column: str | None = Field(
+        default=None,
+        max_length=255,
+        description="the string column that carries padding to record_bytes (default: the "
+        "workload's choice, else the widest string column)",
+    )
     rate: int | None = Field(
         default=None, ge=1, le=100_000_000, description="target rows/s (open loop); none = max"
     )

@@ -15,12 +15,8 @@ from typing import Any
 from dwbench.assets import ROOT
 from writers.base import Targets
 
+# The app's own stack; each writer adds its client libraries (the registry's metadata).
 LIBRARIES = (
-    "databricks-zerobus-ingest-sdk",
-    "databricks-sdk",
-    "databricks-sql-connector",
-    "psycopg",
-    "psycopg-pool",
     "grpcio",
     "protobuf",
     "deltalake",
@@ -30,6 +26,17 @@ LIBRARIES = (
     "uvicorn",
     "hdrhistogram",
 )
+
+
+def libraries() -> tuple[str, ...]:
+    from writers import WRITERS, writer_metadata
+
+    names = list(LIBRARIES)
+    for writer in WRITERS:
+        for dist in writer_metadata(writer)["client_distributions"]:
+            if dist not in names:
+                names.append(dist)
+    return tuple(names)
 
 
 def _cpu_model() -> str | None:
@@ -91,7 +98,7 @@ def _machine() -> dict[str, Any]:
         "memory_bytes": _memory_bytes(),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "libraries": {name: _version(name) for name in LIBRARIES},
+        "libraries": {name: _version(name) for name in libraries()},
         "git_commit": _git_commit(),
     }
 
@@ -101,6 +108,8 @@ def capture_environment(targets: Targets | None = None) -> dict[str, Any]:
 
     Endpoints are URLs without credentials; tokens and passwords are never included.
     """
+    from writers import WRITERS, writer_metadata
+
     env: dict[str, Any] = dict(_machine())
     if targets is not None:
         s = targets.settings
@@ -115,6 +124,10 @@ def capture_environment(targets: Targets | None = None) -> dict[str, Any]:
             "zerobus": s.zerobus_table,
             "sql": s.sql_table,
             "lakebase": s.lakebase_table,
+        }
+        env["writers"] = {
+            name: {k: v for k, v in writer_metadata(name).items() if k != "client_distributions"}
+            for name in WRITERS
         }
     return env
 

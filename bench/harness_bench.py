@@ -26,9 +26,9 @@ from bench.environment import capture_environment
 from bench.results import RunResult
 from bench.runner import run_benchmark
 from bench.store import ResultStore
-from dwbench.runtime import PRODUCTS_DDL
 from dwbench.settings import Settings
 from emulator.process import LocalStackProcess
+from workloads import products
 from writers import WriterSet
 from writers.base import Targets
 
@@ -76,7 +76,9 @@ def _create_table(endpoints: dict[str, str]) -> None:
 
     w = WorkspaceClient(host=endpoints["api_url"], token=endpoints["token"], auth_type="pat")
     w.statement_execution.execute_statement(
-        statement=PRODUCTS_DDL, warehouse_id=endpoints["warehouse_id"], wait_timeout="30s"
+        statement=products.SCHEMA.delta_ddl("main.default.products"),
+        warehouse_id=endpoints["warehouse_id"],
+        wait_timeout="30s",
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -17,7 +17,9 @@ from bench.config import BenchmarkConfig
 from bench.results import RunResult
 from bench.runner import BenchmarkRun, WriterSource
 from bench.store import ResultStore, summary
-from dwbench.errors import BenchmarkError
+from dwbench.errors import BenchmarkError, DirectWriteError
+from workloads.base import Workload
+from workloads.registry import WorkloadRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -28,10 +30,15 @@ class BenchmarkManager:
         source: WriterSource,
         store: ResultStore,
         environment: Callable[[], dict[str, Any]] = dict,
+        *,
+        workloads: WorkloadRegistry | None = None,
+        prepare: Callable[[Workload], Awaitable[None]] | None = None,
     ) -> None:
         self.source = source
         self.store = store
         self.environment = environment
+        self.workloads = workloads or WorkloadRegistry()
+        self.prepare = prepare
         self._run: BenchmarkRun | None = None
         self._task: asyncio.Task[RunResult] | None = None
         self._subscribers: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
@@ -49,13 +56,18 @@ class BenchmarkManager:
             raise BenchmarkError(
                 f"benchmark {current.id} is running; cancel it or wait for it to finish"
             )
-        run = BenchmarkRun(config, environment=self.environment())
+        run = BenchmarkRun(config, environment=self.environment(), workloads=self.workloads)
         self._run = run
         self._task = asyncio.create_task(self._execute(run), name=f"benchmark-{run.id}")
         log.info("benchmark_started", run_id=run.id, writers=",".join(config.writers))
         return run
 
     async def _execute(self, run: BenchmarkRun) -> RunResult:
+        if self.prepare is not None:
+            try:
+                await self.prepare(run.workload)
+            except DirectWriteError as exc:
+                run.error = f"the workload's tables could not be prepared: {exc.message}"
         result = await run.execute(self.source, on_progress=self._publish)
         try:
             self.store.save(result)

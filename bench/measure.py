@@ -7,12 +7,12 @@ where its failure becomes an outcome instead of an exception.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dwbench.errors import DirectWriteError, WriterUnavailableError
-from workloads.products import ProductRecord
+from workloads.base import Rows
 from writers.base import DataWriterInterface
 
 Clock = Callable[[], float]
@@ -34,13 +34,13 @@ class WriteOutcome:
 
 async def measured_write(
     writer: DataWriterInterface,
-    records: Sequence[ProductRecord],
+    rows: Rows,
     clock: Clock = time.perf_counter,
 ) -> WriteOutcome:
     """Write and time one batch; a DirectWriteError becomes a failed outcome with 0 rows."""
     started = clock()
     try:
-        receipt = await writer.write(records)
+        receipt = await writer.write(rows)
     except DirectWriteError as exc:
         status: Literal["failed", "unavailable"] = (
             "unavailable" if isinstance(exc, WriterUnavailableError) else "failed"

@@ -106,6 +106,9 @@ class RunResult(BaseModel):
     started_at: str
     finished_at: str | None = None
     config: BenchmarkConfig
+    workload: dict[str, Any] | None = Field(
+        default=None, description="the workload's name, columns and target tables"
+    )
     environment: dict[str, Any] = Field(default_factory=dict)
     writers: list[WriterResult] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)

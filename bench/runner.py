@@ -37,6 +37,8 @@ from bench.results import (
 from bench.stats import Latencies, exact_percentile
 from bench.workload import BatchFactory
 from dwbench.errors import DirectWriteError, RequestTooLargeError, WriterUnavailableError
+from workloads.base import Workload
+from workloads.registry import WorkloadRegistry
 from writers.base import DataWriterInterface
 
 log = structlog.get_logger(__name__)
@@ -74,13 +76,20 @@ class _WriterRun:
     """The state and measurements of one writer's part of a run."""
 
     def __init__(
-        self, name: str, config: BenchmarkConfig, run_id: str, clock: Clock, cancel: asyncio.Event
+        self,
+        name: str,
+        config: BenchmarkConfig,
+        workload: Workload,
+        run_id: str,
+        clock: Clock,
+        cancel: asyncio.Event,
     ) -> None:
         self.name = name
         self.config = config
         self.clock = clock
         self.cancel = cancel
-        self.factory = BatchFactory(config, run_id=run_id, source=name)
+        self.factory = BatchFactory(config, workload, run_id=run_id, source=name)
+        self.table = self.factory.table
         self.writer: DataWriterInterface | None = None
         self.status = "pending"
         self.phase = "pending"
@@ -112,6 +121,8 @@ class _WriterRun:
     async def run(self, source: WriterSource) -> None:
         try:
             self.writer = await source.get(self.name)
+            # Refused here, before anything is written: a path that cannot carry a type.
+            await self.writer.prepare(self.table)
         except DirectWriteError as exc:
             self.status, self.error = "unavailable", exc.message
             return
@@ -217,20 +228,20 @@ class _WriterRun:
         self.in_flight += 1
         start = self.clock()
         try:
-            await self.writer.write(batch.records)
+            await self.writer.write(batch.rows)
         except Exception as exc:  # every failure is counted, none stops the run
             self.in_flight -= 1
             message = exc.message if isinstance(exc, DirectWriteError) else repr(exc)
-            self._failure(_kind(exc), message, batch.rows, measured, intended)
+            self._failure(_kind(exc), message, batch.count, measured, intended)
             return
         end = self.clock()
         self.in_flight -= 1
         if not measured:
-            self.warmup_rows += batch.rows
+            self.warmup_rows += batch.count
             return
         if self.phase == "warmup":
             self.phase = "measuring"
-        self.rows += batch.rows
+        self.rows += batch.count
         self.bytes += batch.bytes
         self.batches += 1
         self.last_completion = max(self.last_completion, end)
@@ -239,12 +250,12 @@ class _WriterRun:
             self.from_intended.record(end - intended)
             self.send_delay.record(max(0.0, start - intended))
         second = self._second(end)
-        second.rows += batch.rows
+        second.rows += batch.count
         second.bytes += batch.bytes
         second.batches += 1
         second.latencies_ms.append((end - start) * 1000)
         if self.config.visibility and self.writer.stores_rows:
-            self._maybe_sample_visibility(batch.batch_id, batch.rows, end)
+            self._maybe_sample_visibility(batch.batch_id, batch.count, end)
 
     def _second(self, at: float) -> _Second:
         index = max(0, int(at - self.measure_start))
@@ -281,7 +292,7 @@ class _WriterRun:
         poll = self.config.visibility_poll_ms / 1000
         while True:
             try:
-                seen = await self.writer.count_rows(batch_id)
+                seen = await self.writer.count_rows(self.table, batch_id)
             except NotImplementedError:
                 return
             except Exception as exc:
@@ -430,8 +441,10 @@ class BenchmarkRun:
         run_id: str | None = None,
         environment: dict[str, Any] | None = None,
         clock: Clock = time.perf_counter,
+        workloads: WorkloadRegistry | None = None,
     ) -> None:
         self.config = config
+        self.workload = (workloads or WorkloadRegistry()).get(config.workload)
         self.id = run_id or new_run_id()
         self.environment = environment or {}
         self.clock = clock
@@ -441,7 +454,8 @@ class BenchmarkRun:
         self.status = "running"
         self.error: str | None = None
         self.parts = [
-            _WriterRun(name, config, self.id, clock, self.cancel_event) for name in config.writers
+            _WriterRun(name, config, self.workload, self.id, clock, self.cancel_event)
+            for name in config.writers
         ]
         self._labels: dict[str, tuple[str, bool]] = {}
 
@@ -506,10 +520,22 @@ class BenchmarkRun:
             started_at=self.started_at,
             finished_at=self.finished_at,
             config=self.config,
+            workload=_workload_summary(self.workload),
             environment=self.environment,
             writers=writers,
             warnings=warnings,
         )
+
+
+def _workload_summary(workload: Workload) -> dict[str, Any]:
+    table = workload.table
+    return {
+        "name": workload.name,
+        "label": workload.label,
+        "columns": workload.schema.describe(),
+        "delta_table": table.delta_table,
+        "postgres_table": table.postgres_table,
+    }
 
 
 def new_run_id() -> str:
@@ -523,7 +549,8 @@ async def run_benchmark(
     on_progress: ProgressCallback | None = None,
     environment: dict[str, Any] | None = None,
     clock: Clock = time.perf_counter,
+    workloads: WorkloadRegistry | None = None,
 ) -> RunResult:
     """Run the workload through each writer and return the measured result."""
-    run = BenchmarkRun(config, environment=environment, clock=clock)
+    run = BenchmarkRun(config, environment=environment, clock=clock, workloads=workloads)
     return await run.execute(source, on_progress)

@@ -36,12 +36,13 @@ from zerobus.sdk.aio import ZerobusSdk
 from zerobus.sdk.shared import HeadersProvider, StreamConfigurationOptions, TableProperties
 
 from bench.environment import capture_environment, write_results
-from dwbench.assets import sql_text
 from emulator.process import LocalStackProcess
-from proto import product_record_pb2
+from workloads import products
+from workloads.proto import proto_form
 
 TABLE = "main.default.products"
-DDL = sql_text("products_table.sql")
+DDL = products.SCHEMA.delta_ddl("main.default.products")
+PRODUCTS_PROTO = proto_form(products.SCHEMA, "products")
 BATCH = 1000
 PERCENTILES = (50, 90, 95, 99, 99.9)
 
@@ -72,7 +73,7 @@ def make_batch(k: int, description: str) -> list[bytes]:
     load generator cheap, so the client does not steal the CPU of the server it measures.
     """
     batch_id = f"b{k:09d}"
-    common = product_record_pb2.ProductRecord(
+    common = PRODUCTS_PROTO.message_class(
         product_id="PROD042",
         product_name="Smart Watch",
         product_price=499.99,
@@ -116,7 +117,7 @@ async def _open_stream(endpoints: dict[str, Any]) -> Any:
     sdk = ZerobusSdk(endpoints["zerobus_endpoint"], endpoints["api_url"])
     await sdk._inner.set_use_tls(False)
     return await sdk.create_stream(
-        table_properties=TableProperties(TABLE, product_record_pb2.ProductRecord.DESCRIPTOR),
+        table_properties=TableProperties(TABLE, PRODUCTS_PROTO.descriptor),
         headers_provider=_Headers(endpoints["token"]),
         options=StreamConfigurationOptions(max_inflight_records=200_000),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -34,6 +35,10 @@ from bench.store import (
     compare_json,
     load_result,
 )
+from dwbench.errors import DirectWriteError, InvalidSchemaError
+from workloads.base import Workload
+from workloads.registry import WorkloadRegistry
+from writers import WRITERS
 
 if TYPE_CHECKING:
     from dwbench.settings import Settings
@@ -78,6 +83,9 @@ _OPTION = {
     "visibility": "--no-visibility",
     "visibility_poll_ms": "--poll-interval",
     "visibility_sample_ms": "--sample-every",
+    "workload": "--workload",
+    "drivers": "--drivers",
+    "pad_column": "--pad-column",
 }
 _UNIT = {
     "duration_s": "seconds",
@@ -103,6 +111,12 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     }
     if args.writers is not None:
         values["writers"] = args.writers
+    if args.workload is not None:
+        values["workload"] = args.workload
+    if args.drivers is not None:
+        values["drivers"] = args.drivers
+    if args.pad_column is not None:
+        values["pad_column"] = args.pad_column
     if args.duration is not None:
         values["duration_s"] = args.duration
     elif args.records is not None:
@@ -513,8 +527,67 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def schema_source(args: argparse.Namespace) -> Workload | None:
+    """A workload from --schema / --schema-file (and --rows-from), checked before any
+    target starts; None when the run names a built-in (or --table alone)."""
+    from workloads.registry import workload_from_ddl
+
+    text = args.schema
+    if args.schema_file is not None:
+        try:
+            text = args.schema_file.read_text()
+        except OSError as exc:
+            raise InvalidSchemaError(f"--schema-file {args.schema_file}: {exc.strerror}") from None
+    if text is None:
+        if args.rows_from is not None:
+            raise InvalidSchemaError(
+                "--rows-from needs the rows' schema: --schema, --schema-file or --table"
+            )
+        return None
+    return workload_from_ddl(
+        args.workload,
+        text,
+        table=args.table,
+        id_column=args.id_column,
+        rows_from=args.rows_from,
+    )
+
+
+async def resolve_workload(
+    args: argparse.Namespace, runtime: Any, early: Workload | None
+) -> Workload | None:
+    """The run's workload, registered with the runtime: from a schema given, or read from
+    --table's catalog entry; None for a built-in."""
+    from workloads.registry import workload_from_schema
+
+    workload = early
+    if workload is None and args.table is not None:
+        schema = await runtime.table_schema(args.table)
+        workload = workload_from_schema(
+            args.workload,
+            schema,
+            table=args.table,
+            id_column=args.id_column,
+            rows_from=args.rows_from,
+        )
+    if workload is None:
+        return None
+    if args.scratch:
+        scratch = f"{workload.table.delta_table}_dwbench_scratch"
+        leaf = scratch.split(".")[-1]
+        workload = dataclasses.replace(
+            workload, table=workload.table.with_tables(scratch, f"public.{leaf}")
+        )
+    runtime.workloads.add(workload, replace=True)
+    return workload
+
+
 async def _run_benchmark(
-    config: BenchmarkConfig, settings: Settings, display: ProgressDisplay
+    config: BenchmarkConfig,
+    settings: Settings,
+    display: ProgressDisplay,
+    args: argparse.Namespace | None = None,
+    early: Workload | None = None,
 ) -> RunResult | None:
     """Start the targets, run the benchmark, stop the targets; None when aborted."""
     from bench.environment import capture_environment
@@ -535,9 +608,22 @@ async def _run_benchmark(
         elif settings.is_local:
             _say(f"using the local stack at {settings.local_stack_url}")
         await runtime.start()  # a Ctrl-C meanwhile aborts: cancel_run is not set yet
-        run = BenchmarkRun(config, environment=capture_environment(runtime.targets))
+        custom = await resolve_workload(args, runtime, early) if args is not None else None
+        if custom is not None:
+            config = config.model_copy(update={"workload": custom.name})
+        workload = runtime.workloads.get(config.workload)
+        await runtime.ensure_tables(workload)
+        run = BenchmarkRun(
+            config,
+            environment=capture_environment(runtime.targets),
+            workloads=runtime.workloads,
+        )
         interrupts.cancel_run = run.cancel
-        _say(f"run {run.id}: {', '.join(config.writers)}; {workload_text(config)}")
+        _say(
+            f"run {run.id}: {', '.join(config.writers)}; workload {workload.name} "
+            f"({len(workload.schema.columns)} columns into {workload.table.delta_table}); "
+            f"{workload_text(config)}"
+        )
         _say("Ctrl-C cancels the run and keeps what was measured")
         # The local stack runs in its own session, so the terminal's Ctrl-C reaches only us.
         display.update(run.progress())  # the bars from the start, then once a second
@@ -584,15 +670,24 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         config = config_from_args(args)
     except ValidationError as exc:
         parser.error(validation_message(exc))
+    try:
+        early = schema_source(args)
+        if early is None and args.table is None:
+            WorkloadRegistry().get(config.workload)  # a typo is exit 2, before anything starts
+    except DirectWriteError as exc:
+        parser.error(exc.message)
     settings = _settings(parser)
     results_dir = args.results_dir or settings.data_dir / "results"
     _configure_logging(args.log_level)
     display = ProgressDisplay(sys.stderr, tty=sys.stderr.isatty(), duration_s=config.duration_s)
     try:
-        run = asyncio.run(_run_benchmark(config, settings, display))
+        run = asyncio.run(_run_benchmark(config, settings, display, args, early))
     except (KeyboardInterrupt, asyncio.CancelledError):
         _say("aborted; nothing saved")
         return EXIT_CANCELLED
+    except InvalidSchemaError as exc:
+        _say(f"dwbench run: {exc.message}")
+        return EXIT_USAGE
     except Exception as exc:
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         _say(f"dwbench run: cannot reach the targets: {message}")
@@ -726,7 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--writers",
         type=parse_writers,
         metavar="W1,W2",
-        help="comma-separated: zerobus, sql, lakebase, null (default: zerobus,sql,lakebase)",
+        help=f"comma-separated: {', '.join(WRITERS)} (default: zerobus,sql,lakebase)",
     )
     amount = run.add_mutually_exclusive_group()
     amount.add_argument("--records", type=int, help="rows per writer (default: 10000)")
@@ -744,7 +839,44 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--warmup", type=parse_duration, default=0.0, metavar="TIME", help="not measured"
     )
-    run.add_argument("--record-bytes", type=int, default=1024, help="default: %(default)s")
+    run.add_argument(
+        "--record-bytes",
+        type=int,
+        default=1024,
+        help="approximate row size, padded on one string column (0: none; default: %(default)s)",
+    )
+    source = run.add_argument_group("workload (default: products)")
+    source.add_argument(
+        "--workload",
+        metavar="NAME",
+        help="products, telemetry, or the name to give a schema from the options below",
+    )
+    source.add_argument(
+        "--table",
+        metavar="CATALOG.SCHEMA.TABLE",
+        help="write into this table; without --schema its schema is read from Unity Catalog "
+        "(the local stack's catalog in local mode)",
+    )
+    source.add_argument("--scratch", action="store_true", help="write into a copy of --table")
+    source.add_argument(
+        "--schema", metavar="DDL", help="CREATE TABLE ... or a column list 'id BIGINT, ...'"
+    )
+    source.add_argument(
+        "--schema-file", type=Path, metavar="FILE", help="a CREATE TABLE DDL or a JSON column list"
+    )
+    source.add_argument(
+        "--rows-from",
+        type=Path,
+        metavar="FILE",
+        help="replay these sample rows (JSON lines, CSV or Parquet), checked against the schema",
+    )
+    source.add_argument(
+        "--id-column", metavar="COLUMN", help="a column given a fresh unique id per row"
+    )
+    source.add_argument("--drivers", type=int, help="telemetry: drivers in the fleet (500)")
+    source.add_argument(
+        "--pad-column", metavar="COLUMN", help="the string column that carries the padding"
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--parallel", action="store_true", help="run the writers at the same time")
     run.add_argument(

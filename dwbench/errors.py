@@ -21,6 +21,7 @@ class DirectWriteError(Exception):
     """Base of every error the app raises on purpose."""
 
     status_code = 500
+    error = "error"
 
     def __init__(self, message: str, *, writer: str | None = None) -> None:
         super().__init__(message)
@@ -30,12 +31,14 @@ class DirectWriteError(Exception):
 
 class UnknownWriterError(DirectWriteError):
     status_code = 400
+    error = "unknown_writer"
 
 
 class InvalidSchemaError(DirectWriteError):
     """A schema that cannot be used; `column` names the column at fault when there is one."""
 
     status_code = 400
+    error = "invalid_schema"
 
     def __init__(
         self, message: str, *, column: str | None = None, writer: str | None = None
@@ -46,25 +49,31 @@ class InvalidSchemaError(DirectWriteError):
 
 class UnknownWorkloadError(DirectWriteError):
     status_code = 404
+    error = "unknown_workload"
 
 
 class RequestTooLargeError(DirectWriteError):
     status_code = 413
+    error = "request_too_large"
 
 
 class WriterUnavailableError(DirectWriteError):
     status_code = 503
+    error = "writer_unavailable"
 
 
 class SchemaNotSupportedError(WriterUnavailableError):
     """The writer refuses the workload before writing anything: its path cannot carry a type."""
 
     status_code = 422
+    error = "schema_not_supported"
 
 
 class WriteFailedError(DirectWriteError):
     status_code = 502
+    error = "write_failed"
 
 
 class BenchmarkError(DirectWriteError):
     status_code = 409
+    error = "conflict"

@@ -8,6 +8,7 @@ created; in databricks mode everything comes from the settings.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from typing import Any
 
@@ -18,16 +19,17 @@ from pydantic import SecretStr
 from bench.environment import capture_environment
 from bench.manager import BenchmarkManager
 from bench.store import ResultStore
-from dwbench.assets import sql_text
-from dwbench.errors import WriterUnavailableError
+from dwbench.errors import InvalidSchemaError, WriterUnavailableError
 from dwbench.settings import Settings
 from emulator.process import LocalStackProcess
+from workloads import products
+from workloads.base import Workload
+from workloads.registry import WorkloadRegistry
+from workloads.schema import TableSchema, split_table_name
 from writers import WriterSet
 from writers.base import Targets
 
 log = structlog.get_logger(__name__)
-
-PRODUCTS_DDL = sql_text("products_table.sql")
 
 
 class Runtime:
@@ -37,7 +39,15 @@ class Runtime:
         self.endpoints: dict[str, Any] = {}
         self.targets = Targets(mode="databricks", settings=settings)
         self.writers = WriterSet(self.targets)
-        self.benchmarks = BenchmarkManager(self.writers, ResultStore(settings.data_dir / "results"))
+        self.workloads = WorkloadRegistry(_configured_products(settings))
+        self._tables_ready: set[str] = set()
+        self._tables_lock = asyncio.Lock()
+        self.benchmarks = BenchmarkManager(
+            self.writers,
+            ResultStore(settings.data_dir / "results"),
+            workloads=self.workloads,
+            prepare=self.ensure_tables,
+        )
 
     async def start(self) -> None:
         if self.settings.is_local:
@@ -53,7 +63,7 @@ class Runtime:
                 if self.endpoints.get("postgres_dsn")
                 else None,
             )
-            await asyncio.to_thread(self._create_delta_tables)
+            await self.ensure_tables(self.workloads.get("products"))
         else:
             s = self.settings
             self.targets = Targets(
@@ -68,6 +78,8 @@ class Runtime:
             self.writers,
             ResultStore(self.settings.data_dir / "results"),
             environment=lambda: capture_environment(self.targets),
+            workloads=self.workloads,
+            prepare=self.ensure_tables,
         )
         log.info("runtime_started", mode=self.targets.mode)
 
@@ -111,22 +123,70 @@ class Runtime:
         )
         return endpoints
 
-    def _create_delta_tables(self) -> None:
+    async def ensure_tables(self, workload: Workload) -> None:
+        """Local mode: create the workload's Delta table on the local stack when missing.
+
+        On a workspace, tables are created beforehand (Zerobus requires it); the Lakebase
+        writer creates its Postgres table itself."""
+        if not self.settings.is_local or not self.endpoints:
+            return
+        table = workload.table.delta_table
+        async with self._tables_lock:
+            if table in self._tables_ready:
+                return
+            await asyncio.to_thread(self._create_delta_table, workload)
+            self._tables_ready.add(table)
+
+    async def table_schema(self, full_name: str) -> TableSchema:
+        """An existing table's schema from Unity Catalog (`w.tables.get`); locally, from
+        the local stack's catalog, which answers the same API."""
+        return await asyncio.to_thread(self._read_table_schema, full_name)
+
+    def _read_table_schema(self, full_name: str) -> TableSchema:
+        from databricks.sdk import WorkspaceClient
+        from databricks.sdk.errors import DatabricksError, NotFound
+
+        split_table_name(full_name)
+        if self.settings.is_local:
+            w = WorkspaceClient(
+                host=self.endpoints["api_url"], token=self.endpoints["token"], auth_type="pat"
+            )
+        else:
+            w = WorkspaceClient(host=self.settings.workspace_url)
+        try:
+            info = w.tables.get(full_name)
+        except NotFound:
+            raise InvalidSchemaError(f"table {full_name} does not exist") from None
+        except DatabricksError as exc:
+            raise WriterUnavailableError(f"cannot read the schema of {full_name}: {exc}") from exc
+        return TableSchema.from_table_info(info)
+
+    def _create_delta_table(self, workload: Workload) -> None:
         from databricks.sdk import WorkspaceClient
         from databricks.sdk.service.sql import StatementState
 
         w = WorkspaceClient(
             host=self.endpoints["api_url"], token=self.endpoints["token"], auth_type="pat"
         )
-        for table in {self.settings.zerobus_table, self.settings.sql_table}:
-            resp = w.statement_execution.execute_statement(
-                statement=PRODUCTS_DDL.replace("main.default.products", table),
-                warehouse_id=self.endpoints["warehouse_id"],
-                wait_timeout="30s",
+        table = workload.table.delta_table
+        resp = w.statement_execution.execute_statement(
+            statement=workload.schema.delta_ddl(table),
+            warehouse_id=self.endpoints["warehouse_id"],
+            wait_timeout="30s",
+        )
+        state = resp.status.state if resp.status else None
+        if state != StatementState.SUCCEEDED:
+            error = resp.status.error if resp.status else None
+            raise WriterUnavailableError(
+                f"cannot create {table} on the local stack: {error.message if error else state}"
             )
-            state = resp.status.state if resp.status else None
-            if state != StatementState.SUCCEEDED:
-                error = resp.status.error if resp.status else None
-                raise WriterUnavailableError(
-                    f"cannot create {table} on the local stack: {error.message if error else state}"
-                )
+
+
+def _configured_products(settings: Settings) -> list[Workload]:
+    """The products workload on the tables ZEROBUS_TABLE and LAKEBASE_TABLE name."""
+    table = products.WORKLOAD.table.with_tables(
+        delta_table=settings.zerobus_table.lower(), postgres_table=settings.lakebase_table.lower()
+    )
+    if table == products.WORKLOAD.table:
+        return []
+    return [dataclasses.replace(products.WORKLOAD, table=table)]

@@ -81,8 +81,8 @@ def generate_array(
     if isinstance(dtype, DecimalType):
         scale = 10**dtype.scale
         top = min(10 ** (dtype.precision - dtype.scale) - 1, 10_000)
-        low = spec.min if spec.min is not None else 0
-        high = spec.max if spec.max is not None else top
+        low: float = spec.min if spec.min is not None else 0
+        high: float = spec.max if spec.max is not None else top
         units = rng.integers(int(low * scale), int(high * scale), size=count, endpoint=True)
         return _scaled_decimal(units, dtype)
     if isinstance(dtype, ArrayType):
@@ -142,9 +142,9 @@ def _primitive(name: str, count: int, rng: np.random.Generator, spec: GeneratorS
             Primitive(name).arrow()
         )
     if name in ("FLOAT", "DOUBLE"):
-        low = spec.min if spec.min is not None else 0.0
-        high = spec.max if spec.max is not None else 1000.0
-        values = rng.uniform(low, high, size=count)
+        bottom = spec.min if spec.min is not None else 0.0
+        top = spec.max if spec.max is not None else 1000.0
+        values = rng.uniform(bottom, top, size=count)
         return pa.array(values.astype(np.float32 if name == "FLOAT" else np.float64))
     if name in ("STRING", "VARIANT"):
         low = spec.min_length if spec.min_length is not None else 8

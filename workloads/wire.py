@@ -100,7 +100,7 @@ def _converter(dtype: DataType, form: Form, path: str) -> Convert | None:
         text_keys = form == "json"
 
         def convert_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-            out = {}
+            out: dict[Any, Any] = {}
             for k, v in pairs:
                 k = key(k) if key else k
                 if v is None and form == "proto":
@@ -114,7 +114,7 @@ def _converter(dtype: DataType, form: Form, path: str) -> Convert | None:
         drop_unset = form == "proto"
 
         def convert_struct(obj: dict[str, Any]) -> dict[str, Any]:
-            out = {}
+            out: dict[str, Any] = {}
             for name, convert in fields:
                 v = obj.get(name)
                 if v is None:

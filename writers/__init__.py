@@ -1,25 +1,84 @@
 """The writer registry: names to writer classes, imported lazily with their SDKs.
 
-Adding a writer is one module and one line in WRITERS.
+Adding a writer is one module and one line in WRITERS. Everything that lists writers (the
+API, the UI through it, the CLI's help, the environment capture) reads this registry;
+`DWBENCH_EXTRA_WRITERS="name=module:Class,..."` adds writers at start-up (tests use it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 from collections import defaultdict
+from typing import Any
 
 from dwbench.errors import UnknownWriterError, WriterUnavailableError
 from writers.base import DataWriterInterface, Targets
 
 WRITERS: dict[str, str] = {
     "zerobus": "writers.zerobus:ZerobusWriter",
+    "zerobus-json": "writers.zerobus:ZerobusJsonWriter",
     "sql": "writers.sql:SqlWriter",
     "lakebase": "writers.lakebase:LakebaseWriter",
     "null": "writers.null:NullWriter",
 }
-# What "all" means for ingestion: the writers that store rows.
-INGEST_WRITERS = ("zerobus", "sql", "lakebase")
+EXTRA_WRITERS_ENV = "DWBENCH_EXTRA_WRITERS"
+
+
+def register_writer(name: str, target: str) -> None:
+    """Add a writer: `target` is "module:Class"."""
+    if ":" not in target:
+        raise ValueError(f"writer {name}: expected module:Class, got {target!r}")
+    WRITERS[name] = target
+
+
+def _register_from_environment() -> None:
+    for entry in filter(
+        None, (e.strip() for e in os.environ.get(EXTRA_WRITERS_ENV, "").split(","))
+    ):
+        name, _, target = entry.partition("=")
+        register_writer(name.strip(), target.strip())
+
+
+_register_from_environment()
+
+
+def ingest_writers() -> list[str]:
+    """What "all" means for ingestion: every writer that stores rows."""
+    names = []
+    for name in WRITERS:
+        try:
+            stores = writer_class(name).stores_rows
+        except WriterUnavailableError:
+            stores = True  # its SDK is missing: listed, and unavailable when asked
+        if stores:
+            names.append(name)
+    return names
+
+
+def writer_metadata(name: str) -> dict[str, Any]:
+    """Name, label, family, colour and client libraries of a writer (no SDK call)."""
+    try:
+        cls = writer_class(name)
+    except WriterUnavailableError as exc:
+        return {
+            "name": name,
+            "label": name,
+            "family": "other",
+            "color": None,
+            "stores_rows": True,
+            "client_distributions": [],
+            "load_error": exc.message,
+        }
+    return {
+        "name": name,
+        "label": cls.label,
+        "family": cls.family,
+        "color": cls.color,
+        "stores_rows": cls.stores_rows,
+        "client_distributions": list(cls.client_distributions),
+    }
 
 
 def writer_class(name: str) -> type[DataWriterInterface]:

@@ -56,6 +56,12 @@ class WriteReceipt:
 class DataWriterInterface(ABC):
     name: ClassVar[str]
     label: ClassVar[str]
+    # The way in it belongs to (zerobus, sql, lakebase, baseline): the UI groups by it.
+    family: ClassVar[str] = "other"
+    # Its colour in charts, so a writer looks the same on every page.
+    color: ClassVar[str] = "#6b7280"
+    # Distributions whose versions the results record (the client libraries it uses).
+    client_distributions: ClassVar[tuple[str, ...]] = ()
     # False for writers that store nothing (the benchmark baseline).
     stores_rows: ClassVar[bool] = True
 

@@ -1,4 +1,7 @@
-"""The Zerobus writer: the official async SDK, one long-lived stream per table.
+"""The Zerobus writers: the official async SDK, one long-lived stream per table.
+
+`zerobus` sends protobuf records (the descriptor derived from the table's schema, as the
+SDK's generate_proto tool derives it), `zerobus-json` JSON records.
 
 The stream opens on first use and is shared by every request. A batch goes through the
 SDK's batch call (one offset for the batch) and `write()` returns once that offset is
@@ -13,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,9 +30,16 @@ from zerobus.sdk.shared import (
     ZerobusException,
 )
 
-from dwbench.errors import DirectWriteError, WriteFailedError, WriterUnavailableError
-from proto import product_record_pb2
-from workloads.products import ProductRecord, to_json, to_protos
+from dwbench.errors import (
+    DirectWriteError,
+    SchemaNotSupportedError,
+    WriteFailedError,
+    WriterUnavailableError,
+)
+from workloads.base import Rows, TableRef
+from workloads.proto import NoProtoForm, ProtoForm, proto_form
+from workloads.types import DecimalType, Primitive
+from workloads.wire import WireValueError, json_rows
 from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, mask
 from writers.readback import WarehouseReader
 
@@ -64,19 +73,34 @@ class LocalBearerToken(HeadersProvider):
         ]
 
 
+class _TableStream:
+    """One table's stream, its record form and its encoder (built once per table)."""
+
+    def __init__(self, table: TableRef, form: ProtoForm | None) -> None:
+        self.table = table
+        self.form = form
+        self.encode = form.encoder(table.schema) if form is not None else None
+        self.stream: ZerobusStream | None = None
+        self.lock = asyncio.Lock()
+
+
 class ZerobusWriter(DataWriterInterface):
     name = "zerobus"
-    label = "Zerobus Ingest (direct write)"
+    label = "Zerobus Ingest (gRPC, protobuf)"
+    family = "zerobus"
+    color = "#e8590c"
+    client_distributions = ("databricks-zerobus-ingest-sdk", "protobuf")
+    record_format = "proto"
 
     def __init__(self, targets: Targets) -> None:
         super().__init__(targets)
+        if type(self) is ZerobusWriter:  # ZEROBUS_RECORD_FORMAT picks the default's format
+            self.record_format = self.settings.zerobus_record_format
         self.table = self.settings.zerobus_table
-        self.record_format = self.settings.zerobus_record_format
         self.ack_timeout_s = self.settings.zerobus_ack_timeout_s
         self.endpoint = targets.zerobus_endpoint or self.settings.zerobus_endpoint
         self._sdk: ZerobusSdk | None = None
-        self._stream: ZerobusStream | None = None
-        self._lock = asyncio.Lock()
+        self._tables: dict[str, _TableStream] = {}
         self.streams_created = 0
         self.last_error: str | None = None
         self._reader: WarehouseReader | None = None
@@ -105,13 +129,51 @@ class ZerobusWriter(DataWriterInterface):
             return "the local stack's token is not known"
         return None
 
-    async def _open_stream(self) -> ZerobusStream:
+    # -- schemas ------------------------------------------------------------------------
+
+    def check(self, table: TableRef) -> None:
+        self._table_stream(table)
+
+    def _table_stream(self, table: TableRef) -> _TableStream:
+        state = self._tables.get(table.delta_table)
+        if state is not None and state.table == table:
+            return state
+        form: ProtoForm | None = None
+        if self.record_format == "proto":
+            try:
+                form = proto_form(table.schema, table.message_name)
+            except NoProtoForm as exc:
+                raise SchemaNotSupportedError(
+                    f"{self.label} cannot write workload {table.workload}: {exc}",
+                    writer=self.name,
+                ) from None
+        else:
+            for col, dtype in table.schema.types():
+                if isinstance(dtype, DecimalType):
+                    raise SchemaNotSupportedError(
+                        f"{self.label} cannot write workload {table.workload}: column "
+                        f"{col.name} is {dtype.sql()}, and Zerobus documents no JSON form "
+                        "for DECIMAL (its generate_proto tool maps none either)",
+                        writer=self.name,
+                    )
+                if dtype == Primitive("VARIANT") and self.targets.mode == "local":
+                    raise SchemaNotSupportedError(
+                        f"column {col.name} is VARIANT, which the local stack does not store",
+                        writer=self.name,
+                    )
+        state = _TableStream(table, form)
+        self._tables[table.delta_table] = state
+        return state
+
+    # -- streams ------------------------------------------------------------------------
+
+    async def _open_stream(self, state: _TableStream) -> ZerobusStream:
         assert self._sdk is not None
-        descriptor = product_record_pb2.ProductRecord.DESCRIPTOR
+        table = state.table.delta_table
         props = (
-            TableProperties(self.table, descriptor)
-            if self.record_format == "proto"
-            else TableProperties(self.table)
+            TableProperties(table, state.form.descriptor)
+            if state.form is not None
+            else TableProperties(table)
         )
         options = StreamConfigurationOptions(
             recovery_retries=3, recovery_backoff_ms=500, recovery_timeout_ms=10_000
@@ -119,7 +181,7 @@ class ZerobusWriter(DataWriterInterface):
         try:
             if self.targets.mode == "local":
                 assert self.targets.local_token is not None
-                headers = LocalBearerToken(self.targets.local_token.get_secret_value(), self.table)
+                headers = LocalBearerToken(self.targets.local_token.get_secret_value(), table)
                 stream = await self._sdk.create_stream(
                     table_properties=props, options=options, headers_provider=headers
                 )
@@ -133,35 +195,46 @@ class ZerobusWriter(DataWriterInterface):
                     options,
                 )
         except ZerobusException as exc:
-            raise self._translate(exc, opening=True) from exc
+            raise self._translate(exc, table, opening=True) from exc
         self.streams_created += 1
-        log.info(
-            "zerobus_stream_opened", writer=self.name, table=self.table, n=self.streams_created
-        )
+        log.info("zerobus_stream_opened", writer=self.name, table=table, n=self.streams_created)
         return stream
 
-    async def _current_stream(self) -> ZerobusStream:
-        async with self._lock:
-            if self._stream is None:
-                self._stream = await self._open_stream()
-            return self._stream
+    async def _current_stream(self, state: _TableStream) -> ZerobusStream:
+        async with state.lock:
+            if state.stream is None:
+                state.stream = await self._open_stream(state)
+            return state.stream
 
-    async def _discard(self, stream: ZerobusStream) -> None:
-        async with self._lock:
-            if self._stream is stream:
-                self._stream = None
+    async def _discard(self, state: _TableStream, stream: ZerobusStream) -> None:
+        async with state.lock:
+            if state.stream is stream:
+                state.stream = None
         await _close_within(stream, CLOSE_TIMEOUT_S)
 
-    async def write(self, records: Sequence[ProductRecord]) -> WriteReceipt:
+    # -- writing ------------------------------------------------------------------------
+
+    def _payloads(self, state: _TableStream, rows: Rows) -> list[Any]:
+        try:
+            if state.encode is not None:
+                return list(state.encode(rows.data))
+            return list(json_rows(rows.data, state.table.schema))
+        except (WireValueError, ValueError, TypeError) as exc:
+            raise WriteFailedError(
+                f"cannot encode the batch as {self.record_format}: {exc}; nothing was sent",
+                writer=self.name,
+            ) from exc
+
+    async def write(self, rows: Rows) -> WriteReceipt:
         if self._sdk is None:
             raise WriterUnavailableError("writer is not open", writer=self.name)
-        if not records:
+        state = self._table_stream(rows.table)
+        table = rows.table.delta_table
+        if not len(rows):
             return WriteReceipt(rows=0, details={"offset": None})
-        payloads: list[Any] = (
-            to_protos(records) if self.record_format == "proto" else [to_json(r) for r in records]
-        )
+        payloads = self._payloads(state, rows)
         for attempt in (1, 2):
-            stream = await self._current_stream()
+            stream = await self._current_stream(state)
             try:
                 # The send is inside the deadline too: with the SDK's in-flight limit
                 # reached, it waits for acknowledgements. (asyncio.timeout, not wait_for:
@@ -171,8 +244,8 @@ class ZerobusWriter(DataWriterInterface):
                     assert offset is not None
                     await stream.wait_for_offset(offset)
             except (ZerobusException, TimeoutError) as exc:
-                await self._discard(stream)
-                error = self._translate(exc, opening=False)
+                await self._discard(state, stream)
+                error = self._translate(exc, table, opening=False)
                 self.last_error = error.message
                 # Not sent again: a bad record fails the same way on a new stream, and a
                 # batch that was not acknowledged in time may still be committed.
@@ -183,17 +256,17 @@ class ZerobusWriter(DataWriterInterface):
                 continue
             self.last_error = None
             return WriteReceipt(
-                rows=len(records),
+                rows=len(rows),
                 details={
                     "offset": offset,
                     "stream": self.streams_created,
                     "record_format": self.record_format,
-                    "table": self.table,
+                    "table": table,
                 },
             )
         raise AssertionError("unreachable")
 
-    def _translate(self, exc: BaseException, *, opening: bool) -> DirectWriteError:
+    def _translate(self, exc: BaseException, table: str, *, opening: bool) -> DirectWriteError:
         if isinstance(exc, TimeoutError):
             return WriteFailedError(
                 f"no durability acknowledgement within {self.ack_timeout_s:g} s; the rows "
@@ -203,12 +276,12 @@ class ZerobusWriter(DataWriterInterface):
         text = str(exc)
         if opening and any(code in text for code in _UNAVAILABLE_CODES):
             return WriterUnavailableError(
-                f"cannot open a Zerobus stream to {self.table} at {self.endpoint}: {text}",
+                f"cannot open a Zerobus stream to {table} at {self.endpoint}: {text}",
                 writer=self.name,
             )
         if opening:
             return WriterUnavailableError(
-                f"Zerobus refused the stream for {self.table}: {text}", writer=self.name
+                f"Zerobus refused the stream for {table}: {text}", writer=self.name
             )
         if "unavailable" in text.lower() or "connect" in text.lower():
             return WriterUnavailableError(f"Zerobus stream lost: {text}", writer=self.name)
@@ -219,7 +292,7 @@ class ZerobusWriter(DataWriterInterface):
         problem = self._config_problem()
         if problem:
             return Availability(False, problem, details)
-        if self._stream is not None:
+        if any(state.stream is not None for state in self._tables.values()):
             return Availability(True, None, details)
         # No stream yet: check that something listens, without opening a stream.
         assert self.endpoint is not None
@@ -237,32 +310,50 @@ class ZerobusWriter(DataWriterInterface):
             auth = "bearer token (local stack)"
         else:
             auth = f"oauth-m2m (client_id={mask(self.settings.databricks_client_id)})"
+        open_streams = [t for t, state in self._tables.items() if state.stream is not None]
         return {
             "endpoint": self.endpoint,
             "table": self.table,
             "record_format": self.record_format,
             "auth_mode": auth,
             "sdk_version": metadata.version("databricks-zerobus-ingest-sdk"),
-            "stream_state": "open" if self._stream is not None else "not opened",
+            "stream_state": "open" if open_streams else "not opened",
+            "open_streams": open_streams,
             "streams_created": self.streams_created,
             "last_error": self.last_error,
         }
 
-    async def count_rows(self, batch_id: str) -> int:
+    async def count_rows(self, table: TableRef, batch_id: str) -> int:
         """Rows of the batch readable in the table, through the SQL warehouse."""
         if self._reader is None:
-            self._reader = WarehouseReader(self.targets, self.table, self.name)
-        return await self._reader.count(batch_id)
+            self._reader = WarehouseReader(self.targets, self.name)
+        return await self._reader.count(table, batch_id)
 
     async def close(self) -> None:
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            started = time.perf_counter()
-            await _close_within(stream, CLOSE_TIMEOUT_S)
-            log.info("zerobus_stream_closed", ms=round((time.perf_counter() - started) * 1000))
+        states, self._tables = list(self._tables.values()), {}
+        for state in states:
+            stream, state.stream = state.stream, None
+            if stream is not None:
+                started = time.perf_counter()
+                await _close_within(stream, CLOSE_TIMEOUT_S)
+                log.info(
+                    "zerobus_stream_closed",
+                    table=state.table.delta_table,
+                    ms=round((time.perf_counter() - started) * 1000),
+                )
+
+
+class ZerobusJsonWriter(ZerobusWriter):
+    """The same SDK stream with JSON records: one JSON object per row."""
+
+    name = "zerobus-json"
+    label = "Zerobus Ingest (gRPC, JSON)"
+    color = "#f59f00"
+    client_distributions = ("databricks-zerobus-ingest-sdk",)
+    record_format = "json"
 
 
 async def _close_within(stream: ZerobusStream, timeout_s: float) -> None:

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
@@ -9,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from api.deps import RuntimeDep, SettingsDep
-from api.models import ErrorBody, ErrorInfo, ProcessRequest, ProcessResponse, WriterResult
+from api.models import ErrorBody, ErrorInfo, ProcessResponse, WriterResult, process_request_model
 from bench.measure import WriteOutcome, measured_write
 from dwbench.errors import (
     RequestTooLargeError,
@@ -17,19 +19,22 @@ from dwbench.errors import (
     WriteFailedError,
     WriterUnavailableError,
 )
-from workloads.products import build_records, new_batch_id
-from writers import INGEST_WRITERS, WRITERS, writer_class
+from dwbench.runtime import Runtime
+from workloads.base import Workload
+from workloads.inputs import build_rows, new_batch_id
+from writers import WRITERS, ingest_writers, writer_class
 
 router = APIRouter(tags=["ingest"])
 log = structlog.get_logger(__name__)
 
 
 def _writer_names(writer_type: str) -> tuple[str, ...]:
+    ingest = tuple(ingest_writers())
     if writer_type == "all":
-        return INGEST_WRITERS
-    if writer_type in INGEST_WRITERS:
+        return ingest
+    if writer_type in ingest:
         return (writer_type,)
-    valid = f"{', '.join(INGEST_WRITERS)} or 'all'"
+    valid = f"{', '.join(ingest)} or 'all'"
     if writer_type in WRITERS:
         raise UnknownWriterError(
             f"writer {writer_type!r} is a benchmark baseline that stores nothing; "
@@ -57,12 +62,20 @@ def _result(outcome: WriteOutcome, label: str) -> WriterResult:
     )
 
 
-async def _process_request(request: Request) -> ProcessRequest:
+_SCHEMA_TYPE = re.compile(rb'"schema_type"\s*:\s*"([A-Za-z0-9_-]{1,64})"')
+
+
+async def _process_request(request: Request, runtime: Runtime) -> tuple[Workload, Any]:
     # One pass of pydantic over the raw JSON: about a third cheaper per request than
-    # FastAPI's json.loads followed by validation of the Python objects.
+    # FastAPI's json.loads followed by validation of the Python objects. The workload's
+    # name is looked up first, so that its own model validates the items; that model
+    # checks schema_type again, so a body that names two is refused.
     body = await request.body()
+    named = _SCHEMA_TYPE.findall(body)
+    workload = runtime.workloads.get(named[0].decode() if len(named) == 1 else "products")
+    model = process_request_model(workload)
     try:
-        return ProcessRequest.model_validate_json(body)
+        return workload, model.model_validate_json(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
@@ -90,7 +103,7 @@ async def process_structured(
     request: Request, runtime: RuntimeDep, settings: SettingsDep
 ) -> ProcessResponse:
     """Write the items durably through one writer, or through every writer side by side."""
-    body = await _process_request(request)
+    workload, body = await _process_request(request, runtime)
     if len(body.items) > settings.max_items_per_request:
         raise RequestTooLargeError(
             f"{len(body.items)} items in one request; the limit is "
@@ -102,18 +115,20 @@ async def process_structured(
     started = time.perf_counter()
     results: list[WriterResult] = []
     outcomes: list[WriteOutcome] = []
+    await runtime.ensure_tables(workload)
     for name in names:
         label = name
         try:
             label = writer_class(name).label
             writer = await runtime.writers.get(name)
+            await writer.prepare(workload.table)
         except WriterUnavailableError as exc:
             outcome = WriteOutcome(name, "unavailable", 0, 0.0, error=exc)
         else:
-            records = build_records(
-                body.items, batch_id=batch_id, source=name, processed_at=processed_at
+            rows = build_rows(
+                workload, body.items, batch_id=batch_id, source=name, processed_at=processed_at
             )
-            outcome = await measured_write(writer, records)
+            outcome = await measured_write(writer, rows)
         if outcome.status != "success":
             log.warning(
                 "write_failed",

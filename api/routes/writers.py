@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
@@ -9,23 +9,22 @@ from api.deps import RuntimeDep
 from api.models import WriterInfo
 from dwbench.errors import WriterUnavailableError
 from dwbench.runtime import Runtime
-from workloads.products import CATEGORIES, ProductItem, sample_items
-from writers import INGEST_WRITERS, writer_class
+from workloads.products import CATEGORIES, sample_items
+from writers import WRITERS, ingest_writers, writer_metadata
 
 router = APIRouter(tags=["writers"])
 
 
 async def writer_info(runtime: Runtime, name: str) -> WriterInfo:
-    label = name
+    meta = writer_metadata(name)
+    common = {k: meta[k] for k in ("name", "label", "family", "color", "stores_rows")}
     try:
-        label = writer_class(name).label
         writer = await runtime.writers.get(name)
     except WriterUnavailableError as exc:
-        return WriterInfo(name=name, label=label, available=False, reason=exc.message, details={})
+        return WriterInfo(**common, available=False, reason=exc.message, details={})
     availability = await writer.availability()
     return WriterInfo(
-        name=name,
-        label=label,
+        **common,
         available=availability.available,
         reason=availability.reason,
         details=availability.details,
@@ -33,9 +32,13 @@ async def writer_info(runtime: Runtime, name: str) -> WriterInfo:
 
 
 @router.get("/api/v1/writers")
-async def list_writers(runtime: RuntimeDep) -> list[WriterInfo]:
-    """The writers the ingestion API accepts, with their availability now."""
-    return list(await asyncio.gather(*(writer_info(runtime, n) for n in INGEST_WRITERS)))
+async def list_writers(
+    runtime: RuntimeDep, baseline: Annotated[bool, Query()] = False
+) -> list[WriterInfo]:
+    """The writers that store rows (the ingestion API's choices; with baseline=true also the
+    harness baseline), with metadata and their availability now."""
+    names = list(WRITERS) if baseline else ingest_writers()
+    return list(await asyncio.gather(*(writer_info(runtime, n) for n in names)))
 
 
 @router.get("/api/v1/categories")
@@ -48,6 +51,6 @@ async def get_categories() -> list[str]:
 async def get_sample_items(
     count: Annotated[int, Query(ge=1, le=1000)] = 5,
     seed: Annotated[int, Query(ge=0)] = 0,
-) -> list[ProductItem]:
+) -> list[dict[str, Any]]:
     """Deterministic sample products to fill the form."""
-    return sample_items(count, seed=seed)
+    return [item.model_dump(mode="json") for item in sample_items(count, seed=seed)]
