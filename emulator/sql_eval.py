@@ -28,7 +28,6 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlglot
@@ -38,33 +37,22 @@ from sqlglot.tokens import Token, TokenType
 
 from emulator.catalog import Catalog, Table, parse_table_name
 from emulator.errors import SchemaMismatchError, TableNotFoundError
-from emulator.schema import Column, TableSchema, normalize_type
+from emulator.schema import (
+    ArrayType,
+    Column,
+    DecimalType,
+    MapType,
+    PrimitiveType,
+    SqlType,
+    StructType,
+    TableSchema,
+    column_options,
+    from_sqlglot,
+)
+from emulator.sql_errors import SqlError
+from emulator.sql_literals import NotLiteral, arity_error, java_float, literal_columns
 
 DIALECT = "databricks"
-
-
-class SqlError(Exception):
-    """A statement that fails the way a warehouse fails it: HTTP 200, state FAILED."""
-
-    def __init__(
-        self,
-        error_class: str | None,
-        text: str,
-        sql_state: str | None = None,
-        *,
-        error_code: str = "BAD_REQUEST",
-        position: str | None = None,
-    ) -> None:
-        message = f"[{error_class}] {text}" if error_class else text
-        if sql_state:
-            message += f" SQLSTATE: {sql_state}"
-        if position:
-            message += f" ({position})"
-        super().__init__(message)
-        self.error_class = error_class
-        self.sql_state = sql_state
-        self.error_code = error_code
-        self.message = message
 
 
 class StatementInterrupted(Exception):
@@ -273,20 +261,21 @@ class SqlEvaluator:
         if not isinstance(source, exp.Values | exp.Query):
             raise _unsupported("this INSERT source")
         targets = _insert_targets(table.name, table.schema, listed)
+        if isinstance(source, exp.Values):
+            try:
+                arrays = literal_columns(table.name, targets, source)
+            except NotLiteral:
+                pass  # not only literals: DuckDB evaluates it
+            else:
+                return InsertRows(table.name, _build_batch(table.schema, targets, arrays))
         rows = self._run_query(source, ctx, interrupt, limit=None)
         if rows.num_columns != len(targets):
-            reason = "not enough" if rows.num_columns < len(targets) else "too many"
-            detail = (
-                "NOT_ENOUGH_DATA_COLUMNS" if reason == "not enough" else "TOO_MANY_DATA_COLUMNS"
-            )
-            raise SqlError(
-                f"INSERT_COLUMN_ARITY_MISMATCH.{detail}",
-                f"Cannot write to {_quoted(table.name)}: {reason} data columns. "
-                f"Table columns: {', '.join(f'`{c.name}`' for c in targets)}. "
-                f"Data columns: {rows.num_columns}.",
-                "21S01",
-            )
-        return InsertRows(table.name, _build_batch(table.name, table.schema, targets, rows))
+            raise arity_error(table.name, targets, rows.num_columns)
+        arrays = [
+            _store_assign(table.name, rows.column(i).combine_chunks(), col)
+            for i, col in enumerate(targets)
+        ]
+        return InsertRows(table.name, _build_batch(table.schema, targets, arrays))
 
     # -- queries -----------------------------------------------------------------------
 
@@ -524,22 +513,18 @@ def _is_column(item: exp.Expr) -> bool:
 def _column_def(item: exp.Expr) -> Column:
     assert isinstance(item, exp.ColumnDef)
     kind = item.args.get("kind")
-    if kind is None:
+    if not isinstance(kind, exp.DataType):
         raise SqlError("PARSE_SYNTAX_ERROR", f"Column {item.name} needs a type.", "42601")
     try:
-        type_name = normalize_type(kind.sql(DIALECT))
+        column_type = from_sqlglot(kind, item.name)
     except SchemaMismatchError as exc:
         raise SqlError("UNSUPPORTED_DATATYPE", f"{exc} (column `{item.name}`).", "0A000") from None
-    nullable = True
-    for constraint in item.args.get("constraints") or []:
-        rule = constraint.args.get("kind")
-        if isinstance(rule, exp.NotNullColumnConstraint):
-            nullable = bool(rule.args.get("allow_null"))
-        elif isinstance(rule, exp.PrimaryKeyColumnConstraint):
-            nullable = False
-        elif not isinstance(rule, exp.CommentColumnConstraint):
-            raise _unsupported(f"Column option {constraint.sql(DIALECT)}")
-    return Column(item.name, type_name, nullable)
+    try:
+        nullable, comment = column_options(item)
+    except SchemaMismatchError:
+        options = " ".join(c.sql(DIALECT) for c in item.args.get("constraints") or [])
+        raise _unsupported(f"Column option {options}") from None
+    return Column(item.name, column_type, nullable, comment)
 
 
 def _check_table_properties(properties: exp.Properties | None) -> None:
@@ -617,16 +602,15 @@ def _insert_targets(table: str, schema: TableSchema, listed: list[str] | None) -
 
 
 def _build_batch(
-    table: str, schema: TableSchema, targets: list[Column], rows: pa.Table
+    schema: TableSchema, targets: list[Column], values: list[pa.Array]
 ) -> pa.RecordBatch:
+    """The table's batch from the arrays of the target columns (the others are NULL)."""
     position = {col.name: i for i, col in enumerate(targets)}
+    count = len(values[0]) if values else 0
     arrays: list[pa.Array] = []
     for col in schema.columns:
         index = position.get(col.name)
-        if index is None:
-            array = pa.nulls(rows.num_rows, col.arrow_type)
-        else:
-            array = _store_assign(table, rows.column(index).combine_chunks(), col)
+        array = pa.nulls(count, col.arrow_type) if index is None else values[index]
         if not col.nullable and array.null_count:
             raise SqlError(
                 "DELTA_NOT_NULL_CONSTRAINT_VIOLATED",
@@ -656,6 +640,12 @@ def _kind(arrow_type: pa.DataType) -> str:
         return "binary"
     if pa.types.is_null(arrow_type):
         return "null"
+    if pa.types.is_map(arrow_type):
+        return "map"
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return "array"
+    if pa.types.is_struct(arrow_type):
+        return "struct"
     return str(arrow_type)
 
 
@@ -681,7 +671,7 @@ def _store_assign(table: str, array: pa.Array, col: Column) -> pa.Array:
         )
     try:
         if src == "string" and dst == "timestamp":
-            return _parse_timestamps(array)
+            return _parse_timestamps(array, target)
         if pa.types.is_floating(array.type) and pa.types.is_integer(target):
             _check_int_range(array, target)
         options = pc.CastOptions(
@@ -712,40 +702,68 @@ def _check_int_range(array: pa.Array, target: pa.DataType) -> None:
             raise OverflowError(value)
 
 
-def _parse_timestamps(array: pa.Array) -> pa.Array:
+def _parse_timestamps(array: pa.Array, target: pa.DataType) -> pa.Array:
     values: list[dt.datetime | None] = []
     for text in array.to_pylist():
         if text is None:
             values.append(None)
             continue
         stamp = dt.datetime.fromisoformat(text.strip())
-        if stamp.tzinfo is None:
+        if target.tz is None:
+            stamp = stamp.replace(tzinfo=None)
+        elif stamp.tzinfo is None:
             stamp = stamp.replace(tzinfo=dt.UTC)
         values.append(stamp)
-    return pa.array(values, pa.timestamp("us", tz="UTC"))
+    return pa.array(values, target)
 
 
 # -- results -----------------------------------------------------------------------------------
 
-_SIMPLE_TYPES: list[tuple[Any, str, str]] = [
-    (pa.types.is_string, "STRING", "STRING"),
-    (pa.types.is_large_string, "STRING", "STRING"),
-    (pa.types.is_boolean, "BOOLEAN", "BOOLEAN"),
-    (pa.types.is_int8, "BYTE", "TINYINT"),
-    (pa.types.is_int16, "SHORT", "SMALLINT"),
-    (pa.types.is_int32, "INT", "INT"),
-    (pa.types.is_int64, "LONG", "BIGINT"),
-    (pa.types.is_uint8, "SHORT", "SMALLINT"),
-    (pa.types.is_uint16, "INT", "INT"),
-    (pa.types.is_uint32, "LONG", "BIGINT"),
-    (pa.types.is_float32, "FLOAT", "FLOAT"),
-    (pa.types.is_float64, "DOUBLE", "DOUBLE"),
-    (pa.types.is_date, "DATE", "DATE"),
-    (pa.types.is_timestamp, "TIMESTAMP", "TIMESTAMP"),
-    (pa.types.is_binary, "BINARY", "BINARY"),
-    (pa.types.is_large_binary, "BINARY", "BINARY"),
-    (pa.types.is_null, "NULL", "VOID"),
+_ARROW_PRIMITIVES: list[tuple[Any, SqlType]] = [
+    (pa.types.is_string, PrimitiveType("STRING")),
+    (pa.types.is_large_string, PrimitiveType("STRING")),
+    (pa.types.is_boolean, PrimitiveType("BOOLEAN")),
+    (pa.types.is_int8, PrimitiveType("TINYINT")),
+    (pa.types.is_int16, PrimitiveType("SMALLINT")),
+    (pa.types.is_int32, PrimitiveType("INT")),
+    (pa.types.is_int64, PrimitiveType("BIGINT")),
+    (pa.types.is_uint8, PrimitiveType("SMALLINT")),
+    (pa.types.is_uint16, PrimitiveType("INT")),
+    (pa.types.is_uint32, PrimitiveType("BIGINT")),
+    (pa.types.is_uint64, DecimalType(20, 0)),
+    (pa.types.is_float32, PrimitiveType("FLOAT")),
+    (pa.types.is_float64, PrimitiveType("DOUBLE")),
+    (pa.types.is_date, PrimitiveType("DATE")),
+    (pa.types.is_binary, PrimitiveType("BINARY")),
+    (pa.types.is_large_binary, PrimitiveType("BINARY")),
 ]
+
+
+def _type_of(arrow_type: pa.DataType) -> SqlType | None:
+    """The Databricks type of a result column (None: VOID, the type of an untyped NULL)."""
+    if pa.types.is_null(arrow_type):
+        return None
+    for test, sql_type in _ARROW_PRIMITIVES:
+        if test(arrow_type):
+            return sql_type
+    if pa.types.is_timestamp(arrow_type):
+        return PrimitiveType("TIMESTAMP" if arrow_type.tz else "TIMESTAMP_NTZ")
+    if pa.types.is_decimal(arrow_type) and arrow_type.precision <= 38:
+        return DecimalType(arrow_type.precision, arrow_type.scale)
+    if pa.types.is_map(arrow_type):
+        key = _type_of(arrow_type.key_type) or PrimitiveType("STRING")
+        return MapType(key, _type_of(arrow_type.item_type) or PrimitiveType("STRING"))
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return ArrayType(_type_of(arrow_type.value_type) or PrimitiveType("STRING"))
+    if pa.types.is_struct(arrow_type) and arrow_type.num_fields:
+        fields = [arrow_type.field(i) for i in range(arrow_type.num_fields)]
+        return StructType(
+            tuple(
+                Column(f.name, _type_of(f.type) or PrimitiveType("STRING"), f.nullable)
+                for f in fields
+            )
+        )
+    return PrimitiveType("STRING")
 
 
 def _sql_type(arrow_type: pa.DataType) -> str:
@@ -753,21 +771,13 @@ def _sql_type(arrow_type: pa.DataType) -> str:
 
 
 def _result_column(name: str, arrow_type: pa.DataType) -> ResultColumn:
-    for test, type_name, type_text in _SIMPLE_TYPES:
-        if test(arrow_type):
-            return ResultColumn(name, type_name, type_text)
-    if pa.types.is_decimal(arrow_type):
-        p, s = arrow_type.precision, arrow_type.scale
-        return ResultColumn(name, "DECIMAL", f"DECIMAL({p},{s})", p, s)
-    if pa.types.is_uint64(arrow_type):
-        return ResultColumn(name, "DECIMAL", "DECIMAL(20,0)", 20, 0)
-    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
-        return ResultColumn(name, "ARRAY", f"ARRAY<{_sql_type(arrow_type.value_type)}>")
-    if pa.types.is_struct(arrow_type):
-        return ResultColumn(name, "STRUCT", "STRUCT")
-    if pa.types.is_map(arrow_type):
-        return ResultColumn(name, "MAP", "MAP")
-    return ResultColumn(name, "STRING", "STRING")
+    sql_type = _type_of(arrow_type)
+    if sql_type is None:
+        return ResultColumn(name, "NULL", "VOID")
+    if isinstance(sql_type, DecimalType):
+        p, s = sql_type.precision, sql_type.scale
+        return ResultColumn(name, "DECIMAL", sql_type.sql(), p, s)
+    return ResultColumn(name, sql_type.type_name, sql_type.sql())
 
 
 def render_result(table: pa.Table, ctx: StatementContext) -> ResultSet:
@@ -801,40 +811,70 @@ def _render_column(column: pa.ChunkedArray, arrow_type: pa.DataType) -> list[str
     values = column.to_pylist()
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
         return values
+    if _is_nested(arrow_type):
+        return [None if v is None else _json_text(v, arrow_type) for v in values]
     return [None if v is None else _render(v, arrow_type) for v in values]
+
+
+def _is_nested(arrow_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(arrow_type)
+        or pa.types.is_large_list(arrow_type)
+        or pa.types.is_map(arrow_type)
+        or pa.types.is_struct(arrow_type)
+    )
 
 
 def _render(value: Any, arrow_type: pa.DataType) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return _java_float(value, single=pa.types.is_float32(arrow_type))
+        return java_float(value, single=pa.types.is_float32(arrow_type))
     if isinstance(value, Decimal):
         return format(value, "f")
     if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
+        zoned = value.tzinfo is not None
+        if zoned:
             value = value.astimezone(dt.UTC).replace(tzinfo=None)
         text = value.isoformat(
             timespec="microseconds" if value.microsecond % 1000 else "milliseconds"
         )
-        return text + "Z"
+        return text + "Z" if zoned else text
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
-    if isinstance(value, list | dict | tuple):
-        return json.dumps(value, default=str, separators=(",", ":"))
     return str(value)
 
 
-def _java_float(value: float, *, single: bool) -> str:
-    """Spark shows doubles the way Java's Double.toString does: 1.5, 1.0E7, 1.0E-4."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    number = np.float32(value) if single else np.float64(value)
-    if value == 0 or 1e-3 <= abs(value) < 1e7:
-        return np.format_float_positional(number, unique=True, trim="0")
-    mantissa, exponent = np.format_float_scientific(number, unique=True, trim="0").split("e")
-    return f"{mantissa}E{int(exponent)}"
+def _json_text(value: Any, arrow_type: pa.DataType) -> str:
+    """A complex value as JSON text, the way the JSON_ARRAY format shows ARRAY, MAP, STRUCT."""
+    if value is None:
+        return "null"
+    if pa.types.is_map(arrow_type):
+        key_type, item_type = arrow_type.key_type, arrow_type.item_type
+        items = (
+            f"{json.dumps(_json_key(k, key_type))}:{_json_text(v, item_type)}" for k, v in value
+        )
+        return "{" + ",".join(items) + "}"
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        item_type = arrow_type.value_type
+        return "[" + ",".join(_json_text(v, item_type) for v in value) + "]"
+    if pa.types.is_struct(arrow_type):
+        fields = [arrow_type.field(i) for i in range(arrow_type.num_fields)]
+        items = (f"{json.dumps(f.name)}:{_json_text(value.get(f.name), f.type)}" for f in fields)
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        text = java_float(value, single=pa.types.is_float32(arrow_type))
+        return text if math.isfinite(value) else json.dumps(text)
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return json.dumps(_render(value, arrow_type) if not isinstance(value, str) else value)
+
+
+def _json_key(key: Any, arrow_type: pa.DataType) -> str:
+    return key if isinstance(key, str) else _render(key, arrow_type)

@@ -5,6 +5,8 @@
     POST /api/2.0/sql/statements/{id}/cancel                    cancel
     GET  /api/2.0/sql/statements/{id}/result/chunks/{index}     one chunk of a result
     GET  /api/2.0/sql/warehouses[/{id}]                         the one local warehouse
+    GET  /api/2.1/unity-catalog/tables/{full_name}[/exists]     a table's metadata (TableInfo)
+    GET  /api/2.1/unity-catalog/tables?catalog_name=&schema_name=   the tables of a schema
     GET  /.well-known/databricks-config                         host metadata the SDK probes
 
 Every statement runs in its own asyncio task; parsing and DuckDB work happen in a worker
@@ -35,7 +37,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emulator.catalog import Catalog
-from emulator.errors import TableExistsError, TableNotFoundError, WriterClosedError
+from emulator.errors import (
+    SchemaMismatchError,
+    TableExistsError,
+    TableNotFoundError,
+    WriterClosedError,
+)
 from emulator.sql_eval import (
     Action,
     CreateTable,
@@ -52,6 +59,7 @@ from emulator.sql_eval import (
     StatementInterrupted,
     affected_rows,
 )
+from emulator.unity_catalog import table_info
 
 log = structlog.get_logger(__name__)
 
@@ -531,6 +539,51 @@ def _warehouse_info(warehouse_id: str, request: Request) -> dict[str, Any]:
     }
 
 
+def _unity_catalog_router(catalog: Catalog, token: str) -> APIRouter:
+    uc = APIRouter(prefix="/api/2.1/unity-catalog", dependencies=[Depends(_authorizer(token))])
+
+    def lookup(full_name: str) -> Any:
+        try:
+            return catalog.get(full_name)
+        except TableNotFoundError:
+            raise ApiError(
+                404, "TABLE_DOES_NOT_EXIST", f"Table '{full_name}' does not exist."
+            ) from None
+        except SchemaMismatchError as exc:
+            raise _bad_request(str(exc)) from None
+
+    @uc.get("/tables/{full_name}")
+    async def get_table(full_name: str) -> dict[str, Any]:
+        """A table's metadata and columns, as Unity Catalog describes them."""
+        return await asyncio.to_thread(table_info, lookup(full_name))
+
+    @uc.get("/tables/{full_name}/exists")
+    async def table_exists(full_name: str) -> dict[str, Any]:
+        """Whether the table exists."""
+        try:
+            catalog.get(full_name)
+        except (TableNotFoundError, SchemaMismatchError):
+            return {"table_exists": False}
+        return {"table_exists": True}
+
+    @uc.get("/tables")
+    async def list_tables(
+        catalog_name: str = "", schema_name: str = "", omit_columns: bool = False
+    ) -> dict[str, Any]:
+        """The tables of one schema (one page: the local catalog is small)."""
+        if not catalog_name or not schema_name:
+            raise _bad_request("catalog_name and schema_name are required.")
+        prefix = f"{catalog_name}.{schema_name}.".lower()
+        tables = [catalog.get(n) for n in catalog.names() if n.startswith(prefix)]
+
+        def describe() -> list[dict[str, Any]]:
+            return [table_info(t, with_columns=not omit_columns) for t in tables]
+
+        return {"tables": await asyncio.to_thread(describe)}
+
+    return uc
+
+
 def create_statement_app(
     catalog: Catalog,
     token: str,
@@ -599,6 +652,7 @@ def create_statement_app(
         return _warehouse_info(warehouse_id, request)
 
     app.include_router(api)
+    app.include_router(_unity_catalog_router(catalog, token))
 
     @app.get("/.well-known/databricks-config")
     async def host_metadata() -> dict[str, Any]:

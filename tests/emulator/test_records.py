@@ -88,11 +88,17 @@ def test_bad_protobuf_is_rejected(payload, message):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"colour": "red"}, "record 0: field colour is not a column of the table"),
-        ({"product_price": True}, "record 0: column product_price is DOUBLE, got bool True"),
-        ({"sale_start_date": "21/11/2026"}, "record 0: column sale_start_date is DATE"),
+        ({"colour": "red"}, "record 0: field 'colour' is not a column of the table"),
+        (
+            {"product_price": True},
+            "record 0: field 'product_price': expected DOUBLE, got bool True",
+        ),
+        ({"sale_start_date": "21/11/2026"}, "record 0: field 'sale_start_date': expected DATE"),
         ({"record_id": None}, "column record_id is NOT NULL but record 0 has no value for it"),
-        ({"processed_at": 1.5}, "record 0: column processed_at is TIMESTAMP, got float 1.5"),
+        (
+            {"processed_at": 1.5},
+            "record 0: field 'processed_at': expected TIMESTAMP, got float 1.5",
+        ),
     ],
 )
 def test_bad_json_is_rejected(change, message):

@@ -186,7 +186,7 @@ async def test_json_record_type_mismatch(local_stack, products_table):
         await stream.ingest_record_offset(row)
         await stream.flush()
     assert_invalid_argument(
-        err.value, "offset 0: record 0: column product_price is DOUBLE, got str 'cheap'"
+        err.value, "offset 0: record 0: field 'product_price': expected DOUBLE, got str 'cheap'"
     )
     assert read_rows(local_stack, products_table) == []
 

@@ -1,0 +1,31 @@
+"""The error of a SQL statement that fails the way a warehouse fails it."""
+
+from __future__ import annotations
+
+
+class SqlError(Exception):
+    """A statement that fails the way a warehouse fails it: HTTP 200, state FAILED.
+
+    The message starts with the Databricks error class (`[TABLE_OR_VIEW_NOT_FOUND] ...`)
+    and ends with the SQLSTATE, as a warehouse's messages do.
+    """
+
+    def __init__(
+        self,
+        error_class: str | None,
+        text: str,
+        sql_state: str | None = None,
+        *,
+        error_code: str = "BAD_REQUEST",
+        position: str | None = None,
+    ) -> None:
+        message = f"[{error_class}] {text}" if error_class else text
+        if sql_state:
+            message += f" SQLSTATE: {sql_state}"
+        if position:
+            message += f" ({position})"
+        super().__init__(message)
+        self.error_class = error_class
+        self.sql_state = sql_state
+        self.error_code = error_code
+        self.message = message
