@@ -169,14 +169,24 @@ def _primitive(name: str, count: int, rng: np.random.Generator, spec: GeneratorS
     raise InvalidSchemaError(f"cannot generate {name}")  # pragma: no cover
 
 
-def padding_column(schema: TableSchema, requested: str | None) -> Column | None:
-    """The string column that carries padding: the one named, else the widest string."""
+def padding_column(
+    schema: TableSchema, requested: str | None, exclude: Sequence[str | None] = ()
+) -> Column | None:
+    """The string column that carries padding: the one named, else the widest free-text
+    string (not an id or batch column, nor one drawn from fixed values)."""
     if requested:
         col = schema.require(requested, "--pad-column")
         if col.type != Primitive("STRING"):
             raise InvalidSchemaError(f"--pad-column {col.name} is {col.type.sql()}, not STRING")
         return col
-    strings = [c for c in schema.columns if c.type == Primitive("STRING")]
+    skip = {name.lower() for name in exclude if name}
+    strings = [
+        c
+        for c in schema.columns
+        if c.type == Primitive("STRING")
+        and c.name.lower() not in skip
+        and not (c.generator and (c.generator.values or c.generator.cardinality))
+    ]
     if not strings:
         return None
 
@@ -212,7 +222,8 @@ class PooledRows:
         pool = pool.combine_chunks()
         self.record_bytes = math.ceil(estimate_row_bytes(pool))
         rng = np.random.default_rng(seed + 7919)
-        pad = padding_column(self.schema, pad_column) if record_bytes else None
+        filled = (table.id_column, table.batch_column, table.source_column)
+        pad = padding_column(self.schema, pad_column, filled) if record_bytes else None
         if pad is not None and record_bytes > self.record_bytes and pad.name not in fixed:
             extra = record_bytes - self.record_bytes
             current = pool.column(pad.name).combine_chunks()

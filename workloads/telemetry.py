@@ -219,26 +219,33 @@ class Fleet:
         self.last_us[d] = t
         status = self.status[d]
 
-        waiting = (status == IDLE) | (status == AT_RESTAURANT) | (status == DELIVERED)
+        waiting = (
+            (status == IDLE)
+            | (status == AT_RESTAURANT)
+            | (status == PICKED_UP)
+            | (status == DELIVERED)
+        )
         self.dwell[d] -= np.where(waiting, dt_s, 0)
-        done_waiting = waiting & (self.dwell[d] <= 0)
-        # idle -> to_restaurant (a new order); at_restaurant -> picked_up; delivered -> idle
-        start = d[done_waiting & (status == IDLE)]
+        done = waiting & (self.dwell[d] <= 0)
+        # idle -> to_restaurant (a new order); at_restaurant -> picked_up (a short walk back
+        # to the car); picked_up -> to_customer; delivered -> idle
+        start = d[done & (status == IDLE)]
         if len(start):
             self.order[start] = self.next_order + np.arange(len(start))
             self.next_order += len(start)
             self._new_targets(start)
             self.status[start] = TO_RESTAURANT
-        pick = d[done_waiting & (status == AT_RESTAURANT)]
+        pick = d[done & (status == AT_RESTAURANT)]
         self.status[pick] = PICKED_UP
-        rest = d[done_waiting & (status == DELIVERED)]
+        self.dwell[pick] = rng.uniform(5, 20, len(pick))
+        leave = d[done & (status == PICKED_UP)]
+        if len(leave):
+            self._new_targets(leave)
+            self.status[leave] = TO_CUSTOMER
+        rest = d[done & (status == DELIVERED)]
         self.status[rest] = IDLE
         self.order[rest] = -1
         self.dwell[rest] = rng.uniform(5, 40, len(rest))
-        picked = d[self.status[d] == PICKED_UP]
-        if len(picked):
-            self._new_targets(picked)
-            self.status[picked] = TO_CUSTOMER
 
         # Drive along the grid: first along the avenue (y), then along the street (x).
         moving = (self.status[d] == TO_RESTAURANT) | (self.status[d] == TO_CUSTOMER)

@@ -334,7 +334,10 @@ class TokenStream:
         if token.kind != "string":
             self.pos -= 1 if token.kind != "end" else 0
             raise self.error(f"expected a quoted string {what}")
-        return _unescape(token.text[1:-1])
+        text = _unescape(token.text[1:-1])
+        while self.peek.kind == "string":  # adjacent literals concatenate, as in Spark SQL
+            text += _unescape(self.next().text[1:-1])
+        return text
 
 
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "0": "\0", "b": "\b"}

@@ -7,10 +7,9 @@ benchmark tests on the local stack use the real ones.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 from dwbench.errors import WriteFailedError
-from workloads.products import ProductRecord
+from workloads.base import Rows, TableRef
 from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt
 
 
@@ -34,15 +33,16 @@ class StallingWriter(DataWriterInterface):
     async def availability(self) -> Availability:
         return Availability(True)
 
-    async def write(self, records: Sequence[ProductRecord]) -> WriteReceipt:
+    async def write(self, rows: Rows) -> WriteReceipt:
         async with self._connection:
             self.writes += 1
             await asyncio.sleep(self.stall_s if self.writes == self.stall_at else self.normal_s)
-            for r in records:
-                self.rows[r.batch_id] = self.rows.get(r.batch_id, 0) + 1
-        return WriteReceipt(rows=len(records))
+            # Counted from the batch's own batch-id column, as a target would store them.
+            for batch_id in rows.data.column("batch_id").to_pylist():
+                self.rows[batch_id] = self.rows.get(batch_id, 0) + 1
+        return WriteReceipt(rows=len(rows))
 
-    async def count_rows(self, batch_id: str) -> int:
+    async def count_rows(self, table: TableRef, batch_id: str) -> int:
         return self.rows.get(batch_id, 0)
 
     async def close(self) -> None:
@@ -59,11 +59,11 @@ class FailingEveryNthWriter(StallingWriter):
         super().__init__(targets, normal_s=0.001, stall_at=-1, stall_s=0)
         self.every = every
 
-    async def write(self, records: Sequence[ProductRecord]) -> WriteReceipt:
+    async def write(self, rows: Rows) -> WriteReceipt:
         if (self.writes + 1) % self.every == 0:
             self.writes += 1
             raise WriteFailedError("the target refused the batch", writer=self.name)
-        return await super().write(records)
+        return await super().write(rows)
 
 
 class FixedSource:
