@@ -777,6 +777,10 @@ def _result_column(name: str, arrow_type: pa.DataType) -> ResultColumn:
     if isinstance(sql_type, DecimalType):
         p, s = sql_type.precision, sql_type.scale
         return ResultColumn(name, "DECIMAL", sql_type.sql(), p, s)
+    if sql_type == PrimitiveType("TIMESTAMP_NTZ"):
+        # The Statement API's type names (ColumnInfoTypeName) have no TIMESTAMP_NTZ; the
+        # type text tells the two apart.
+        return ResultColumn(name, "TIMESTAMP", sql_type.sql())
     return ResultColumn(name, sql_type.type_name, sql_type.sql())
 
 
@@ -854,7 +858,8 @@ def _json_text(value: Any, arrow_type: pa.DataType) -> str:
     if pa.types.is_map(arrow_type):
         key_type, item_type = arrow_type.key_type, arrow_type.item_type
         items = (
-            f"{json.dumps(_json_key(k, key_type))}:{_json_text(v, item_type)}" for k, v in value
+            f"{json.dumps(_json_key(k, key_type), ensure_ascii=False)}:{_json_text(v, item_type)}"
+            for k, v in value
         )
         return "{" + ",".join(items) + "}"
     if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
@@ -862,7 +867,10 @@ def _json_text(value: Any, arrow_type: pa.DataType) -> str:
         return "[" + ",".join(_json_text(v, item_type) for v in value) + "]"
     if pa.types.is_struct(arrow_type):
         fields = [arrow_type.field(i) for i in range(arrow_type.num_fields)]
-        items = (f"{json.dumps(f.name)}:{_json_text(value.get(f.name), f.type)}" for f in fields)
+        items = (
+            f"{json.dumps(f.name, ensure_ascii=False)}:{_json_text(value.get(f.name), f.type)}"
+            for f in fields
+        )
         return "{" + ",".join(items) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -873,7 +881,8 @@ def _json_text(value: Any, arrow_type: pa.DataType) -> str:
         return text if math.isfinite(value) else json.dumps(text)
     if isinstance(value, Decimal):
         return format(value, "f")
-    return json.dumps(_render(value, arrow_type) if not isinstance(value, str) else value)
+    text = value if isinstance(value, str) else _render(value, arrow_type)
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _json_key(key: Any, arrow_type: pa.DataType) -> str:
