@@ -1,8 +1,9 @@
--- The products table in Postgres (Lakebase, or the local stack's embedded server).
--- Same columns, order and nullability as sql/products_table.sql and proto/product_record.proto.
--- The Lakebase writer runs this file when the table is missing, with public.products and
--- products_batch_id_idx replaced by the configured table and its index name; keep both
--- names spelled exactly so, and keep this file free of curly braces.
+-- The products table in Postgres (Lakebase, or the local stack's embedded server), for
+-- setting Lakebase up by hand (docs/deploy.md). The Lakebase writer does not read this
+-- file: it derives the same table from the products workload's schema
+-- (TableSchema.postgres_ddl, record_id the primary key, an index on batch_id), and
+-- tests/writers/test_lakebase.py checks that both give the same columns, types,
+-- nullability and indexes.
 CREATE TABLE IF NOT EXISTS public.products (
   record_id text PRIMARY KEY,
   product_id text NOT NULL,
