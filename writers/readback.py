@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from dwbench.errors import WriteFailedError, WriterUnavailableError
+from workloads.base import TableRef
 from writers.base import Targets
 
 _PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -28,12 +29,32 @@ def quoted_table(name: str) -> str:
     return ".".join(f"`{p}`" for p in parts)
 
 
-class WarehouseReader:
-    def __init__(self, targets: Targets, table: str, source: str) -> None:
-        self.targets = targets
-        self.statement = (
-            f"SELECT count(*) FROM {quoted_table(table)} WHERE batch_id = :b AND source = :s"
+def quote_column(name: str) -> str:
+    """A column name in backticks (a backtick in the name doubled)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def count_statement(table: TableRef) -> str:
+    """Counts a batch's rows (`:b`), and the writer's among them (`:s`) when the table says
+    which column names the writer."""
+    if table.batch_column is None:
+        raise NotImplementedError(
+            f"table {table.delta_table} has no batch column, so a batch's rows cannot be counted"
         )
+    sql = (
+        f"SELECT count(*) FROM {quoted_table(table.delta_table)} "
+        f"WHERE {quote_column(table.batch_column)} = :b"
+    )
+    if table.source_column is not None:
+        sql += f" AND {quote_column(table.source_column)} = :s"
+    return sql
+
+
+class WarehouseReader:
+    """Counts the rows a writer (`source`) wrote in a batch, in any table that tags them."""
+
+    def __init__(self, targets: Targets, source: str) -> None:
+        self.targets = targets
         self.source = source
         self._http: httpx.AsyncClient | None = None
         self._sdk_config: Any = None
@@ -57,7 +78,11 @@ class WarehouseReader:
         headers: dict[str, str] = await asyncio.to_thread(self._sdk_config.authenticate)
         return headers
 
-    async def count(self, batch_id: str) -> int:
+    async def count(self, table: TableRef, batch_id: str) -> int:
+        statement = count_statement(table)
+        parameters = [{"name": "b", "value": batch_id, "type": "STRING"}]
+        if table.source_column is not None:
+            parameters.append({"name": "s", "value": self.source, "type": "STRING"})
         if not self.targets.warehouse_id or not self.targets.workspace_url:
             raise WriterUnavailableError(
                 "reading rows back needs a SQL warehouse (DATABRICKS_WAREHOUSE_ID)"
@@ -65,12 +90,9 @@ class WarehouseReader:
         if self._http is None:
             self._http = httpx.AsyncClient(base_url=self.targets.workspace_url, timeout=60)
         body = {
-            "statement": self.statement,
+            "statement": statement,
             "warehouse_id": self.targets.warehouse_id,
-            "parameters": [
-                {"name": "b", "value": batch_id, "type": "STRING"},
-                {"name": "s", "value": self.source, "type": "STRING"},
-            ],
+            "parameters": parameters,
             "wait_timeout": "30s",
         }
         try:

@@ -1,27 +1,33 @@
-"""The SQL writer: multi-row INSERTs through a SQL warehouse.
+"""The SQL writer: multi-row INSERTs of SQL literals through a SQL warehouse.
 
 Drivers (`SQL_DRIVER`):
     statement-api  databricks-sdk's Statement Execution API (default; the local stack emulates it)
     connector      databricks-sql-connector over Thrift (Databricks mode only)
 
-Rows travel only as typed named parameters, never as SQL text. A write becomes statements of
-at most ROWS_PER_STATEMENT rows (11 columns x 23 rows = 253 of the 256 parameters a warehouse
-accepts) and about STATEMENT_BUDGET_BYTES of payload; up to `max_concurrency` run at once.
-A statement that FAILED still answers HTTP 200, so every statement's state is checked, and the
-receipt comes back only when all of them SUCCEEDED. When a statement fails, the error says
-how many rows other statements had committed by then; nothing is claimed written that was not.
+A write becomes `INSERT INTO `cat`.`sch`.`tbl` (`col`, ...) VALUES (...), (...)` statements
+whose values are typed literals rendered column by column (`writers.sql_literals`), never
+raw text. Each statement holds as many rows as fit STATEMENT_BUDGET_BYTES (the API takes
+16 MiB of statement text; sizes count the text as it travels, JSON-escaped), and the rows
+are spread evenly over as few statements as that allows, so most writes are one statement
+and one commit. A row too large for a statement alone refuses the whole write up front.
+Up to `max_concurrency` statements run at once.
+
+A statement that FAILED still answers HTTP 200, so every statement's state is checked, and
+the receipt comes back only when all of them SUCCEEDED. When a statement fails, the error
+says how many rows other statements had committed by then; nothing is claimed written that
+was not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
+import math
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -39,133 +45,120 @@ from databricks.sdk.errors import (
     TooManyRequests,
     Unauthenticated,
 )
-from databricks.sdk.service.sql import (
-    ExecuteStatementRequestOnWaitTimeout,
-    StatementParameterListItem,
-    StatementState,
-)
+from databricks.sdk.service.sql import ExecuteStatementRequestOnWaitTimeout, StatementState
 
 from dwbench.errors import (
     DirectWriteError,
+    InvalidSchemaError,
     RequestTooLargeError,
+    SchemaNotSupportedError,
     WriteFailedError,
     WriterUnavailableError,
 )
-from workloads.products import COLUMNS, ProductRecord
+from workloads.base import Rows, TableRef
+from workloads.types import Primitive, StructType
 from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, mask
-from writers.readback import WarehouseReader
+from writers.readback import WarehouseReader, quote_column
+from writers.sql_literals import column_literals
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 MiB = 1024 * 1024
-MAX_PARAMETERS = 256  # a warehouse rejects statements with more named parameters
-ROWS_PER_STATEMENT = MAX_PARAMETERS // len(COLUMNS)
-MAX_STATEMENT_BYTES = 16 * MiB  # the API's limit on statement text; we hold each request to it
-STATEMENT_BUDGET_BYTES = 8 * MiB  # rows are packed into one statement up to this much payload
-COLUMN_TYPES = {column: "STRING" for column in COLUMNS} | {
-    "product_price": "DOUBLE",
-    "sale_start_date": "DATE",
-    "sale_stop_date": "DATE",
-    "processed_at": "TIMESTAMP",
-}
+MAX_STATEMENT_BYTES = 16 * MiB  # the API's limit on statement text
+STATEMENT_BUDGET_BYTES = 15 * MiB  # rows are packed up to this, a margin under the limit
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_]+\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+")
-_ESCAPED = re.compile(r'["\\]')  # characters JSON escapes in printable ASCII
 _DONE = (StatementState.SUCCEEDED, StatementState.FAILED, StatementState.CANCELED)
-
-
-@dataclass(frozen=True)
-class SqlParameter:
-    name: str
-    type: str  # STRING, DOUBLE, DATE or TIMESTAMP
-    value: Any
-
-    @property
-    def text(self) -> str | None:
-        """The value as the Statement Execution API takes it: a string, or None for NULL."""
-        value = self.value
-        if value is None:
-            return None
-        if self.type == "DOUBLE":
-            return repr(float(value))
-        if self.type == "TIMESTAMP":
-            if value.tzinfo is None:  # naive times are UTC, as everywhere in the app
-                value = value.replace(tzinfo=dt.UTC)
-            return str(value.astimezone(dt.UTC).isoformat(timespec="microseconds"))
-        if self.type == "DATE":
-            return str(value.isoformat())
-        return str(value)
+_VARIANT = Primitive("VARIANT")
+# The size of text inside a JSON string as the SDK sends it (non-ASCII as \uXXXX), which is
+# never less than its UTF-8 size: one measure for the request and the statement limit.
+_json_escaped = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
 class InsertStatement:
     sql: str
-    parameters: list[SqlParameter]
     rows: int
+    bytes: int  # the statement's size as sent (JSON-escaped)
 
 
 def quote_table(name: str) -> str:
     """`catalog`.`schema`.`table`, after checking the name is three plain identifiers."""
     if not _TABLE_NAME.fullmatch(name):
-        raise ValueError(
-            "SQL_TABLE must be a three-part name catalog.schema.table of letters, digits "
-            f"and underscores, got {name!r}"
+        raise InvalidSchemaError(
+            "the SQL writer takes a three-part table name catalog.schema.table of letters, "
+            f"digits and underscores, got {name!r}"
         )
     return ".".join(f"`{part}`" for part in name.split("."))
 
 
-def insert_statements(
-    quoted_table: str,
-    records: Sequence[ProductRecord],
-    *,
-    max_rows: int = ROWS_PER_STATEMENT,
-    budget_bytes: int = STATEMENT_BUDGET_BYTES,
-) -> list[InsertStatement]:
-    """Split records into INSERT statements under the parameter and size limits.
+def text_bytes(text: str) -> int:
+    """What the text adds to a statement as the API receives it."""
+    return len(_json_escaped(text)) - 2
 
-    Nothing is sent when one record alone is too large: the whole write is refused up front.
+
+def insert_statements(
+    rows: Rows,
+    *,
+    budget_bytes: int = STATEMENT_BUDGET_BYTES,
+    max_bytes: int = MAX_STATEMENT_BYTES,
+) -> list[InsertStatement]:
+    """The rows as INSERT statements of at most `budget_bytes` each (a row over the budget
+    alone), as few as the budget allows, filled evenly.
+
+    A row too large for `max_bytes` alone refuses the whole write, before anything is sent.
     """
-    head = f"INSERT INTO {quoted_table} ({', '.join(COLUMNS)}) VALUES "
-    statements: list[InsertStatement] = []
-    groups: list[str] = []
-    params: list[SqlParameter] = []
-    size = len(head)
-    for record in records:
-        values = record.as_tuple()
-        row_size = _payload_bytes(values)
-        if len(head) + row_size > MAX_STATEMENT_BYTES:
+    table = rows.table
+    columns = table.schema.columns
+    head = (
+        f"INSERT INTO {quote_table(table.delta_table)} "
+        f"({', '.join(quote_column(c.name) for c in columns)}) VALUES "
+    )
+    literals = [column_literals(rows.data.column(c.name), c.type) for c in columns]
+    texts = ["(" + ", ".join(values) + ")" for values in zip(*literals, strict=True)]
+    sizes = [text_bytes(t) for t in texts]
+    head_size = text_bytes(head)
+    for index, size in enumerate(sizes):
+        if head_size + size > max_bytes:
             raise RequestTooLargeError(
-                f"record {record.record_id} needs {row_size / MiB:.1f} MiB as SQL parameters; "
-                f"one statement must stay under {MAX_STATEMENT_BYTES // MiB} MiB, so it cannot "
-                "be written through SQL (shorten its description)",
+                f"row {index}{_row_name(rows, index)} needs {size / MiB:.1f} MiB as SQL "
+                f"literals; one statement must stay under {max_bytes // MiB} MiB, so it cannot "
+                "be written through SQL",
                 writer="sql",
             )
-        if groups and (len(groups) >= max_rows or size + row_size > budget_bytes):
-            statements.append(InsertStatement(head + ", ".join(groups), params, len(groups)))
-            groups, params, size = [], [], len(head)
-        row = [
-            SqlParameter(f"p{len(params) + i}", COLUMN_TYPES[column], value)
-            for i, (column, value) in enumerate(zip(COLUMNS, values, strict=True))
-        ]
-        groups.append("(" + ", ".join(f":{p.name}" for p in row) + ")")
-        params.extend(row)
-        size += row_size
-    if groups:
-        statements.append(InsertStatement(head + ", ".join(groups), params, len(groups)))
+    # An even share of the rows for each statement, so statements that run at once finish
+    # together: a statement ends where a row's middle passes the next multiple of the share
+    # of the text, or where the next row would not fit the budget (a row over it goes alone).
+    count = math.ceil((head_size + sum(sizes) + 2 * len(sizes)) / budget_bytes)
+    share = (sum(sizes) + 2 * len(sizes)) / max(1, count)
+    statements: list[InsertStatement] = []
+    start, size, position, boundary = 0, head_size, 0, share
+    for index, row_size in enumerate(sizes):
+        middle = position + row_size / 2
+        if index > start and size + 2 + row_size > budget_bytes:
+            statements.append(_statement(head, texts[start:index], size))
+            start, size, boundary = index, head_size, position + share  # shares from here
+        elif index > start and middle > boundary:
+            statements.append(_statement(head, texts[start:index], size))
+            start, size = index, head_size
+            while boundary < middle:
+                boundary += share
+        size += row_size + (2 if index > start else 0)
+        position += row_size + 2
+    if texts:
+        statements.append(_statement(head, texts[start:], size))
     return statements
 
 
-def _payload_bytes(values: tuple[Any, ...]) -> int:
-    """What a row adds to a request: JSON-encoded parameters (name, type, value) and markers."""
-    size = 0
-    for value in values:
-        size += 64  # {"name": "p252", "type": "TIMESTAMP", "value": ...} and ":p252, "
-        if isinstance(value, str):
-            plain = value.isascii() and value.isprintable() and not _ESCAPED.search(value)
-            size += len(value) + 2 if plain else len(json.dumps(value))
-        elif value is not None:
-            size += 40  # a number, date or timestamp as text
-    return size
+def _statement(head: str, texts: list[str], size: int) -> InsertStatement:
+    return InsertStatement(head + ", ".join(texts), len(texts), size)
+
+
+def _row_name(rows: Rows, index: int) -> str:
+    column = rows.table.id_column
+    if column is None:
+        return ""
+    return f" ({column} {rows.data.column(column)[index].as_py()})"
 
 
 @dataclass(frozen=True)
@@ -183,6 +176,8 @@ class SqlWriter(DataWriterInterface):
     label = "SQL warehouse"
     # Statements of one write in flight at once (statement-api; the connector runs one).
     max_concurrency = 4
+    # Rows per statement up to this much statement text.
+    statement_budget_bytes = STATEMENT_BUDGET_BYTES
     # How long one execute call waits for the result before we poll (0 = always poll).
     wait_timeout_s = 10
 
@@ -190,7 +185,7 @@ class SqlWriter(DataWriterInterface):
         super().__init__(targets)
         s = self.settings
         self.local = targets.mode == "local"
-        self.table = s.sql_table
+        self.table = s.sql_table  # the default target, shown in availability
         self.driver = s.sql_driver
         self.host = (
             targets.workspace_url if self.local else targets.workspace_url or s.workspace_url
@@ -205,16 +200,11 @@ class SqlWriter(DataWriterInterface):
         self._client: WorkspaceClient | None = None
         self._connection: Any = None  # databricks.sql Connection, opened on first use
         self._connection_lock = threading.Lock()
-        self._quoted: str | None = None
         self._reader: WarehouseReader | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def _config_problem(self) -> str | None:
-        try:
-            quote_table(self.table)
-        except ValueError as exc:
-            return str(exc)
         if self.local:
             if self.driver == "connector":
                 return (
@@ -238,7 +228,6 @@ class SqlWriter(DataWriterInterface):
         problem = self._config_problem()
         if problem:
             raise WriterUnavailableError(problem, writer=self.name)
-        self._quoted = quote_table(self.table)
         # Building a client probes the host (and fetches OAuth endpoints): not on the loop.
         self._client = await self._call(self._make_client)
         log.info("sql_writer_opened", writer=self.name, **self._details())
@@ -310,12 +299,35 @@ class SqlWriter(DataWriterInterface):
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def write(self, records: Sequence[ProductRecord]) -> WriteReceipt:
-        if not records:
+    def check(self, table: TableRef) -> None:
+        """Every type has a literal; VARIANT only where a warehouse stores it."""
+        quote_table(table.delta_table)
+        for col, dtype in table.schema.types():
+            names = [f.name for f in dtype.fields] if isinstance(dtype, StructType) else []
+            if any("${" in name for name in [col.name, *names]):
+                # Spark would substitute it as a variable; identifiers have no escape for it.
+                raise SchemaNotSupportedError(
+                    f"{self.label} cannot write workload {table.workload}: column {col.name} "
+                    "has a name with '${' in it, which Spark reads as a variable reference",
+                    writer=self.name,
+                )
+            if dtype == _VARIANT and self.local:
+                raise SchemaNotSupportedError(
+                    f"{self.label} cannot write workload {table.workload}: column {col.name} "
+                    "holds VARIANT, which the local stack cannot store (a Databricks "
+                    "warehouse takes it as PARSE_JSON)",
+                    writer=self.name,
+                )
+
+    async def write(self, rows: Rows) -> WriteReceipt:
+        if len(rows) == 0:
             return WriteReceipt(rows=0, details={"statement_ids": [], "statements": 0})
-        quoted = self._require_open()
-        statements = insert_statements(quoted, records)
-        started = time.perf_counter()
+        self._require_open()
+        self.check(rows.table)
+        # Rendering megabytes of SQL takes a while: in a thread, so the loop keeps running.
+        statements = await asyncio.to_thread(
+            insert_statements, rows, budget_bytes=self.statement_budget_bytes
+        )
         ids: list[str | None] = [None] * len(statements)
         failures: list[tuple[int, DirectWriteError]] = []
         pending = iter(enumerate(statements))
@@ -325,7 +337,7 @@ class SqlWriter(DataWriterInterface):
                 if failures:
                     return
                 try:
-                    result = await self._call(self._run, statement.sql, statement.parameters)
+                    result = await self._call(self._run, statement.sql)
                     _check_inserted(result, statement.rows)
                 except DirectWriteError as exc:
                     failures.append((index, exc))
@@ -334,72 +346,71 @@ class SqlWriter(DataWriterInterface):
 
         workers = 1 if self.driver == "connector" else self.max_concurrency
         await asyncio.gather(*(worker() for _ in range(min(workers, len(statements)))))
-        ms = round((time.perf_counter() - started) * 1000, 2)
         if failures:
             index, exc = min(failures, key=lambda f: f[0])
-            raise self._partial_failure(records, statements, ids, index, exc, ms) from exc
-        log.debug("sql_write", writer=self.name, rows=len(records), statements=len(ids), ms=ms)
+            raise self._partial_failure(rows, statements, ids, index, exc) from exc
+        log.debug(
+            "sql_write",
+            writer=self.name,
+            batch_id=rows.batch_id,
+            rows=len(rows),
+            statements=len(ids),
+        )
         return WriteReceipt(
-            rows=len(records), details={"statement_ids": ids, "statements": len(statements)}
+            rows=len(rows), details={"statement_ids": ids, "statements": len(statements)}
         )
 
     def _partial_failure(
         self,
-        records: Sequence[ProductRecord],
+        rows: Rows,
         statements: list[InsertStatement],
         ids: list[str | None],
         index: int,
         exc: DirectWriteError,
-        ms: float,
     ) -> DirectWriteError:
         done = [(s, i) for s, i in zip(statements, ids, strict=True) if i]
         committed = sum(s.rows for s, _ in done)
         shown = ", ".join(i for _, i in done[:10]) + (", ..." if len(done) > 10 else "")
         message = (
             f"{exc.message} (statement {index + 1} of {len(statements)}). "
-            f"{committed} of {len(records)} rows were committed before the write stopped"
+            f"{committed} of {len(rows)} rows were committed before the write stopped"
             + (f" (statements {shown})" if done else "")
-            + f"; the other {len(records) - committed} rows are not reported as written."
+            + f"; the other {len(rows) - committed} rows are not reported as written."
         )
         log.warning(
             "sql_write_failed",
             writer=self.name,
-            rows=len(records),
+            batch_id=rows.batch_id,
+            rows=len(rows),
             committed_rows=committed,
             statements=len(statements),
             failed_statement=index + 1,
-            ms=ms,
             error=exc.message,
         )
         return type(exc)(message, writer=self.name)
 
-    async def count_rows(self, batch_id: str) -> int:
+    async def count_rows(self, table: TableRef, batch_id: str) -> int:
+        """The batch's rows this writer wrote, read back through the warehouse."""
         self._require_open()
-        if self.driver == "connector":
-            quoted = self._quoted
-            sql = f"SELECT count(*) AS n FROM {quoted} WHERE batch_id = :b AND source = 'sql'"
-            result = await self._call(self._run, sql, [SqlParameter("b", "STRING", batch_id)])
-            return int(result.rows[0][0])
-        # Async HTTP on the event loop: benchmarks poll this while they measure writes.
+        # Async HTTP on the event loop (whichever driver writes): benchmarks poll this while
+        # they measure writes.
         if self._reader is None:
             self._reader = WarehouseReader(
                 replace(self.targets, warehouse_id=self.warehouse_id, workspace_url=self.host),
-                self.settings.sql_table,
                 self.name,
             )
-        return await self._reader.count(batch_id)
+        return await self._reader.count(table, batch_id)
 
-    def _require_open(self) -> str:
-        if self._client is None or self._quoted is None:
+    def _require_open(self) -> None:
+        if self._client is None:
             raise WriterUnavailableError("the SQL writer is not open", writer=self.name)
-        return self._quoted
 
-    def _run(self, sql: str, parameters: list[SqlParameter]) -> _Result:
+    def _run(self, sql: str) -> _Result:
         if self.driver == "connector":
-            return self._run_connector(sql, parameters)
-        return self._run_statement(sql, parameters)
+            return self._run_connector(sql)
+        return self._run_statement(sql)
 
-    def _run_statement(self, sql: str, parameters: list[SqlParameter]) -> _Result:
+    def _run_statement(self, sql: str) -> _Result:
         """One statement through the Statement Execution API, polled until it is done."""
         if self._client is None:
             raise WriterUnavailableError("the SQL writer is closed", writer=self.name)
@@ -408,10 +419,6 @@ class SqlWriter(DataWriterInterface):
         resp = api.execute_statement(
             statement=sql,
             warehouse_id=self.warehouse_id or "",
-            parameters=[
-                StatementParameterListItem(name=p.name, type=p.type, value=p.text)
-                for p in parameters
-            ],
             wait_timeout=f"{self.wait_timeout_s}s",
             on_wait_timeout=ExecuteStatementRequestOnWaitTimeout.CONTINUE,
         )
@@ -439,13 +446,13 @@ class SqlWriter(DataWriterInterface):
         rows = resp.result.data_array if resp.result and resp.result.data_array else []
         return _Result(statement_id, rows)
 
-    def _run_connector(self, sql: str, parameters: list[SqlParameter]) -> _Result:
+    def _run_connector(self, sql: str) -> _Result:
         """One statement through databricks-sql-connector (one at a time per connection)."""
         with self._connection_lock:
             if self._connection is None:
                 self._connection = self._connect()
             with self._connection.cursor() as cursor:
-                cursor.execute(sql, [connector_parameter(p) for p in parameters])
+                cursor.execute(sql)
                 rows = cursor.fetchall() if cursor.description else []
                 return _Result(cursor.query_id or "?", [list(r) for r in rows])
 
@@ -551,13 +558,3 @@ def _network(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | requests.Timeout) or "timed out" in text.lower():
         return "timed out"
     return text[:300]
-
-
-def connector_parameter(p: SqlParameter) -> Any:
-    """The parameter as databricks-sql-connector's typed native parameter (NULL as VOID)."""
-    from databricks.sql import parameters
-
-    if p.value is None:
-        return parameters.VoidParameter(None, name=p.name)
-    # StringParameter, DoubleParameter, DateParameter, TimestampParameter
-    return getattr(parameters, f"{p.type.title()}Parameter")(p.value, name=p.name)
