@@ -361,3 +361,14 @@ def _version(endpoints: dict[str, Any], table: str) -> int:
     from deltalake import DeltaTable
 
     return DeltaTable(str(table_path(endpoints, table))).version()
+
+
+def test_variant_columns_are_refused(local_stack):
+    w = workspace_client(local_stack)
+    resp = w.statement_execution.execute_statement(
+        statement="CREATE TABLE main.default.with_variant (id BIGINT, v VARIANT)",
+        warehouse_id=local_stack["warehouse_id"],
+        wait_timeout="30s",
+    )
+    _assert_failed(resp, "UNSUPPORTED_DATATYPE", "VARIANT, which is not supported by the local")
+    assert "`v`" in resp.status.error.message

@@ -420,3 +420,37 @@ def test_json_not_null_struct_field():
     with pytest.raises(SchemaMismatchError) as err:
         JsonRecordDecoder(schema).decode(['{"s": [{"a": 1}]}', '{"s": [{"a": 1}, {"a": null}]}'])
     assert str(err.value) == "record 1: field 's[1].a': the field is NOT NULL but has no value"
+
+
+def test_every_shape_generate_proto_maps_decodes():
+    schema = TableSchema.of(
+        ("m", "MAP<STRING, STRUCT<a: INT, b: ARRAY<SMALLINT>>>"),
+        ("k", "MAP<TINYINT, DATE>"),
+        ("arr", "ARRAY<TIMESTAMP>"),
+        ("bs", "ARRAY<BINARY>"),
+        ("deep", "STRUCT<x: STRUCT<y: STRUCT<z: MAP<BIGINT, BOOLEAN>>>>"),
+    )
+    descriptor = generated_descriptor(uc_columns(schema))
+    decoder = ProtoRecordDecoder(schema, as_proto_proto(descriptor))
+    cls = message_factory.GetMessageClass(descriptor)
+    full = cls(
+        m={"p": {"a": 1, "b": [1, -2]}, "q": {}},
+        k={-5: 3},
+        arr=[0, 1],
+        bs=[b"x"],
+        deep={"x": {"y": {"z": {9: True}}}},
+    )
+    first, empty = decoder.decode([full.SerializeToString(), cls().SerializeToString()]).to_pylist()
+    # Proto maps keep no order.
+    assert dict(first["m"]) == {"p": {"a": 1, "b": [1, -2]}, "q": {"a": None, "b": []}}
+    assert first["k"] == [(-5, dt.date(1970, 1, 4))]
+    assert first["arr"] == [
+        dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=dt.UTC),
+    ]
+    assert (first["bs"], first["deep"]) == ([b"x"], {"x": {"y": {"z": [(9, True)]}}})
+    assert empty == {"m": [], "k": [], "arr": [], "bs": [], "deep": None}
+    with pytest.raises(SchemaMismatchError, match=r"^record 0: field k.key: 300 is out of range"):
+        decoder.decode([cls(k={300: 1}).SerializeToString()])
+    with pytest.raises(SchemaMismatchError, match=r"^record 0: field m.value.b: 40000 is out of"):
+        decoder.decode([cls(m={"p": {"b": [40000]}}).SerializeToString()])
