@@ -325,20 +325,24 @@ def _proto_converter(
             raise SchemaMismatchError(
                 f"field {path} is {shape}, but column {path} is {col_type}", path
             )
-        element = _value_converter(field, col_type.element, path, in_array=True)
+        element = _value_converter(field, col_type.element, path, container=col_type)
         if element is None:
             return list
         return lambda values: [element(v) for v in values]
     if isinstance(col_type, MapType):
         if not _is_map(field):
             raise SchemaMismatchError(
-                f"field {path} is not a proto map ({_proto_label(field)}"
+                f"field {path} is not a proto map ({'repeated ' if field.is_repeated else ''}"
                 f"{_proto_type_name(field)}), but column {path} is {col_type}",
                 path,
             )
         entry = field.message_type
-        key = _value_converter(entry.fields_by_name["key"], col_type.key, f"{path}.key")
-        value = _value_converter(entry.fields_by_name["value"], col_type.value, f"{path}.value")
+        key = _value_converter(
+            entry.fields_by_name["key"], col_type.key, f"{path}.key", container=col_type
+        )
+        value = _value_converter(
+            entry.fields_by_name["value"], col_type.value, f"{path}.value", container=col_type
+        )
         if key is None and value is None:
             return lambda entries: list(entries.items())
         key_of = key or _identity
@@ -350,30 +354,32 @@ def _proto_converter(
     return _value_converter(field, col_type, path)
 
 
-def _proto_label(field: descriptor.FieldDescriptor) -> str:
-    return "repeated " if field.is_repeated else ""
-
-
 def _identity(value: Any) -> Any:
     return value
 
 
 def _value_converter(
-    field: descriptor.FieldDescriptor, col_type: SqlType, path: str, *, in_array: bool = False
+    field: descriptor.FieldDescriptor,
+    col_type: SqlType,
+    path: str,
+    *,
+    container: ArrayType | MapType | None = None,
 ) -> ProtoConverter:
-    """Check the type of one value of a field (its label aside) against a column type."""
+    """Check the type of one value of a field (its label aside) against a column type
+    (an element, key or value type of `container`, if given)."""
     if isinstance(col_type, DecimalType):
+        what = f"is {col_type}" if container is None else f"is {container}"
         raise SchemaMismatchError(
-            f"field {path} fills column {path}, which is {col_type}: DECIMAL has no proto "
-            "form (the Zerobus SDK's generate_proto maps none); leave the field out of the "
+            f"field {path} fills column {path}, which {what}: DECIMAL has no proto form "
+            "(the Zerobus SDK's generate_proto maps none); leave the field out of the "
             "descriptor, or write this table with JSON records",
             path,
         )
     if isinstance(col_type, ArrayType | MapType):
+        assert container is not None  # a top-level ARRAY or MAP is checked by the caller
         raise SchemaMismatchError(
-            f"field {path} has proto type {_proto_label(field) if not in_array else ''}"
-            f"{_proto_type_name(field)}, but column {path} is "
-            f"{'an array of ' if in_array else ''}{col_type}, which has no proto form",
+            f"column {path} is {container}: proto has no form for an ARRAY or MAP inside an "
+            "ARRAY or MAP (the Zerobus SDK's generate_proto refuses them too)",
             path,
         )
     if isinstance(col_type, StructType):
