@@ -24,14 +24,6 @@ from dwbench.log import configure_logging
 from dwbench.runtime import Runtime
 from dwbench.settings import Settings
 
-_ERROR_NAMES = {
-    400: "unknown_writer",
-    409: "conflict",
-    413: "request_too_large",
-    502: "write_failed",
-    503: "writer_unavailable",
-}
-
 
 def create_app(settings: Settings | None = None, *, process_app: bool = False) -> FastAPI:
     """The app. `process_app` is for the entry point, the one app of its process: it sets
@@ -71,7 +63,7 @@ def create_app(settings: Settings | None = None, *, process_app: bool = False) -
     @app.exception_handler(DirectWriteError)
     async def direct_write_error(_: Request, exc: DirectWriteError) -> JSONResponse:
         body = {
-            "error": _ERROR_NAMES.get(exc.status_code, "error"),
+            "error": exc.error,
             "message": exc.message,
             "writer": exc.writer,
         }

@@ -539,7 +539,7 @@ def schema_source(args: argparse.Namespace) -> Workload | None:
         except OSError as exc:
             raise InvalidSchemaError(f"--schema-file {args.schema_file}: {exc.strerror}") from None
     if text is None:
-        if args.rows_from is not None:
+        if args.rows_from is not None and args.table is None:
             raise InvalidSchemaError(
                 "--rows-from needs the rows' schema: --schema, --schema-file or --table"
             )

@@ -14,7 +14,6 @@ import pytest
 from emulator.process import LocalStackProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCTS_DDL = (ROOT / "sql" / "products_table.sql").read_text()
 
 
 def workspace_client(endpoints: dict[str, Any]) -> Any:
@@ -36,7 +35,9 @@ def run_sql(endpoints: dict[str, Any], statement: str, **kwargs: Any) -> Any:
 
 
 def products_ddl(table: str) -> str:
-    return PRODUCTS_DDL.replace("main.default.products", table)
+    from workloads import products
+
+    return products.SCHEMA.delta_ddl(table)
 
 
 @pytest.fixture(scope="session")

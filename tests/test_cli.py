@@ -310,3 +310,175 @@ def test_schema_prints_the_result_json_schema(capsys):
     schema = json.loads(capsys.readouterr().out)
     assert "writers" in schema["properties"]
     assert "p99.9" in schema["$defs"]["LatencySummary"]["properties"]
+
+
+# -- workloads ------------------------------------------------------------------------------
+
+
+def test_telemetry_through_every_storing_writer(local_stack, tmp_path):
+    out = tmp_path / "t.json"
+    proc = dwbench(
+        "run",
+        "--workload",
+        "telemetry",
+        "--writers",
+        "zerobus,zerobus-json,sql,lakebase,null",
+        "--records",
+        "1000",
+        "--batch-size",
+        "250",
+        "--drivers",
+        "50",
+        "--no-visibility",
+        "--out",
+        out,
+        "--results-dir",
+        tmp_path / "results",
+        env=stack_env(local_stack),
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "workload telemetry (14 columns into main.default.telemetry)" in proc.stderr
+    run = RunResult.model_validate_json(out.read_text())
+    assert run.config.workload == "telemetry" and run.config.drivers == 50
+    assert run.workload is not None and run.workload["name"] == "telemetry"
+    assert [(w.writer, w.status, w.rows) for w in run.writers] == [
+        (name, "completed", 1000) for name in ("zerobus", "zerobus-json", "sql", "lakebase", "null")
+    ]
+    from deltalake import DeltaTable
+
+    delta = DeltaTable(
+        f"{local_stack['data_dir']}/tables/main/default/telemetry"
+    ).to_pyarrow_table()
+    sources = delta.filter(pc_equal(delta, "batch_id", run.id)).column("source").to_pylist()
+    assert sources == []  # batch ids are <run>-<writer>-<n>, never the bare run id
+    mine = [
+        s
+        for s, b in zip(
+            delta.column("source").to_pylist(), delta.column("batch_id").to_pylist(), strict=True
+        )
+        if b.startswith(run.id)
+    ]
+    assert sorted(set(mine)) == ["sql", "zerobus", "zerobus-json"] and len(mine) == 3000
+
+
+def pc_equal(table: Any, column: str, value: str) -> Any:
+    import pyarrow.compute as pc
+
+    return pc.equal(table.column(column), value)
+
+
+def test_a_ddl_with_decimal_runs_where_it_can_and_says_why_not(local_stack, tmp_path):
+    schema = tmp_path / "orders.sql"
+    schema.write_text(
+        "CREATE TABLE main.default.cli_orders (id BIGINT NOT NULL, total DECIMAL(10,2), "
+        "tags ARRAY<STRING>, batch_id STRING, source STRING)"
+    )
+    out = tmp_path / "o.json"
+    proc = dwbench(
+        "run",
+        "--schema-file",
+        schema,
+        "--id-column",
+        "id",
+        "--writers",
+        "zerobus,sql,lakebase",
+        "--records",
+        "400",
+        "--batch-size",
+        "100",
+        "--no-visibility",
+        "--out",
+        out,
+        "--results-dir",
+        tmp_path / "results",
+        env=stack_env(local_stack),
+    )
+    assert proc.returncode == 1, proc.stderr  # a writer was unavailable
+    run = RunResult.model_validate_json(out.read_text())
+    by_name = {w.writer: w for w in run.writers}
+    assert by_name["zerobus"].status == "unavailable" and by_name["zerobus"].rows == 0
+    assert "column total is DECIMAL(10,2): the Zerobus SDK's generate_proto maps no DECIMAL" in (
+        by_name["zerobus"].error or ""
+    )
+    assert (by_name["sql"].status, by_name["sql"].rows) == ("completed", 400)
+    assert (by_name["lakebase"].status, by_name["lakebase"].rows) == ("completed", 400)
+
+
+def test_table_and_rows_from_replay_the_users_rows(local_stack, tmp_path):
+    from tests.conftest import run_sql
+
+    run_sql(
+        local_stack,
+        "CREATE TABLE IF NOT EXISTS main.default.cli_events (id BIGINT NOT NULL, "
+        "kind STRING, at TIMESTAMP, batch_id STRING, source STRING)",
+    )
+    rows = tmp_path / "events.jsonl"
+    rows.write_text(
+        '{"id": 1, "kind": "click", "at": "2026-05-01T10:00:00Z"}\n'
+        '{"id": 2, "kind": "view", "at": "2026-05-01T10:00:01.5Z"}\n'
+    )
+    out = tmp_path / "e.json"
+    proc = dwbench(
+        "run",
+        "--table",
+        "main.default.cli_events",
+        "--rows-from",
+        rows,
+        "--id-column",
+        "id",
+        "--writers",
+        "sql",
+        "--records",
+        "10",
+        "--batch-size",
+        "5",
+        "--no-visibility",
+        "--out",
+        out,
+        "--results-dir",
+        tmp_path / "results",
+        env=stack_env(local_stack),
+    )
+    assert proc.returncode == 0, proc.stderr
+    from deltalake import DeltaTable
+
+    table = DeltaTable(
+        f"{local_stack['data_dir']}/tables/main/default/cli_events"
+    ).to_pyarrow_table()
+    kinds = sorted(table.column("kind").to_pylist())
+    assert kinds == ["click"] * 5 + ["view"] * 5
+    assert len(set(table.column("id").to_pylist())) == 10
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--schema", "id FOO"), "column id: unknown column type 'FOO'"),
+        (("--schema", "a INT, a STRING"), "duplicate column 'a'"),
+        (("--schema", "a DECIMAL(40,1)"), "precision must be 1 to 38"),
+        (("--workload", "orders"), "unknown workload 'orders'; known: products, telemetry"),
+        (("--rows-from", "x.jsonl"), "--rows-from needs the rows' schema"),
+    ],
+)
+def test_bad_schemas_exit_2_before_anything_starts(args, message, tmp_path):
+    proc = dwbench("run", *args, "--writers", "null", env=base_env(DATA_DIR=str(tmp_path)))
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert not (tmp_path / "local-stack").exists()  # nothing was started or created
+
+
+def test_a_bad_sample_row_names_its_line(tmp_path):
+    rows = tmp_path / "bad.jsonl"
+    rows.write_text('{"id": 1}\n{"id": "x"}\n')
+    proc = dwbench(
+        "run",
+        "--schema",
+        "id BIGINT",
+        "--rows-from",
+        rows,
+        "--writers",
+        "null",
+        env=base_env(DATA_DIR=str(tmp_path)),
+    )
+    assert proc.returncode == 2
+    assert "bad.jsonl line 2: column id: Input should be a valid integer" in proc.stderr

@@ -188,6 +188,8 @@ def sample_source(table: TableRef, path: Path) -> Callable[..., BatchMaker]:
     def source(
         *, seed: int = 0, record_bytes: int = 0, pad_column: str | None = None, **_: Any
     ) -> BatchMaker:
-        return PooledRows(table, pool, seed=seed, record_bytes=record_bytes, pad_column=pad_column)
+        # The user's own rows are replayed as they are; padded only on a column they name.
+        pad = record_bytes if pad_column else 0
+        return PooledRows(table, pool, seed=seed, record_bytes=pad, pad_column=pad_column)
 
     return source

@@ -240,7 +240,7 @@ def sql_string(text: str) -> str:
         .replace("\n", "\\n")
         .replace("\r", "\\r")
         .replace("\t", "\\t")
-        .replace("\0", "\\0")
+        .replace("\0", "\\u0000")  # not \\0: "\\010" would read as an octal escape
     )
     return f"'{escaped}'"
 

@@ -62,6 +62,24 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def json_value(dtype: DataType) -> Convert:
+    """A value of `dtype` as a JSON-ready object for a jsonb column, following the type:
+    maps become objects (empty ones too), dates and times ISO text, decimals text, binary
+    base64."""
+    if isinstance(dtype, MapType):
+        value = json_value(dtype.value)
+        return lambda pairs: {str(k): None if v is None else value(v) for k, v in pairs}
+    if isinstance(dtype, ArrayType):
+        element = json_value(dtype.element)
+        return lambda values: [None if v is None else element(v) for v in values]
+    if isinstance(dtype, StructType):
+        fields = [(f.name, json_value(f.type)) for f in dtype.fields]
+        return lambda obj: {
+            name: None if obj.get(name) is None else convert(obj[name]) for name, convert in fields
+        }
+    return json_safe
+
+
 def _converter(dtype: DataType, form: Form, path: str) -> Convert | None:
     """How to turn Arrow's Python value of `dtype` into the wire's; None = as is."""
     if isinstance(dtype, Primitive):
@@ -143,9 +161,9 @@ def python_columns(batch: pa.RecordBatch, schema: TableSchema, form: Form) -> li
         array = batch.column(col.name)
         dtype = col.type
         if form == "postgres":
-            if dtype.is_complex or dtype == Primitive("VARIANT"):
-                values = array.to_pylist()
-                out.append([None if v is None else json_safe(v) for v in values])
+            if dtype.is_complex:
+                convert = json_value(dtype)
+                out.append([None if v is None else convert(v) for v in array.to_pylist()])
             else:
                 out.append(array.to_pylist())
             continue

@@ -11,6 +11,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.emulator.zerobus_support import table_path
+from writers import WRITERS
 
 WATCH = {
     "product_id": "PROD005",
@@ -79,10 +80,10 @@ def test_all_writes_the_same_items_to_every_target(client, local_stack):
     assert resp.status_code == 200, resp.text
     body = resp.json()
     batch = body["batch_id"]
-    assert [r["writer"] for r in body["results"]] == ["zerobus", "sql", "lakebase"]
+    assert [r["writer"] for r in body["results"]] == ["zerobus", "zerobus-json", "sql", "lakebase"]
     assert all(r["status"] == "success" and r["rows_written"] == 2 for r in body["results"])
-    assert body["processed_count"] == 6
-    for source in ("zerobus", "sql"):
+    assert body["processed_count"] == 8
+    for source in ("zerobus", "zerobus-json", "sql"):
         rows = [stored(r) for r in delta_rows(local_stack, batch, source)]
         assert rows == [expected_row(it, batch, i, source) for i, it in enumerate(items)]
     pg = [stored(r) for r in postgres_rows(local_stack, batch)]
@@ -96,7 +97,8 @@ def test_unknown_writer_names_the_valid_ones(client):
     assert resp.status_code == 400
     assert resp.json() == {
         "error": "unknown_writer",
-        "message": "unknown writer 'kafka'; writer_type must be zerobus, sql, lakebase or 'all'",
+        "message": "unknown writer 'kafka'; writer_type must be zerobus, zerobus-json, sql, "
+        "lakebase or 'all'",
         "writer": None,
     }
 
@@ -179,8 +181,12 @@ def test_wrong_schema_type(client):
         "/api/v1/process-structured",
         json={"schema_type": "orders", "writer_type": "zerobus", "items": [WATCH]},
     )
-    assert resp.status_code == 422
-    assert resp.json()["detail"][0]["loc"] == ["body", "schema_type"]
+    assert resp.status_code == 404
+    assert resp.json() == {
+        "error": "unknown_workload",
+        "message": "unknown workload 'orders'; known: products, telemetry",
+        "writer": None,
+    }
 
 
 def test_malformed_json(client):
@@ -221,7 +227,7 @@ def test_debug_endpoints_mask_secrets(client, local_stack):
     assert zb["endpoint"] == local_stack["zerobus_endpoint"]
     assert zb["table"] == "main.default.products" and zb["sdk_version"]
     writers = client.get("/debug/writers").json()
-    assert [w["name"] for w in writers["writers"]] == ["zerobus", "sql", "lakebase", "null"]
+    assert [w["name"] for w in writers["writers"]] == list(WRITERS)
     text = json.dumps(zb) + json.dumps(writers)
     assert local_stack["token"] not in text
     assert client.get("/health").json() == {"status": "ok"}

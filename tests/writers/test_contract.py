@@ -5,11 +5,19 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import local_targets, products_ddl, run_sql
-from workloads.products import build_records, new_batch_id, sample_items
+from workloads import products
+from workloads.base import Rows
+from workloads.inputs import build_rows, new_batch_id
+from workloads.products import sample_items
 from writers import WRITERS, writer_class
 from writers.base import DataWriterInterface
 
 ITEMS = sample_items(40, seed=7)
+TABLE = products.WORKLOAD.table
+
+
+def build_records(items, *, batch_id: str, source: str) -> Rows:
+    return build_rows(products.WORKLOAD, items, batch_id=batch_id, source=source)
 
 
 @pytest.fixture(params=list(WRITERS))
@@ -35,8 +43,8 @@ async def test_write_is_durable_and_counted_once(writer):
     assert receipt.rows == len(ITEMS)
     if writer.stores_rows:
         # Returned means durable: the rows are readable at once, exactly once.
-        assert await writer.count_rows(batch_id) == len(ITEMS)
-        assert await writer.count_rows(new_batch_id()) == 0
+        assert await writer.count_rows(TABLE, batch_id) == len(ITEMS)
+        assert await writer.count_rows(TABLE, new_batch_id()) == 0
 
 
 async def test_batches_stay_apart(writer):
@@ -44,8 +52,8 @@ async def test_batches_stay_apart(writer):
     await writer.write(build_records(ITEMS[:3], batch_id=first, source=writer.name))
     await writer.write(build_records(ITEMS[3:10], batch_id=second, source=writer.name))
     if writer.stores_rows:
-        assert await writer.count_rows(first) == 3
-        assert await writer.count_rows(second) == 7
+        assert await writer.count_rows(TABLE, first) == 3
+        assert await writer.count_rows(TABLE, second) == 7
 
 
 async def test_concurrent_writes_all_land(writer):
@@ -57,9 +65,10 @@ async def test_concurrent_writes_all_land(writer):
     )
     assert [r.rows for r in receipts] == [5] * 6
     if writer.stores_rows:
-        assert [await writer.count_rows(b) for b in batches] == [5] * 6
+        assert [await writer.count_rows(TABLE, b) for b in batches] == [5] * 6
 
 
 async def test_empty_write_writes_nothing(writer):
-    receipt = await writer.write([])
+    empty = build_records([], batch_id=new_batch_id(), source=writer.name)
+    receipt = await writer.write(empty)
     assert receipt.rows == 0

@@ -12,10 +12,18 @@ import pytest
 from dwbench.errors import WriteFailedError
 from emulator.process import LocalStackProcess
 from tests.conftest import local_targets, products_ddl, run_sql
-from workloads.products import build_records, new_batch_id, sample_items
+from workloads import products
+from workloads.base import Rows
+from workloads.inputs import build_rows, new_batch_id
+from workloads.products import sample_items
 from writers.zerobus import CLOSE_TIMEOUT_S, ZerobusWriter
 
 TABLE = "main.default.products"
+REF = products.WORKLOAD.table
+
+
+def build_records(items, *, batch_id: str, source: str) -> Rows:
+    return build_rows(products.WORKLOAD, items, batch_id=batch_id, source=source)
 
 
 @pytest.fixture
@@ -60,7 +68,7 @@ async def test_an_unacknowledged_batch_fails_in_bounded_time_and_is_not_resent(o
         after = build_records(sample_items(5, seed=3), batch_id=new_batch_id(), source="zerobus")
         receipt = await writer.write(after)
         assert receipt.rows == 5 and writer.streams_created == 2
-        assert await writer.count_rows(after[0].batch_id) == 5
-        assert await writer.count_rows(first[0].batch_id) == 3
+        assert await writer.count_rows(REF, after.batch_id) == 5
+        assert await writer.count_rows(REF, first.batch_id) == 3
     finally:
         await writer.close()
