@@ -1,56 +1,65 @@
 // Direct Write Bench: the "Write records" form and the view switcher. Plain JS, no framework,
 // no build step. Server data only ever reaches the page through textContent, never as HTML.
-// The DOM, HTTP and formatting helpers are exported for the Benchmark view (bench.js).
+// The form is drawn from the selected workload's input schema (item-form.js); the writers and
+// workloads come from the server (catalog.js). The DOM and formatting helpers are exported for
+// the Benchmark view (bench.js).
 
-// The known categories, loaded from the server (records.CATEGORIES) before the first row is
-// drawn; any other text up to 64 characters is accepted too (the "Custom…" choice).
-let CATEGORIES = [];
-const CUSTOM_CATEGORY = "__custom__";
-const FIELDS = [
-  "product_id",
-  "product_name",
-  "product_price",
-  "category",
-  "sale_start_date",
-  "sale_stop_date",
-  "description",
-];
-const FIELD_LABELS = {
-  product_id: "Product ID",
-  product_name: "Name",
-  product_price: "Price",
-  category: "Category",
-  sale_start_date: "Sale start",
-  sale_stop_date: "Sale stop",
-  description: "Description",
-};
-const EXAMPLE_ITEM = {
-  product_id: "PROD005",
-  product_name: "Smart Watch",
-  product_price: 499.99,
-  category: "electronics",
-  sale_start_date: "2026-11-01",
-  sale_stop_date: "2026-11-30",
-  description: "Fitness tracking, GPS, 7-day battery",
-};
+import {
+  fetchWriters,
+  findWorkload,
+  loadWorkloads,
+  onWorkloads,
+  registerWorkload,
+  sampleItems,
+  writerColor,
+} from "./catalog.js";
+import { cleanMessage, errorMessage, postJson, requestJson } from "./http.js";
+import {
+  CUSTOM_CHOICE,
+  createControls,
+  exampleItem,
+  fieldSpecs,
+  fillControls,
+  formHeading,
+  readControls,
+  suggestionSources,
+  typeNote,
+} from "./item-form.js";
+
+export { cleanMessage, errorMessage, requestJson };
+
 const MAX_SAMPLES = 1000;
+const ALL = "all";
 const ERROR_TITLES = {
   unknown_writer: "Unknown writer",
   request_too_large: "Request too large",
   write_failed: "The write failed",
   writer_unavailable: "Writer unavailable",
+  schema_not_supported: "The writer cannot write this workload",
 };
 
 const $ = (id) => document.getElementById(id);
 const ui = {
+  workload: $("workload"),
+  workloadDescription: $("workload-description"),
+  workloadError: $("workload-error"),
+  ddlBox: $("ddl-box"),
+  ddlForm: $("ddl-form"),
+  ddlName: $("ddl-name"),
+  ddlText: $("ddl-text"),
+  ddlRegister: $("ddl-register"),
+  ddlStatus: $("ddl-status"),
+  ddlError: $("ddl-error"),
   writerType: $("writer-type"),
   writerTypeError: $("writer-type-error"),
   writerStatus: $("writer-status"),
   refreshWriters: $("refresh-writers"),
+  rowsTitle: $("rows-title"),
+  rowsHead: $("rows-head"),
   rows: $("rows"),
   rowCount: $("row-count"),
   rowsError: $("rows-error"),
-  rowTemplate: $("row-template"),
+  rowsNote: $("rows-note"),
   addRow: $("add-row"),
   generateForm: $("generate-form"),
   sampleCount: $("sample-count"),
@@ -65,7 +74,11 @@ const ui = {
   resultsSummary: $("results-summary"),
   resultCards: $("result-cards"),
 };
-let rowSerial = 0;
+
+/** The form's workload: its description, field specs and suggestion lists per field. */
+const form = { workload: null, specs: [], choices: {}, serial: 0 };
+let writersByName = new Map();
+const suggestionCache = new Map(); // url -> Promise of a list of strings
 
 // ---------------------------------------------------------------------------------------
 // Small DOM and formatting helpers
@@ -128,38 +141,6 @@ export function keyValueList(entries, className) {
 }
 
 // ---------------------------------------------------------------------------------------
-// HTTP
-
-/** fetch + JSON: resolves to {ok, status, body}; body is parsed JSON or the response text. */
-export async function requestJson(url, options = {}) {
-  const response = await fetch(url, {
-    ...options,
-    headers: { Accept: "application/json", ...(options.headers || {}) },
-  });
-  const text = await response.text();
-  let body = text;
-  if ((response.headers.get("content-type") || "").includes("json") && text) {
-    try {
-      body = JSON.parse(text);
-    } catch {
-      body = text;
-    }
-  }
-  return { ok: response.ok, status: response.status, body };
-}
-
-/** A readable one-line reason from an error response body. */
-export function errorMessage(status, body) {
-  if (body && typeof body === "object") {
-    if (body.message) return String(body.message);
-    if (typeof body.detail === "string") return body.detail;
-    if (Array.isArray(body.detail)) return body.detail.map((d) => cleanMessage(d.msg)).join("; ");
-  }
-  const text = typeof body === "string" ? body.trim().slice(0, 300) : "";
-  return text ? `HTTP ${status}: ${text}` : `HTTP ${status}`;
-}
-
-// ---------------------------------------------------------------------------------------
 // Views (tabs in the header nav; each view is a <section data-view-panel="NAME">)
 
 let currentView = null;
@@ -180,16 +161,17 @@ function showView() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Writers and their availability
+// Writers and their availability (every name, label and colour from GET /api/v1/writers)
 
-async function loadWriters() {
+/** Draws the writers' status and options, from `pending` (a fetch under way) or a new one. */
+async function loadWriters(pending = null) {
   ui.refreshWriters.disabled = true;
   ui.writerStatus.setAttribute("aria-busy", "true");
   try {
-    const { ok, status, body } = await requestJson("api/v1/writers");
-    if (!ok || !Array.isArray(body)) throw new Error(errorMessage(status, body));
-    renderWriterStatus(body);
-    updateWriterOptions(body);
+    const writers = await (pending || fetchWriters());
+    writersByName = new Map(writers.map((writer) => [writer.name, writer]));
+    updateWriterOptions(writers);
+    renderWriterStatus(writers);
   } catch (error) {
     ui.writerStatus.replaceChildren(
       el("li", { className: "state-unavailable" }, [`Could not check the writers: ${error.message}`]),
@@ -200,98 +182,273 @@ async function loadWriters() {
   }
 }
 
+function swatch(name, index) {
+  return el("span", {
+    className: "writer-swatch",
+    "aria-hidden": "true",
+    style: `background:${writerColor(writersByName.get(name), index)}`,
+  });
+}
+
 function renderWriterStatus(writers) {
-  const items = writers.map((writer) => {
+  const items = writers.map((writer, index) => {
     const state = writer.available ? "available" : "unavailable";
     return el("li", { "data-writer": writer.name, "data-available": String(writer.available) }, [
       el("span", { className: `dot state-${state}`, "aria-hidden": "true", text: writer.available ? "●" : "○" }),
+      swatch(writer.name, index),
       el("span", { className: "writer-name", text: writer.label || writer.name }),
       el("span", { className: `state-${state}`, text: state }),
       writer.available || !writer.reason ? null : el("span", { className: "writer-reason", text: `— ${writer.reason}` }),
     ]);
   });
+  if (!items.length) items.push(el("li", { className: "muted", text: "The server offers no writer." }));
   ui.writerStatus.replaceChildren(...items);
 }
 
+/** One option per writer, then "All side by side"; the choice made is kept. */
 function updateWriterOptions(writers) {
-  const byName = new Map(writers.map((writer) => [writer.name, writer]));
-  for (const option of ui.writerType.options) {
-    if (option.value === "all") {
-      const up = writers.filter((writer) => writer.available).length;
-      option.textContent = `All side by side (${up}/${writers.length} available)`;
-      continue;
-    }
-    const writer = byName.get(option.value);
-    if (!writer) continue;
+  const chosen = ui.writerType.value;
+  const options = writers.map((writer) => {
     const label = writer.label || writer.name;
-    option.textContent = `${label} — ${writer.available ? "available" : "unavailable"}`;
-  }
+    return el("option", {
+      value: writer.name,
+      title: writer.available ? null : writer.reason,
+      text: `${label} — ${writer.available ? "available" : "unavailable"}`,
+    });
+  });
+  const up = writers.filter((writer) => writer.available).length;
+  options.push(el("option", { value: ALL, text: `All side by side (${up}/${writers.length} available)` }));
+  ui.writerType.replaceChildren(...options);
+  const names = [...writers.map((writer) => writer.name), ALL];
+  ui.writerType.value = names.includes(chosen) ? chosen : names[0];
 }
 
 // ---------------------------------------------------------------------------------------
-// Product rows
+// Workloads: the picker, and registering one from pasted DDL
 
-function fillCategoryOptions(select) {
-  for (const category of CATEGORIES) select.append(el("option", { value: category, text: category }));
-  select.append(el("option", { value: CUSTOM_CATEGORY, text: "Custom (free text)…" }));
+function renderWorkloadOptions(workloads, selected) {
+  ui.workload.replaceChildren(
+    ...workloads.map((workload) =>
+      el("option", {
+        value: workload.name,
+        text: workload.builtin ? workload.label || workload.name : `${workload.name} (registered)`,
+      }),
+    ),
+  );
+  if (selected && workloads.some((workload) => workload.name === selected)) ui.workload.value = selected;
+}
+
+function onWorkloadsLoaded(workloads, { added }) {
+  const keep = added || (form.workload && form.workload.name) || ui.workload.value;
+  renderWorkloadOptions(workloads, keep);
+  if (added) selectWorkload(added);
+}
+
+/** What a workload is and where its rows go. */
+function describeWorkload(workload) {
+  const targets = [
+    workload.delta_table ? `Delta table ${workload.delta_table}` : null,
+    workload.postgres_table ? `Postgres table ${workload.postgres_table}` : null,
+  ].filter(Boolean);
+  const text = workload.description ? String(workload.description).trim() : "";
+  return [text, targets.length ? `Writes to: ${targets.join(", ")}.` : ""].filter(Boolean).join(" ");
+}
+
+let selecting = 0;
+
+/** Draws the form for a workload: its columns, and a first row (the examples or a sample). */
+async function selectWorkload(name) {
+  const workload = findWorkload(name);
+  if (!workload) return;
+  const token = (selecting += 1);
+  ui.workload.value = name;
+  ui.workloadError.hidden = true;
+  ui.workloadDescription.textContent = describeWorkload(workload);
+  const specs = fieldSpecs(workload);
+  const choices = await loadSuggestions(workload);
+  let first = exampleItem(specs);
+  if (!first) {
+    try {
+      [first] = await sampleItems(name, 1, 0);
+    } catch {
+      first = {};
+    }
+  }
+  if (token !== selecting) return; // another workload was picked meanwhile
+  form.workload = workload;
+  form.specs = specs;
+  form.choices = choices;
+  clearErrors();
+  clearResults();
+  ui.submitStatus.textContent = "";
+  ui.generateStatus.textContent = "";
+  renderHead();
+  addRows([first || {}], { replace: true });
+  ui.writeForm.dataset.workload = name;
+}
+
+async function loadSuggestions(workload) {
+  const choices = {};
+  for (const [field, url] of Object.entries(suggestionSources(workload))) {
+    if (!suggestionCache.has(url)) {
+      const loading = requestJson(url).then(({ ok, status, body }) => {
+        if (!ok || !Array.isArray(body)) throw new Error(errorMessage(status, body));
+        return body.map(String);
+      });
+      suggestionCache.set(url, loading);
+      loading.catch(() => suggestionCache.delete(url));
+    }
+    try {
+      choices[field] = await suggestionCache.get(url);
+    } catch (error) {
+      choices[field] = [];
+      showAlert(`The choices for ${field} could not be loaded`, [error.message]);
+    }
+  }
+  return choices;
+}
+
+async function registerDdl(event) {
+  event.preventDefault();
+  if (ui.ddlRegister.disabled) return;
+  clearDdlError();
+  const ddl = ui.ddlText.value;
+  const name = ui.ddlName.value.trim();
+  if (!ddl.trim()) {
+    showDdlError("Paste a CREATE TABLE statement or a column list.", ui.ddlText);
+    return;
+  }
+  ui.ddlRegister.disabled = true;
+  ui.ddlStatus.textContent = "Registering…";
+  try {
+    const { ok, status, body } = await registerWorkload(name ? { name, ddl } : { ddl });
+    if (ok && body && typeof body.name === "string") {
+      const columns = Array.isArray(body.columns) ? body.columns.length : 0;
+      ui.ddlStatus.textContent = `Registered ${body.name} (${plural(columns, "column")}); it is the workload now.`;
+      return;
+    }
+    ui.ddlStatus.textContent = "Nothing was registered.";
+    if (status === 422 && body && Array.isArray(body.detail)) {
+      const messages = body.detail.map((d) => {
+        const path = (Array.isArray(d.loc) ? d.loc : []).filter((part) => part !== "body").join(".");
+        return path ? `${path}: ${cleanMessage(d.msg)}` : cleanMessage(d.msg);
+      });
+      const onName = body.detail.some((d) => Array.isArray(d.loc) && d.loc.includes("name"));
+      showDdlError(messages.join("; "), onName ? ui.ddlName : ui.ddlText);
+    } else {
+      showDdlError(errorMessage(status, body), ui.ddlText);
+    }
+  } catch (error) {
+    ui.ddlStatus.textContent = "";
+    showDdlError(`The request did not reach the server: ${error.message}`, null);
+  } finally {
+    ui.ddlRegister.disabled = false;
+  }
+}
+
+function showDdlError(message, control) {
+  ui.ddlError.textContent = message;
+  ui.ddlError.hidden = false;
+  if (control) {
+    control.setAttribute("aria-invalid", "true");
+    control.focus();
+  }
+}
+
+function clearDdlError() {
+  ui.ddlError.hidden = true;
+  ui.ddlError.textContent = "";
+  ui.ddlText.removeAttribute("aria-invalid");
+  ui.ddlName.removeAttribute("aria-invalid");
+}
+
+// ---------------------------------------------------------------------------------------
+// Item rows: one cell per field of the workload's input schema
+
+function renderHead() {
+  const required = form.specs.some((spec) => spec.required);
+  ui.rowsTitle.textContent = formHeading(form.workload);
+  ui.rowsNote.textContent = required
+    ? "* required. An optional field left empty is sent as null."
+    : "An optional field left empty is sent as null.";
+  ui.rowsHead.replaceChildren(
+    el("tr", {}, [
+      el("th", { scope: "col", className: "col-num", text: "#" }),
+      ...form.specs.map((spec) => {
+        const note = typeNote(spec);
+        return el("th", { scope: "col", "data-field": spec.name, title: spec.comment }, [
+          spec.label,
+          spec.required ? el("span", { className: "required-mark", "aria-hidden": "true", text: " *" }) : null,
+          spec.required ? el("span", { className: "visually-hidden", text: " (required)" }) : null,
+          note ? el("span", { className: "col-type", text: note }) : null,
+        ]);
+      }),
+      el("th", { scope: "col" }, [el("span", { className: "visually-hidden", text: "Actions" })]),
+    ]),
+  );
+}
+
+function controlsOf(td) {
+  return [...td.querySelectorAll("input, select, textarea")];
 }
 
 /** A new table row, wired to its labels and error messages, holding `item`. */
 function createRow(item) {
-  rowSerial += 1;
-  const tr = ui.rowTemplate.content.firstElementChild.cloneNode(true);
-  tr.dataset.rowId = String(rowSerial);
-  fillCategoryOptions(tr.querySelector('select[name="category"]'));
-  for (const td of tr.querySelectorAll("td[data-field]")) {
-    const field = td.dataset.field;
-    const base = `row${rowSerial}-${field}`;
-    const error = td.querySelector(".field-error");
-    error.id = `${base}-error`;
-    const labels = td.querySelectorAll("label");
-    const controls = td.querySelectorAll("input, select");
+  form.serial += 1;
+  const serial = form.serial;
+  const tr = el("tr", { className: "item-row", "data-row-id": String(serial) }, [
+    el("td", { className: "col-num", "data-cell": "num" }),
+  ]);
+  for (const spec of form.specs) {
+    const base = `row${serial}-${spec.name}`;
+    const error = el("p", { className: "field-error", id: `${base}-error`, hidden: true });
+    const controls = createControls(spec, form.choices[spec.name] || []);
+    const td = el("td", { "data-field": spec.name, "data-kind": spec.kind, "data-wide": spec.wide ? "true" : null });
     controls.forEach((control, i) => {
       control.id = i === 0 ? base : `${base}-custom`;
       control.setAttribute("aria-describedby", error.id);
-      labels[i].htmlFor = control.id;
-      labels[i].append(el("span", { className: "visually-hidden row-suffix" }));
+      const text = i === 0 ? spec.label : `Custom ${spec.label.toLowerCase()}`;
+      const label = el(
+        "label",
+        { className: i === 0 ? "cell-label" : "cell-label custom-choice-label", for: control.id, hidden: i > 0 },
+        [el("span", { className: "cell-label-text", text }), el("span", { className: "visually-hidden row-suffix" })],
+      );
+      td.append(label, control);
     });
+    td.append(error);
+    tr.append(td);
   }
+  tr.append(
+    el("td", { className: "col-actions" }, [
+      el("button", { type: "button", className: "button button-quiet remove-row", text: "Remove" }),
+    ]),
+  );
   fillRow(tr, item || {});
   return tr;
 }
 
 function fillRow(tr, item) {
-  const set = (name, value) => {
-    tr.querySelector(`[name="${name}"]`).value = value === null || value === undefined ? "" : String(value);
-  };
-  set("product_id", item.product_id);
-  set("product_name", item.product_name);
-  set("product_price", item.product_price);
-  set("sale_start_date", item.sale_start_date);
-  set("sale_stop_date", item.sale_stop_date);
-  set("description", item.description);
-  setCategory(tr, item.category || CATEGORIES[0]);
+  for (const spec of form.specs) {
+    const td = tr.querySelector(`td[data-field="${spec.name}"]`);
+    fillControls(spec, controlsOf(td), item[spec.name], form.choices[spec.name] || []);
+    if (spec.kind === "suggest") showCustomChoice(td, controlsOf(td)[0].value === CUSTOM_CHOICE);
+  }
 }
 
-function setCategory(tr, category) {
-  const known = CATEGORIES.includes(String(category).toLowerCase());
-  tr.querySelector('[name="category"]').value = known ? String(category).toLowerCase() : CUSTOM_CATEGORY;
-  tr.querySelector('[name="category_custom"]').value = known ? "" : category;
-  showCustomCategory(tr, !known);
+function showCustomChoice(td, visible) {
+  const custom = td.querySelector(".custom-choice");
+  const label = td.querySelector(".custom-choice-label");
+  if (custom) custom.hidden = !visible;
+  if (label) label.hidden = !visible;
 }
 
-function showCustomCategory(tr, visible) {
-  tr.querySelector('[name="category_custom"]').hidden = !visible;
-  tr.querySelector(".custom-category-label").hidden = !visible;
-}
-
-function productRows() {
-  return [...ui.rows.querySelectorAll("tr.product-row")];
+function itemRows() {
+  return [...ui.rows.querySelectorAll("tr.item-row")];
 }
 
 /** Row numbers, the screen-reader suffix of every label, counts and the submit text. */
 function renumberRows() {
-  const rows = productRows();
+  const rows = itemRows();
   rows.forEach((tr, i) => {
     const number = i + 1;
     tr.querySelector('[data-cell="num"]').textContent = String(number);
@@ -311,14 +468,23 @@ function addRows(items, { replace = false } = {}) {
 }
 
 function addEmptyRow() {
-  const last = productRows().at(-1);
-  const item = last ? { category: readRow(last).category } : {};
+  if (!form.workload) return;
+  const last = itemRows().at(-1);
+  const item = {};
+  if (last) {
+    // A new row keeps the choices of the one above (the category, say).
+    for (const spec of form.specs.filter((s) => s.kind === "suggest")) {
+      const read = readControls(spec, controlsOf(last.querySelector(`td[data-field="${spec.name}"]`)));
+      item[spec.name] = read.value;
+    }
+  }
   addRows([item]);
-  productRows().at(-1).querySelector('[name="product_id"]').focus();
+  const first = itemRows().at(-1).querySelector("td[data-field] input, td[data-field] select, td[data-field] textarea");
+  if (first) first.focus();
 }
 
 function removeRow(tr) {
-  const rows = productRows();
+  const rows = itemRows();
   const next = rows[rows.indexOf(tr) + 1] || rows[rows.indexOf(tr) - 1];
   tr.remove();
   renumberRows();
@@ -326,24 +492,16 @@ function removeRow(tr) {
   (next ? next.querySelector(".remove-row") : ui.addRow).focus();
 }
 
-/** The item a row describes, as the API expects it. */
+/** The item a row describes, as the API expects it, and the fields that cannot be sent. */
 function readRow(tr) {
-  const value = (name) => tr.querySelector(`[name="${name}"]`).value;
-  const optional = (name) => (value(name).trim() === "" ? null : value(name));
-  const priceText = value("product_price").trim();
-  const category = value("category") === CUSTOM_CATEGORY ? value("category_custom") : value("category");
-  const item = {
-    product_id: value("product_id"),
-    product_name: value("product_name"),
-    // An empty or unreadable price is sent as null so the server says what is wrong.
-    product_price: priceText === "" || Number.isNaN(Number(priceText)) ? null : Number(priceText),
-    category,
-    sale_start_date: optional("sale_start_date"),
-    sale_stop_date: optional("sale_stop_date"),
-  };
-  const description = optional("description");
-  if (description !== null) item.description = description;
-  return item;
+  const item = {};
+  const problems = [];
+  for (const spec of form.specs) {
+    const read = readControls(spec, controlsOf(tr.querySelector(`td[data-field="${spec.name}"]`)));
+    if (read.error) problems.push({ field: spec.name, message: read.error });
+    else item[spec.name] = read.value;
+  }
+  return { item, problems };
 }
 
 function onRowsClick(event) {
@@ -354,11 +512,10 @@ function onRowsClick(event) {
 function onRowsInput(event) {
   const td = event.target.closest("td[data-field]");
   if (!td) return;
-  if (event.target.name === "category") {
-    const custom = event.target.value === CUSTOM_CATEGORY;
-    const tr = td.closest("tr");
-    showCustomCategory(tr, custom);
-    if (custom && event.type === "change") tr.querySelector('[name="category_custom"]').focus();
+  if (td.dataset.kind === "suggest" && event.target.tagName === "SELECT") {
+    const custom = event.target.value === CUSTOM_CHOICE;
+    showCustomChoice(td, custom);
+    if (custom && event.type === "change") td.querySelector(".custom-choice").focus();
   }
   clearFieldError(td);
 }
@@ -368,6 +525,7 @@ function onRowsInput(event) {
 
 async function generateSamples(event) {
   event.preventDefault();
+  if (!form.workload) return;
   const count = Number(ui.sampleCount.value);
   if (!Number.isInteger(count) || count < 1 || count > MAX_SAMPLES) {
     ui.sampleCount.setAttribute("aria-invalid", "true");
@@ -377,14 +535,15 @@ async function generateSamples(event) {
   }
   ui.sampleCount.removeAttribute("aria-invalid");
   ui.generateButton.disabled = true;
+  const workload = form.workload;
   const seed = Math.floor(Math.random() * 1_000_000);
   try {
-    const { ok, status, body } = await requestJson(`api/v1/sample-items?count=${count}&seed=${seed}`);
-    if (!ok || !Array.isArray(body)) throw new Error(errorMessage(status, body));
+    const items = await sampleItems(workload.name, count, seed);
+    if (form.workload !== workload) return;
     const replace = ui.sampleMode.value === "replace";
     clearErrors();
-    addRows(body, { replace });
-    ui.generateStatus.textContent = `${replace ? "Replaced the rows with" : "Appended"} ${plural(body.length, "sample record")} (seed ${seed}).`;
+    addRows(items, { replace });
+    ui.generateStatus.textContent = `${replace ? "Replaced the rows with" : "Appended"} ${plural(items.length, "sample record")} (seed ${seed}).`;
   } catch (error) {
     ui.generateStatus.textContent = `Could not generate samples: ${error.message}`;
   } finally {
@@ -395,14 +554,10 @@ async function generateSamples(event) {
 // ---------------------------------------------------------------------------------------
 // Errors: field messages next to inputs, and the alert region
 
-export function cleanMessage(message) {
-  return String(message || "invalid value").replace(/^Value error, /, "");
-}
-
 function invalidControls(td) {
-  const custom = td.querySelector('[name="category_custom"]');
+  const custom = td.querySelector(".custom-choice");
   if (custom && !custom.hidden) return [custom];
-  return [...td.querySelectorAll("input, select")].slice(0, 1);
+  return controlsOf(td).slice(0, 1);
 }
 
 function showFieldError(td, message) {
@@ -441,7 +596,7 @@ function clearErrors() {
 
 function showAlert(title, lines = []) {
   const list = lines.length ? el("ul", {}, lines.map((line) => el("li", { text: line }))) : null;
-  ui.alert.replaceChildren(el("p", { className: "alert-title", text: title }), list);
+  ui.alert.replaceChildren(...[el("p", { className: "alert-title", text: title }), list].filter(Boolean));
   ui.alert.hidden = false;
 }
 
@@ -450,24 +605,35 @@ function hideAlert() {
   ui.alert.replaceChildren();
 }
 
+function namesField(message, name) {
+  const escaped = name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  return new RegExp(`(^|[^A-Za-z0-9_])${escaped}($|[^A-Za-z0-9_])`).test(String(message));
+}
+
 /** Which row and field a validation error's loc points at, e.g. ["body","items",2,"product_price"]. */
 function locateError(loc, message) {
   const path = Array.isArray(loc) ? loc.slice(loc[0] === "body" ? 1 : 0) : [];
   if (path[0] === "writer_type") return { target: "writer" };
+  if (path[0] === "schema_type") return { target: "workload" };
   if (path[0] !== "items") return { target: "form" };
   if (typeof path[1] !== "number") return { target: "rows" };
-  const rowIndex = path[1];
-  let fields = FIELDS.includes(path[2]) ? [path[2]] : [];
+  const names = form.specs.map((spec) => spec.name);
+  let fields = names.includes(path[2]) ? [path[2]] : [];
   if (!fields.length && path.length === 2) {
     // A rule over the whole item (start date after stop date) names its fields in the message.
-    fields = FIELDS.filter((field) => String(message).includes(field));
+    fields = names.filter((name) => namesField(message, name));
   }
-  return { target: "row", rowIndex, fields };
+  return { target: "row", rowIndex: path[1], fields };
+}
+
+function labelOf(name) {
+  const spec = form.specs.find((s) => s.name === name);
+  return spec ? spec.label : name;
 }
 
 /** Put each FastAPI 422 error at the input it concerns; list them all in the alert. */
 function showValidationErrors(detail) {
-  const rows = productRows();
+  const rows = itemRows();
   const lines = [];
   let firstInvalid = null;
   for (const error of detail) {
@@ -477,22 +643,23 @@ function showValidationErrors(detail) {
       showMessage(ui.writerTypeError, ui.writerType, message);
       lines.push(`Writer: ${message}`);
       firstInvalid ||= ui.writerType;
+    } else if (where.target === "workload") {
+      showMessage(ui.workloadError, ui.workload, message);
+      lines.push(`Workload: ${message}`);
+      firstInvalid ||= ui.workload;
     } else if (where.target === "rows") {
       showMessage(ui.rowsError, null, message);
-      lines.push(`Products: ${message}`);
+      lines.push(`${formHeading(form.workload)}: ${message}`);
       firstInvalid ||= ui.addRow;
-    } else if (where.target === "row" && rows[where.rowIndex]) {
+    } else if (where.target === "row" && rows[where.rowIndex] && form.specs.length) {
       const tr = rows[where.rowIndex];
       const fields = where.fields;
-      const name = fields.length ? fields.map((field) => FIELD_LABELS[field]).join(" / ") : "";
+      const name = fields.length ? fields.map(labelOf).join(" / ") : "";
       lines.push(`Row ${where.rowIndex + 1}${name ? `, ${name}` : ""}: ${message}`);
-      if (!fields.length) {
-        showFieldError(tr.querySelector('td[data-field="product_id"]'), message);
-        firstInvalid ||= tr.querySelector('[name="product_id"]');
-        continue;
-      }
+      const tds = (fields.length ? fields : [form.specs[0].name]).map((field) =>
+        tr.querySelector(`td[data-field="${field}"]`),
+      );
       // The message goes next to the last field it names; every named field is marked.
-      const tds = fields.map((field) => tr.querySelector(`td[data-field="${field}"]`));
       tds.forEach((td) => markInvalid(td));
       showFieldError(tds.at(-1), message);
       firstInvalid ||= invalidControls(tds[0])[0];
@@ -509,20 +676,25 @@ function showValidationErrors(detail) {
 
 async function submitWrite(event) {
   event.preventDefault();
-  if (ui.submitButton.disabled) return;
+  if (ui.submitButton.disabled || !form.workload) return;
   clearErrors();
+  const read = itemRows().map(readRow);
+  const problems = read.flatMap((row, i) =>
+    row.problems.map((p) => ({ loc: ["body", "items", i, p.field], msg: p.message })),
+  );
+  if (problems.length) {
+    clearResults();
+    showValidationErrors(problems);
+    return;
+  }
   const payload = {
-    schema_type: "products",
+    schema_type: form.workload.name,
     writer_type: ui.writerType.value,
-    items: productRows().map(readRow),
+    items: read.map((row) => row.item),
   };
   setRunning(true);
   try {
-    const { ok, status, body } = await requestJson("api/v1/process-structured", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(payload),
-    });
+    const { ok, status, body } = await postJson("api/v1/process-structured", payload);
     if (ok && body && Array.isArray(body.results)) {
       renderResults(body);
     } else if (status === 422 && body && Array.isArray(body.detail)) {
@@ -575,12 +747,17 @@ export function badge(status) {
 }
 
 function renderSummary(response) {
-  const writer = response.writer_type === "all" ? "all writers" : response.writer_type;
-  return el("div", { className: "summary", "data-batch-id": response.batch_id }, [
+  const writer =
+    response.writer_type === ALL
+      ? "all writers"
+      : (writersByName.get(response.writer_type) || {}).label || response.writer_type;
+  const workload = form.workload ? form.workload.name : null;
+  return el("div", { className: "summary", "data-batch-id": response.batch_id, "data-workload": workload }, [
     el("div", { className: "summary-head" }, [el("h3", { text: `Batch through ${writer}` }), badge(response.status)]),
     keyValueList(
       [
         ["Batch id", el("code", { "data-field": "batch_id", text: response.batch_id })],
+        ["Workload", workload || "—", { "data-field": "workload" }],
         ["Rows written", formatCount(response.processed_count), { "data-metric": "processed_count" }],
         ["Total time", formatMs(response.processing_time_ms), { "data-metric": "processing_time_ms" }],
         ["Throughput", formatRate(response.throughput_records_per_sec), { "data-metric": "throughput" }],
@@ -590,50 +767,59 @@ function renderSummary(response) {
   ]);
 }
 
-function renderCard(result) {
+function renderCard(result, index) {
   const details = Object.entries(result.details || {});
-  return el("article", { className: "result-card", "data-writer": result.writer, "data-status": result.status }, [
-    el("div", { className: "result-card-head" }, [el("h4", { text: result.label || result.writer }), badge(result.status)]),
-    keyValueList(
-      [
-        ["Rows written", formatCount(result.rows_written), { "data-metric": "rows_written" }],
-        ["Processing", formatMs(result.processing_time_ms), { "data-metric": "processing_time_ms" }],
-        ["Throughput", formatRate(result.throughput_records_per_sec), { "data-metric": "throughput" }],
-      ],
-      "metrics",
-    ),
-    details.length ? el("h5", { className: "details-heading", text: "Identifiers" }) : null,
-    details.length
-      ? keyValueList(
-          details.map(([key, value]) => [humanKey(key), el("code", { text: formatDetail(value) }), { "data-detail": key }]),
-          "details",
-        )
-      : null,
-    result.error
-      ? el("p", { className: "result-error", role: "note" }, [
-          el("strong", { text: result.error.kind === "unavailable" ? "Unavailable: " : "Failed: " }),
-          result.error.message,
-        ])
-      : null,
-  ]);
+  const known = [...writersByName.keys()].indexOf(result.writer);
+  const color = writerColor(writersByName.get(result.writer), known >= 0 ? known : index);
+  return el(
+    "article",
+    {
+      className: "result-card",
+      "data-writer": result.writer,
+      "data-status": result.status,
+      style: `border-top-color:${color}`,
+    },
+    [
+      el("div", { className: "result-card-head" }, [
+        el("h4", { text: result.label || result.writer }),
+        badge(result.status),
+      ]),
+      keyValueList(
+        [
+          ["Rows written", formatCount(result.rows_written), { "data-metric": "rows_written" }],
+          ["Processing", formatMs(result.processing_time_ms), { "data-metric": "processing_time_ms" }],
+          ["Throughput", formatRate(result.throughput_records_per_sec), { "data-metric": "throughput" }],
+        ],
+        "metrics",
+      ),
+      details.length ? el("h5", { className: "details-heading", text: "Identifiers" }) : null,
+      details.length
+        ? keyValueList(
+            details.map(([key, value]) => [
+              humanKey(key),
+              el("code", { text: formatDetail(value) }),
+              { "data-detail": key },
+            ]),
+            "details",
+          )
+        : null,
+      result.error
+        ? el("p", { className: "result-error", role: "note" }, [
+            el("strong", { text: result.error.kind === "unavailable" ? "Unavailable: " : "Failed: " }),
+            result.error.message,
+          ])
+        : null,
+    ],
+  );
 }
 
 // ---------------------------------------------------------------------------------------
 // Start
 
-async function loadCategories() {
-  const { ok, status, body } = await requestJson("api/v1/categories");
-  if (ok && Array.isArray(body)) {
-    CATEGORIES = body.map(String);
-  } else {
-    showAlert("The product categories could not be loaded", [errorMessage(status, body)]);
-  }
-}
-
 async function start() {
   window.addEventListener("hashchange", showView);
   showView();
-  ui.refreshWriters.addEventListener("click", loadWriters);
+  ui.refreshWriters.addEventListener("click", () => loadWriters());
   ui.addRow.addEventListener("click", addEmptyRow);
   ui.rows.addEventListener("click", onRowsClick);
   ui.rows.addEventListener("input", onRowsInput);
@@ -644,10 +830,26 @@ async function start() {
     ui.writerTypeError.hidden = true;
     ui.writerType.removeAttribute("aria-invalid");
   });
+  ui.workload.addEventListener("change", () => {
+    ui.workload.removeAttribute("aria-invalid");
+    selectWorkload(ui.workload.value);
+  });
+  ui.ddlForm.addEventListener("submit", registerDdl);
+  ui.ddlText.addEventListener("input", clearDdlError);
+  ui.ddlName.addEventListener("input", clearDdlError);
   ui.writeForm.addEventListener("submit", submitWrite);
-  loadWriters();
-  await loadCategories();
-  addRows([EXAMPLE_ITEM], { replace: true });
+  onWorkloads(onWorkloadsLoaded);
+  // The writers' answer is drawn once the form is: the status list means the page is ready.
+  const writers = fetchWriters();
+  writers.catch(() => {}); // reported by loadWriters
+  try {
+    const workloads = await loadWorkloads();
+    if (workloads.length) await selectWorkload(ui.workload.value || workloads[0].name);
+    else ui.workloadDescription.textContent = "The server offers no workload.";
+  } catch (error) {
+    showMessage(ui.workloadError, ui.workload, `Could not load the workloads: ${error.message}`);
+  }
+  await loadWriters(writers);
 }
 
 start();

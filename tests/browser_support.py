@@ -49,7 +49,27 @@ class RunningApp:
 
     @property
     def delta_table(self) -> Path:
-        return self.data_dir / "local-stack" / "tables" / "main" / "default" / "products"
+        return self.delta_path("main.default.products")
+
+    def delta_path(self, table: str) -> Path:
+        """Where the local stack keeps a Delta table, by its catalog.schema.table name."""
+        return self.data_dir.joinpath("local-stack", "tables", *table.split("."))
+
+
+def postgres(app: RunningApp) -> Any:
+    """A connection to the local Postgres the lakebase writer writes, as its details name it."""
+    import psycopg
+
+    writers = httpx.get(f"{app.url}/api/v1/writers", timeout=30).json()
+    details = next(w for w in writers if w["name"] == "lakebase")["details"]
+    return psycopg.connect(
+        host=details["host"],
+        port=details["port"],
+        dbname=details["database"],
+        user=details["user"],
+        password=app.token,
+        connect_timeout=10,
+    )
 
 
 def free_port() -> int:
@@ -81,9 +101,9 @@ def wait_for(
 
 
 @contextlib.contextmanager
-def running_app(name: str) -> Iterator[RunningApp]:
+def running_app(name: str, extra_env: dict[str, str] | None = None) -> Iterator[RunningApp]:
     """`uvicorn main:app` in local mode on a free loopback port, stopped with SIGTERM; its
-    log is kept as test-artifacts/<name>-app.log."""
+    log is kept as test-artifacts/<name>-app.log. `extra_env` adds to its environment."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"dwbench-{name}-"))
     log_path = data_dir / "app.log"
     port = free_port()
@@ -91,6 +111,7 @@ def running_app(name: str) -> Iterator[RunningApp]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABRICKS_", "PG"))}
     env.pop("LOCAL_STACK_URL", None)
     env.update(APP_MODE="local", DATA_DIR=str(data_dir), LOCAL_STACK_TOKEN=token)
+    env.update(extra_env or {})
     command = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1"]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(

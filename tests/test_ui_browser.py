@@ -17,6 +17,7 @@ from tests.browser_support import (
     PHONE,
     RunningApp,
     chromium,
+    postgres,
     running_app,
     screenshot,
     watched_pages,
@@ -25,7 +26,8 @@ from workloads.products import CATEGORIES
 
 pytestmark = pytest.mark.browser
 
-WRITERS = ("zerobus", "sql", "lakebase")
+WRITERS = ("zerobus", "sql", "lakebase")  # one record through each
+POSTGRES_WRITERS = ("lakebase",)  # the others write the Delta table
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,18 @@ def open_page(browser: Any, app: RunningApp) -> Iterator[Any]:
         yield _open
 
 
-# -- what landed in the targets -----------------------------------------------------------
+# -- what the server offers and what landed in the targets --------------------------------
+
+
+def ingest_writers(app: RunningApp) -> list[str]:
+    """The writers the page lists (and "all" writes through), as the API gives them."""
+    resp = httpx.get(f"{app.url}/api/v1/writers", timeout=30)
+    assert resp.status_code == 200, resp.text
+    return [w["name"] for w in resp.json()]
+
+
+def delta_writers(app: RunningApp) -> list[str]:
+    return [w for w in ingest_writers(app) if w not in POSTGRES_WRITERS]
 
 
 def delta_rows(app: RunningApp, batch_id: str) -> dict[str, int]:
@@ -76,24 +89,9 @@ def delta_total(app: RunningApp) -> int:
     return DeltaTable(str(app.delta_table)).to_pyarrow_table(columns=["record_id"]).num_rows
 
 
-def _postgres(app: RunningApp) -> Any:
-    import psycopg
-
-    writers = httpx.get(f"{app.url}/api/v1/writers", timeout=30).json()
-    details = next(w for w in writers if w["name"] == "lakebase")["details"]
-    return psycopg.connect(
-        host=details["host"],
-        port=details["port"],
-        dbname=details["database"],
-        user=details["user"],
-        password=app.token,
-        connect_timeout=10,
-    )
-
-
 def postgres_rows(app: RunningApp, batch_id: str | None = None) -> int:
     """Rows of one batch (or all rows) in the Lakebase table on the local Postgres."""
-    with _postgres(app) as conn:
+    with postgres(app) as conn:
         if batch_id is None:
             row = conn.execute("SELECT count(*) FROM public.products").fetchone()
         else:
@@ -141,19 +139,23 @@ def cards(page: Any) -> list[dict[str, Any]]:
 
 
 def row_count(page: Any) -> int:
-    return len(page.query_selector_all("#rows tr.product-row"))
+    return len(page.query_selector_all("#rows tr.item-row"))
 
 
 def field(page: Any, row: int, name: str) -> Any:
     """The input of a field in a row (1-based), found by its label as a user would."""
-    return page.locator("#rows tr.product-row").nth(row - 1).locator(f"[name='{name}']")
+    return page.locator("#rows tr.item-row").nth(row - 1).locator(f"[name='{name}']")
 
 
 # -- tests --------------------------------------------------------------------------------
 
 
-def test_page_loads_with_writers_available_and_an_example_row(open_page: Any) -> None:
+def test_page_loads_with_writers_available_and_an_example_row(
+    open_page: Any, app: RunningApp
+) -> None:
     page = open_page()
+    writers = ingest_writers(app)
+    assert set(WRITERS) <= set(writers)
     assert page.get_attribute("html", "lang") == "en"
     assert page.text_content("h1") == "Direct Write Bench"
     assert page.locator("nav[aria-label='Views'] a[aria-current='page']").text_content() == (
@@ -161,20 +163,22 @@ def test_page_loads_with_writers_available_and_an_example_row(open_page: Any) ->
     )
 
     statuses = page.query_selector_all("#writer-status li[data-writer]")
-    assert [li.get_attribute("data-writer") for li in statuses] == list(WRITERS)
+    assert [li.get_attribute("data-writer") for li in statuses] == writers
     for li in statuses:
         assert li.get_attribute("data-available") == "true", li.text_content()
         assert "available" in li.text_content()
     page.click("#refresh-writers")
     page.wait_for_function(
         "!document.querySelector('#refresh-writers').disabled"
-        " && document.querySelectorAll('#writer-status li[data-available=true]').length === 3"
+        " && document.querySelectorAll('#writer-status li[data-available=true]').length"
+        f" === {len(writers)}"
     )
     options = page.eval_on_selector_all("#writer-type option", "os => os.map(o => o.value)")
-    assert options == [*WRITERS, "all"]
+    assert options == [*writers, "all"]
     assert "available" in page.text_content("#writer-type option[value='zerobus']")
 
-    # The example row.
+    # The products workload is the first choice; its example row.
+    assert page.input_value("#workload") == "products"
     assert row_count(page) == 1
     assert field(page, 1, "product_id").input_value() == "PROD005"
     assert field(page, 1, "product_name").input_value() == "Smart Watch"
@@ -186,7 +190,7 @@ def test_page_loads_with_writers_available_and_an_example_row(open_page: Any) ->
 
     # The category choices are the server's known ones plus free text.
     categories = page.eval_on_selector_all(
-        "#rows tr.product-row select[name='category'] option", "os => os.map(o => o.value)"
+        "#rows tr.item-row select[name='category'] option", "os => os.map(o => o.value)"
     )
     assert categories[:-1] == list(CATEGORIES)
 
@@ -235,14 +239,18 @@ def test_all_writers_side_by_side(open_page: Any, app: RunningApp) -> None:
     batch_id = submit_and_wait(page)
 
     shown = cards(page)
-    assert [c["writer"] for c in shown] == list(WRITERS)
+    writers = ingest_writers(app)
+    assert [c["writer"] for c in shown] == writers
     assert all(c["status"] == "success" and c["rows"] == "1" for c in shown), shown
     # Side by side on a desktop: one line, left to right.
     assert len({round(c["y"]) for c in shown}) == 1, shown
-    assert shown[0]["x"] < shown[1]["x"] < shown[2]["x"]
-    assert page.text_content("#results-summary [data-metric='processed_count']") == "3"
+    xs = [c["x"] for c in shown]
+    assert xs == sorted(xs) and len(set(xs)) == len(xs), shown
+    assert page.text_content("#results-summary [data-metric='processed_count']") == str(
+        len(writers)
+    )
     assert page.text_content("#results-summary .badge") == "success"
-    assert delta_rows(app, batch_id) == {"zerobus": 1, "sql": 1}
+    assert delta_rows(app, batch_id) == dict.fromkeys(delta_writers(app), 1)
     assert postgres_rows(app, batch_id) == 1
     screenshot(page, "ui-desktop-all-writers")
 
@@ -259,12 +267,13 @@ def test_phone_width_layout(open_page: Any, app: RunningApp) -> None:
     # Nothing wider than the screen; the cards stack in one column.
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     shown = cards(page)
-    assert [c["rows"] for c in shown] == ["2", "2", "2"]
+    assert [c["rows"] for c in shown] == ["2"] * len(ingest_writers(app))
     assert len({round(c["x"]) for c in shown}) == 1, shown
-    assert shown[0]["y"] < shown[1]["y"] < shown[2]["y"]
+    ys = [c["y"] for c in shown]
+    assert ys == sorted(ys) and len(set(ys)) == len(ys), shown
     # On a phone the labels are shown above each input (the table header is hidden).
     assert page.locator("label[for='row1-product_id']").is_visible()
-    assert delta_rows(app, batch_id) == {"zerobus": 2, "sql": 2}
+    assert delta_rows(app, batch_id) == dict.fromkeys(delta_writers(app), 2)
     assert postgres_rows(app, batch_id) == 2
     screenshot(page, "ui-375-all-writers")
 
@@ -324,7 +333,7 @@ def test_generate_samples_then_write_all(open_page: Any, app: RunningApp) -> Non
     page.fill("#sample-count", "10")
     page.select_option("#sample-mode", "replace")
     page.click("#generate-button")
-    page.wait_for_function("document.querySelectorAll('#rows tr.product-row').length === 10")
+    page.wait_for_function("document.querySelectorAll('#rows tr.item-row').length === 10")
     assert "10 sample records" in page.text_content("#generate-status")
     assert field(page, 1, "product_id").input_value() != "PROD005"
     assert page.text_content("#submit-button") == "Write 10 records"
@@ -332,11 +341,14 @@ def test_generate_samples_then_write_all(open_page: Any, app: RunningApp) -> Non
     page.select_option("#writer-type", "all")
     batch_id = submit_and_wait(page)
     shown = cards(page)
+    writers = ingest_writers(app)
     assert [(c["writer"], c["status"], c["rows"]) for c in shown] == [
-        (w, "success", "10") for w in WRITERS
+        (w, "success", "10") for w in writers
     ]
-    assert page.text_content("#results-summary [data-metric='processed_count']") == "30"
-    assert delta_rows(app, batch_id) == {"zerobus": 10, "sql": 10}
+    assert page.text_content("#results-summary [data-metric='processed_count']") == str(
+        10 * len(writers)
+    )
+    assert delta_rows(app, batch_id) == dict.fromkeys(delta_writers(app), 10)
     assert postgres_rows(app, batch_id) == 10
     screenshot(page, "ui-desktop-samples-all-writers")
 
@@ -344,7 +356,7 @@ def test_generate_samples_then_write_all(open_page: Any, app: RunningApp) -> Non
     page.select_option("#sample-mode", "append")
     page.fill("#sample-count", "5")
     page.press("#sample-count", "Enter")
-    page.wait_for_function("document.querySelectorAll('#rows tr.product-row').length === 15")
+    page.wait_for_function("document.querySelectorAll('#rows tr.item-row').length === 15")
     # An out-of-range count is refused at the field.
     page.fill("#sample-count", "1001")
     page.click("#generate-button")
@@ -368,7 +380,7 @@ def test_add_edit_remove_rows_and_free_text_category(open_page: Any, app: Runnin
     custom.fill("Garden & Outdoor")
 
     # Remove the first row with the keyboard.
-    page.focus("#rows tr.product-row >> nth=0 >> .remove-row")
+    page.focus("#rows tr.item-row >> nth=0 >> .remove-row")
     page.keyboard.press("Enter")
     assert row_count(page) == 1
     assert field(page, 1, "product_id").input_value() == "PROD100"
@@ -378,7 +390,7 @@ def test_add_edit_remove_rows_and_free_text_category(open_page: Any, app: Runnin
     page.select_option("#writer-type", "lakebase")
     batch_id = submit_and_wait(page)
     assert [c["rows"] for c in cards(page)] == ["1"]
-    with _postgres(app) as conn:
+    with postgres(app) as conn:
         row = conn.execute(
             "SELECT product_id, category, product_price FROM public.products WHERE batch_id = %s",
             (batch_id,),
@@ -389,7 +401,7 @@ def test_add_edit_remove_rows_and_free_text_category(open_page: Any, app: Runnin
 def test_server_error_is_shown_in_the_alert_region(open_page: Any) -> None:
     page = open_page()
     # A writer the server does not know: its 400 {error, message} is shown as is.
-    page.eval_on_selector("#writer-type option[value='zerobus']", "o => { o.value = 'nosuch'; }")
+    page.eval_on_selector("#writer-type option", "o => { o.value = 'nosuch'; }")
     page.select_option("#writer-type", "nosuch")
     page.click("#submit-button")
     page.wait_for_selector("#alert:not([hidden])")
@@ -411,15 +423,27 @@ def test_unavailable_writer_and_partial_result_are_shown_as_text(open_page: Any)
 
     page = open_page()
     trap = '<img src=x onerror="window.__xss=1">'
-    writers = [
-        WriterInfo(name="zerobus", label="Zerobus Ingest", available=True, reason=None, details={}),
-        WriterInfo(name="sql", label="SQL warehouse", available=True, reason=None, details={}),
-        WriterInfo(
-            name="lakebase",
-            label="Lakebase (Postgres)",
-            available=False,
-            reason=f"cannot reach 127.0.0.1:5432: connection refused {trap}",
+
+    def info(name: str, label: str, color: str, reason: str | None = None) -> WriterInfo:
+        return WriterInfo(
+            name=name,
+            label=label,
+            family="test",
+            color=color,
+            stores_rows=True,
+            available=reason is None,
+            reason=reason,
             details={},
+        )
+
+    writers = [
+        info("zerobus", "Zerobus Ingest", "#e8590c"),
+        info("sql", "SQL warehouse", "#6b7280"),
+        info(
+            "lakebase",
+            "Lakebase (Postgres)",
+            "#047857",
+            reason=f"cannot reach 127.0.0.1:5432: connection refused {trap}",
         ),
     ]
 
