@@ -3,20 +3,18 @@
 // Server data reaches the page only through textContent (el()) and chart data, never as HTML.
 // Charts are uPlot (static/vendor, the global `uPlot`); every chart has a table beside it.
 
-import { badge, cleanMessage, el, errorMessage, formatCount, keyValueList, plural, requestJson } from "./app.js";
+import { badge, el, formatCount, keyValueList, plural } from "./app.js";
+import { fetchWriters, findWorkload, loadWorkloads, onWorkloads, writerColor as colorOf } from "./catalog.js";
+import { cleanMessage, errorMessage, postJson, requestJson } from "./http.js";
 
 const API = "api/v1/benchmarks";
-const WRITER_LABELS = {
-  zerobus: "Zerobus Ingest",
-  sql: "SQL warehouse",
-  lakebase: "Lakebase (Postgres)",
-  null: "Null baseline",
-};
-// Distinct on white and for common colour-vision deficiencies; the baseline is also dashed.
-const WRITER_COLORS = { zerobus: "#1d4ed8", sql: "#c2410c", lakebase: "#047857", null: "#4b5563" };
-const EXTRA_COLORS = ["#7c3aed", "#be123c", "#0e7490", "#a16207"];
-const WRITER_DASH = { null: [6, 4] };
+// The generator parameters of the built-in workloads that take one (the fleet's size).
+const WORKLOAD_PARAMETERS = { telemetry: ["drivers"] };
+const BASELINE_DASH = [6, 4];
 const FIELDS = [
+  "workload",
+  "drivers",
+  "pad_column",
   "records",
   "duration_s",
   "batch_size",
@@ -30,6 +28,9 @@ const FIELDS = [
   "visibility_poll_ms",
 ];
 const FIELD_LABELS = {
+  workload: "Workload",
+  drivers: "Drivers",
+  pad_column: "Padded column",
   writers: "Writers",
   records: "Records per writer",
   duration_s: "Seconds per writer",
@@ -119,6 +120,10 @@ const MAX_MISSES = 10; // polls in a row without an answer before giving up on a
 const $ = (id) => document.getElementById(id);
 const ui = {
   form: $("bench-form"),
+  writerChoices: $("bench-writer-choices"),
+  workload: $("bench-workload"),
+  workloadDescription: $("bench-workload-description"),
+  padColumn: $("bench-pad_column"),
   start: $("bench-start"),
   cancel: $("bench-cancel"),
   status: $("bench-status"),
@@ -191,19 +196,30 @@ function formatTime(iso) {
   return date.toLocaleString("en-GB", { dateStyle: "medium", timeStyle: "medium" });
 }
 
-function writerLabel(name) {
-  return WRITER_LABELS[name] || String(name);
+/** The writers of GET /api/v1/writers?baseline=true, by name, in the registry's order. */
+let writerInfo = new Map();
+
+function writerLabel(name, fallback) {
+  const info = writerInfo.get(name);
+  return (info && info.label) || fallback || String(name);
 }
 
 function latency(w, key) {
   return w.latency_ms && typeof w.latency_ms[key] === "number" ? w.latency_ms[key] : null;
 }
 
-function writerColor(name, index) {
-  return WRITER_COLORS[name] || EXTRA_COLORS[index % EXTRA_COLORS.length];
+function writerColor(name, index = 0) {
+  const known = [...writerInfo.keys()].indexOf(name);
+  return colorOf(writerInfo.get(name), known >= 0 ? known : writerInfo.size + index);
 }
 
-/** One line for a workload: what each writer was asked to do. */
+/** The harness baseline stores nothing: drawn dashed, never ranked. */
+function isBaseline(name) {
+  const info = writerInfo.get(name);
+  return Boolean(info && info.stores_rows === false);
+}
+
+/** One line for a run's load: what each writer was asked to do. */
 function describeWorkload(cfg) {
   if (!cfg) return "—";
   const parts = [];
@@ -211,10 +227,24 @@ function describeWorkload(cfg) {
   else if (typeof cfg.records === "number") parts.push(`${formatNumber(cfg.records)} records per writer`);
   if (typeof cfg.batch_size === "number") parts.push(`batches of ${formatNumber(cfg.batch_size)}`);
   if (typeof cfg.concurrency === "number") parts.push(`${cfg.concurrency} in flight`);
-  if (typeof cfg.record_bytes === "number") parts.push(`${formatNumber(cfg.record_bytes)} B records`);
+  if (typeof cfg.record_bytes === "number")
+    parts.push(cfg.record_bytes > 0 ? `${formatNumber(cfg.record_bytes)} B records` : "records unpadded");
+  if (typeof cfg.drivers === "number") parts.push(`${formatNumber(cfg.drivers)} drivers`);
+  if (cfg.pad_column) parts.push(`padded on ${cfg.pad_column}`);
   parts.push(typeof cfg.rate === "number" ? `${formatNumber(cfg.rate)} rows/s target` : "max rate");
   if (cfg.parallel === true) parts.push("writers in parallel");
   return parts.join(" · ");
+}
+
+/** The workload's name a run (or a history summary) names, if it names one. */
+function workloadNameOf(run) {
+  if (!run) return null;
+  const w = run.workload;
+  if (w && typeof w.name === "string") return w.name;
+  if (w && typeof w.workload === "string") return w.workload;
+  if (run.config && typeof run.config.workload === "string") return run.config.workload;
+  if (typeof run.workload_name === "string") return run.workload_name;
+  return null;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -225,9 +255,19 @@ function numberOrNull(id) {
   return text === "" ? null : Number(text);
 }
 
+function selectedWorkload() {
+  return ui.workload.value || null;
+}
+
+function parametersOf(name) {
+  const workload = findWorkload(name);
+  return (workload && workload.builtin && WORKLOAD_PARAMETERS[name]) || [];
+}
+
 function readConfig() {
   const byDuration = ui.form.querySelector('[name="length_kind"]:checked').value === "duration";
-  return {
+  const workload = selectedWorkload();
+  const config = {
     writers: [...ui.form.querySelectorAll('[name="writers"]:checked')].map((input) => input.value),
     records: byDuration ? null : numberOrNull("bench-records"),
     duration_s: byDuration ? numberOrNull("bench-duration_s") : null,
@@ -241,6 +281,92 @@ function readConfig() {
     visibility: $("bench-visibility").checked,
     visibility_poll_ms: numberOrNull("bench-visibility_poll_ms"),
   };
+  if (workload) config.workload = workload;
+  if (parametersOf(workload).includes("drivers")) config.drivers = numberOrNull("bench-drivers");
+  if (ui.padColumn.value) config.pad_column = ui.padColumn.value;
+  return config;
+}
+
+/** The writer checkboxes, one per writer of the registry; unavailable ones say why. */
+function renderWriterChoices(writers) {
+  const checked = new Set(
+    [...ui.form.querySelectorAll('[name="writers"]')].filter((box) => box.checked).map((box) => box.value),
+  );
+  const first = checked.size === 0;
+  ui.writerChoices.replaceChildren(
+    ...writers.map((writer) => {
+      const baseline = writer.stores_rows === false;
+      const on = first ? writer.available && !baseline : checked.has(writer.name);
+      return el("label", { className: "check", "data-writer": writer.name, "data-available": String(writer.available) }, [
+        el("input", { type: "checkbox", name: "writers", value: writer.name, checked: on }),
+        " ",
+        el("span", {}, [
+          el("span", {
+            className: "writer-swatch",
+            "aria-hidden": "true",
+            style: `background:${writerColor(writer.name)}`,
+          }),
+          " ",
+          el("span", { className: "writer-label", text: writer.label || writer.name }),
+          baseline ? el("span", { className: "muted", text: " — not ranked" }) : null,
+          writer.available
+            ? null
+            : el("span", { className: "writer-reason block small", text: `unavailable — ${writer.reason || "no reason given"}` }),
+        ]),
+      ]);
+    }),
+  );
+}
+
+async function loadWriterChoices() {
+  try {
+    const writers = await fetchWriters({ baseline: true });
+    writerInfo = new Map(writers.map((writer) => [writer.name, writer]));
+    renderWriterChoices(writers);
+  } catch (error) {
+    ui.writerChoices.replaceChildren(
+      el("p", { className: "state-unavailable", text: `Could not read the writers: ${error.message}` }),
+    );
+  }
+}
+
+/** The workload picker (from GET /api/v1/workloads); the choice made is kept. */
+function renderWorkloadChoices(workloads) {
+  const chosen = ui.workload.value;
+  ui.workload.replaceChildren(
+    ...workloads.map((workload) =>
+      el("option", {
+        value: workload.name,
+        text: workload.builtin ? workload.label || workload.name : `${workload.name} (registered)`,
+      }),
+    ),
+  );
+  if (workloads.some((workload) => workload.name === chosen)) ui.workload.value = chosen;
+  onWorkloadChange();
+}
+
+/** Shows the parameters the workload takes, and its string columns as padding choices. */
+function onWorkloadChange() {
+  const name = selectedWorkload();
+  const workload = findWorkload(name);
+  const params = parametersOf(name);
+  for (const field of ui.form.querySelectorAll("[data-parameter]")) {
+    const shown = params.includes(field.dataset.parameter);
+    field.hidden = !shown;
+    for (const control of field.querySelectorAll("input")) control.disabled = !shown;
+  }
+  const chosen = ui.padColumn.value;
+  const inputs = new Set(Object.keys((workload && workload.input_schema && workload.input_schema.properties) || {}));
+  const strings = ((workload && workload.columns) || [])
+    .filter((column) => String(column.type).toUpperCase() === "STRING" && inputs.has(column.name))
+    .map((column) => column.name);
+  ui.padColumn.replaceChildren(
+    el("option", { value: "", text: "the workload's choice" }),
+    ...strings.map((column) => el("option", { value: column, text: column })),
+  );
+  if (strings.includes(chosen)) ui.padColumn.value = chosen;
+  ui.workloadDescription.textContent = workload ? workload.description || "" : "";
+  for (const name of ["workload", "drivers", "pad_column"]) clearError(name);
 }
 
 function onLengthKind() {
@@ -298,7 +424,7 @@ function showAlert(title, lines = []) {
         lines.map((line) => el("li", { text: line })),
       )
     : null;
-  ui.alert.replaceChildren(el("p", { className: "alert-title", text: title }), list);
+  ui.alert.replaceChildren(...[el("p", { className: "alert-title", text: title }), list].filter(Boolean));
   ui.alert.hidden = false;
 }
 
@@ -341,11 +467,7 @@ async function startRun(event) {
   ui.status.textContent = "Starting…";
   let started = false;
   try {
-    const { ok, status, body } = await requestJson(API, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(config),
-    });
+    const { ok, status, body } = await postJson(API, config);
     if (ok && body && typeof body.id === "string") {
       started = true;
       watchRun(body.id, body.config || config);
@@ -666,7 +788,7 @@ function seriesFor(name, index) {
     label: writerLabel(name),
     stroke: writerColor(name, index),
     width: 2,
-    dash: WRITER_DASH[name],
+    dash: isBaseline(name) ? BASELINE_DASH : undefined,
     spanGaps: false,
   };
 }
@@ -940,6 +1062,14 @@ function downloadLinks(id) {
   ];
 }
 
+/** "telemetry — Telemetry (delivery drivers' GPS events)", from a result's workload. */
+function workloadTitle(run) {
+  const name = workloadNameOf(run);
+  const label = run.workload && run.workload.label;
+  if (!name) return "—";
+  return label && label !== name ? `${name} — ${label}` : name;
+}
+
 function renderResult(run) {
   ui.result.hidden = false;
   ui.result.dataset.runId = run.id;
@@ -953,7 +1083,8 @@ function renderResult(run) {
       [
         ["Started", formatTime(run.started_at)],
         ["Finished", run.finished_at ? formatTime(run.finished_at) : "—"],
-        ["Workload", describeWorkload(cfg)],
+        ["Workload", workloadTitle(run), { "data-field": "workload", "data-workload": workloadNameOf(run) }],
+        ["Load", describeWorkload(cfg)],
         ["Warm-up, seed", `${formatSeconds(cfg.warmup_s)}, ${cfg.seed ?? "—"}`],
         [
           "Visibility",
@@ -965,7 +1096,7 @@ function renderResult(run) {
   );
   const envEntries = Object.entries(env);
   const warnings = Array.isArray(run.warnings) ? run.warnings : [];
-  ui.warnings.replaceChildren(
+  const notes = [
     warnings.length
       ? el("div", { className: "notice notice-warn", role: "note", "aria-labelledby": "bench-warnings-title" }, [
           el("p", { id: "bench-warnings-title", className: "notice-title", text: `Warnings (${warnings.length})` }),
@@ -982,7 +1113,9 @@ function renderResult(run) {
           el("pre", { className: "small", text: JSON.stringify(env, null, 2) }),
         ])
       : null,
-  );
+  ];
+  // replaceChildren would write a null as the text "null".
+  ui.warnings.replaceChildren(...notes.filter(Boolean));
   renderTable(run);
   drawPercentileChart(run);
   drawThroughputChart(run);
@@ -1013,7 +1146,7 @@ function renderTable(run) {
           "aria-hidden": "true",
           style: `background:${writerColor(w.writer, i)}`,
         }),
-        el("span", { className: "writer-name", text: WRITER_LABELS[w.writer] || w.label || w.writer }),
+        el("span", { className: "writer-name", text: writerLabel(w.writer, w.label) }),
         w.status !== "completed" ? badge(w.status) : null,
         ...notes,
       ]),
@@ -1069,6 +1202,7 @@ async function loadHistory() {
     if (!ok || !Array.isArray(body)) throw new Error(errorMessage(status, body));
     history = body;
     renderHistory();
+    fillWorkloadNames();
     const running = history.find((run) => run.status === "running");
     if (running && (!watched || watched.finished) && running.id !== (watched && watched.id)) {
       watchRun(running.id, null);
@@ -1082,6 +1216,32 @@ async function loadHistory() {
 
 function selectedIds() {
   return [...ui.historyRows.querySelectorAll('input[name="compare"]:checked')].map((input) => input.value);
+}
+
+/** Workload names of past runs whose history summary does not carry one: run id -> name. */
+const workloadNames = new Map();
+const NAME_LOOKUPS = 25; // at most this many runs read in full for their workload's name
+
+/** Reads the runs whose summary lacks the workload's name, a few at a time, and fills it in. */
+async function fillWorkloadNames() {
+  const missing = history
+    .filter((run) => !workloadNameOf(run) && !workloadNames.has(String(run.id)))
+    .slice(0, NAME_LOOKUPS)
+    .map((run) => String(run.id));
+  for (let i = 0; i < missing.length; i += 4) {
+    const found = await Promise.all(missing.slice(i, i + 4).map((id) => fetchRun(id)));
+    found.forEach((result, j) => {
+      const id = missing[i + j];
+      const name = workloadNameOf(result);
+      if (!name) return;
+      if (result.status !== "running") workloadNames.set(id, name);
+      const cell = ui.historyRows.querySelector(`tr[data-run-id="${CSS.escape(id)}"] .workload-name`);
+      if (cell) {
+        cell.textContent = name;
+        cell.dataset.workload = name;
+      }
+    });
+  }
 }
 
 function renderHistory() {
@@ -1111,7 +1271,14 @@ function historyRow(keep) {
         el("code", { className: "run-id small", text: id }),
       ]),
       el("td", {}, [badge(run.status), ...(run.partial && run.status !== "running" ? [" ", badge("partial")] : [])]),
-      el("td", { className: "small", text: describeWorkload(run.workload) }),
+      el("td", { className: "small", "data-cell": "workload" }, [
+        el("strong", {
+          className: "workload-name block",
+          "data-workload": workloadNames.get(id) || workloadNameOf(run),
+          text: workloadNames.get(id) || workloadNameOf(run) || "…",
+        }),
+        describeWorkload(run.workload),
+      ]),
       el(
         "td",
         {},
@@ -1241,7 +1408,7 @@ function renderComparison(result, started) {
 // ---------------------------------------------------------------------------------------
 // Start
 
-function start() {
+async function start() {
   ui.form.addEventListener("submit", startRun);
   ui.form.addEventListener("input", onFormInput);
   ui.form.addEventListener("change", onFormInput);
@@ -1252,7 +1419,15 @@ function start() {
   ui.historyRows.addEventListener("change", updateCompareButton);
   ui.compare.addEventListener("click", compareSelected);
   if (resizer) for (const container of [ui.liveChart, ui.pctChart, ui.tputChart]) resizer.observe(container);
+  ui.workload.addEventListener("change", onWorkloadChange);
+  onWorkloads(renderWorkloadChoices);
   onLengthKind();
+  // The history is read once the writers (their labels and colours) and workloads are known:
+  // its rows mean the form is ready.
+  const workloads = loadWorkloads().catch((error) => {
+    showError("workload", `Could not load the workloads: ${error.message}`);
+  });
+  await Promise.all([loadWriterChoices(), workloads]);
   loadHistory();
 }
 

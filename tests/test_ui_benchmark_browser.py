@@ -244,7 +244,10 @@ def test_fixed_rate_run_through_every_writer(open_bench: Any, app: RunningApp) -
     wait_for_result(page, run_id)
     run = get_json(app, f"/api/v1/benchmarks/{run_id}")
     assert run["status"] == "completed"
+    assert run["config"]["workload"] == "products"  # the form's first workload
     assert page.text_content("#bench-live-badge") == "completed"
+    workload = page.locator("#bench-result-meta [data-field='workload']")
+    assert workload.get_attribute("data-workload") == "products"
     assert "completed" in page.text_content("#bench-status")
     # Every writer measured something, and the live chart has a series for each.
     assert all(w["rows"] > 0 for w in run["writers"]), run["writers"]
@@ -301,7 +304,7 @@ def test_invalid_config_shows_errors_at_the_fields(open_bench: Any, app: Running
     for box in page.query_selector_all("#bench-form input[name='writers']:checked"):
         box.click()
     page.fill("#bench-batch_size", "0")
-    page.fill("#bench-record_bytes", "10")
+    page.fill("#bench-record_bytes", "-1")
     page.click("#bench-start")
     page.wait_for_selector("#bench-alert:not([hidden])")
 
@@ -387,6 +390,10 @@ def test_history_compare_and_open_a_past_run(open_bench: Any, app: RunningApp) -
     assert ids[0] == run_id and len(ids) >= 3
     first_row = page.text_content(f"#bench-history-rows tr[data-run-id='{run_id}']")
     assert "completed" in first_row and "rows/s" in first_row and "Zerobus Ingest" in first_row
+    # Each run names its workload.
+    page.wait_for_selector(
+        f"#bench-history-rows tr[data-run-id='{run_id}'] .workload-name[data-workload='products']"
+    )
     fixed_rate = next(
         r["id"] for r in history if r["workload"]["rate"] == 2000 and r["status"] == "completed"
     )
