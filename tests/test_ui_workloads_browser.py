@@ -327,6 +327,17 @@ def test_ddl_with_a_decimal_registers_and_writes_where_it_can(
     assert row is not None and row[0] == decimal.Decimal("12.34")
     assert count == (3,)
 
+    # Zerobus alone: refused as a whole (HTTP 422), with the reason, and nothing written.
+    page.select_option("#writer-type", "zerobus")
+    page.click("#submit-button")
+    page.wait_for_selector("#alert:not([hidden])")
+    alert = page.text_content("#alert")
+    assert "cannot write this workload (HTTP 422)" in alert
+    assert "DECIMAL(10,2)" in alert and "column total" in alert
+    assert page.locator("#result-cards .result-card").count() == 0
+    assert "Nothing was written" in page.text_content("#submit-status")
+    assert len(delta_table(app, orders["delta_table"])) == 3
+
 
 def test_registry_writer_is_listed_in_both_views(open_page: Any, app: RunningApp) -> None:
     label = RegistryCheckWriter.label
