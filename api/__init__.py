@@ -2,11 +2,12 @@
 
 from fastapi import APIRouter
 
-from api.routes import benchmarks, debug, health, ingest, writers
+from api.routes import benchmarks, debug, health, ingest, workloads, writers
 
 api_router = APIRouter()
 api_router.include_router(ingest.router)
 api_router.include_router(writers.router)
+api_router.include_router(workloads.router)
 api_router.include_router(debug.router)
 api_router.include_router(health.router)
 api_router.include_router(benchmarks.router)

@@ -92,5 +92,6 @@ def workload_from_ddl(name: str | None, ddl: str, **kwargs: object) -> Workload:
         table = f"main.default.{table}"
     elif table is not None and table.count(".") == 1:
         table = f"main.{table}"
-    kwargs.setdefault("table", table)  # type: ignore[arg-type]
+    if kwargs.get("table") is None:
+        kwargs["table"] = table
     return workload_from_schema(name, schema, **kwargs)  # type: ignore[arg-type]
