@@ -79,6 +79,9 @@ def summary(run: RunResult) -> dict[str, Any]:
             for w in run.writers
         ],
         "workload": {
+            "name": cfg.workload,
+            "drivers": cfg.drivers,
+            "pad_column": cfg.pad_column,
             "records": cfg.records,
             "duration_s": cfg.duration_s,
             "batch_size": cfg.batch_size,

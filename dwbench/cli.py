@@ -253,6 +253,7 @@ def workload_text(config: BenchmarkConfig) -> str:
     )
     pace = f"at {config.rate:,} rows/s" if config.rate is not None else "max rate"
     parts = [
+        config.workload,
         amount,
         f"batch {config.batch_size:,}",
         f"concurrency {config.concurrency}",
@@ -320,7 +321,8 @@ def _workload_summary(entry: dict[str, Any]) -> str:
     w = entry["workload"]
     amount = f"{w['duration_s']:g} s" if w.get("duration_s") else f"{fmt_int(w['records'])} rows"
     pace = f"{w['rate']:,} rows/s" if w.get("rate") else "max rate"
-    return f"{amount}, batch {w['batch_size']:,}, conc {w['concurrency']}, {pace}"
+    name = w.get("name") or "products"  # results from before workloads were products
+    return f"{name}: {amount}, batch {w['batch_size']:,}, conc {w['concurrency']}, {pace}"
 
 
 _METRIC_NAMES = {
@@ -620,9 +622,8 @@ async def _run_benchmark(
         )
         interrupts.cancel_run = run.cancel
         _say(
-            f"run {run.id}: {', '.join(config.writers)}; workload {workload.name} "
-            f"({len(workload.schema.columns)} columns into {workload.table.delta_table}); "
-            f"{workload_text(config)}"
+            f"run {run.id}: {', '.join(config.writers)}; {workload_text(config)} "
+            f"({len(workload.schema.columns)} columns into {workload.table.delta_table})"
         )
         _say("Ctrl-C cancels the run and keeps what was measured")
         # The local stack runs in its own session, so the terminal's Ctrl-C reaches only us.

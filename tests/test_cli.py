@@ -337,7 +337,9 @@ def test_telemetry_through_every_storing_writer(local_stack, tmp_path):
         env=stack_env(local_stack),
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert "workload telemetry (14 columns into main.default.telemetry)" in proc.stderr
+    assert "; telemetry, 1,000 rows per writer" in proc.stderr
+    assert "(14 columns into main.default.telemetry)" in proc.stderr
+    assert "workload: telemetry, 1,000 rows per writer" in proc.stdout
     run = RunResult.model_validate_json(out.read_text())
     assert run.config.workload == "telemetry" and run.config.drivers == 50
     assert run.workload is not None and run.workload["name"] == "telemetry"

@@ -2,7 +2,7 @@
 
 app.yaml may only set variables that `Settings` reads, the bundle must send the same command
 and variables and declare the resources they refer to, and every products DDL must have the
-columns of `records.COLUMNS` with the types of DESIGN.md's record schema.
+columns and types the products workload's schema derives.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import yaml
 from pydantic import AliasChoices, AliasPath, SecretStr
 
 from dwbench.settings import Settings
+from workloads import products
 from workloads.products import COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,32 +55,9 @@ DATABRICKS_MODE_ENV = frozenset(
     }
 )
 # DESIGN.md, "Record schema": Delta / SQL type and NOT NULL per column, and the Postgres type.
-DELTA_SCHEMA = {
-    "record_id": ("STRING", True),
-    "product_id": ("STRING", True),
-    "product_name": ("STRING", True),
-    "product_price": ("DOUBLE", True),
-    "category": ("STRING", True),
-    "sale_start_date": ("DATE", False),
-    "sale_stop_date": ("DATE", False),
-    "processed_at": ("TIMESTAMP", False),
-    "batch_id": ("STRING", False),
-    "source": ("STRING", False),
-    "description": ("STRING", False),
-}
-POSTGRES_TYPES = {
-    "record_id": "text",
-    "product_id": "text",
-    "product_name": "text",
-    "product_price": "double precision",
-    "category": "text",
-    "sale_start_date": "date",
-    "sale_stop_date": "date",
-    "processed_at": "timestamptz",
-    "batch_id": "text",
-    "source": "text",
-    "description": "text",
-}
+# The seed's SQL files must say what the products schema derives (name, type, NOT NULL).
+DELTA_SCHEMA = {c.name: (c.type.sql(), not c.nullable) for c in products.SCHEMA.columns}
+POSTGRES_TYPES = {c.name: c.type.postgres() for c in products.SCHEMA.columns}
 VAR_REF = re.compile(r"\$\{var\.([A-Za-z_][\w-]*)\}")
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_]\w*)\}")
 

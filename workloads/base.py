@@ -95,6 +95,12 @@ class Workload:
             "postgres_table": self.table.postgres_table,
             "id_column": self.table.id_column,
             "batch_column": self.table.batch_column,
+            # Generator parameters the workload takes, with their defaults (e.g. drivers).
+            "parameters": dict(
+                (k, v)
+                for k, v in self.options.items()
+                if isinstance(v, int | float | str) and k not in ("input_model_name", "time_column")
+            ),
             "input_schema": input_json_schema(self),
         }
 

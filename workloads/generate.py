@@ -10,6 +10,7 @@ named, else the widest) as random letters, so columnar storage cannot compress i
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import string
 from collections.abc import Callable, Sequence
@@ -169,6 +170,18 @@ def _primitive(name: str, count: int, rng: np.random.Generator, spec: GeneratorS
     raise InvalidSchemaError(f"cannot generate {name}")  # pragma: no cover
 
 
+@functools.lru_cache(maxsize=16)
+def row_suffixes(rows: int) -> pa.Array:
+    """"-000000", "-000001", ... for `rows` rows: a batch id plus these is a row's id."""
+    numbers = pc.utf8_lpad(pc.cast(pa.array(np.arange(rows)), pa.string()), 6, "0")
+    return pc.binary_join_element_wise("-", numbers, "")
+
+
+def row_ids(batch_id: str, rows: int) -> pa.Array:
+    """`<batch_id>-<index>` for each row, the same ids build_rows gives submitted items."""
+    return pc.binary_join_element_wise(batch_id, row_suffixes(rows), "")
+
+
 def padding_column(
     schema: TableSchema, requested: str | None, exclude: Sequence[str | None] = ()
 ) -> Column | None:
@@ -271,8 +284,7 @@ class PooledRows:
     def _ids(self, name: str, k: int, rows: int, batch_id: str) -> pa.Array:
         col = self.schema.require(name, "id column")
         if col.type == Primitive("STRING"):
-            numbers = pc.utf8_lpad(pc.cast(pa.array(np.arange(rows)), pa.string()), 6, "0")
-            return pc.binary_join_element_wise(batch_id + "-", numbers, "")
+            return row_ids(batch_id, rows)
         if col.type in (Primitive("BIGINT"), Primitive("INT")):
             # Unique across batches of one run: batch number times a stride of rows.
             return pa.array(np.arange(rows, dtype=np.int64) + k * 1_000_000).cast(col.type.arrow())

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workloads.base import BatchMaker, TableRef, Workload, default_table
-from workloads.generate import padding_column, random_text
+from workloads.generate import padding_column, random_text, row_ids
 from workloads.schema import TableSchema
 
 DDL = """
@@ -59,6 +59,7 @@ STATUSES = (
 IDLE, TO_RESTAURANT, AT_RESTAURANT, PICKED_UP, TO_CUSTOMER, DELIVERED = range(len(STATUSES))
 # About what one event takes as protobuf before any padding.
 NATURAL_ROW_BYTES = 160
+_UTC_US = pa.timestamp("us", tz="UTC")
 APP_VERSIONS = ("4.12.0", "4.12.1", "4.13.0", "5.0.0-beta")
 
 
@@ -141,6 +142,9 @@ class Fleet:
         self.last_us = np.zeros(n, dtype=np.int64)
         self.version = rng.integers(0, len(APP_VERSIONS), n)
         self.cursor = 0
+        self._orders_changed = True
+        self._order_labels: pa.Array | None = None
+        self._labels_before = self._labels()
         self.driver_ids = pa.array([f"driver-{i:05d}" for i in range(n)])
         self._status_names = pa.array(STATUSES)
         self._versions = pa.array(APP_VERSIONS)
@@ -171,7 +175,7 @@ class Fleet:
         per_driver = np.bincount(d, minlength=count)
         touched = np.flatnonzero(per_driver)
         x0, y0, t0 = self.x.copy(), self.y.copy(), self.last_us.copy()
-        status0, order0 = self.status.copy(), self.order.copy()
+        status0 = self.status.copy()
         self._advance(touched, now_us)
         self.cursor = (base + n) % count
         frac = (occurrence + 1) / per_driver[d]
@@ -183,24 +187,28 @@ class Fleet:
         t = np.where(first & last, self.last_us[d], start + (frac * (self.last_us[d] - start)))
         t = t.astype(np.int64)
         status = np.where(last, self.status[d], status0[d])
-        orders = np.where(last, self.order[d], order0[d])
-
-        rng = self.rng
-        # GPS: a few metres of noise always; a few percent of fixes tens of metres off.
-        jitter = rng.random(n) < 0.03
-        noise = np.where(jitter, rng.uniform(15, 60, n), rng.uniform(0.5, 4, n))
-        angle = rng.uniform(0, 2 * np.pi, n)
-        lat, lon = self.city.to_latlon(x + noise * np.cos(angle), y + noise * np.sin(angle))
-        accuracy = np.where(jitter, rng.uniform(20, 80, n), rng.uniform(3, 12, n))
-        order_ids = pc.binary_join_element_wise(
-            "order-", pc.utf8_lpad(pc.cast(pa.array(orders), pa.string()), 7, "0"), ""
-        )
-        order_ids = pc.if_else(pa.array(orders < 0), pa.nulls(n, pa.string()), order_ids)
         index = pa.array(d)
+        labels = self._labels()
+        if labels is self._labels_before or bool(last.all()):
+            order_ids = labels.take(index)
+        else:  # a driver's order changed within this call: earlier events keep the old one
+            order_ids = pc.if_else(
+                pa.array(last), labels.take(index), self._labels_before.take(index)
+            )
+        self._labels_before = labels
+
+        # GPS: a few metres of noise always; a few percent of fixes tens of metres off.
+        u = self.rng.random((4, n))
+        jitter = u[0] < 0.03
+        noise = np.where(jitter, 15 + 45 * u[1], 0.5 + 3.5 * u[1])
+        angle = 2 * np.pi * u[2]
+        lat, lon = self.city.to_latlon(x + noise * np.cos(angle), y + noise * np.sin(angle))
+        accuracy = np.where(jitter, 20 + 60 * u[3], 3 + 9 * u[3])
         return {
             "driver_id": self.driver_ids.take(index),
             "order_id": order_ids,
-            "event_time": pa.array(t).cast(pa.timestamp("us", tz="UTC")),
+            # The int64 µs buffer as a timestamp array: no cast kernel per batch.
+            "event_time": pa.Array.from_buffers(_UTC_US, n, [None, pa.py_buffer(t)]),
             "latitude": pa.array(lat),
             "longitude": pa.array(lon),
             "speed_mps": pa.array(self.speed[d].astype(np.float32)),
@@ -210,6 +218,20 @@ class Fleet:
             "battery_pct": pa.array(self.battery[d].astype(np.int8)),
             "app_version": self._versions.take(pa.array(self.version[d])),
         }
+
+    def _labels(self) -> pa.Array:
+        """Each driver's current order id as text (null without an order), rebuilt only when
+        an order changed."""
+        if self._orders_changed or self._order_labels is None:
+            orders = pa.array(self.order)
+            text = pc.binary_join_element_wise(
+                "order-", pc.utf8_lpad(pc.cast(orders, pa.string()), 7, "0"), ""
+            )
+            self._order_labels = pc.if_else(
+                pa.array(self.order < 0), pa.nulls(self.n, pa.string()), text
+            )
+            self._orders_changed = False
+        return self._order_labels
 
     def _advance(self, d: np.ndarray, now_us: int) -> None:
         rng = self.rng
@@ -232,6 +254,7 @@ class Fleet:
         start = d[done & (status == IDLE)]
         if len(start):
             self.order[start] = self.next_order + np.arange(len(start))
+            self._orders_changed = True
             self.next_order += len(start)
             self._new_targets(start)
             self.status[start] = TO_RESTAURANT
@@ -244,7 +267,9 @@ class Fleet:
             self.status[leave] = TO_CUSTOMER
         rest = d[done & (status == DELIVERED)]
         self.status[rest] = IDLE
-        self.order[rest] = -1
+        if len(rest):
+            self.order[rest] = -1
+            self._orders_changed = True
         self.dwell[rest] = rng.uniform(5, 40, len(rest))
 
         # Drive along the grid: first along the avenue (y), then along the street (x).
@@ -313,8 +338,7 @@ class FleetRows:
 
     def __call__(self, k: int, rows: int, batch_id: str, source: str) -> pa.RecordBatch:
         columns = self.fleet.events(rows, self.clock())
-        numbers = pc.utf8_lpad(pc.cast(pa.array(np.arange(rows)), pa.string()), 6, "0")
-        columns["event_id"] = pc.binary_join_element_wise(batch_id + "-", numbers, "")
+        columns["event_id"] = row_ids(batch_id, rows)
         columns["batch_id"] = pa.repeat(pa.scalar(batch_id), rows)
         columns["source"] = pa.repeat(pa.scalar(source), rows)
         if self._pad is not None and self._noise is not None:
