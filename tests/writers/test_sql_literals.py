@@ -40,7 +40,9 @@ def t(text: str) -> Any:
         ("O'Brien", r"'O\'Brien'"),
         ('say "hi"', "'say \"hi\"'"),
         ("back\\slash", r"'back\\slash'"),
-        ("a\nb\rc\td\0e", r"'a\nb\rc\td\0e'"),
+        ("a\nb\rc\td\0e", r"'a\nb\rc\td\u0000e'"),
+        # NUL then digits: "\010" would read back as an octal escape (a backspace).
+        ("\x0010", r"'\u000010'"),
         ("emoji 😀, ünïcødé, 中文", "'emoji 😀, ünïcødé, 中文'"),
         ("", "''"),
         ("x'); DROP TABLE t; --", r"'x\'); DROP TABLE t; --'"),
