@@ -93,6 +93,10 @@ class Workload:
             "columns": self.schema.describe(),
             "delta_table": self.table.delta_table,
             "postgres_table": self.table.postgres_table,
+            "delta_ddl": self.schema.delta_ddl(self.table.delta_table),
+            "postgres_ddl": self.schema.postgres_ddl(
+                self.table.postgres_table, primary_key=self.table.id_column
+            ),
             "id_column": self.table.id_column,
             "batch_column": self.table.batch_column,
             # Generator parameters the workload takes, with their defaults (e.g. drivers).
