@@ -27,6 +27,11 @@ def test_builtins_are_listed_with_their_input_schema(client) -> None:
         telemetry["delta_table"] == "main.default.telemetry"
         and telemetry["id_column"] == "event_id"
     )
+    assert telemetry["delta_ddl"].startswith(
+        "CREATE TABLE IF NOT EXISTS `main`.`default`.`telemetry`"
+    )
+    assert 'PRIMARY KEY ("event_id")' in telemetry["postgres_ddl"]
+    assert telemetry["parameters"] == {"drivers": 500}
     props = telemetry["input_schema"]["properties"]
     assert props["event_time"]["format"] == "date-time" and props["latitude"]["type"] == "number"
     assert "event_id" not in props and "batch_id" not in props  # the harness fills them
