@@ -8,18 +8,51 @@ WriterUnavailableError) otherwise, and never reports rows it did not write.
 
 `check(table)` refuses, before anything is written, a schema whose types the writer's
 path cannot carry (SchemaNotSupportedError with the reason); it is cheap and static.
+
+Each writer declares its own settings (`settings_class`, a WriterSettings read from the
+environment, such as ZEROBUS_* or PG*); a writer gets them as `self.config`, from
+`Targets.writer_settings` when that holds a value under its name, else from the
+environment. The app's shared settings (mode, workspace, credentials) are `self.settings`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dwbench.settings import Settings
 from workloads.base import Rows, TableRef
+
+
+class WriterSettings(BaseSettings):
+    """A writer's own settings, read from the environment (a subclass sets env_prefix).
+
+    A field with a `validation_alias` is read from that variable only (PGHOST, not
+    LAKEBASE_HOST) and still constructed by its field name: `LakebaseSettings(host=...)`.
+    """
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _field_names_for_aliases(cls, data: Any) -> Any:
+        # populate_by_name would also read env_prefix + field name (LAKEBASE_HOST) from the
+        # environment; renaming field-name arguments to their alias accepts them without that.
+        if not isinstance(data, dict):
+            return data
+        renamed = dict(data)
+        for name, info in cls.model_fields.items():
+            if isinstance(info.validation_alias, str) and name in renamed:
+                renamed[info.validation_alias] = renamed.pop(name)
+        return renamed
+
+
+S = TypeVar("S", bound=WriterSettings)
 
 
 @dataclass(frozen=True)
@@ -36,6 +69,21 @@ class Targets:
     local_token: SecretStr | None = None
     # A full libpq DSN for Postgres (local mode); Databricks mode builds one per connection.
     postgres_dsn: SecretStr | None = None
+    # Writers' settings given as values, by writer name ("lakebase": LakebaseSettings(...)),
+    # instead of read from the environment.
+    writer_settings: Mapping[str, WriterSettings] = field(default_factory=dict)
+
+    def writer_config(self, name: str, settings_class: type[S]) -> S:
+        """The settings of writer `name`: its value in writer_settings, else the environment."""
+        config = self.writer_settings.get(name)
+        if config is None:
+            return settings_class()
+        if not isinstance(config, settings_class):
+            raise TypeError(
+                f"writer {name} is configured by {settings_class.__name__}, "
+                f"not {type(config).__name__}"
+            )
+        return config
 
 
 @dataclass(frozen=True)
@@ -64,10 +112,14 @@ class DataWriterInterface(ABC):
     client_distributions: ClassVar[tuple[str, ...]] = ()
     # False for writers that store nothing (the benchmark baseline).
     stores_rows: ClassVar[bool] = True
+    # The writer's own settings; a subclass narrows `config` to its class.
+    settings_class: ClassVar[type[WriterSettings]] = WriterSettings
+    config: WriterSettings
 
     def __init__(self, targets: Targets) -> None:
         self.targets = targets
-        self.settings = targets.settings
+        self.settings = targets.settings  # the app's: mode, workspace, credentials
+        self.config = targets.writer_config(self.name, self.settings_class)
 
     @abstractmethod
     async def open(self) -> None:
