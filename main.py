@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,11 +23,19 @@ from dwbench.errors import DirectWriteError
 from dwbench.log import configure_logging
 from dwbench.runtime import Runtime
 from dwbench.settings import Settings
+from writers.base import WriterSettings
 
 
-def create_app(settings: Settings | None = None, *, process_app: bool = False) -> FastAPI:
-    """The app. `process_app` is for the entry point, the one app of its process: it sets
-    up log output on start-up, and freezes what start-up built out of the collector's reach.
+def create_app(
+    settings: Settings | None = None,
+    *,
+    writer_settings: Mapping[str, WriterSettings] | None = None,
+    process_app: bool = False,
+) -> FastAPI:
+    """The app. `writer_settings` are writers' settings by writer name, instead of read from
+    the environment. `process_app` is for the entry point, the one app of its process: it
+    sets up log output on start-up, and freezes what start-up built out of the collector's
+    reach.
     """
     settings = settings or Settings()
 
@@ -35,7 +43,7 @@ def create_app(settings: Settings | None = None, *, process_app: bool = False) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if process_app:
             configure_logging()
-        runtime = Runtime(settings)
+        runtime = Runtime(settings, writer_settings)
         app.state.runtime = runtime
         try:
             await runtime.start()

@@ -49,7 +49,7 @@ from workloads.inputs import build_rows, new_batch_id
 from workloads.products import sample_items
 from workloads.proto import proto_form
 from writers.base import Targets
-from writers.lakebase import LakebaseWriter
+from writers.lakebase import LakebaseSettings, LakebaseWriter
 from writers.zerobus import LocalBearerToken
 
 TABLE = "main.default.products"
@@ -318,8 +318,9 @@ async def seed_pattern(endpoints: dict[str, Any], requests: int, clients: int) -
 async def lakebase_copy(endpoints: dict[str, Any], data_dir: Path, batches: int) -> dict[str, Any]:
     targets = Targets(
         mode="local",
-        settings=Settings(app_mode="local", data_dir=data_dir, lakebase_table="public.copy_bench"),
+        settings=Settings(app_mode="local", data_dir=data_dir),
         postgres_dsn=SecretStr(endpoints["postgres_dsn"]),
+        writer_settings={"lakebase": LakebaseSettings(table="public.copy_bench")},
     )
     writer = LakebaseWriter(targets)
     await writer.open()

@@ -108,23 +108,25 @@ def capture_environment(targets: Targets | None = None) -> dict[str, Any]:
 
     Endpoints are URLs without credentials; tokens and passwords are never included.
     """
-    from writers import WRITERS, writer_metadata
+    from writers import WRITERS, writer_config, writer_metadata
 
     env: dict[str, Any] = dict(_machine())
     if targets is not None:
-        s = targets.settings
+        # Each writer's own settings as its instances get them (secrets are not recorded).
+        configs = {name: writer_config(targets, name) for name in WRITERS}
+        values = {name: dict(config) for name, config in configs.items() if config is not None}
+        lakebase = values.get("lakebase", {})
         env["mode"] = targets.mode
         env["endpoints"] = {
             "zerobus": targets.zerobus_endpoint,
             "workspace": targets.workspace_url,
             "warehouse_id": targets.warehouse_id,
-            "postgres": f"{s.pghost}:{s.pgport}" if targets.mode == "databricks" else "local",
+            "postgres": f"{lakebase.get('host')}:{lakebase.get('port')}"
+            if targets.mode == "databricks"
+            else "local",
         }
-        env["tables"] = {
-            "zerobus": s.zerobus_table,
-            "sql": s.sql_table,
-            "lakebase": s.lakebase_table,
-        }
+        # The default table of every writer whose settings name one.
+        env["tables"] = {name: v["table"] for name, v in values.items() if "table" in v}
         env["writers"] = {
             name: {k: v for k, v in writer_metadata(name).items() if k != "client_distributions"}
             for name in WRITERS

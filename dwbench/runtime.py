@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -27,19 +28,26 @@ from workloads.base import Workload
 from workloads.registry import WorkloadRegistry
 from workloads.schema import TableSchema, split_table_name
 from writers import WriterSet
-from writers.base import Targets
+from writers.base import Targets, WriterSettings
 
 log = structlog.get_logger(__name__)
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, writer_settings: Mapping[str, WriterSettings] | None = None
+    ) -> None:
+        """`writer_settings`: writers' settings as values, by writer name, instead of
+        read from the environment (see `Targets.writer_settings`)."""
         self.settings = settings
+        self.writer_settings = dict(writer_settings or {})
         self.stack: LocalStackProcess | None = None
         self.endpoints: dict[str, Any] = {}
-        self.targets = Targets(mode="databricks", settings=settings)
+        self.targets = Targets(
+            mode="databricks", settings=settings, writer_settings=self.writer_settings
+        )
         self.writers = WriterSet(self.targets)
-        self.workloads = WorkloadRegistry(_configured_products(settings))
+        self.workloads = WorkloadRegistry(_configured_products(self.targets))
         self._tables_ready: set[str] = set()
         self._tables_lock = asyncio.Lock()
         self.benchmarks = BenchmarkManager(
@@ -62,17 +70,11 @@ class Runtime:
                 postgres_dsn=SecretStr(self.endpoints["postgres_dsn"])
                 if self.endpoints.get("postgres_dsn")
                 else None,
+                writer_settings=self.writer_settings,
             )
             await self.ensure_tables(self.workloads.get("products"))
         else:
-            s = self.settings
-            self.targets = Targets(
-                mode="databricks",
-                settings=s,
-                zerobus_endpoint=s.zerobus_endpoint,
-                workspace_url=s.workspace_url,
-                warehouse_id=s.databricks_warehouse_id,
-            )
+            self.targets = _workspace_targets(self.targets)
         self.writers = WriterSet(self.targets)
         self.benchmarks = BenchmarkManager(
             self.writers,
@@ -182,10 +184,29 @@ class Runtime:
             )
 
 
-def _configured_products(settings: Settings) -> list[Workload]:
-    """The products workload on the tables ZEROBUS_TABLE and LAKEBASE_TABLE name."""
+def _workspace_targets(targets: Targets) -> Targets:
+    """Databricks mode: the Zerobus endpoint and the warehouse (which reading rows back
+    uses too) as the zerobus and sql writers' settings name them."""
+    from writers.sql import SqlSettings
+    from writers.zerobus import ZerobusSettings
+
+    return dataclasses.replace(
+        targets,
+        zerobus_endpoint=targets.writer_config("zerobus", ZerobusSettings).endpoint,
+        workspace_url=targets.settings.workspace_url,
+        warehouse_id=targets.writer_config("sql", SqlSettings).warehouse_id,
+    )
+
+
+def _configured_products(targets: Targets) -> list[Workload]:
+    """The products workload on the tables ZEROBUS_TABLE and LAKEBASE_TABLE name (the
+    zerobus and lakebase writers' settings)."""
+    from writers.lakebase import LakebaseSettings
+    from writers.zerobus import ZerobusSettings
+
     table = products.WORKLOAD.table.with_tables(
-        delta_table=settings.zerobus_table.lower(), postgres_table=settings.lakebase_table.lower()
+        delta_table=targets.writer_config("zerobus", ZerobusSettings).table.lower(),
+        postgres_table=targets.writer_config("lakebase", LakebaseSettings).table.lower(),
     )
     if table == products.WORKLOAD.table:
         return []

@@ -1,4 +1,10 @@
-"""The app's settings: one pydantic-settings class, built once at start and passed down."""
+"""The app's settings: one pydantic-settings class, built once at start and passed down.
+
+These are the workspace-level settings every writer shares (mode, local stack, workspace
+and its service principal) and the app's own. Each writer declares its own settings next
+to it (`writers.zerobus.ZerobusSettings`, `writers.sql.SqlSettings`,
+`writers.lakebase.LakebaseSettings`), read from the same environment variables.
+"""
 
 from __future__ import annotations
 
@@ -20,31 +26,9 @@ class Settings(BaseSettings):
     local_stack_url: str | None = None
     local_stack_token: SecretStr | None = None
 
-    zerobus_endpoint: str | None = None
-    zerobus_table: str = "main.default.products"
-    zerobus_record_format: Literal["proto", "json"] = "proto"
-    # How long a write waits for its batch's durability acknowledgement before failing.
-    zerobus_ack_timeout_s: float = Field(default=60.0, gt=0)
-
     databricks_host: str | None = None
     databricks_client_id: str | None = None
     databricks_client_secret: SecretStr | None = None
-
-    databricks_warehouse_id: str | None = None
-    sql_table: str = "main.default.products"
-    sql_driver: Literal["statement-api", "connector"] = "statement-api"
-
-    pghost: str | None = None
-    pgport: int = 5432
-    pgdatabase: str | None = None
-    pguser: str | None = None
-    pgpassword: SecretStr | None = None
-    pgsslmode: str | None = None
-    lakebase_instance_name: str | None = None
-    lakebase_table: str = "public.products"
-    lakebase_write_mode: Literal["copy", "insert"] = "copy"
-    # A batch's transaction that has not committed in this time is cancelled and fails.
-    lakebase_write_timeout_s: float = Field(default=120.0, gt=0)
 
     # Request limits of POST /api/v1/process-structured.
     max_items_per_request: int = Field(default=10_000, ge=1)

@@ -58,8 +58,12 @@ def local_stack() -> Iterator[dict[str, Any]]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def local_targets(endpoints: dict[str, Any], **settings: Any) -> Any:
-    """Writer targets on the local stack, as the app resolves them in local mode."""
+def local_targets(endpoints: dict[str, Any], **writer_settings: Any) -> Any:
+    """Writer targets on the local stack, as the app resolves them in local mode.
+
+    Keyword arguments are writers' own settings by writer name, in place of the environment:
+    `local_targets(stack, lakebase=LakebaseSettings(write_mode="insert"))`.
+    """
     from pydantic import SecretStr
 
     from dwbench.settings import Settings
@@ -67,12 +71,13 @@ def local_targets(endpoints: dict[str, Any], **settings: Any) -> Any:
 
     return Targets(
         mode="local",
-        settings=Settings(app_mode="local", data_dir=Path(endpoints["data_dir"]), **settings),
+        settings=Settings(app_mode="local", data_dir=Path(endpoints["data_dir"])),
         zerobus_endpoint=endpoints["zerobus_endpoint"],
         workspace_url=endpoints["api_url"],
         warehouse_id=endpoints["warehouse_id"],
         local_token=SecretStr(endpoints["token"]),
         postgres_dsn=SecretStr(endpoints["postgres_dsn"]),
+        writer_settings=writer_settings,
     )
 
 

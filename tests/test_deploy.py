@@ -1,6 +1,7 @@
 """The deployment files agree with the code: app.yaml, databricks.yml and the setup SQL.
 
-app.yaml may only set variables that `Settings` reads, the bundle must send the same command
+app.yaml may only set variables that `Settings` or a writer's own settings read, the bundle
+must send the same command
 and variables and declare the resources they refer to, and every products DDL must have the
 columns and types the products workload's schema derives.
 """
@@ -14,10 +15,16 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import AliasChoices, AliasPath, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings
 
 from dwbench.settings import Settings
 from workloads import products
 from workloads.products import COLUMNS
+from writers import WRITERS, writer_class
+from writers.lakebase import LakebaseSettings
+from writers.sql import SqlSettings
+from writers.zerobus import ZerobusSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_YAML = ROOT / "app.yaml"
@@ -68,21 +75,29 @@ def load(path: Path) -> dict[str, Any]:
     return data
 
 
-def settings_env_names() -> dict[str, str]:
-    """Upper-cased environment variable name -> the `Settings` field it fills."""
-    prefix = Settings.model_config.get("env_prefix", "") or ""
-    names: dict[str, str] = {}
-    for field_name, field in Settings.model_fields.items():
-        alias = field.validation_alias or field.alias
-        if alias is None:
-            choices: list[Any] = [prefix + field_name]
-        elif isinstance(alias, AliasChoices):
-            choices = list(alias.choices)
-        else:
-            choices = [alias]
-        for choice in choices:
-            name = choice.path[0] if isinstance(choice, AliasPath) else choice
-            names[str(name).upper()] = field_name
+def settings_classes() -> list[type[BaseSettings]]:
+    """The app's settings and the settings class of every registered writer."""
+    writers = dict.fromkeys(writer_class(name).settings_class for name in WRITERS)
+    return [Settings, *writers]
+
+
+def settings_env_names() -> dict[str, FieldInfo]:
+    """Upper-cased environment variable name -> the settings field it fills."""
+    names: dict[str, FieldInfo] = {}
+    for cls in settings_classes():
+        prefix = cls.model_config.get("env_prefix", "") or ""
+        for field_name, field in cls.model_fields.items():
+            alias = field.validation_alias or field.alias
+            if alias is None:
+                choices: list[Any] = [prefix + field_name]
+            elif isinstance(alias, AliasChoices):
+                choices = list(alias.choices)
+            else:
+                choices = [alias]
+            for choice in choices:
+                name = str(choice.path[0] if isinstance(choice, AliasPath) else choice).upper()
+                assert name not in names, f"{name} is read by two settings fields"
+                names[name] = field
     return names
 
 
@@ -217,11 +232,10 @@ def test_every_app_env_var_is_read_by_settings() -> None:
     names = [entry["name"] for entry in app_env()]
     assert len(names) == len(set(names)), f"duplicate names in app.yaml: {names}"
     unknown = sorted(name for name in names if name.upper() not in allowed)
-    assert not unknown, f"app.yaml sets variables Settings does not read: {unknown}"
+    assert not unknown, f"app.yaml sets variables no settings class reads: {unknown}"
 
 
 def test_app_env_entries_have_one_source_and_no_secret() -> None:
-    fields = Settings.model_fields
     env_names = settings_env_names()
     for entry in app_env():
         assert set(entry) <= {"name", "value", "valueFrom"}, entry
@@ -229,7 +243,7 @@ def test_app_env_entries_have_one_source_and_no_secret() -> None:
         if "value" in entry:
             assert isinstance(entry["value"], str), f"quote {entry['name']}'s value: {entry}"
             field = env_names.get(entry["name"].upper())
-            annotation = str(fields[field].annotation) if field else ""
+            annotation = str(field.annotation) if field else ""
             assert SecretStr.__name__ not in annotation, f"secret {entry['name']} as a literal"
 
 
@@ -265,17 +279,18 @@ def test_settings_from_app_yaml_env_is_databricks_mode(monkeypatch: pytest.Monke
         monkeypatch.setenv(name, value)
 
     s = Settings()
+    zerobus, sql, lakebase = ZerobusSettings(), SqlSettings(), LakebaseSettings()
 
     assert s.app_mode == "databricks" and not s.is_local
     assert s.workspace_url == "https://dbc-a1b2c3d4-e5f6.cloud.databricks.com"
-    assert s.zerobus_endpoint == literal["ZEROBUS_ENDPOINT"]
-    assert s.zerobus_table == s.sql_table == "main.dwbench.products"
-    assert s.zerobus_record_format == "proto"
-    assert s.databricks_warehouse_id == "a1b2c3d4e5f60718"
-    assert s.lakebase_instance_name == literal["LAKEBASE_INSTANCE_NAME"]
-    assert s.lakebase_table == "public.products"
-    assert s.pghost == platform["PGHOST"] and s.pgport == 5432
-    assert s.pguser == s.databricks_client_id and s.pgsslmode == "require"
+    assert zerobus.endpoint == literal["ZEROBUS_ENDPOINT"]
+    assert zerobus.table == sql.table == "main.dwbench.products"
+    assert zerobus.record_format == "proto"
+    assert sql.warehouse_id == "a1b2c3d4e5f60718"
+    assert lakebase.instance_name == literal["LAKEBASE_INSTANCE_NAME"]
+    assert lakebase.table == "public.products"
+    assert lakebase.host == platform["PGHOST"] and lakebase.port == 5432
+    assert lakebase.user == s.databricks_client_id and lakebase.sslmode == "require"
     assert s.databricks_client_secret is not None
     assert s.port == 8000
 
@@ -412,7 +427,7 @@ def test_setup_lakebase_grants_on_the_lakebase_table() -> None:
     assert "databricks_create_role('${app_service_principal}', 'SERVICE_PRINCIPAL')" in sql
     table = re.search(r"GRANT\s+SELECT,\s*INSERT\s+ON\s+TABLE\s+(\S+)\s+TO", sql, re.I)
     assert table, "no GRANT SELECT, INSERT on the products table"
-    assert qualified(table.group(1)) == Settings.model_fields["lakebase_table"].default
+    assert qualified(table.group(1)) == LakebaseSettings.model_fields["table"].default
     postgres_ddl = SQL / "products_postgres.sql"
     if postgres_ddl.exists():
         assert qualified(create_table(postgres_ddl.read_text())[0]) == qualified(table.group(1))

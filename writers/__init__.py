@@ -14,7 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from dwbench.errors import UnknownWriterError, WriterUnavailableError
-from writers.base import DataWriterInterface, Targets
+from writers.base import DataWriterInterface, Targets, WriterSettings
 
 WRITERS: dict[str, str] = {
     "zerobus": "writers.zerobus:ZerobusWriter",
@@ -96,6 +96,16 @@ def writer_class(name: str) -> type[DataWriterInterface]:
         ) from exc
     cls: type[DataWriterInterface] = getattr(module, class_name)
     return cls
+
+
+def writer_config(targets: Targets, name: str) -> WriterSettings | None:
+    """The settings writer `name` gets on these targets (their value for it, else the
+    environment), or None when the writer cannot be loaded."""
+    try:
+        cls = writer_class(name)
+    except WriterUnavailableError:
+        return None
+    return targets.writer_config(name, cls.settings_class)
 
 
 class WriterSet:

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import psycopg
@@ -42,6 +42,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 
 from dwbench.errors import (
     DirectWriteError,
@@ -53,7 +55,7 @@ from workloads.base import Rows, TableRef
 from workloads.schema import TableSchema
 from workloads.types import Primitive
 from workloads.wire import python_columns
-from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt
+from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, WriterSettings
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +91,26 @@ _VARIANT = Primitive("VARIANT")
 _JSON_DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 PasswordProvider = Callable[[], Awaitable[str]]
+
+
+class LakebaseSettings(WriterSettings):
+    """LAKEBASE_*, and libpq's own PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE
+    (which Databricks Apps sets for a database resource)."""
+
+    model_config = SettingsConfigDict(env_prefix="LAKEBASE_")
+
+    host: str | None = Field(default=None, validation_alias="PGHOST")
+    port: int = Field(default=5432, validation_alias="PGPORT")
+    database: str | None = Field(default=None, validation_alias="PGDATABASE")
+    user: str | None = Field(default=None, validation_alias="PGUSER")
+    password: SecretStr | None = Field(default=None, validation_alias="PGPASSWORD")
+    sslmode: str | None = Field(default=None, validation_alias="PGSSLMODE")
+    instance_name: str | None = None
+    # The default table availability shows; each batch names its own.
+    table: str = "public.products"
+    write_mode: Literal["copy", "insert"] = "copy"
+    # A batch's transaction that has not committed in this time is cancelled and fails.
+    write_timeout_s: float = Field(default=120.0, gt=0)
 
 
 class StaticPassword:
@@ -322,6 +344,8 @@ class LakebaseWriter(DataWriterInterface):
     family = "lakebase"
     color = "#047857"
     client_distributions = ("psycopg", "psycopg-pool")
+    settings_class = LakebaseSettings
+    config: LakebaseSettings
 
     def __init__(
         self,
@@ -333,9 +357,9 @@ class LakebaseWriter(DataWriterInterface):
     ) -> None:
         super().__init__(targets)
         # Only the default that availability shows: each batch names its own table.
-        self.default_table = self.settings.lakebase_table
-        self.write_mode = self.settings.lakebase_write_mode
-        self.write_timeout_s = self.settings.lakebase_write_timeout_s
+        self.default_table = self.config.table
+        self.write_mode = self.config.write_mode
+        self.write_timeout_s = self.config.write_timeout_s
         self._password_provider = password_provider
         self._max_lifetime_s = max_lifetime_s
         self._pool_max_size = pool_max_size
@@ -350,15 +374,15 @@ class LakebaseWriter(DataWriterInterface):
 
     async def _configure(self) -> None:
         """Connection parameters (no password) and the password provider, by mode."""
-        s = self.settings
+        s, pg = self.settings, self.config
         if self.targets.mode == "databricks":
             missing = [
                 var
                 for var, value in (
-                    ("PGHOST", s.pghost),
-                    ("PGDATABASE", s.pgdatabase),
-                    ("PGUSER", s.pguser),
-                    ("LAKEBASE_INSTANCE_NAME", s.lakebase_instance_name),
+                    ("PGHOST", pg.host),
+                    ("PGDATABASE", pg.database),
+                    ("PGUSER", pg.user),
+                    ("LAKEBASE_INSTANCE_NAME", pg.instance_name),
                     ("DATABRICKS_HOST", s.workspace_url),
                     ("DATABRICKS_CLIENT_ID", s.databricks_client_id),
                     ("DATABRICKS_CLIENT_SECRET", s.databricks_client_secret),
@@ -367,19 +391,16 @@ class LakebaseWriter(DataWriterInterface):
             ]
             if missing:
                 raise WriterUnavailableError(f"{', '.join(missing)} not set", writer=self.name)
-            assert s.lakebase_instance_name is not None
-            sslmode = s.pgsslmode if s.pgsslmode in ("verify-ca", "verify-full") else "require"
-            params = {"host": s.pghost, "port": s.pgport, "dbname": s.pgdatabase}
-            self._params = {**params, "user": s.pguser, "sslmode": sslmode}
+            assert pg.instance_name is not None
+            sslmode = pg.sslmode if pg.sslmode in ("verify-ca", "verify-full") else "require"
+            params = {"host": pg.host, "port": pg.port, "dbname": pg.database}
+            self._params = {**params, "user": pg.user, "sslmode": sslmode}
             self._auth = (
-                f"oauth token via generate_database_credential "
-                f"(instance {s.lakebase_instance_name})"
+                f"oauth token via generate_database_credential (instance {pg.instance_name})"
             )
             if self._password_provider is None:
                 client = await asyncio.to_thread(self._workspace_client)
-                self._password_provider = DatabaseCredentialProvider(
-                    client, s.lakebase_instance_name
-                )
+                self._password_provider = DatabaseCredentialProvider(client, pg.instance_name)
             return
         if self.targets.postgres_dsn is not None:
             try:
@@ -388,11 +409,11 @@ class LakebaseWriter(DataWriterInterface):
                 raise WriterUnavailableError(
                     "the Postgres DSN is not a valid libpq connection string", writer=self.name
                 ) from None
-        elif s.pghost:
-            self._params = {"host": s.pghost, "port": s.pgport, "dbname": s.pgdatabase}
-            self._params.update(user=s.pguser, sslmode=s.pgsslmode)
-            if s.pgpassword is not None:
-                self._params["password"] = s.pgpassword.get_secret_value()
+        elif pg.host:
+            self._params = {"host": pg.host, "port": pg.port, "dbname": pg.database}
+            self._params.update(user=pg.user, sslmode=pg.sslmode)
+            if pg.password is not None:
+                self._params["password"] = pg.password.get_secret_value()
         else:
             raise WriterUnavailableError(
                 "no Postgres to write to: the local stack runs none, and PGHOST is not set",

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -46,6 +46,8 @@ from databricks.sdk.errors import (
     Unauthenticated,
 )
 from databricks.sdk.service.sql import ExecuteStatementRequestOnWaitTimeout, StatementState
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from dwbench.errors import (
     DirectWriteError,
@@ -57,7 +59,14 @@ from dwbench.errors import (
 )
 from workloads.base import Rows, TableRef
 from workloads.types import Primitive, StructType
-from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, mask
+from writers.base import (
+    Availability,
+    DataWriterInterface,
+    Targets,
+    WriteReceipt,
+    WriterSettings,
+    mask,
+)
 from writers.readback import WarehouseReader, quote_column
 from writers.sql_literals import column_literals
 
@@ -73,6 +82,17 @@ _VARIANT = Primitive("VARIANT")
 # The size of text inside a JSON string as the SDK sends it (non-ASCII as \uXXXX), which is
 # never less than its UTF-8 size: one measure for the request and the statement limit.
 _json_escaped = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+class SqlSettings(WriterSettings):
+    """DATABRICKS_WAREHOUSE_ID, SQL_TABLE, SQL_DRIVER."""
+
+    model_config = SettingsConfigDict(env_prefix="SQL_")
+
+    # The warehouse to write through (Databricks mode; the local stack names its own).
+    warehouse_id: str | None = Field(default=None, validation_alias="DATABRICKS_WAREHOUSE_ID")
+    table: str = "main.default.products"
+    driver: Literal["statement-api", "connector"] = "statement-api"
 
 
 @dataclass(frozen=True)
@@ -180,17 +200,19 @@ class SqlWriter(DataWriterInterface):
     statement_budget_bytes = STATEMENT_BUDGET_BYTES
     # How long one execute call waits for the result before we poll (0 = always poll).
     wait_timeout_s = 10
+    settings_class = SqlSettings
+    config: SqlSettings
 
     def __init__(self, targets: Targets) -> None:
         super().__init__(targets)
         s = self.settings
         self.local = targets.mode == "local"
-        self.table = s.sql_table  # the default target, shown in availability
-        self.driver = s.sql_driver
+        self.table = self.config.table  # the default target, shown in availability
+        self.driver = self.config.driver
         self.host = (
             targets.workspace_url if self.local else targets.workspace_url or s.workspace_url
         )
-        self.warehouse_id = targets.warehouse_id or s.databricks_warehouse_id
+        self.warehouse_id = targets.warehouse_id or self.config.warehouse_id
         # Overall deadline per statement; a stopped warehouse can take minutes to start.
         self.statement_timeout_s = 60.0 if self.local else 600.0
         self._token = targets.local_token.get_secret_value() if targets.local_token else ""

@@ -17,10 +17,12 @@ import asyncio
 import socket
 import time
 from importlib import metadata
-from typing import Any
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import structlog
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 from zerobus.sdk.aio import ZerobusSdk, ZerobusStream
 from zerobus.sdk.shared import (
     HeadersProvider,
@@ -40,7 +42,14 @@ from workloads.base import Rows, TableRef
 from workloads.proto import NoProtoForm, ProtoForm, proto_form
 from workloads.types import DecimalType, Primitive
 from workloads.wire import WireValueError, json_rows
-from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, mask
+from writers.base import (
+    Availability,
+    DataWriterInterface,
+    Targets,
+    WriteReceipt,
+    WriterSettings,
+    mask,
+)
 from writers.readback import WarehouseReader
 
 log = structlog.get_logger(__name__)
@@ -56,6 +65,21 @@ _UNAVAILABLE_CODES = (
     "Some requested entity was not found",
     "tcp connect error",
 )
+
+
+class ZerobusSettings(WriterSettings):
+    """ZEROBUS_ENDPOINT, ZEROBUS_TABLE, ZEROBUS_RECORD_FORMAT, ZEROBUS_ACK_TIMEOUT_S."""
+
+    model_config = SettingsConfigDict(env_prefix="ZEROBUS_")
+
+    # The workspace's Zerobus Ingest endpoint (the local stack's in local mode comes from
+    # the targets).
+    endpoint: str | None = None
+    table: str = "main.default.products"
+    # The format of the `zerobus` writer; `zerobus-json` always sends JSON.
+    record_format: Literal["proto", "json"] = "proto"
+    # How long a write waits for its batch's durability acknowledgement before failing.
+    ack_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class LocalBearerToken(HeadersProvider):
@@ -89,16 +113,18 @@ class ZerobusWriter(DataWriterInterface):
     label = "Zerobus Ingest (gRPC, protobuf)"
     family = "zerobus"
     color = "#e8590c"
-    client_distributions = ("databricks-zerobus-ingest-sdk", "protobuf")
+    client_distributions: ClassVar[tuple[str, ...]] = ("databricks-zerobus-ingest-sdk", "protobuf")
     record_format = "proto"
+    settings_class = ZerobusSettings
+    config: ZerobusSettings
 
     def __init__(self, targets: Targets) -> None:
         super().__init__(targets)
         if type(self) is ZerobusWriter:  # ZEROBUS_RECORD_FORMAT picks the default's format
-            self.record_format = self.settings.zerobus_record_format
-        self.table = self.settings.zerobus_table
-        self.ack_timeout_s = self.settings.zerobus_ack_timeout_s
-        self.endpoint = targets.zerobus_endpoint or self.settings.zerobus_endpoint
+            self.record_format = self.config.record_format
+        self.table = self.config.table
+        self.ack_timeout_s = self.config.ack_timeout_s
+        self.endpoint = targets.zerobus_endpoint or self.config.endpoint
         self._sdk: ZerobusSdk | None = None
         self._tables: dict[str, _TableStream] = {}
         self.streams_created = 0

@@ -38,6 +38,7 @@ from writers.base import Targets
 from writers.lakebase import (
     POOL_MAX_SIZE,
     DatabaseCredentialProvider,
+    LakebaseSettings,
     LakebaseWriter,
     parse_table,
 )
@@ -69,7 +70,9 @@ async def open_writer(targets: Targets, **kwargs: Any) -> LakebaseWriter:
 
 @pytest.fixture(params=["copy", "insert"])
 async def writer(local_stack: dict[str, Any], request: Any) -> AsyncIterator[Any]:
-    writer = await open_writer(local_targets(local_stack, lakebase_write_mode=request.param))
+    writer = await open_writer(
+        local_targets(local_stack, lakebase=LakebaseSettings(write_mode=request.param))
+    )
     yield writer
     await writer.close()
 
@@ -579,8 +582,12 @@ async def test_an_unreachable_server_is_unavailable_and_says_why(local_stack):
 
 
 async def test_databricks_mode_says_what_is_missing():
-    settings = Settings(app_mode="databricks", pghost="instance.database.example.com")
-    writer = LakebaseWriter(Targets(mode="databricks", settings=settings))
+    targets = Targets(
+        mode="databricks",
+        settings=Settings(app_mode="databricks"),
+        writer_settings={"lakebase": LakebaseSettings(host="instance.database.example.com")},
+    )
+    writer = LakebaseWriter(targets)
     with pytest.raises(WriterUnavailableError) as caught:
         await writer.open()
     message = caught.value.message
@@ -596,16 +603,19 @@ async def test_databricks_mode_insists_on_tls_and_asks_the_provider(local_stack)
         databricks_host="https://workspace.example.invalid",
         databricks_client_id="app-sp",
         databricks_client_secret="sp-secret",
-        pghost=pg["host"],
-        pgport=int(pg["port"]),
-        pgdatabase=pg["dbname"],
-        pguser=pg["user"],
-        pgsslmode="disable",  # Lakebase needs TLS whatever the variable says
-        lakebase_instance_name="my-instance",
+    )
+    lakebase = LakebaseSettings(
+        host=pg["host"],
+        port=int(pg["port"]),
+        database=pg["dbname"],
+        user=pg["user"],
+        sslmode="disable",  # Lakebase needs TLS whatever the variable says
+        instance_name="my-instance",
     )
     provider = RotatingPassword("oauth-token-" + secrets.token_hex(8))
     writer = LakebaseWriter(
-        Targets(mode="databricks", settings=settings), password_provider=provider
+        Targets(mode="databricks", settings=settings, writer_settings={"lakebase": lakebase}),
+        password_provider=provider,
     )
     with pytest.raises(WriterUnavailableError, match="SSL") as caught:  # the local server has none
         await writer.open()
@@ -730,13 +740,13 @@ async def open_role_writer(
     role: str,
     *,
     pool_max_size: int = POOL_MAX_SIZE,
-    **settings: Any,
+    lakebase: LakebaseSettings | None = None,
 ) -> tuple[LakebaseWriter, str]:
     """A writer logging in as `role` with a fresh password."""
     password = secrets.token_urlsafe(16)
     set_password(admin, role, password)
     endpoints = {**local_stack, "postgres_dsn": role_dsn(local_stack, role, password)}
-    targets = local_targets(endpoints, **settings)
+    targets = local_targets(endpoints, lakebase=lakebase or LakebaseSettings())
     return await open_writer(targets, pool_max_size=pool_max_size), password
 
 
@@ -769,7 +779,7 @@ async def test_a_server_that_stops_answering_fails_the_write_in_bounded_time(
     role = login_role
     ref = products_in(f"{role}.products")
     writer, _ = await open_role_writer(
-        local_stack, admin, role, pool_max_size=1, lakebase_write_timeout_s=1.0
+        local_stack, admin, role, pool_max_size=1, lakebase=LakebaseSettings(write_timeout_s=1.0)
     )
     frozen: list[int] = []
     try:

@@ -39,6 +39,7 @@ from writers.base import Targets
 from writers.sql import (
     MAX_STATEMENT_BYTES,
     STATEMENT_BUDGET_BYTES,
+    SqlSettings,
     SqlWriter,
     insert_statements,
     quote_table,
@@ -473,7 +474,7 @@ async def test_wrong_token_is_unavailable_without_showing_the_token(local_stack,
 
 
 async def test_connector_driver_needs_databricks(local_stack):
-    writer = SqlWriter(local_targets(local_stack, sql_driver="connector"))
+    writer = SqlWriter(local_targets(local_stack, sql=SqlSettings(driver="connector")))
     expected = (
         "the connector driver needs a Databricks SQL warehouse; local mode supports statement-api"
     )

@@ -16,7 +16,7 @@ from workloads import products
 from workloads.base import Rows
 from workloads.inputs import build_rows, new_batch_id
 from workloads.products import sample_items
-from writers.zerobus import CLOSE_TIMEOUT_S, ZerobusWriter
+from writers.zerobus import CLOSE_TIMEOUT_S, ZerobusSettings, ZerobusWriter
 
 TABLE = "main.default.products"
 REF = products.WORKLOAD.table
@@ -42,7 +42,7 @@ def own_stack(tmp_path):
 
 
 async def test_an_unacknowledged_batch_fails_in_bounded_time_and_is_not_resent(own_stack):
-    writer = ZerobusWriter(local_targets(own_stack, zerobus_ack_timeout_s=1.0))
+    writer = ZerobusWriter(local_targets(own_stack, zerobus=ZerobusSettings(ack_timeout_s=1.0)))
     await writer.open()
     try:
         first = build_records(sample_items(3, seed=1), batch_id=new_batch_id(), source="zerobus")
