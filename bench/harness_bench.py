@@ -32,7 +32,6 @@ from workloads import products
 from writers import WriterSet
 from writers.base import Targets
 
-
 # What generation must sustain through the null writer (batches of 1,000): it must never be
 # what limits a writer.
 CEILING_TARGETS = {"telemetry": 2_000_000, "products": 1_000_000}

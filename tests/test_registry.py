@@ -1,5 +1,5 @@
 """One registry: a writer registered without touching another file shows up in the API,
-the benchmark config and the CLI's help, and runs (the UI's lists: tests/test_ui_workloads_browser.py)."""
+the benchmark config and the CLI's help (the UI's lists: tests/test_ui_workloads_browser.py)."""
 
 from __future__ import annotations
 

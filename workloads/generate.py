@@ -172,7 +172,7 @@ def _primitive(name: str, count: int, rng: np.random.Generator, spec: GeneratorS
 
 @functools.lru_cache(maxsize=16)
 def row_suffixes(rows: int) -> pa.Array:
-    """"-000000", "-000001", ... for `rows` rows: a batch id plus these is a row's id."""
+    """ "-000000", "-000001", ... for `rows` rows: a batch id plus these is a row's id."""
     numbers = pc.utf8_lpad(pc.cast(pa.array(np.arange(rows)), pa.string()), 6, "0")
     return pc.binary_join_element_wise("-", numbers, "")
 

@@ -162,8 +162,8 @@ def python_columns(batch: pa.RecordBatch, schema: TableSchema, form: Form) -> li
         dtype = col.type
         if form == "postgres":
             if dtype.is_complex:
-                convert = json_value(dtype)
-                out.append([None if v is None else convert(v) for v in array.to_pylist()])
+                to_json = json_value(dtype)
+                out.append([None if v is None else to_json(v) for v in array.to_pylist()])
             else:
                 out.append(array.to_pylist())
             continue

@@ -100,7 +100,8 @@ def test_register_from_an_existing_table(client, local_stack: dict[str, Any]) ->
     name = f"events_{secrets.token_hex(3)}"
     run_sql(
         local_stack,
-        f"CREATE TABLE main.default.{name} (id BIGINT NOT NULL, at TIMESTAMP_NTZ, m MAP<STRING, INT>)",
+        f"CREATE TABLE main.default.{name} "
+        "(id BIGINT NOT NULL, at TIMESTAMP_NTZ, m MAP<STRING, INT>)",
     )
     resp = client.post(
         "/api/v1/workloads", json={"table": f"main.default.{name}", "id_column": "id"}

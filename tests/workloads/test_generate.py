@@ -13,7 +13,8 @@ SPEC = TableSchema.from_text(
     """[
   {"name": "id", "type": "BIGINT", "nullable": false},
   {"name": "city", "type": "STRING", "generator": {"values": ["Oslo", "Lima", "Pune"]}},
-  {"name": "code", "type": "STRING", "generator": {"min_length": 3, "max_length": 3, "cardinality": 5}},
+  {"name": "code", "type": "STRING",
+   "generator": {"min_length": 3, "max_length": 3, "cardinality": 5}},
   {"name": "score", "type": "DOUBLE", "generator": {"min": -1, "max": 1, "null_fraction": 0.5}},
   {"name": "level", "type": "TINYINT", "generator": {"min": 1, "max": 3}},
   {"name": "price", "type": "DECIMAL(6,2)"},

@@ -26,7 +26,8 @@ def replay(path: Path, ddl: str = DDL) -> list[dict[str, object]]:
 def test_jsonl_rows_replay_cycled_with_fresh_ids(tmp_path: Path) -> None:
     path = tmp_path / "rows.jsonl"
     path.write_text(
-        '{"id": 1, "name": "a", "price": "1.50", "day": "2026-01-02", "at": "2026-01-02T03:04:05.000006Z",'
+        '{"id": 1, "name": "a", "price": "1.50", "day": "2026-01-02",'
+        ' "at": "2026-01-02T03:04:05.000006Z",'
         ' "tags": ["x"], "attrs": {"k": 1}}\n\n'
         '{"id": 2, "name": null, "price": 2}\n'
     )
@@ -67,7 +68,8 @@ def test_csv_and_parquet(tmp_path: Path) -> None:
         (
             "bad.jsonl",
             '{"price": "1.234", "id": 1}\n',
-            "bad.jsonl line 1: column price: Decimal input should have no more than 2 decimal places",
+            "bad.jsonl line 1: column price: Decimal input should have no more than 2 decimal "
+            "places",
         ),
         (
             "bad.csv",

@@ -20,7 +20,8 @@ from tests.conftest import local_targets, run_sql
 from workloads.base import Rows, TableRef, default_table
 from workloads.inputs import new_batch_id
 from workloads.schema import TableSchema
-from workloads.telemetry import TABLE as TELEMETRY, Fleet, FleetRows
+from workloads.telemetry import TABLE as TELEMETRY
+from workloads.telemetry import Fleet, FleetRows
 from workloads.wire import json_value
 from writers import writer_class
 from writers.base import DataWriterInterface
