@@ -182,11 +182,10 @@ def test_wrong_schema_type(client):
         json={"schema_type": "orders", "writer_type": "zerobus", "items": [WATCH]},
     )
     assert resp.status_code == 404
-    assert resp.json() == {
-        "error": "unknown_workload",
-        "message": "unknown workload 'orders'; known: products, telemetry",
-        "writer": None,
-    }
+    body = resp.json()
+    assert (body["error"], body["writer"]) == ("unknown_workload", None)
+    # Other tests of the session may have registered workloads of their own.
+    assert body["message"].startswith("unknown workload 'orders'; known: products, telemetry")
 
 
 def test_malformed_json(client):
