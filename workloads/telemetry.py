@@ -358,11 +358,13 @@ def fleet_source(
     drivers: int = 500,
     record_bytes: int = 0,
     pad_column: str | None = None,
+    clock: Clock | None = None,
     **_: Any,
 ) -> BatchMaker:
     return FleetRows(
         TABLE,
         Fleet(drivers, seed=seed),
+        clock=clock or _wall_us,
         record_bytes=record_bytes,
         pad_column=pad_column,
         seed=seed,

@@ -15,6 +15,7 @@ from workloads.registry import workload_from_ddl, workload_from_schema
 from workloads.schema import TableSchema
 
 router = APIRouter(tags=["workloads"])
+SAMPLE_TIME_US = 1_798_761_600_000_000  # 2027-01-01T00:00:00Z, for generated sample items
 
 
 class WorkloadRequest(BaseModel):
@@ -98,7 +99,8 @@ async def workload_sample_items(
 ) -> list[dict[str, Any]]:
     """Deterministic generated items for the workload's form (its input columns only)."""
     workload = runtime.workloads.get(name)
-    make = workload.batches(seed=seed)
+    # A fixed clock: the same seed gives the same items (event times included).
+    make = workload.batches(seed=seed, clock=lambda: SAMPLE_TIME_US)
     batch = make(0, count, "sample", "sample")
     model = input_model(workload)
     keep = input_columns(workload)

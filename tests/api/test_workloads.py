@@ -37,6 +37,9 @@ def test_builtins_are_listed_with_their_input_schema(client) -> None:
     assert "event_id" not in props and "batch_id" not in props  # the harness fills them
     items = client.get("/api/v1/workloads/telemetry/sample-items?count=3&seed=2").json()
     assert len(items) == 3 and all(i["driver_id"].startswith("driver-") for i in items)
+    # Deterministic from the seed, event times included.
+    assert client.get("/api/v1/workloads/telemetry/sample-items?count=3&seed=2").json() == items
+    assert items[0]["event_time"].startswith("2027-01-01T00:00:00")
 
 
 def test_telemetry_items_are_written_exactly(client, local_stack: dict[str, Any]) -> None:
