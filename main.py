@@ -11,7 +11,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
@@ -63,6 +64,10 @@ def create_app(
         description="Write the same records through Zerobus, a SQL warehouse and Lakebase, "
         "and compare latency and throughput.",
         lifespan=lifespan,
+        # Served below from the vendored Swagger UI, not FastAPI's CDN default, so that
+        # /docs works without internet; ReDoc is not vendored.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.include_router(api_router)
@@ -91,9 +96,23 @@ def create_app(
         async def index() -> FileResponse:
             return FileResponse(STATIC_DIR / "index.html")
 
+        @app.get("/docs", include_in_schema=False)
+        async def docs(request: Request) -> HTMLResponse:
+            root = request.scope.get("root_path", "").rstrip("/")
+            return get_swagger_ui_html(
+                openapi_url=f"{root}{app.openapi_url}",
+                title=f"{app.title} - Swagger UI",
+                swagger_js_url=f"{root}{_SWAGGER_UI}/swagger-ui-bundle.js",
+                swagger_css_url=f"{root}{_SWAGGER_UI}/swagger-ui.css",
+                swagger_favicon_url=f"{root}{_SWAGGER_UI}/favicon-32x32.png",
+            )
+
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLogMiddleware, expose_clock=settings.expose_app_clock)
     return app
+
+
+_SWAGGER_UI = "/static/vendor/swagger-ui"  # swagger-ui-dist, see its README.md there
 
 
 def _declare_request_models(app: FastAPI, *models: type[BaseModel]) -> None:
