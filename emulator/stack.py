@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from fastapi import Header, HTTPException
 
 from emulator.catalog import Catalog
 from emulator.postgres import EmbeddedPostgres
+from emulator.process import StackOwnership
 from emulator.statements import create_statement_app
 from emulator.table_writer import TableWriterConfig
 from emulator.zerobus import ZerobusService, build_server
@@ -43,6 +45,7 @@ class LocalStack:
         self.catalog: Catalog | None = None
         self.zerobus: ZerobusService | None = None
         self.postgres: EmbeddedPostgres | None = None
+        self._ownership: StackOwnership | None = None
         self._grpc: Any = None
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -54,6 +57,12 @@ class LocalStack:
         """Start every service; return what a client needs to reach them."""
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything touches the data: another live stack's Postgres is not an orphan.
+        ownership = StackOwnership(cfg.data_dir)
+        previous = ownership.acquire()  # LocalStackInUseError when a live stack owns it
+        self._ownership = ownership
+        if previous is not None and previous != os.getpid():
+            log.info("local_stack_owner_taken_over", previous_pid=previous)
         # Postgres first: its tools are child processes, best forked before gRPC's threads run.
         if cfg.postgres:
             self.postgres = EmbeddedPostgres(
@@ -93,7 +102,9 @@ class LocalStack:
                 self._http_task.result()
             await asyncio.sleep(0.01)
 
-        return self.endpoints()
+        endpoints = self.endpoints()
+        ownership.publish(endpoints)
+        return endpoints
 
     def endpoints(self) -> dict[str, Any]:
         cfg = self.config
@@ -121,6 +132,9 @@ class LocalStack:
             await self.catalog.close()
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
+        if self._ownership is not None:
+            self._ownership.release()
+            self._ownership = None
         log.info("local_stack_stopped")
 
     def _authorize(self, authorization: str) -> None:
