@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from writers import WRITERS
 
 MAX_BATCH_BYTES = 64 * 1024 * 1024
+# Long enough for p95/p99 of most writers to rest on enough batches (bench.stats), and for
+# per-second variation to be judged; the warm-up lets connections, JITs and caches settle.
+DEFAULT_DURATION_S = 30.0
+DEFAULT_WARMUP_S = 5.0
 
 
 class BenchmarkConfig(BaseModel):
@@ -24,10 +28,17 @@ class BenchmarkConfig(BaseModel):
     )
     writers: list[str] = Field(default=["zerobus", "sql", "lakebase"], min_length=1)
     records: int | None = Field(
-        default=10_000, ge=1, le=100_000_000, description="rows per writer (after warm-up)"
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="rows per writer (after warm-up), instead of duration_s",
     )
     duration_s: float | None = Field(
-        default=None, gt=0, le=86_400, description="seconds per writer, instead of records"
+        default=DEFAULT_DURATION_S,
+        gt=0,
+        le=86_400,
+        description="seconds measured per writer (default 30, after the warm-up); a run given "
+        "only records writes that many rows instead",
     )
     batch_size: int = Field(default=1000, ge=1, le=100_000)
     concurrency: int = Field(
@@ -43,7 +54,9 @@ class BenchmarkConfig(BaseModel):
         le=1_000_000,
         description="approximate row size, padded on one string column (0: no padding)",
     )
-    warmup_s: float = Field(default=0.0, ge=0, le=3600, description="not measured")
+    warmup_s: float = Field(
+        default=DEFAULT_WARMUP_S, ge=0, le=3600, description="written first, not measured"
+    )
     seed: int = Field(default=0, ge=0)
     drivers: int | None = Field(
         default=None, ge=1, le=1_000_000, description="telemetry: drivers in the fleet"
@@ -89,9 +102,14 @@ class BenchmarkConfig(BaseModel):
 
     @model_validator(mode="after")
     def _records_or_duration(self) -> Self:
-        if self.duration_s is not None:
+        # Records given (and no duration asked for by name) make a records run; otherwise
+        # the duration, 30 s by default, decides.
+        asked_duration = "duration_s" in self.model_fields_set and self.duration_s is not None
+        if self.records is not None and not asked_duration:
+            self.duration_s = None
+        elif self.duration_s is not None:
             self.records = None
-        elif self.records is None:
+        else:
             raise ValueError("give records or duration_s")
         return self
 

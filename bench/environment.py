@@ -134,6 +134,31 @@ def capture_environment(targets: Targets | None = None) -> dict[str, Any]:
     return env
 
 
+LOCAL_NOTICE = (
+    "Local mode: Zerobus, the SQL warehouse and Lakebase are stood in by the local stack on "
+    "this machine. Figures measure the client and the stand-ins here, not a Databricks "
+    "workspace."
+)
+
+
+def mode_notice(environment: dict[str, Any]) -> str:
+    """One line saying what produced a run's figures, from its recorded environment."""
+    mode = environment.get("mode")
+    if mode == "local":
+        return LOCAL_NOTICE
+    if mode == "databricks":
+        endpoints = environment.get("endpoints") or {}
+        parts = [f"workspace {endpoints.get('workspace') or 'unknown'}"]
+        if endpoints.get("warehouse_id"):
+            parts.append(f"SQL warehouse {endpoints['warehouse_id']}")
+        if endpoints.get("postgres") and endpoints["postgres"] != "local":
+            parts.append(f"Lakebase {endpoints['postgres']}")
+        # Sizes would need extra workspace calls (warehouses.get, database.get_database_instance)
+        # at capture time; they are not recorded yet.
+        return f"Databricks mode: {', '.join(parts)} (warehouse and Lakebase sizes not recorded)."
+    return "Mode not recorded (a result from before modes were recorded)."
+
+
 def write_results(out: Path, prefix: str, results: dict[str, Any]) -> Path:
     """A benchmark script's results as `<out>/<prefix>-<timestamp>.json`."""
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,9 @@ from bench.config import BenchmarkConfig
 
 SCHEMA_VERSION = 1
 
-RunStatus = Literal["running", "completed", "cancelled", "failed"]
+# completed: every writer ran; partial: some writers did not (unavailable or failed);
+# failed: none did, or the harness stopped on an error; cancelled: stopped by the user.
+RunStatus = Literal["running", "completed", "partial", "cancelled", "failed"]
 WriterStatus = Literal["pending", "running", "completed", "cancelled", "failed", "unavailable"]
 
 
@@ -34,6 +36,16 @@ class LatencySummary(BaseModel):
     p99: float
     p99_9: float = Field(alias="p99.9")
     max: float
+    unsupported: dict[str, str] = Field(
+        default_factory=dict,
+        description="percentiles the sample is too small for, with the reason (rule: pXX needs "
+        "at least 10 / (1 - p) batches: p50 20, p90 100, p95 200, p99 1,000, p99.9 10,000); "
+        "their values are not to be read as measurements",
+    )
+
+    def supports(self, name: str) -> bool:
+        """Whether percentile `name` ("p99", "p99.9") rests on enough batches."""
+        return name not in self.unsupported
 
 
 class VisibilitySummary(BaseModel):
@@ -51,6 +63,12 @@ class VisibilitySummary(BaseModel):
 
 class SecondStats(BaseModel):
     t: int = Field(description="second since measuring began")
+    span_s: float = Field(
+        default=1.0, description="seconds of the window this second covers (the last: less)"
+    )
+    rows_per_s: float | None = Field(
+        default=None, description="rows / span_s: the series averages to the summary's rows/s"
+    )
     rows: int
     mib: float
     batches: int
@@ -102,7 +120,10 @@ class RunResult(BaseModel):
     schema_version: int = SCHEMA_VERSION
     id: str
     status: RunStatus
-    partial: bool = Field(default=False, description="cancelled or failed before the end")
+    partial: bool = Field(
+        default=False,
+        description="cancelled or failed before the end, or some writers did not run",
+    )
     started_at: str
     finished_at: str | None = None
     config: BenchmarkConfig
@@ -116,12 +137,20 @@ class RunResult(BaseModel):
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2)
 
+    @property
+    def mode(self) -> str:
+        """local or databricks, as the environment recorded it ("unknown" for old files)."""
+        return str(self.environment.get("mode") or "unknown")
+
 
 CSV_COLUMNS = (
     "run_id",
+    "mode",
     "writer",
     "status",
     "rows",
+    "batches",
+    "elapsed_s",
     "rows_per_s",
     "mib_per_s",
     "p50_ms",
@@ -136,7 +165,9 @@ CSV_COLUMNS = (
     "failed_batches",
     "target_rows_per_s",
     "rate_ratio",
+    "unsupported_percentiles",
 )
+INSUFFICIENT = "insufficient sample"
 
 
 def to_csv(run: RunResult) -> str:
@@ -147,26 +178,40 @@ def to_csv(run: RunResult) -> str:
     for w in run.writers:
         lat = w.latency_ms
         corrected = w.latency_from_intended_ms
+
+        def pct(summary: LatencySummary | None, name: str) -> float | str:
+            if summary is None:
+                return ""
+            return (
+                getattr(summary, name.replace(".", "_"))
+                if summary.supports(name)
+                else (INSUFFICIENT)
+            )
+
         writer.writerow(
             [
                 run.id,
+                run.mode,
                 w.writer,
                 w.status,
                 w.rows,
+                w.batches,
+                w.elapsed_s,
                 round(w.rows_per_s, 1),
                 round(w.mib_per_s, 3),
-                lat.p50 if lat else "",
-                lat.p90 if lat else "",
-                lat.p95 if lat else "",
-                lat.p99 if lat else "",
-                lat.p99_9 if lat else "",
+                pct(lat, "p50"),
+                pct(lat, "p90"),
+                pct(lat, "p95"),
+                pct(lat, "p99"),
+                pct(lat, "p99.9"),
                 lat.max if lat else "",
-                corrected.p99 if corrected else "",
-                w.send_delay_ms.p99 if w.send_delay_ms else "",
+                pct(corrected, "p99"),
+                pct(w.send_delay_ms, "p99"),
                 w.visibility.p95_ms if w.visibility else "",
                 w.failed_batches,
                 w.target_rows_per_s or "",
                 w.rate_ratio if w.rate_ratio is not None else "",
+                " ".join(lat.unsupported) if lat else "",
             ]
         )
     return out.getvalue()

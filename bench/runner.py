@@ -34,7 +34,7 @@ from bench.results import (
     VisibilitySummary,
     WriterResult,
 )
-from bench.stats import Latencies, exact_percentile
+from bench.stats import Latencies, exact_percentile, min_batches, unsupported_percentiles
 from bench.workload import BatchFactory
 from dwbench.errors import DirectWriteError, RequestTooLargeError, WriterUnavailableError
 from workloads.base import Workload
@@ -47,6 +47,11 @@ Clock = Callable[[], float]
 ProgressCallback = Callable[[dict[str, Any]], None]
 VISIBILITY_TIMEOUT_S = 30.0
 MAX_ERROR_SAMPLES = 5
+# A writer that stores rows is warned about when its sample is small: fewer batches than
+# p95 needs (bench.stats: 200), or a measured window under 10 s (too short to see how
+# throughput varies second to second). The null writer is the harness ceiling, not a target.
+FEW_BATCHES = min_batches(95.0)
+SHORT_WINDOW_S = 10.0
 
 
 class WriterSource(Protocol):
@@ -359,6 +364,8 @@ class _WriterRun:
             )
         if self.visibility_timeouts:
             warnings.append(f"{self.visibility_timeouts} visibility samples timed out or failed")
+        if stores_rows and self.status in ("completed", "cancelled") and self.batches:
+            warnings += self._sample_warnings(elapsed)
         histograms = {"latency": self.service.encode()}
         if self.from_intended.count:
             histograms["latency_from_intended"] = self.from_intended.encode()
@@ -388,12 +395,28 @@ class _WriterRun:
             latency_from_intended_ms=_summary(self.from_intended),
             send_delay_ms=_summary(self.send_delay),
             visibility=self._visibility_summary(stores_rows),
-            per_second=[self._second_stats(t, s) for t, s in sorted(self.seconds.items())],
+            per_second=[self._second_stats(t, s, elapsed) for t, s in sorted(self.seconds.items())],
             percentile_curve=curve_source.curve(),
             histograms=histograms if self.service.count else {},
             client_cpu_percent=self.cpu_percent,
             warnings=warnings,
         )
+
+    def _sample_warnings(self, elapsed: float) -> list[str]:
+        out = []
+        if self.batches < FEW_BATCHES:
+            missing = ", ".join(unsupported_percentiles(self.batches))
+            out.append(
+                f"too few batches: {self.batches:,} measured, so {missing} cannot be read from "
+                f"this sample (pXX needs 10/(1-p) batches: p95 {FEW_BATCHES:,}, p99 "
+                f"{min_batches(99.0):,}, p99.9 {min_batches(99.9):,}); run longer"
+            )
+        if elapsed < SHORT_WINDOW_S:
+            out.append(
+                f"measured window too short: {elapsed:.2f} s (under {SHORT_WINDOW_S:g} s), "
+                "too short to judge steady throughput; run longer (default 30 s)"
+            )
+        return out
 
     def _visibility_summary(self, stores_rows: bool) -> VisibilitySummary | None:
         if not (self.config.visibility and stores_rows):
@@ -410,9 +433,14 @@ class _WriterRun:
         )
 
     @staticmethod
-    def _second_stats(t: int, s: _Second) -> SecondStats:
+    def _second_stats(t: int, s: _Second, elapsed: float) -> SecondStats:
+        # The last second is cut short by the end of the window: its rate is over what it
+        # covered, so the series averages to rows / elapsed, the summary's rate.
+        span = min(1.0, max(elapsed - t, 0.0)) or 1.0
         return SecondStats(
             t=t,
+            span_s=round(span, 4),
+            rows_per_s=round(s.rows / span, 1),
             rows=s.rows,
             mib=round(s.bytes / 1048576, 4),
             batches=s.batches,
@@ -424,7 +452,11 @@ class _WriterRun:
 
 def _summary(latencies: Latencies) -> LatencySummary | None:
     values = latencies.summary()
-    return LatencySummary.model_validate(values) if values else None
+    if not values:
+        return None
+    return LatencySummary.model_validate(
+        {**values, "unsupported": unsupported_percentiles(latencies.count)}
+    )
 
 
 def _now() -> str:
@@ -472,7 +504,7 @@ class BenchmarkRun:
             else:
                 for part in self.parts:
                     await self._one(part, source)
-            self.status = "cancelled" if self.cancel_event.is_set() else "completed"
+            self.status = "cancelled" if self.cancel_event.is_set() else self._outcome()
         except Exception as exc:  # a harness bug: keep what was measured, say so
             log.exception("benchmark_failed", run_id=self.id)
             self.status, self.error = "failed", repr(exc)
@@ -484,6 +516,14 @@ class BenchmarkRun:
         if on_progress:
             on_progress(self.progress())
         return result
+
+    def _outcome(self) -> str:
+        """completed when every writer ran; partial when some did not (unavailable, or every
+        batch failed); failed when none did."""
+        ran = [part.status == "completed" for part in self.parts]
+        if all(ran):
+            return "completed"
+        return "partial" if any(ran) else "failed"
 
     async def _one(self, part: _WriterRun, source: WriterSource) -> None:
         if self.cancel_event.is_set():
@@ -508,15 +548,20 @@ class BenchmarkRun:
     def result(self) -> RunResult:
         writers = []
         for part in self.parts:
-            label, stores = self._labels.get(part.name, (part.name, True))
+            label, stores = self._labels.get(part.name) or _registry_label(part.name)
             writers.append(part.result(label, stores))
-        warnings = [f"{w.writer}: {text}" for w in writers for text in w.warnings]
+        warnings = [f"{w.label}: {text}" for w in writers for text in w.warnings]
         if self.error:
             warnings.insert(0, f"the run stopped on an error: {self.error}")
+        elif self.status in ("partial", "failed"):
+            missing = [w for w in writers if w.status in ("unavailable", "failed")]
+            what = "no writer ran" if self.status == "failed" else "not every writer ran"
+            names = "; ".join(f"{w.label} {w.status}: {w.error}" for w in missing)
+            warnings.insert(0, f"{what} ({names})")
         return RunResult(
             id=self.id,
             status=self.status,  # type: ignore[arg-type]
-            partial=self.status in ("cancelled", "failed", "running"),
+            partial=self.status in ("cancelled", "failed", "partial", "running"),
             started_at=self.started_at,
             finished_at=self.finished_at,
             config=self.config,
@@ -525,6 +570,16 @@ class BenchmarkRun:
             writers=writers,
             warnings=warnings,
         )
+
+
+def _registry_label(name: str) -> tuple[str, bool]:
+    """The label of a writer that never opened (unavailable): from the registry."""
+    from writers import WRITERS, writer_metadata
+
+    if name not in WRITERS:
+        return name, True
+    meta = writer_metadata(name)
+    return str(meta["label"]), bool(meta["stores_rows"])
 
 
 def _workload_summary(workload: Workload) -> dict[str, Any]:

@@ -15,6 +15,30 @@ from collections.abc import Iterable
 from hdrh.histogram import HdrHistogram
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+# A percentile p is reported only when the sample has at least 10 / (1 - p) batches: about
+# ten batches lie beyond it, so one outlier more or less does not move it to another value.
+# p50 needs 20, p90 100, p95 200, p99 1,000, p99.9 10,000.
+TAIL_BATCHES = 10
+
+
+def min_batches(p: float) -> int:
+    """The fewest batches that support percentile `p` (in percent): 10 / (1 - p)."""
+    return math.ceil(round(TAIL_BATCHES / (1 - p / 100), 6))
+
+
+def percentile_name(p: float) -> str:
+    return f"p{p:g}"
+
+
+def unsupported_percentiles(count: int) -> dict[str, str]:
+    """The reported percentiles `count` batches cannot support, each with the reason."""
+    return {
+        percentile_name(p): f"needs {min_batches(p):,} batches, {count:,} measured"
+        for p in PERCENTILES
+        if count < min_batches(p)
+    }
+
+
 _LOWEST_US = 1
 _HIGHEST_US = 3_600_000_000  # one hour
 _DIGITS = 3

@@ -66,6 +66,7 @@ def summary(run: RunResult) -> dict[str, Any]:
     cfg = run.config
     return {
         "id": run.id,
+        "mode": run.mode,
         "status": run.status,
         "partial": run.partial,
         "started_at": run.started_at,

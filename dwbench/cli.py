@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import ValidationError
 
-from bench.config import BenchmarkConfig
-from bench.results import RunResult, WriterResult, to_csv
+from bench.config import DEFAULT_DURATION_S, DEFAULT_WARMUP_S, BenchmarkConfig
+from bench.environment import LOCAL_NOTICE, mode_notice
+from bench.results import LatencySummary, RunResult, WriterResult, to_csv
 from bench.store import (
     NOISE_FLOOR,
     MetricDiff,
@@ -193,6 +194,27 @@ Metric = Callable[[WriterResult], float | None]
 BEST = "*"
 
 
+class Unsupported(float):
+    """A percentile the sample is too small for: never printed, marked, or ranked."""
+
+
+UNSUPPORTED = "n/a"
+
+
+def _pct(summary: LatencySummary | None, name: str) -> float | None:
+    if summary is None:
+        return None
+    value = float(getattr(summary, name.replace(".", "_")))
+    return value if summary.supports(name) else Unsupported(value)
+
+
+def _fmt_or_unsupported(fmt: Callable[[float | None], str]) -> Callable[[float | None], str]:
+    def out(value: float | None) -> str:
+        return UNSUPPORTED if isinstance(value, Unsupported) else fmt(value)
+
+    return out
+
+
 def _rate_pct(w: WriterResult) -> float | None:
     return w.rate_ratio * 100 if w.rate_ratio is not None else None
 
@@ -203,10 +225,11 @@ _RESULT_ROWS: tuple[tuple[str, Metric, Callable[[float | None], str], str | None
     ("elapsed s", lambda w: w.elapsed_s, lambda v: MISSING if v is None else f"{v:.2f}", None),
     ("rows/s", lambda w: w.rows_per_s, fmt_int, "high"),
     ("MiB/s", lambda w: w.mib_per_s, fmt_mib, "high"),
-    ("p50 ms", lambda w: w.latency_ms.p50 if w.latency_ms else None, fmt_ms, "low"),
-    ("p95 ms", lambda w: w.latency_ms.p95 if w.latency_ms else None, fmt_ms, "low"),
-    ("p99 ms", lambda w: w.latency_ms.p99 if w.latency_ms else None, fmt_ms, "low"),
-    ("p99.9 ms", lambda w: w.latency_ms.p99_9 if w.latency_ms else None, fmt_ms, "low"),
+    ("batches", lambda w: w.batches, fmt_int, None),
+    ("p50 ms", lambda w: _pct(w.latency_ms, "p50"), fmt_ms, "low"),
+    ("p95 ms", lambda w: _pct(w.latency_ms, "p95"), fmt_ms, "low"),
+    ("p99 ms", lambda w: _pct(w.latency_ms, "p99"), fmt_ms, "low"),
+    ("p99.9 ms", lambda w: _pct(w.latency_ms, "p99.9"), fmt_ms, "low"),
     ("max ms", lambda w: w.latency_ms.max if w.latency_ms else None, fmt_ms, "low"),
     ("errors", lambda w: w.failed_batches, fmt_int, "low"),
     (
@@ -219,13 +242,13 @@ _RESULT_ROWS: tuple[tuple[str, Metric, Callable[[float | None], str], str | None
 _FIXED_RATE_ROWS: tuple[tuple[str, Metric, Callable[[float | None], str], str | None], ...] = (
     (
         "corrected p99 ms",
-        lambda w: w.latency_from_intended_ms.p99 if w.latency_from_intended_ms else None,
+        lambda w: _pct(w.latency_from_intended_ms, "p99"),
         fmt_ms,
         "low",
     ),
     (
         "send-delay p99 ms",
-        lambda w: w.send_delay_ms.p99 if w.send_delay_ms else None,
+        lambda w: _pct(w.send_delay_ms, "p99"),
         fmt_ms,
         "low",
     ),
@@ -278,22 +301,31 @@ def results_table(run: RunResult) -> str:
     marked = False
     for label, metric, fmt, better in specs:
         values = [metric(w) if w.status != "unavailable" else None for w in writers]
-        best = _best(values, better, eligible)
+        rankable = [None if isinstance(v, Unsupported) else v for v in values]
+        best = _best(rankable, better, eligible)
         marked = marked or bool(best)
-        cells = [fmt(v) + (f" {BEST}" if i in best else "  ") for i, v in enumerate(values)]
+        show = _fmt_or_unsupported(fmt)
+        cells = [show(v) + (f" {BEST}" if i in best else "  ") for i, v in enumerate(values)]
         rows.append([label, *cells])
+    status = run.status + (" (partial)" if run.partial and run.status != "partial" else "")
     lines = [
-        f"run {run.id}: {run.status}{' (partial)' if run.partial else ''}",
+        f"run {run.id}: {status}",
+        f"mode: {run.mode}. {mode_notice(run.environment)}",
         f"workload: {workload_text(run.config)}",
         "",
         render_table(header, rows),
     ]
     if marked:
         lines.append(f"{BEST} best of the writers that store rows")
+    if any(w.latency_ms and w.latency_ms.unsupported for w in writers):
+        lines.append(
+            f"{UNSUPPORTED}: too few batches for this percentile; pXX needs at least "
+            "10/(1-p) measured batches (p50 20, p95 200, p99 1,000, p99.9 10,000)"
+        )
     if any(not w.stores_rows for w in writers):
         baseline = ", ".join(w.writer for w in writers if not w.stores_rows)
         lines.append(f"{baseline}: discards rows; the harness ceiling, not a target")
-    problems = [f"{w.writer}: {w.status}: {w.error}" for w in writers if w.error]
+    problems = [f"{w.label}: {w.status}: {w.error}" for w in writers if w.error]
     problems += run.warnings
     if problems:
         lines += ["", "warnings:", *(f"  - {text}" for text in problems)]
@@ -312,9 +344,21 @@ def history_table(entries: Sequence[dict[str, Any]]) -> str:
     for e in entries:
         status = e["status"] + (" (partial)" if e["partial"] and e["status"] != "cancelled" else "")
         writers = ", ".join(f"{w['writer']} {fmt_int(w['rows_per_s'])}" for w in e["writers"])
-        rows.append([e["id"], _date(e["started_at"]), status, writers, _workload_summary(e)])
-    header = ["id", "started (UTC)", "status", "writers (rows/s)", "workload"]
-    return render_table(header, rows, align="lllll")
+        rows.append(
+            [
+                e["id"],
+                _date(e["started_at"]),
+                e.get("mode") or "unknown",
+                status,
+                writers,
+                _workload_summary(e),
+            ]
+        )
+    header = ["id", "started (UTC)", "mode", "status", "writers (rows/s)", "workload"]
+    lines = [render_table(header, rows, align="llllll")]
+    if any(e.get("mode") == "local" for e in entries):
+        lines += ["", f"local: {LOCAL_NOTICE}"]
+    return "\n".join(lines)
 
 
 def _workload_summary(entry: dict[str, Any]) -> str:
@@ -625,6 +669,7 @@ async def _run_benchmark(
             f"run {run.id}: {', '.join(config.writers)}; {workload_text(config)} "
             f"({len(workload.schema.columns)} columns into {workload.table.delta_table})"
         )
+        _say(f"mode: {runtime.targets.mode}. {mode_notice(run.environment)}")
         _say("Ctrl-C cancels the run and keeps what was measured")
         # The local stack runs in its own session, so the terminal's Ctrl-C reaches only us.
         display.update(run.progress())  # the bars from the start, then once a second
@@ -825,9 +870,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated: {', '.join(WRITERS)} (default: zerobus,sql,lakebase)",
     )
     amount = run.add_mutually_exclusive_group()
-    amount.add_argument("--records", type=int, help="rows per writer (default: 10000)")
+    amount.add_argument("--records", type=int, help="rows per writer, instead of a duration")
     amount.add_argument(
-        "--duration", type=parse_duration, metavar="TIME", help="time per writer, e.g. 30s"
+        "--duration",
+        type=parse_duration,
+        metavar="TIME",
+        help=f"time measured per writer (default: {DEFAULT_DURATION_S:g}s, after the warm-up)",
     )
     run.add_argument("--batch-size", type=int, default=1000, help="default: %(default)s")
     run.add_argument("--concurrency", type=int, default=4, help="batches in flight")
@@ -838,7 +886,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="target rows/s (open loop); default: max rate",
     )
     run.add_argument(
-        "--warmup", type=parse_duration, default=0.0, metavar="TIME", help="not measured"
+        "--warmup",
+        type=parse_duration,
+        default=DEFAULT_WARMUP_S,
+        metavar="TIME",
+        help=f"written first, not measured (default: {DEFAULT_WARMUP_S:g}s)",
     )
     run.add_argument(
         "--record-bytes",

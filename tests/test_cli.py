@@ -21,12 +21,13 @@ from typing import Any
 
 import pytest
 
+from bench.environment import LOCAL_NOTICE
 from bench.results import RunResult
 from dwbench.cli import ProgressDisplay, main
 from tests.conftest import ROOT
 
 TABLE = "main.default.cli_bench"
-SMALL_RUN = ("--records", "2000", "--batch-size", "200", "--concurrency", "2")
+SMALL_RUN = ("--records", "2000", "--batch-size", "200", "--concurrency", "2", "--warmup", "0")
 _FOREIGN = ("DATABRICKS_", "PG", "LOCAL_STACK_", "ZEROBUS_", "SQL_", "LAKEBASE_")
 
 
@@ -99,6 +100,16 @@ def test_run_prints_the_writers_side_by_side_and_saves_json_and_csv(two_runs):
     assert rows["errors"] == ["0", "0"]
     assert rows["visibility p95 ms"][0] == "-"  # the null writer stores nothing to see
     assert "corrected p99 ms" not in rows  # closed loop: nothing to correct
+    # 10 batches of 200: a sample too small for any percentile, said so, not numbers.
+    assert rows["batches"] == ["10", "10"]
+    assert rows["elapsed s"][0] != "-"
+    for label in ("p50 ms", "p95 ms", "p99 ms", "p99.9 ms"):
+        assert rows[label] == ["n/a", "n/a"], label
+    assert "n/a: too few batches for this percentile; pXX needs at least 10/(1-p)" in proc.stdout
+    mode_line = f"mode: local. {LOCAL_NOTICE}"
+    assert mode_line in proc.stdout.splitlines()[:3]
+    assert mode_line in proc.stderr  # the run's header, before the bars
+    assert "Zerobus Ingest (gRPC, protobuf): too few batches: 10 measured" in proc.stdout
 
     run = RunResult.model_validate_json(out.read_text())
     assert run.status == "completed" and not run.partial
@@ -107,7 +118,8 @@ def test_run_prints_the_writers_side_by_side_and_saves_json_and_csv(two_runs):
         ("zerobus", 2000, "completed"),
     ]
     csv_lines = out.with_suffix(".csv").read_text().splitlines()
-    assert csv_lines[0].startswith("run_id,writer,status,rows") and len(csv_lines) == 3
+    assert csv_lines[0].startswith("run_id,mode,writer,status,rows,batches,elapsed_s")
+    assert len(csv_lines) == 3 and csv_lines[1].split(",")[1] == "local"
     assert (results / f"{run.id}.json").exists() and (results / f"{run.id}.csv").exists()
     for path in (out, out.with_suffix(".csv"), results / f"{run.id}.json"):
         assert f"saved {path}" in proc.stdout
@@ -142,8 +154,10 @@ def test_history_lists_the_runs(two_runs, local_stack):
     proc = dwbench("history", "--results-dir", results, env=stack_env(local_stack))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split()[:2] == ["id", "started"]
-    newest_first = [line.split()[0] for line in lines[2:]]
+    assert lines[0].split()[:4] == ["id", "started", "(UTC)", "mode"]
+    assert lines[2].split()[3] == "local"
+    assert lines[-1] == f"local: {LOCAL_NOTICE}"
+    newest_first = [line.split()[0] for line in lines[2 : 2 + len(ids)]]
     assert newest_first == ids[::-1]
     assert "null " in lines[2] and "zerobus " in lines[2] and "2,000 rows" in lines[2]
 
@@ -185,7 +199,11 @@ def test_an_unavailable_writer_exits_1_with_the_table_and_the_reason(tmp_path):
     proc = dwbench("run", "--writers", "null,zerobus", *SMALL_RUN, env=env)
     assert proc.returncode == 1, proc.stderr
     assert table_rows(proc.stdout)["status"] == ["completed", "unavailable"]
-    assert "zerobus: unavailable: ZEROBUS_ENDPOINT is not set" in proc.stdout
+    assert (
+        "Zerobus Ingest (gRPC, protobuf): unavailable: ZEROBUS_ENDPOINT is not set" in proc.stdout
+    )
+    assert "run " in proc.stdout and ": partial" in proc.stdout
+    assert "mode: databricks. Databricks mode: workspace unknown" in proc.stdout
     assert list((tmp_path / "results").glob("*.json"))  # saved all the same
 
 
@@ -329,6 +347,8 @@ def test_telemetry_through_every_storing_writer(local_stack, tmp_path):
         "250",
         "--drivers",
         "50",
+        "--warmup",
+        "0",
         "--no-visibility",
         "--out",
         out,
@@ -386,6 +406,8 @@ def test_a_ddl_with_decimal_runs_where_it_can_and_says_why_not(local_stack, tmp_
         "zerobus,sql,lakebase",
         "--records",
         "400",
+        "--warmup",
+        "0",
         "--batch-size",
         "100",
         "--no-visibility",
@@ -432,6 +454,8 @@ def test_table_and_rows_from_replay_the_users_rows(local_stack, tmp_path):
         "sql",
         "--records",
         "10",
+        "--warmup",
+        "0",
         "--batch-size",
         "5",
         "--no-visibility",

@@ -35,6 +35,7 @@ SMALL = {
     "concurrency": 2,
     "record_bytes": 300,
     "visibility": True,
+    "warmup_s": 0,
 }
 
 
@@ -63,7 +64,7 @@ def ws_connect(app: AppServer, run_id: str) -> ClientConnection:
 
 
 def start(http: httpx.Client, **config: Any) -> dict[str, Any]:
-    resp = http.post("/api/v1/benchmarks", json=config)
+    resp = http.post("/api/v1/benchmarks", json={"warmup_s": 0, **config})
     assert resp.status_code == 202, resp.text
     body: dict[str, Any] = resp.json()
     return body
@@ -106,7 +107,8 @@ def secrets_of(local_stack: dict[str, Any]) -> list[str]:
 
 def test_start_answers_202_with_the_run_and_its_links(http):
     resp = http.post(
-        "/api/v1/benchmarks", json={"writers": ["null"], "records": 100, "batch_size": 10}
+        "/api/v1/benchmarks",
+        json={"writers": ["null"], "records": 100, "batch_size": 10, "warmup_s": 0},
     )
     assert resp.status_code == 202, resp.text
     body = resp.json()
@@ -177,9 +179,12 @@ def test_downloads_of_a_finished_run(http, small_run, local_stack):
     assert disposition.startswith("attachment;") and f"{run_id}.csv" in disposition
     header, *rows = list(csv.reader(io.StringIO(resp.text)))
     assert tuple(header) == CSV_COLUMNS
-    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
-        (run_id, w, "completed", "400") for w in (*STORING, "null")
+    assert [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows] == [
+        (run_id, "local", w, "completed", "400", "4") for w in (*STORING, "null")
     ]
+    # 4 batches support no percentile: said so instead of a number.
+    by_column = [dict(zip(header, r, strict=True)) for r in rows]
+    assert all(r["p99_ms"] == "insufficient sample" for r in by_column)
     for secret in secrets_of(local_stack):
         assert secret not in resp.text
 
@@ -193,6 +198,7 @@ def test_history_lists_runs_newest_first(http, small_run):
     assert started == sorted(started, reverse=True)
     entry = next(r for r in history if r["id"] == small_run["id"])
     assert entry["status"] == "completed" and entry["partial"] is False
+    assert entry["mode"] == "local"
     assert [w["writer"] for w in entry["writers"]] == [*STORING, "null"]
     assert all(w["p99_ms"] is not None for w in entry["writers"])
 
@@ -344,7 +350,7 @@ def test_invalid_config_is_422_with_field_messages(http):
     invalid: tuple[dict[str, Any], ...] = (
         {"writers": []},
         {"writers": ["null", "null"]},
-        {"writers": ["null"], "records": None},
+        {"writers": ["null"], "records": None, "duration_s": None},
         {"writers": ["null"], "surprise": 1},
         {"writers": ["null"], "duration_s": 0},
     )
@@ -352,3 +358,52 @@ def test_invalid_config_is_422_with_field_messages(http):
         resp = http.post("/api/v1/benchmarks", json=body)
         assert resp.status_code == 422, (body, resp.text)
         assert resp.json()["detail"][0]["msg"], body
+
+
+def test_defaults_are_30_s_per_writer_after_a_5_s_warmup(http):
+    resp = http.post("/api/v1/benchmarks", json={"writers": ["null"]})
+    assert resp.status_code == 202, resp.text
+    run_id = resp.json()["id"]
+    try:
+        assert resp.json()["workload"]["duration_s"] == 30
+        assert resp.json()["workload"]["records"] is None
+        live = http.get(f"/api/v1/benchmarks/{run_id}").json()
+        assert live["config"]["warmup_s"] == 5 and live["config"]["duration_s"] == 30
+    finally:
+        http.post(f"/api/v1/benchmarks/{run_id}/cancel")
+
+
+def test_result_json_marks_unsupported_percentiles_and_names_writers_by_label(small_run):
+    zerobus = small_run["writers"][0]
+    assert zerobus["latency_ms"]["unsupported"]["p99"] == "needs 1,000 batches, 4 measured"
+    assert set(zerobus["latency_ms"]["unsupported"]) == {"p50", "p90", "p95", "p99", "p99.9"}
+    assert small_run["environment"]["mode"] == "local"
+    warned = [w for w in small_run["warnings"] if "too few batches" in w]
+    assert [w.split(":")[0] for w in warned] == [
+        "Zerobus Ingest (gRPC, protobuf)",
+        "SQL warehouse",
+        "Lakebase (Postgres)",
+    ]  # the null writer is the harness ceiling: not warned about
+    assert any(
+        w.startswith("SQL warehouse: measured window too short") for w in small_run["warnings"]
+    )
+
+
+def test_a_run_in_which_no_writer_ran_is_failed_and_one_with_some_is_partial(http):
+    ddl = (
+        "CREATE TABLE main.default.api_bench_decimal (id BIGINT NOT NULL, total DECIMAL(10,2), "
+        "batch_id STRING, source STRING)"
+    )
+    created = http.post(
+        "/api/v1/workloads", json={"name": "api_decimal", "ddl": ddl, "id_column": "id"}
+    )
+    assert created.status_code == 201, created.text
+    small = {"workload": "api_decimal", "records": 20, "batch_size": 10, "visibility": False}
+    failed = wait_finished(http, start(http, writers=["zerobus", "zerobus-json"], **small)["id"])
+    assert failed["status"] == "failed" and failed["partial"] is True
+    assert [w["status"] for w in failed["writers"]] == ["unavailable", "unavailable"]
+    assert failed["warnings"][0].startswith("no writer ran (Zerobus Ingest (gRPC, protobuf) ")
+    partial = wait_finished(http, start(http, writers=["zerobus", "sql"], **small)["id"])
+    assert partial["status"] == "partial" and partial["partial"] is True
+    assert [w["status"] for w in partial["writers"]] == ["unavailable", "completed"]
+    assert partial["warnings"][0].startswith("not every writer ran (")

@@ -74,3 +74,37 @@ class FixedSource:
 
     async def get(self, name: str) -> DataWriterInterface:
         return self.writers[name]
+
+
+class StepClock:
+    """An injected clock: time moves only when a writer says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ClockedWriter(StallingWriter):
+    """Every write takes `step_s` on the given clock (and no real time)."""
+
+    name = "clocked"
+    label = "Clocked test writer"
+
+    def __init__(self, targets: Targets, clock: StepClock, *, step_s: float) -> None:
+        super().__init__(targets, normal_s=0, stall_at=-1, stall_s=0)
+        self.clock, self.step_s = clock, step_s
+
+    async def write(self, rows: Rows) -> WriteReceipt:
+        self.clock.now += self.step_s
+        await asyncio.sleep(0)
+        return WriteReceipt(rows=len(rows))
+
+
+class NullLikeWriter(ClockedWriter):
+    """Stores nothing, as the harness baseline (null) does."""
+
+    name = "nulllike"
+    label = "Null-like test writer"
+    stores_rows = False

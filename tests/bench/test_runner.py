@@ -24,7 +24,7 @@ TARGETS = Targets(mode="local", settings=Settings(app_mode="local"))
 
 def config(writers: list[str], **fields: Any) -> BenchmarkConfig:
     """A validated config, then pointed at test writers the registry does not know."""
-    base = BenchmarkConfig(writers=["null"], **fields)
+    base = BenchmarkConfig(writers=["null"], **{"warmup_s": 0, **fields})
     return base.model_copy(update={"writers": writers})
 
 
@@ -77,7 +77,7 @@ async def test_failures_are_counted_by_kind_and_do_not_stop_the_run():
     assert w.errors == {"write_failed": 3}
     assert w.error_samples[0] == "write_failed: the target refused the batch"
     assert "3 batches failed (3 write_failed)" in w.warnings
-    assert result.warnings == ["failing: 3 batches failed (3 write_failed)"]
+    assert result.warnings[0] == "Failing test writer: 3 batches failed (3 write_failed)"
 
 
 class SourceWithAnUnavailableWriter(FixedSource):
@@ -95,13 +95,13 @@ async def test_one_writer_failing_does_not_stop_the_others(parallel):
     down, up = result.writers
     assert down.status == "unavailable" and down.error == "cannot reach it" and down.rows == 0
     assert up.status == "completed" and up.rows == 300
-    assert result.status == "completed"
+    assert result.status == "partial" and result.partial
 
 
 async def test_fixed_rate_holds_against_the_null_writer():
     source = WriterSet(TARGETS)
     cfg = BenchmarkConfig(
-        writers=["null"], duration_s=2, batch_size=100, rate=20_000, concurrency=8
+        writers=["null"], duration_s=2, warmup_s=0, batch_size=100, rate=20_000, concurrency=8
     )
     (w,) = (await run_benchmark(cfg, source)).writers
     # The schedule decides the count: 2 s x 20,000 rows/s.
@@ -111,7 +111,9 @@ async def test_fixed_rate_holds_against_the_null_writer():
 
 
 async def test_cancel_keeps_partial_results_marked_as_such():
-    run = BenchmarkRun(BenchmarkConfig(writers=["null"], duration_s=30, batch_size=100, rate=2000))
+    run = BenchmarkRun(
+        BenchmarkConfig(writers=["null"], duration_s=30, warmup_s=0, batch_size=100, rate=2000)
+    )
     task = asyncio.create_task(run.execute(WriterSet(TARGETS)))
     await asyncio.sleep(0.6)
     run.cancel()
@@ -123,7 +125,7 @@ async def test_cancel_keeps_partial_results_marked_as_such():
 
 async def test_progress_reports_once_a_second():
     messages: list[dict[str, Any]] = []
-    cfg = BenchmarkConfig(writers=["null"], duration_s=2.5, batch_size=100, rate=5000)
+    cfg = BenchmarkConfig(writers=["null"], duration_s=2.5, warmup_s=0, batch_size=100, rate=5000)
     await run_benchmark(cfg, WriterSet(TARGETS), on_progress=messages.append)
     assert 2 <= len(messages) <= 4
     assert messages[-1]["status"] == "completed"
@@ -137,6 +139,7 @@ async def test_every_real_writer_small_run_produces_complete_result_files(local_
     cfg = BenchmarkConfig(
         writers=["zerobus", "sql", "lakebase", "null"],
         records=300,
+        warmup_s=0,
         batch_size=50,
         concurrency=2,
         visibility_poll_ms=20,
@@ -179,3 +182,8 @@ async def test_progress_of_writers_not_started_yet_and_a_writer_that_fails_every
     assert failed.status == "failed" and failed.error == "every measured batch failed"
     assert failed.failed_batches == 3 and failed.rows == 0
     assert messages[-1]["writers"][1]["status"] == "failed"
+    assert result.status == "failed" and result.partial
+    assert result.warnings[0] == (
+        "no writer ran (down unavailable: cannot reach it; "
+        "Failing test writer failed: every measured batch failed)"
+    )

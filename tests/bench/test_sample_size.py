@@ -1,0 +1,109 @@
+"""Enough samples: duration defaults, percentiles a sample cannot support, sample-size
+warnings, run status when writers did not run, and per-second rates that match the summary."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import pytest
+
+from bench.config import BenchmarkConfig
+from bench.results import to_csv
+from bench.runner import run_benchmark
+from bench.stats import PERCENTILES, min_batches, unsupported_percentiles
+from dwbench.settings import Settings
+from tests.bench.fake_writers import ClockedWriter, FixedSource, NullLikeWriter, StepClock
+from writers.base import Targets
+
+TARGETS = Targets(mode="local", settings=Settings(app_mode="local"))
+
+
+def config(writers: list[str], **fields: Any) -> BenchmarkConfig:
+    base = BenchmarkConfig(writers=["null"], **{"warmup_s": 0, "visibility": False, **fields})
+    return base.model_copy(update={"writers": writers})
+
+
+def test_defaults_are_30_s_per_writer_after_a_5_s_warmup():
+    cfg = BenchmarkConfig()
+    assert (cfg.duration_s, cfg.warmup_s, cfg.records) == (30.0, 5.0, None)
+    by_records = BenchmarkConfig(records=500)
+    assert (by_records.records, by_records.duration_s, by_records.warmup_s) == (500, None, 5.0)
+    # An explicit duration wins; a stored file with records and duration null stays a
+    # records run.
+    assert BenchmarkConfig(records=500, duration_s=3).records is None
+    assert BenchmarkConfig.model_validate({"records": 7, "duration_s": None}).records == 7
+
+
+def test_the_percentile_rule_is_ten_batches_beyond_it():
+    assert [min_batches(p) for p in PERCENTILES] == [20, 100, 200, 1000, 10_000]
+    assert unsupported_percentiles(999) == {
+        "p99": "needs 1,000 batches, 999 measured",
+        "p99.9": "needs 10,000 batches, 999 measured",
+    }
+    assert unsupported_percentiles(10_000) == {}
+
+
+async def _clocked_run(batches: int, step_s: float, **fields: Any):
+    clock = StepClock()
+    writer = ClockedWriter(TARGETS, clock, step_s=step_s)
+    cfg = config(["clocked"], records=batches * 10, batch_size=10, concurrency=1, **fields)
+    return await run_benchmark(cfg, FixedSource(writer), clock=clock)
+
+
+async def test_a_small_sample_marks_the_percentiles_it_cannot_support_everywhere():
+    result = await _clocked_run(150, 0.01)
+    (w,) = result.writers
+    assert w.batches == 150 and w.elapsed_s == pytest.approx(1.5)
+    assert w.latency_ms is not None
+    assert set(w.latency_ms.unsupported) == {"p95", "p99", "p99.9"}
+    assert w.latency_ms.supports("p90") and not w.latency_ms.supports("p99")
+    doc = result.to_json()
+    assert '"p99": "needs 1,000 batches, 150 measured"' in doc
+    row = next(csv.DictReader(io.StringIO(to_csv(result))))
+    assert row["batches"] == "150" and row["elapsed_s"] == "1.5"
+    assert float(row["p90_ms"]) == pytest.approx(10.0, rel=0.01)
+    assert row["p95_ms"] == row["p99_ms"] == row["p99.9_ms"] == "insufficient sample"
+    assert row["unsupported_percentiles"] == "p95 p99 p99.9"
+
+
+async def test_sample_warnings_name_the_writer_by_label():
+    result = await _clocked_run(150, 0.01)
+    assert result.warnings == [
+        "Clocked test writer: too few batches: 150 measured, so p95, p99, p99.9 cannot be read "
+        "from this sample (pXX needs 10/(1-p) batches: p95 200, p99 1,000, p99.9 10,000); run "
+        "longer",
+        "Clocked test writer: measured window too short: 1.50 s (under 10 s), too short to "
+        "judge steady throughput; run longer (default 30 s)",
+    ]
+
+
+async def test_enough_batches_over_a_long_window_warn_of_nothing():
+    result = await _clocked_run(1200, 0.01)  # 12 s on the injected clock
+    (w,) = result.writers
+    assert w.latency_ms is not None and set(w.latency_ms.unsupported) == {"p99.9"}
+    assert result.warnings == []
+
+
+async def test_a_5_ms_null_run_is_not_warned_about():
+    clock = StepClock()
+    writer = NullLikeWriter(TARGETS, clock, step_s=0.001)
+    cfg = config(["nulllike"], records=50, batch_size=10, concurrency=1)
+    result = await run_benchmark(cfg, FixedSource(writer), clock=clock)
+    (w,) = result.writers
+    assert w.elapsed_s == pytest.approx(0.005) and not w.stores_rows
+    assert result.warnings == [] and result.status == "completed"
+
+
+async def test_per_second_rates_agree_with_the_summary_for_a_short_run():
+    result = await _clocked_run(25, 0.02)  # 250 rows in 0.5 s: one partial second
+    (w,) = result.writers
+    assert w.rows_per_s == pytest.approx(500.0)
+    (second,) = w.per_second
+    assert second.span_s == pytest.approx(0.5) and second.rows_per_s == pytest.approx(500.0)
+    longer = (await _clocked_run(250, 0.01)).writers[0]  # 2.5 s: two whole seconds and a half
+    spans = [s.span_s for s in longer.per_second]
+    assert spans == pytest.approx([1.0, 1.0, 0.5])
+    rows = sum(s.rows for s in longer.per_second)
+    assert rows / sum(spans) == pytest.approx(longer.rows_per_s)
