@@ -203,7 +203,8 @@ async def _stack_endpoints(url: str, token: str) -> dict[str, Any]:
                 headers={"Authorization": f"Bearer {token}"},
             )
     except httpx.HTTPError as exc:
-        raise WriterUnavailableError(f"the local stack at {url} does not answer: {exc}") from exc
+        reason = str(exc) or type(exc).__name__  # a timeout's text is empty
+        raise WriterUnavailableError(f"the local stack at {url} does not answer: {reason}") from exc
     if resp.status_code != 200:
         raise WriterUnavailableError(f"the local stack at {url} answered {resp.status_code}")
     endpoints: dict[str, Any] = resp.json()

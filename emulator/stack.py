@@ -119,6 +119,8 @@ class LocalStack:
 
     async def stop(self) -> None:
         """Stop accepting, commit and acknowledge what is held, then stop every service."""
+        if self._ownership is None:
+            return  # nothing started: another live stack owns the data, or start never ran
         if self.zerobus is not None:
             await self.zerobus.shutdown()
         if self._grpc is not None:
