@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+
 from dwbench.assets import STATIC_DIR
+from tests.browser_support import DESKTOP, chromium, watched_pages
 
 
 def test_docs_page_loads_only_local_assets(client) -> None:
@@ -35,3 +39,25 @@ def test_vendored_swagger_ui_names_its_version_and_licence() -> None:
     assert "swagger-ui-dist@5.35.0" in notes
     assert "Apache" in (vendor / "LICENSE").read_text()
     assert (vendor / "NOTICE").is_file()
+
+
+@pytest.mark.browser
+def test_swagger_ui_renders_the_operations_with_no_network(app_server) -> None:
+    """Chromium with every request to another host refused: the page still shows the API."""
+    with chromium() as browser, watched_pages(browser) as new_page:
+        page = new_page(DESKTOP)
+        refused: list[str] = []
+
+        def only_the_app(route: Any) -> None:
+            if route.request.url.startswith(f"{app_server.url}/"):
+                route.continue_()
+            else:
+                refused.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", only_the_app)
+        page.goto(f"{app_server.url}/docs")
+        page.wait_for_selector(".opblock", timeout=30_000)
+        assert page.locator(".opblock").count() >= 5
+        assert "Direct Write Bench" in page.locator(".info .title").inner_text()
+        assert refused == []
