@@ -9,11 +9,13 @@ In databricks mode everything comes from the settings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -27,6 +29,7 @@ from dwbench.settings import Settings
 from emulator.process import (
     LocalStackInUseError,
     LocalStackProcess,
+    LocalStackStartError,
     RunningStack,
     find_running_stack,
 )
@@ -38,6 +41,8 @@ from writers import WriterSet
 from writers.base import Targets, WriterSettings
 
 log = structlog.get_logger(__name__)
+
+_FOLLOW_INTERVAL_S = 0.5  # how often a runtime sharing another's stack checks its owner
 
 
 class Runtime:
@@ -57,6 +62,7 @@ class Runtime:
         self.workloads = WorkloadRegistry(_configured_products(self.targets))
         self._tables_ready: set[str] = set()
         self._tables_lock = asyncio.Lock()
+        self._follower: asyncio.Task[None] | None = None
         self.benchmarks = BenchmarkManager(
             self.writers,
             ResultStore(settings.data_dir / "results"),
@@ -93,6 +99,11 @@ class Runtime:
         log.info("runtime_started", mode=self.targets.mode)
 
     async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
         await self.benchmarks.close()
         await self.writers.close()
         if self.stack is not None:
@@ -133,7 +144,41 @@ class Runtime:
                     pid=stack.pid,
                 )
                 return endpoints
-        return await _shared_stack(running, data_dir)
+        endpoints = await _shared_stack(running, data_dir)
+        self._follower = asyncio.create_task(self._follow_shared_stack(data_dir, endpoints))
+        return endpoints
+
+    async def _follow_shared_stack(self, data_dir: Path, endpoints: dict[str, Any]) -> None:
+        """When the owner of the stack we share stops it (the CLI's run ends while the app
+        uses its stack), start our own on the same data, ports and token: the writers'
+        targets stay right, and the owner's Postgres was stopped cleanly, not taken over."""
+        while True:
+            await asyncio.sleep(_FOLLOW_INTERVAL_S)
+            try:
+                running = await asyncio.to_thread(find_running_stack, data_dir, wait_s=0)
+            except LocalStackStartError:  # a new owner still starting, or unreadable
+                continue
+            if running is not None:
+                continue
+            stack = LocalStackProcess(data_dir, token=endpoints["token"], args=_ports(endpoints))
+            started = asyncio.ensure_future(asyncio.to_thread(stack.start))
+            try:
+                await asyncio.shield(started)
+            except asyncio.CancelledError:
+                # Stopping meanwhile: let the start finish, so that stop() stops it.
+                with contextlib.suppress(Exception):
+                    await started
+                    self.stack = stack
+                raise
+            except LocalStackInUseError:
+                continue  # another process that shared it took it over first
+            except LocalStackStartError as exc:
+                log.error("local_stack_take_over_failed", reason=str(exc))
+                await asyncio.sleep(_FOLLOW_INTERVAL_S * 10)
+                continue
+            self.stack = stack
+            log.warning("local_stack_taken_over", pid=stack.pid, api=endpoints["api_url"])
+            return
 
     async def ensure_tables(self, workload: Workload) -> None:
         """Local mode: create the workload's Delta table on the local stack when missing.
@@ -192,6 +237,21 @@ class Runtime:
             raise WriterUnavailableError(
                 f"cannot create {table} on the local stack: {error.message if error else state}"
             )
+
+
+def _ports(endpoints: dict[str, Any]) -> list[str]:
+    """The arguments that start a stack on the ports `endpoints` name."""
+    args = [
+        "--zerobus-port",
+        str(urlsplit(endpoints["zerobus_endpoint"]).port),
+        "--api-port",
+        str(urlsplit(endpoints["api_url"]).port),
+    ]
+    if endpoints.get("postgres_dsn"):
+        args += ["--postgres-port", str(urlsplit(endpoints["postgres_dsn"]).port)]
+    else:
+        args.append("--no-postgres")
+    return args
 
 
 async def _stack_endpoints(url: str, token: str) -> dict[str, Any]:

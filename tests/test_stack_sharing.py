@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -244,3 +245,33 @@ def test_postgres_owned_by_a_live_process_is_left_alone(data_dir: Path) -> None:
     finally:
         server.stop()
     assert not owner_path.exists()
+
+
+async def test_a_sharing_runtime_takes_over_when_the_owner_stops(data_dir: Path) -> None:
+    """The other way round: `dwbench run` started the stack, the app shares it, the run
+    ends. The app starts its own on the same data, ports and token, and keeps working."""
+    stack_dir = data_dir / "local-stack"
+    cli_stack = LocalStackProcess(stack_dir, token=secrets.token_urlsafe(16))
+    endpoints = cli_stack.start()
+    with psycopg.connect(endpoints["postgres_dsn"]) as conn:
+        conn.execute("CREATE TABLE kept (id int)")
+        conn.execute("INSERT INTO kept VALUES (1), (2)")
+    runtime = Runtime(Settings(app_mode="local", data_dir=data_dir))
+    try:
+        await runtime.start()
+        assert runtime.stack is None
+        assert cli_stack.stop() == 0
+        for _ in range(120):
+            if runtime.stack is not None:
+                break
+            await asyncio.sleep(0.5)
+        assert runtime.stack is not None, "the runtime did not take the stack over"
+        assert runtime.stack.endpoints["api_url"] == endpoints["api_url"]
+        assert runtime.stack.endpoints["postgres_dsn"] == endpoints["postgres_dsn"]
+        assert owner_file(stack_dir)["pid"] == runtime.stack.pid
+        assert status(endpoints) == 200
+        assert query(endpoints["postgres_dsn"]) == 2
+    finally:
+        await runtime.stop()
+        cli_stack.kill()
+    assert owner_file_text(stack_dir) == ""  # the runtime stopped what it started
