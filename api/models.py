@@ -11,6 +11,12 @@ from workloads.base import Workload
 from workloads.inputs import input_model
 from workloads.products import ProductItem
 
+SKIP_FIELD: Any = Field(
+    default_factory=list,
+    description="with writer_type all: writers not to try (the page sends those its last "
+    "availability check showed unavailable); each is answered as unavailable, skipped",
+)
+
 
 class ProcessRequest(BaseModel):
     """The products workload's request (other workloads: `process_request_model`)."""
@@ -26,6 +32,7 @@ class ProcessRequest(BaseModel):
         examples=["zerobus"],
     )
     items: list[ProductItem] = Field(min_length=1)  # type: ignore[valid-type]
+    skip: list[str] = SKIP_FIELD
 
 
 @lru_cache(maxsize=128)
@@ -40,6 +47,7 @@ def process_request_model(workload: Workload) -> type[BaseModel]:
         schema_type=(Literal[workload.name], Field()),  # type: ignore[valid-type, arg-type]
         writer_type=(str, Field(examples=["zerobus"])),
         items=(list[item], Field(min_length=1)),  # type: ignore[valid-type]
+        skip=(list[str], SKIP_FIELD),
     )
 
 
@@ -65,7 +73,10 @@ class ProcessResponse(BaseModel):
     batch_id: str
     writer_type: str
     status: Literal["success", "partial"]
-    processed_count: int = Field(description="rows durably written, summed over the writers")
+    processed_count: int = Field(
+        description="rows durably written, summed over the writers (with all, each writer wrote "
+        "the same items: read results for what each wrote)"
+    )
     processing_time_ms: float
     throughput_records_per_sec: float
     results: list[WriterResult]
@@ -78,8 +89,17 @@ class WriterInfo(BaseModel):
     color: str | None = Field(description="the writer's colour in charts")
     stores_rows: bool = Field(description="false for the harness baseline (null)")
     available: bool
+    stand_in: bool = Field(
+        default=False,
+        description="local mode: the target is the local stack's stand-in on this machine",
+    )
     reason: str | None
     details: dict[str, Any]
+
+
+class ModeInfo(BaseModel):
+    mode: Literal["local", "databricks"]
+    notice: str = Field(description="what the figures measure, for a banner on every page")
 
 
 class ZerobusAvailability(BaseModel):

@@ -324,9 +324,16 @@ class _WriterRun:
         return max(0.0, end - self.measure_start)
 
     def progress(self) -> dict[str, Any]:
-        now_second = None
+        elapsed = self.elapsed()
+        last_second: float = 0
         if self.measure_start != math.inf:  # a writer that has not started has no seconds yet
-            now_second = self.seconds.get(max(0, int(self.clock() - self.measure_start) - 1))
+            if elapsed < 1:
+                # No whole second yet (or a writer done within one): the rate so far over the
+                # real window, not a partial second's rows read as rows per second.
+                last_second = round(self.rows / elapsed) if elapsed > 0 else 0
+            else:
+                now_second = self.seconds.get(int(self.clock() - self.measure_start) - 1)
+                last_second = now_second.rows if now_second else 0
         p = self.service
         return {
             "writer": self.name,
@@ -334,8 +341,10 @@ class _WriterRun:
             "phase": self.phase,
             "rows": self.rows,
             "failed_batches": self.failed,
-            "elapsed_s": round(self.elapsed(), 3),
-            "rows_per_s_last_second": now_second.rows if now_second else 0,
+            "elapsed_s": round(elapsed, 3),
+            # Over the measured window, as the result's summary has it.
+            "rows_per_s": round(self.rows / elapsed, 1) if elapsed > 0 else 0.0,
+            "rows_per_s_last_second": last_second,
             "p50_ms": p.percentile_ms(50) if p.count else None,
             "p99_ms": p.percentile_ms(99) if p.count else None,
             "target_rows": self.factory.measured_rows,

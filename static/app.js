@@ -190,6 +190,12 @@ function swatch(name, index) {
   });
 }
 
+/** "available (local stand-in)" in local mode: the page never lets a stand-in pass for the service. */
+export function availabilityText(writer) {
+  if (!writer.available) return "unavailable";
+  return writer.stand_in ? "available (local stand-in)" : "available";
+}
+
 function renderWriterStatus(writers) {
   const items = writers.map((writer, index) => {
     const state = writer.available ? "available" : "unavailable";
@@ -197,7 +203,7 @@ function renderWriterStatus(writers) {
       el("span", { className: `dot state-${state}`, "aria-hidden": "true", text: writer.available ? "●" : "○" }),
       swatch(writer.name, index),
       el("span", { className: "writer-name", text: writer.label || writer.name }),
-      el("span", { className: `state-${state}`, text: state }),
+      el("span", { className: `state-${state}`, "data-field": "availability", text: availabilityText(writer) }),
       writer.available || !writer.reason ? null : el("span", { className: "writer-reason", text: `— ${writer.reason}` }),
     ]);
   });
@@ -213,7 +219,7 @@ function updateWriterOptions(writers) {
     return el("option", {
       value: writer.name,
       title: writer.available ? null : writer.reason,
-      text: `${label} — ${writer.available ? "available" : "unavailable"}`,
+      text: `${label} — ${availabilityText(writer)}`,
     });
   });
   const up = writers.filter((writer) => writer.available).length;
@@ -692,6 +698,12 @@ async function submitWrite(event) {
     writer_type: ui.writerType.value,
     items: read.map((row) => row.item),
   };
+  // "All": writers the page shows unavailable are not tried (the server answers them as
+  // skipped at once, instead of waiting on a target known to be down); Refresh re-checks.
+  if (payload.writer_type === ALL) {
+    const skip = [...writersByName.values()].filter((writer) => !writer.available).map((writer) => writer.name);
+    if (skip.length) payload.skip = skip;
+  }
   setRunning(true);
   try {
     const { ok, status, body } = await postJson("api/v1/process-structured", payload);
@@ -736,10 +748,30 @@ function clearResults() {
 function renderResults(response) {
   ui.resultsSummary.replaceChildren(renderSummary(response));
   ui.resultCards.replaceChildren(...response.results.map(renderCard));
-  ui.submitStatus.textContent =
-    response.status === "success"
+  ui.submitStatus.textContent = writeStatusText(response);
+}
+
+function writerLabelOf(result) {
+  return result.label || (writersByName.get(result.writer) || {}).label || result.writer;
+}
+
+/** Per writer: the same rows go through each, so a sum over writers would count them twice. */
+function writeStatusText(response) {
+  const results = response.results || [];
+  if (response.writer_type !== ALL) {
+    return response.status === "success"
       ? `Wrote ${plural(response.processed_count, "row")}.`
       : `Partly written: ${plural(response.processed_count, "row")}; the cards below say which writers did not write.`;
+  }
+  const wrote = results.filter((r) => r.status === "success");
+  const rest = results.filter((r) => r.status !== "success");
+  const counts = new Set(wrote.map((r) => r.rows_written));
+  const written =
+    counts.size === 1
+      ? `Wrote ${plural(wrote[0].rows_written, "row")} through each of ${plural(wrote.length, "writer")}`
+      : `Wrote ${wrote.map((r) => `${plural(r.rows_written, "row")} through ${writerLabelOf(r)}`).join(", ")}`;
+  const missed = rest.map((r) => `${writerLabelOf(r)} ${r.status}`).join(", ");
+  return rest.length ? `${written}; not written: ${missed}.` : `${written}.`;
 }
 
 export function badge(status) {
@@ -752,18 +784,40 @@ function renderSummary(response) {
       ? "all writers"
       : (writersByName.get(response.writer_type) || {}).label || response.writer_type;
   const workload = form.workload ? form.workload.name : null;
+  const entries = [
+    ["Batch id", el("code", { "data-field": "batch_id", text: response.batch_id })],
+    ["Workload", workload || "—", { "data-field": "workload" }],
+  ];
+  if (response.writer_type === ALL) {
+    // One line per writer, never a total: each wrote the same items, one after another.
+    entries.push([
+      "Rows written, per writer",
+      el(
+        "ul",
+        { className: "plain-list", "data-metric": "rows_per_writer" },
+        response.results.map((r) =>
+          el("li", { "data-writer": r.writer, "data-rows": String(r.rows_written) }, [
+            `${writerLabelOf(r)}: ${formatCount(r.rows_written)}`,
+            r.status === "success" ? ` in ${formatMs(r.processing_time_ms)}` : ` (${r.status})`,
+          ]),
+        ),
+      ),
+    ]);
+    entries.push([
+      "Time, writers one after another",
+      formatMs(response.processing_time_ms),
+      { "data-metric": "processing_time_ms" },
+    ]);
+  } else {
+    entries.push(
+      ["Rows written", formatCount(response.processed_count), { "data-metric": "processed_count" }],
+      ["Total time", formatMs(response.processing_time_ms), { "data-metric": "processing_time_ms" }],
+      ["Throughput", formatRate(response.throughput_records_per_sec), { "data-metric": "throughput" }],
+    );
+  }
   return el("div", { className: "summary", "data-batch-id": response.batch_id, "data-workload": workload }, [
     el("div", { className: "summary-head" }, [el("h3", { text: `Batch through ${writer}` }), badge(response.status)]),
-    keyValueList(
-      [
-        ["Batch id", el("code", { "data-field": "batch_id", text: response.batch_id })],
-        ["Workload", workload || "—", { "data-field": "workload" }],
-        ["Rows written", formatCount(response.processed_count), { "data-metric": "processed_count" }],
-        ["Total time", formatMs(response.processing_time_ms), { "data-metric": "processing_time_ms" }],
-        ["Throughput", formatRate(response.throughput_records_per_sec), { "data-metric": "throughput" }],
-      ],
-      "metrics",
-    ),
+    keyValueList(entries, "metrics"),
   ]);
 }
 
@@ -816,9 +870,24 @@ function renderCard(result, index) {
 // ---------------------------------------------------------------------------------------
 // Start
 
+/** The banner on every view: what the figures on this page measure (GET /api/v1/mode). */
+async function loadMode() {
+  const banner = document.getElementById("mode-banner");
+  try {
+    const { ok, body } = await requestJson("api/v1/mode");
+    if (!ok || !body || typeof body.notice !== "string") return;
+    banner.dataset.mode = String(body.mode);
+    banner.replaceChildren(el("strong", { text: body.mode === "local" ? "Local stand-ins. " : "Workspace. " }), body.notice);
+    banner.hidden = false;
+  } catch {
+    // no banner without an answer; the writers' list reports an unreachable server
+  }
+}
+
 async function start() {
   window.addEventListener("hashchange", showView);
   showView();
+  loadMode();
   ui.refreshWriters.addEventListener("click", () => loadWriters());
   ui.addRow.addEventListener("click", addEmptyRow);
   ui.rows.addEventListener("click", onRowsClick);

@@ -46,12 +46,34 @@ const FIELD_LABELS = {
 };
 // The side-by-side table: `better` says which end of a column wins.
 const BASE_COLUMNS = [
+  {
+    key: "batches",
+    label: "Batches",
+    title: "batches measured (after the warm-up)",
+    better: null,
+    get: (w) => w.batches,
+    format: formatNumber,
+  },
+  {
+    key: "elapsed_s",
+    label: "Measured",
+    unit: "s",
+    title: "seconds measured (after the warm-up)",
+    better: null,
+    get: (w) => w.elapsed_s,
+    format: (v) => (typeof v === "number" ? v.toFixed(2) : "—"),
+  },
   { key: "rows_per_s", label: "Rows/s", better: "high", get: (w) => w.rows_per_s, format: formatNumber },
   { key: "mib_per_s", label: "MiB/s", better: "high", get: (w) => w.mib_per_s, format: formatMib },
-  { key: "p50", label: "p50", unit: "ms", better: "low", get: (w) => latency(w, "p50"), format: formatMsValue },
-  { key: "p95", label: "p95", unit: "ms", better: "low", get: (w) => latency(w, "p95"), format: formatMsValue },
-  { key: "p99", label: "p99", unit: "ms", better: "low", get: (w) => latency(w, "p99"), format: formatMsValue },
-  { key: "p99.9", label: "p99.9", unit: "ms", better: "low", get: (w) => latency(w, "p99.9"), format: formatMsValue },
+  ...["p50", "p95", "p99", "p99.9"].map((key) => ({
+    key,
+    label: key,
+    unit: "ms",
+    better: "low",
+    get: (w) => (unsupported(w.latency_ms, key) ? null : latency(w, key)),
+    unsupported: (w) => unsupported(w.latency_ms, key),
+    format: formatMsValue,
+  })),
   { key: "max", label: "max", unit: "ms", better: "low", get: (w) => latency(w, "max"), format: formatMsValue },
   {
     key: "errors",
@@ -79,7 +101,8 @@ const RATE_COLUMNS = [
     unit: "ms",
     title: "from each batch's scheduled start (coordinated omission corrected)",
     better: "low",
-    get: (w) => (w.latency_from_intended_ms ? w.latency_from_intended_ms.p99 : null),
+    get: (w) => (unsupported(w.latency_from_intended_ms, "p99") ? null : latencyOf(w.latency_from_intended_ms, "p99")),
+    unsupported: (w) => unsupported(w.latency_from_intended_ms, "p99"),
     format: formatMsValue,
   },
   {
@@ -88,7 +111,8 @@ const RATE_COLUMNS = [
     unit: "ms",
     title: "actual send minus scheduled start",
     better: "low",
-    get: (w) => (w.send_delay_ms ? w.send_delay_ms.p99 : null),
+    get: (w) => (unsupported(w.send_delay_ms, "p99") ? null : latencyOf(w.send_delay_ms, "p99")),
+    unsupported: (w) => unsupported(w.send_delay_ms, "p99"),
     format: formatMsValue,
   },
 ];
@@ -113,6 +137,7 @@ const PERCENTILE_TICKS = [
   [1e5, "99.999%"],
   [1e6, "99.9999%"],
 ];
+const SHORT_RUN_S = 5; // a writer measured for less ends its live series on its summary rate
 const QUIET_CHECK_MS = 3000; // no socket message for this long: ask the API how the run is
 const POLL_MS = 1000;
 const MAX_MISSES = 10; // polls in a row without an answer before giving up on a run
@@ -205,7 +230,17 @@ function writerLabel(name, fallback) {
 }
 
 function latency(w, key) {
-  return w.latency_ms && typeof w.latency_ms[key] === "number" ? w.latency_ms[key] : null;
+  return latencyOf(w.latency_ms, key);
+}
+
+function latencyOf(summary, key) {
+  return summary && typeof summary[key] === "number" ? summary[key] : null;
+}
+
+/** Why a percentile is not shown (too few batches: the result's rule), or null. */
+function unsupported(summary, key) {
+  const reasons = summary && summary.unsupported && typeof summary.unsupported === "object" ? summary.unsupported : {};
+  return typeof reasons[key] === "string" ? reasons[key] : null;
 }
 
 function writerColor(name, index = 0) {
@@ -310,7 +345,9 @@ function renderWriterChoices(writers) {
           el("span", { className: "writer-label", text: writer.label || writer.name }),
           baseline ? el("span", { className: "muted", text: " — not ranked" }) : null,
           writer.available
-            ? null
+            ? writer.stand_in
+              ? el("span", { className: "muted small", "data-field": "availability", text: " — available (local stand-in)" })
+              : null
             : el("span", { className: "writer-reason block small", text: `unavailable — ${writer.reason || "no reason given"}` }),
         ]),
       ]);
@@ -625,6 +662,7 @@ function progressFromResult(result) {
         p99_ms: latency(w, "p99"),
         failed_batches: w.failed_batches,
         elapsed_s: w.elapsed_s,
+        rows_per_s: w.rows_per_s,
         target_rows_per_s: w.target_rows_per_s,
       };
     }),
@@ -801,12 +839,25 @@ function countPoints(ys) {
 
 const AXIS = { stroke: "#4a5568", grid: { stroke: "#e2e8f0" }, ticks: { stroke: "#cbd2dc" } };
 
-function throughputOptions(xLabel) {
+// Rows/s ticks are whole numbers: a fractional step on a near-empty axis printed "1,1,1,0,0,0".
+const COUNT_INCRS = [1, 2, 5].flatMap((m) => [0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map((e) => m * 10 ** e)).sort((a, b) => a - b);
+
+function hasPoints(u) {
+  return u.data.slice(1).some((series) => series.some((v) => v !== null && v !== undefined));
+}
+
+function throughputOptions(xLabel, container = null) {
+  const yValues = (u, splits) => {
+    // No data yet: no numbers on the axis (an empty chart says so in its label).
+    const labels = hasPoints(u) ? splits.map(formatAxisCount) : splits.map(() => "");
+    if (container) container.dataset.yTicks = labels.join(",");
+    return labels;
+  };
   return {
-    scales: { x: { time: false }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, 1)] } },
+    scales: { x: { time: false }, y: { range: (u, min, max) => [0, Math.max((max || 0) * 1.1, 10)] } },
     axes: [
       { ...AXIS, label: xLabel },
-      { ...AXIS, label: "rows/s", size: 70, values: (u, splits) => splits.map(formatAxisCount) },
+      { ...AXIS, label: "rows/s", size: 70, incrs: COUNT_INCRS, values: yValues },
     ],
     cursor: { drag: { x: false, y: false } },
   };
@@ -820,6 +871,7 @@ function formatAxisCount(value) {
 
 function resetLiveChart() {
   const run = watched;
+  run.finals = new Set();
   run.xs = [];
   run.ys = new Map();
   ui.liveChart.dataset.points = "0";
@@ -843,11 +895,15 @@ function drawLiveChart(run) {
     ui.liveChart.dataset.writers = names.join(" ");
     setChart(
       ui.liveChart,
-      { ...throughputOptions("seconds since the run started"), series: [{ label: "second" }, ...names.map(seriesFor)] },
+      {
+        ...throughputOptions("seconds since the run started", ui.liveChart),
+        series: [{ label: "second" }, ...names.map(seriesFor)],
+      },
       [run.xs, ...ys],
     );
   }
   ui.liveChart.dataset.points = String(countPoints(ys));
+  ui.liveChart.dataset.series = JSON.stringify(Object.fromEntries(names.map((name) => [name, run.ys.get(name)])));
   ui.liveChart.setAttribute(
     "aria-label",
     `Live throughput per second: ${names
@@ -865,12 +921,21 @@ function addLivePoint(run, byName) {
   for (const name of run.writers) {
     const w = byName.get(name);
     const measuring = w && w.status === "running" && w.phase !== "warmup" && w.phase !== "pending";
-    const value = measuring && typeof w.rows_per_s_last_second === "number" ? w.rows_per_s_last_second : null;
+    let value = measuring && typeof w.rows_per_s_last_second === "number" ? w.rows_per_s_last_second : null;
     if (!run.ys.has(name))
       run.ys.set(
         name,
         run.xs.slice(0, -1).map(() => null),
       );
+    const plotted = run.ys.get(name).some((v) => v !== null);
+    // When a writer completes, a short run (under 5 s, or one never plotted: it finished
+    // inside a second) ends on its rate over the window it measured, rows / elapsed, as the
+    // summary has it; whole seconds are too coarse to stand for it.
+    if (w && w.status === "completed" && w.elapsed_s > 0 && w.rows > 0 && !run.finals.has(name)) {
+      run.finals.add(name);
+      if (!plotted || w.elapsed_s < SHORT_RUN_S)
+        value = typeof w.rows_per_s === "number" ? w.rows_per_s : w.rows / w.elapsed_s;
+    }
     run.ys.get(name).push(value);
   }
   drawLiveChart(run);
@@ -972,9 +1037,20 @@ function percentileOf(x) {
   return p >= 99 ? +p.toFixed(3) : +p.toFixed(1);
 }
 
+/** A second's rate over the part of it measured (the last second of a run is short). */
+function secondRate(s) {
+  if (typeof s.rows_per_s === "number") return s.rows_per_s;
+  const span = typeof s.span_s === "number" && s.span_s > 0 ? s.span_s : 1;
+  return s.rows / span;
+}
+
 function drawThroughputChart(run) {
   const writers = (run.writers || []).filter((w) => Array.isArray(w.per_second) && w.per_second.length);
-  const [xs, ys] = alignSeries(writers.map((w) => w.per_second.map((s) => [s.t, s.rows])));
+  const [xs, ys] = alignSeries(writers.map((w) => w.per_second.map((s) => [s.t, secondRate(s)])));
+  // What is plotted, for the table-minded and for tests: per writer, the rates by second.
+  ui.tputChart.dataset.series = JSON.stringify(
+    Object.fromEntries(writers.map((w) => [w.writer, w.per_second.map(secondRate)])),
+  );
   setChart(
     ui.tputChart,
     {
@@ -1025,6 +1101,7 @@ function ranked(w) {
 
 /** The best value of a column, or null when fewer than two writers differ in it. */
 function bestValue(writers, column) {
+  if (!column.better) return null;
   const values = writers
     .filter(ranked)
     .map(column.get)
@@ -1081,6 +1158,15 @@ function renderResult(run) {
   ui.resultMeta.replaceChildren(
     ...keyValueList(
       [
+        [
+          "Mode",
+          env.mode === "local"
+            ? "local — the local stack's stand-ins on this machine, not a Databricks workspace"
+            : env.mode === "databricks"
+              ? `databricks — workspace ${(env.endpoints && env.endpoints.workspace) || "unknown"}`
+              : "not recorded",
+          { "data-field": "mode", "data-mode": env.mode || "" },
+        ],
         ["Started", formatTime(run.started_at)],
         ["Finished", run.finished_at ? formatTime(run.finished_at) : "—"],
         ["Workload", workloadTitle(run), { "data-field": "workload", "data-workload": workloadNameOf(run) }],
@@ -1152,6 +1238,22 @@ function renderTable(run) {
       ]),
       ...columns.map((column) => {
         const value = column.get(w);
+        const why = column.unsupported ? column.unsupported(w) : null;
+        if (why)
+          return el(
+            "td",
+            {
+              className: "num unsupported",
+              "data-col": column.key,
+              "data-label": column.unit ? `${column.label} (${column.unit})` : column.label,
+              "data-unsupported": "true",
+              title: `too few batches: ${why}`,
+            },
+            el("span", { className: "cell-value" }, [
+              "n/a",
+              el("span", { className: "visually-hidden", text: ` (too few batches: ${why})` }),
+            ]),
+          );
         const isBest = ranked(w) && typeof value === "number" && value === best.get(column.key);
         return el(
           "td",

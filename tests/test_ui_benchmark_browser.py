@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urljoin
@@ -33,6 +34,8 @@ ALL_WRITERS = ("zerobus", "sql", "lakebase", "null")  # the form's order
 RANKED = ("zerobus", "sql", "lakebase")  # the null baseline is never ranked
 RUN_TIMEOUT_MS = 120_000
 COLUMNS = (
+    "batches",
+    "elapsed_s",
     "rows_per_s",
     "mib_per_s",
     "p50",
@@ -142,11 +145,16 @@ def column_values(run: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     """The table's numbers from the API's RunResult: column -> writer -> value."""
 
     def lat(w: dict[str, Any], key: str, field: str = "latency_ms") -> float | None:
-        return w[field][key] if w.get(field) else None
+        summary = w.get(field)
+        if not summary or key in summary.get("unsupported", {}):
+            return None  # too few batches: shown as n/a, never ranked
+        return summary[key]
 
     out: dict[str, dict[str, float | None]] = {c: {} for c in COLUMNS + RATE_COLUMNS}
     for w in run["writers"]:
         name = w["writer"]
+        out["batches"][name] = None  # facts about the sample, not ranked
+        out["elapsed_s"][name] = None
         out["rows_per_s"][name] = w["rows_per_s"]
         out["mib_per_s"][name] = w["mib_per_s"]
         for key in ("p50", "p95", "p99", "p99.9", "max"):
@@ -263,8 +271,18 @@ def test_fixed_rate_run_through_every_writer(open_bench: Any, app: RunningApp) -
     marked = page.eval_on_selector_all(
         "#bench-table td[data-best='true']", "tds => tds.map(td => td.dataset.col)"
     )
-    for column in ("rows_per_s", "p50", "p99", "max"):
+    for column in ("rows_per_s", "p50", "max"):
         assert column in marked, (column, marked)
+    # 3 s at 2,000 rows/s in batches of 100: 60 batches each, too few for p95 and above.
+    cells = table(page)
+    for writer in RANKED:
+        w = next(x for x in run["writers"] if x["writer"] == writer)
+        assert cells[writer]["batches"]["text"] == f"{w['batches']:,}"
+        assert cells[writer]["elapsed_s"]["text"] == f"{w['elapsed_s']:.2f}"
+        for key in ("p95", "p99", "p99.9"):
+            assert key in w["latency_ms"]["unsupported"], w["latency_ms"]
+            assert cells[writer][key]["text"].startswith("n/a (too few batches: needs ")
+            assert not cells[writer][key]["best"]
     assert "baseline, not ranked" in page.text_content("#bench-table tr[data-writer='null']")
 
     # Warnings of the run, as the API gives them.
@@ -461,3 +479,62 @@ def test_phone_width_past_run(open_bench: Any, app: RunningApp) -> None:
     page.wait_for_selector("#bench-compare-result:not([hidden]) tbody tr[data-metric]")
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     screenshot(page, "bench-375-compare")
+
+
+def test_defaults_are_30_s_after_a_5_s_warmup_and_the_banner_says_local(
+    open_bench: Any,
+) -> None:
+    from bench.environment import LOCAL_NOTICE
+
+    page = open_bench()
+    assert page.is_checked("#bench-form input[name='length_kind'][value='duration']")
+    assert page.input_value("#bench-duration_s") == "30"
+    assert page.input_value("#bench-warmup_s") == "5"
+    assert page.is_disabled("#bench-records")
+    page.wait_for_selector("#mode-banner:not([hidden])")
+    assert page.text_content("#mode-banner") == f"Local stand-ins. {LOCAL_NOTICE}"
+    options = page.eval_on_selector_all(
+        "#bench-form label.check[data-writer]",
+        "ls => ls.filter(l => l.dataset.writer !== 'null').map(l => l.textContent)",
+    )
+    assert options and all("available (local stand-in)" in text for text in options), options
+
+
+def test_live_chart_axis_is_blank_before_data_and_short_writers_are_plotted(
+    open_bench: Any, app: RunningApp
+) -> None:
+    page = open_bench()
+    # Quick writers: each finishes well inside a second, after a 2 s warm-up with no data.
+    fill_form(page, writers=("zerobus", "null"), records=400, batch_size=50)
+    page.fill("#bench-warmup_s", "2")
+    page.click("#bench-start")
+    page.wait_for_selector("#bench-live:not([hidden])")
+    run_id = page.get_attribute("#bench-live", "data-run-id")
+    page.wait_for_function(
+        "document.querySelector('#bench-live-chart').dataset.yTicks !== undefined"
+    )
+    if live_points(page) == 0:  # still warming up: no numbers on an empty axis
+        ticks = page.get_attribute("#bench-live-chart", "data-y-ticks") or ""
+        assert set(ticks.split(",")) == {""}, ticks
+    wait_for_result(page, run_id)
+    run = get_json(app, f"/api/v1/benchmarks/{run_id}")
+    assert run["status"] == "completed"
+    ticks = (page.get_attribute("#bench-live-chart", "data-y-ticks") or "").split(",")
+    assert all(ticks), ticks  # numbers once there is data
+    # Every writer is on the live chart, at rows / elapsed, the summary's rate.
+    live = json.loads(page.get_attribute("#bench-live-chart", "data-series") or "{}")
+    for w in run["writers"]:
+        points = [v for v in live[w["writer"]] if v is not None]
+        assert points, (w["writer"], live)
+        assert points[-1] == pytest.approx(w["rows_per_s"], rel=1e-3)
+    # The result's per-second chart plots the same: each second's rows over what it covered.
+    plotted = json.loads(page.get_attribute("#bench-tput-chart", "data-series") or "{}")
+    for w in run["writers"]:
+        rates = plotted[w["writer"]]
+        assert len(rates) == len(w["per_second"]) == 1, w["per_second"]
+        assert rates[0] == pytest.approx(w["rows_per_s"], rel=1e-3)
+    warnings = page.text_content("#bench-warnings") or ""
+    assert "Zerobus Ingest (gRPC, protobuf): too few batches: 8 measured" in warnings
+    null = "Null (discards rows; harness baseline): "
+    assert f"{null}too few batches" not in warnings  # the baseline: no sample-size warning
+    assert f"{null}measured window too short" not in warnings

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.environment import LOCAL_NOTICE
 from tests.browser_support import (
     DESKTOP,
     PHONE,
@@ -166,7 +167,16 @@ def test_page_loads_with_writers_available_and_an_example_row(
     assert [li.get_attribute("data-writer") for li in statuses] == writers
     for li in statuses:
         assert li.get_attribute("data-available") == "true", li.text_content()
-        assert "available" in li.text_content()
+        availability = li.query_selector("[data-field='availability']")
+        assert availability.text_content() == "available (local stand-in)"
+    # Local mode says what the figures are, on every view.
+    banner = page.locator("#mode-banner")
+    banner.wait_for()
+    assert banner.get_attribute("data-mode") == "local"
+    assert banner.text_content() == f"Local stand-ins. {LOCAL_NOTICE}"
+    page.click("nav[aria-label='Views'] a[data-view='benchmark']")
+    assert banner.is_visible()
+    page.click("nav[aria-label='Views'] a[data-view='write']")
     page.click("#refresh-writers")
     page.wait_for_function(
         "!document.querySelector('#refresh-writers').disabled"
@@ -175,7 +185,7 @@ def test_page_loads_with_writers_available_and_an_example_row(
     )
     options = page.eval_on_selector_all("#writer-type option", "os => os.map(o => o.value)")
     assert options == [*writers, "all"]
-    assert "available" in page.text_content("#writer-type option[value='zerobus']")
+    assert "available (local stand-in)" in page.text_content("#writer-type option[value='zerobus']")
 
     # The products workload is the first choice; its example row.
     assert page.input_value("#workload") == "products"
@@ -246,8 +256,16 @@ def test_all_writers_side_by_side(open_page: Any, app: RunningApp) -> None:
     assert len({round(c["y"]) for c in shown}) == 1, shown
     xs = [c["x"] for c in shown]
     assert xs == sorted(xs) and len(set(xs)) == len(xs), shown
-    assert page.text_content("#results-summary [data-metric='processed_count']") == str(
-        len(writers)
+    # Per writer, never a sum over writers (each wrote the same row) nor a summed throughput.
+    per_writer = page.eval_on_selector_all(
+        "#results-summary [data-metric='rows_per_writer'] li",
+        "lis => lis.map(li => [li.dataset.writer, li.dataset.rows])",
+    )
+    assert per_writer == [[w, "1"] for w in writers]
+    assert page.query_selector("#results-summary [data-metric='processed_count']") is None
+    assert page.query_selector("#results-summary [data-metric='throughput']") is None
+    assert page.text_content("#submit-status") == (
+        f"Wrote 1 row through each of {len(writers)} writers."
     )
     assert page.text_content("#results-summary .badge") == "success"
     assert delta_rows(app, batch_id) == dict.fromkeys(delta_writers(app), 1)
@@ -345,8 +363,8 @@ def test_generate_samples_then_write_all(open_page: Any, app: RunningApp) -> Non
     assert [(c["writer"], c["status"], c["rows"]) for c in shown] == [
         (w, "success", "10") for w in writers
     ]
-    assert page.text_content("#results-summary [data-metric='processed_count']") == str(
-        10 * len(writers)
+    assert page.text_content("#submit-status") == (
+        f"Wrote 10 rows through each of {len(writers)} writers."
     )
     assert delta_rows(app, batch_id) == dict.fromkeys(delta_writers(app), 10)
     assert postgres_rows(app, batch_id) == 10
@@ -484,7 +502,13 @@ def test_unavailable_writer_and_partial_result_are_shown_as_text(open_page: Any)
         return lambda route: route.fulfill(status=200, content_type="application/json", body=body)
 
     page.route("**/api/v1/writers", serve(json.dumps([w.model_dump() for w in writers])))
-    page.route("**/api/v1/process-structured", serve(response.model_dump_json()))
+    posted: list[dict[str, Any]] = []
+
+    def write(route: Any) -> None:
+        posted.append(json.loads(route.request.post_data or "{}"))
+        route.fulfill(status=200, content_type="application/json", body=response.model_dump_json())
+
+    page.route("**/api/v1/process-structured", write)
     page.click("#refresh-writers")
     page.wait_for_selector("#writer-status li[data-writer='lakebase'][data-available='false']")
     status = page.text_content("#writer-status li[data-writer='lakebase']")
@@ -502,7 +526,11 @@ def test_unavailable_writer_and_partial_result_are_shown_as_text(open_page: Any)
     ]
     assert shown[1]["details"]["statement_ids"] == "a-1, b-2"
     assert page.text_content("#results-summary .badge") == "partial"
-    assert "Partly written" in page.text_content("#submit-status")
+    # The writer the page showed unavailable was not tried: the request skips it.
+    assert posted[-1]["writer_type"] == "all" and posted[-1]["skip"] == ["lakebase"]
+    assert page.text_content("#submit-status") == (
+        "Wrote 1 row through each of 2 writers; not written: Lakebase (Postgres) unavailable."
+    )
     error = page.text_content("#result-cards [data-writer='lakebase'] .result-error")
     assert "Unavailable" in error and trap in error
     assert page.query_selector("img") is None

@@ -110,6 +110,7 @@ async def process_structured(
             f"{settings.max_items_per_request}: split the batch"
         )
     names = _writer_names(body.writer_type)
+    skip = set(body.skip) if body.writer_type == "all" else set()
     batch_id = new_batch_id()
     processed_at = dt.datetime.now(dt.UTC)
     started = time.perf_counter()
@@ -120,6 +121,12 @@ async def process_structured(
         label = name
         try:
             label = writer_class(name).label
+            if name in skip:
+                raise WriterUnavailableError(
+                    "skipped: the last availability check showed it unavailable (refresh the "
+                    "writers to try it again)",
+                    writer=name,
+                )
             writer = await runtime.writers.get(name)
             await writer.prepare(workload.table)
         except WriterUnavailableError as exc:

@@ -6,7 +6,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from api.deps import RuntimeDep
-from api.models import WriterInfo
+from api.models import ModeInfo, WriterInfo
+from bench.environment import capture_environment, mode_notice
 from dwbench.errors import WriterUnavailableError
 from dwbench.runtime import Runtime
 from workloads.products import CATEGORIES, sample_items
@@ -18,6 +19,7 @@ router = APIRouter(tags=["writers"])
 async def writer_info(runtime: Runtime, name: str) -> WriterInfo:
     meta = writer_metadata(name)
     common = {k: meta[k] for k in ("name", "label", "family", "color", "stores_rows")}
+    common["stand_in"] = runtime.targets.mode == "local" and bool(meta["stores_rows"])
     try:
         writer = await runtime.writers.get(name)
     except WriterUnavailableError as exc:
@@ -39,6 +41,13 @@ async def list_writers(
     harness baseline), with metadata and their availability now."""
     names = list(WRITERS) if baseline else ingest_writers()
     return list(await asyncio.gather(*(writer_info(runtime, n) for n in names)))
+
+
+@router.get("/api/v1/mode")
+async def get_mode(runtime: RuntimeDep) -> ModeInfo:
+    """Local (the local stack's stand-ins on this machine) or databricks, and what that means."""
+    environment = capture_environment(runtime.targets)
+    return ModeInfo(mode=runtime.targets.mode, notice=mode_notice(environment))
 
 
 @router.get("/api/v1/categories")

@@ -248,3 +248,44 @@ def test_categories_come_from_the_record_model(client):
     from workloads.products import CATEGORIES
 
     assert client.get("/api/v1/categories").json() == list(CATEGORIES)
+
+
+def test_all_skips_the_writers_the_page_saw_unavailable(client, local_stack):
+    resp = client.post(
+        "/api/v1/process-structured",
+        json={"writer_type": "all", "items": [WATCH], "skip": ["lakebase"]},
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["status"] == "partial"
+    by_writer = {r["writer"]: r for r in body["results"]}
+    assert list(by_writer) == ["zerobus", "zerobus-json", "sql", "lakebase"]
+    skipped = by_writer["lakebase"]
+    assert (skipped["status"], skipped["rows_written"]) == ("unavailable", 0)
+    assert skipped["error"] == {
+        "kind": "unavailable",
+        "message": "skipped: the last availability check showed it unavailable (refresh the "
+        "writers to try it again)",
+    }
+    assert postgres_rows(local_stack, body["batch_id"]) == []  # not tried
+    assert all(by_writer[w]["status"] == "success" for w in ("zerobus", "zerobus-json", "sql"))
+    # skip is for "all" only: one writer named is tried.
+    one = client.post(
+        "/api/v1/process-structured",
+        json={"writer_type": "sql", "items": [WATCH], "skip": ["sql"]},
+    )
+    assert one.status_code == 200 and one.json()["results"][0]["status"] == "success"
+
+
+def test_mode_and_stand_ins_are_said(client):
+    from bench.environment import LOCAL_NOTICE
+
+    mode = client.get("/api/v1/mode")
+    assert mode.status_code == 200, mode.text
+    assert mode.json() == {"mode": "local", "notice": LOCAL_NOTICE}
+    assert "stood in by the local stack on this machine" in LOCAL_NOTICE
+    writers = client.get("/api/v1/writers", params={"baseline": "true"}).json()
+    assert {w["name"]: w["stand_in"] for w in writers} == {
+        **{w["name"]: True for w in writers if w["stores_rows"]},
+        "null": False,
+    }

@@ -107,3 +107,16 @@ async def test_per_second_rates_agree_with_the_summary_for_a_short_run():
     assert spans == pytest.approx([1.0, 1.0, 0.5])
     rows = sum(s.rows for s in longer.per_second)
     assert rows / sum(spans) == pytest.approx(longer.rows_per_s)
+
+
+async def test_progress_inside_the_first_second_is_a_rate_over_the_real_window():
+    clock = StepClock()
+    writer = ClockedWriter(TARGETS, clock, step_s=0.01)
+    messages: list[dict[str, Any]] = []
+    cfg = config(["clocked"], records=400, batch_size=10, concurrency=1)
+    result = await run_benchmark(cfg, FixedSource(writer), clock=clock, on_progress=messages.append)
+    (w,) = result.writers
+    (last,) = messages[-1]["writers"]
+    # 400 rows in 0.4 s: 1,000 rows/s, not "400 rows in the last second".
+    assert last["rows_per_s_last_second"] == 1000
+    assert last["rows_per_s"] == w.rows_per_s == pytest.approx(1000.0)
