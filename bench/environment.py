@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -165,3 +166,60 @@ def write_results(out: Path, prefix: str, results: dict[str, Any]) -> Path:
     path = out / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2))
     return path
+
+
+# -- host load: what else the machine was doing --------------------------------------------
+
+BUSY_LOAD_PER_CORE = 0.8  # 1-minute load average per core above which the host is busy
+HIGH_STEAL_PERCENT = 5.0  # CPU time taken by the hypervisor for other guests during the run
+
+
+def host_sample() -> dict[str, Any]:
+    """Load averages and the /proc/stat CPU counters (Linux; empty elsewhere)."""
+    sample: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    with contextlib.suppress(OSError):  # no load averages on this platform
+        sample["loadavg"] = [round(v, 2) for v in os.getloadavg()]
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return sample
+    if first and first[0] == "cpu":
+        # user nice system idle iowait irq softirq steal (guest time is inside user)
+        ticks = [int(v) for v in first[1:9]]
+        sample["cpu_ticks"] = {"total": sum(ticks), "steal": ticks[7] if len(ticks) > 7 else 0}
+    return sample
+
+
+def host_load(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Load before and after a run, and the share of CPU time stolen in between."""
+    out: dict[str, Any] = {
+        "loadavg_before": before.get("loadavg"),
+        "loadavg_after": after.get("loadavg"),
+        "cpu_count": before.get("cpu_count"),
+        "steal_percent": None,
+    }
+    a, b = before.get("cpu_ticks"), after.get("cpu_ticks")
+    if a and b and b["total"] > a["total"]:
+        out["steal_percent"] = round(100 * (b["steal"] - a["steal"]) / (b["total"] - a["total"]), 2)
+    return out
+
+
+def host_load_warnings(load: dict[str, Any]) -> list[str]:
+    """Warnings when the machine was busy or its CPU time was stolen: the figures then also
+    measure the neighbours."""
+    out = []
+    cores = load.get("cpu_count") or 1
+    for when in ("before", "after"):
+        avg = load.get(f"loadavg_{when}")
+        if avg and avg[0] > BUSY_LOAD_PER_CORE * cores:
+            out.append(
+                f"host busy {when} the run: 1-minute load average {avg[0]:.2f} on {cores} "
+                "cores; other work on this machine shows in these figures"
+            )
+    steal = load.get("steal_percent")
+    if steal is not None and steal >= HIGH_STEAL_PERCENT:
+        out.append(
+            f"CPU steal {steal:.1f} % during the run: the hypervisor gave this machine's CPU "
+            "time to other guests"
+        )
+    return out

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import structlog
 
 from bench.config import BenchmarkConfig
+from bench.environment import host_load, host_load_warnings, host_sample
 from bench.results import (
     LatencySummary,
     RunResult,
@@ -483,8 +484,11 @@ class BenchmarkRun:
         environment: dict[str, Any] | None = None,
         clock: Clock = time.perf_counter,
         workloads: WorkloadRegistry | None = None,
+        host_probe: Callable[[], dict[str, Any]] = host_sample,
     ) -> None:
         self.config = config
+        self.host_probe = host_probe
+        self.host_load: dict[str, Any] | None = None
         self.workload = (workloads or WorkloadRegistry()).get(config.workload)
         self.id = run_id or new_run_id()
         self.environment = environment or {}
@@ -507,6 +511,7 @@ class BenchmarkRun:
         self, source: WriterSource, on_progress: ProgressCallback | None = None
     ) -> RunResult:
         ticker = asyncio.create_task(self._tick(on_progress)) if on_progress else None
+        before = self.host_probe()
         try:
             if self.config.parallel:
                 await asyncio.gather(*(self._one(part, source) for part in self.parts))
@@ -520,6 +525,7 @@ class BenchmarkRun:
         finally:
             if ticker is not None:
                 ticker.cancel()
+            self.host_load = host_load(before, self.host_probe())
             self.finished_at = _now()
         result = self.result()
         if on_progress:
@@ -567,6 +573,8 @@ class BenchmarkRun:
             what = "no writer ran" if self.status == "failed" else "not every writer ran"
             names = "; ".join(f"{w.label} {w.status}: {w.error}" for w in missing)
             warnings.insert(0, f"{what} ({names})")
+        if self.host_load is not None:
+            warnings += host_load_warnings(self.host_load)
         return RunResult(
             id=self.id,
             status=self.status,  # type: ignore[arg-type]
@@ -575,7 +583,9 @@ class BenchmarkRun:
             finished_at=self.finished_at,
             config=self.config,
             workload=_workload_summary(self.workload),
-            environment=self.environment,
+            environment={**self.environment, "host_load": self.host_load}
+            if self.host_load is not None
+            else self.environment,
             writers=writers,
             warnings=warnings,
         )
@@ -614,7 +624,10 @@ async def run_benchmark(
     environment: dict[str, Any] | None = None,
     clock: Clock = time.perf_counter,
     workloads: WorkloadRegistry | None = None,
+    host_probe: Callable[[], dict[str, Any]] = host_sample,
 ) -> RunResult:
     """Run the workload through each writer and return the measured result."""
-    run = BenchmarkRun(config, environment=environment, clock=clock, workloads=workloads)
+    run = BenchmarkRun(
+        config, environment=environment, clock=clock, workloads=workloads, host_probe=host_probe
+    )
     return await run.execute(source, on_progress)

@@ -20,6 +20,21 @@ from writers.base import Targets
 TARGETS = Targets(mode="local", settings=Settings(app_mode="local"))
 
 
+class HostProbe:
+    """An injected host: the given samples in turn (before the run, after it)."""
+
+    def __init__(self, *samples: dict[str, Any]) -> None:
+        self.samples = list(samples)
+
+    def __call__(self) -> dict[str, Any]:
+        return self.samples.pop(0)
+
+
+def quiet() -> HostProbe:
+    idle = {"cpu_count": 2, "loadavg": [0.1, 0.1, 0.1], "cpu_ticks": {"total": 1000, "steal": 0}}
+    return HostProbe(idle, {**idle, "cpu_ticks": {"total": 2000, "steal": 0}})
+
+
 def config(writers: list[str], **fields: Any) -> BenchmarkConfig:
     base = BenchmarkConfig(writers=["null"], **{"warmup_s": 0, "visibility": False, **fields})
     return base.model_copy(update={"writers": writers})
@@ -49,7 +64,7 @@ async def _clocked_run(batches: int, step_s: float, **fields: Any):
     clock = StepClock()
     writer = ClockedWriter(TARGETS, clock, step_s=step_s)
     cfg = config(["clocked"], records=batches * 10, batch_size=10, concurrency=1, **fields)
-    return await run_benchmark(cfg, FixedSource(writer), clock=clock)
+    return await run_benchmark(cfg, FixedSource(writer), clock=clock, host_probe=quiet())
 
 
 async def test_a_small_sample_marks_the_percentiles_it_cannot_support_everywhere():
@@ -90,7 +105,7 @@ async def test_a_5_ms_null_run_is_not_warned_about():
     clock = StepClock()
     writer = NullLikeWriter(TARGETS, clock, step_s=0.001)
     cfg = config(["nulllike"], records=50, batch_size=10, concurrency=1)
-    result = await run_benchmark(cfg, FixedSource(writer), clock=clock)
+    result = await run_benchmark(cfg, FixedSource(writer), clock=clock, host_probe=quiet())
     (w,) = result.writers
     assert w.elapsed_s == pytest.approx(0.005) and not w.stores_rows
     assert result.warnings == [] and result.status == "completed"
@@ -120,3 +135,38 @@ async def test_progress_inside_the_first_second_is_a_rate_over_the_real_window()
     # 400 rows in 0.4 s: 1,000 rows/s, not "400 rows in the last second".
     assert last["rows_per_s_last_second"] == 1000
     assert last["rows_per_s"] == w.rows_per_s == pytest.approx(1000.0)
+
+
+async def test_host_load_and_steal_are_recorded_and_flagged_when_high():
+    busy = HostProbe(
+        {"cpu_count": 2, "loadavg": [3.5, 2.0, 1.0], "cpu_ticks": {"total": 10_000, "steal": 100}},
+        {"cpu_count": 2, "loadavg": [1.0, 1.5, 1.0], "cpu_ticks": {"total": 12_000, "steal": 300}},
+    )
+    result = await run_benchmark(
+        config(["clocked"], duration_s=12, batch_size=10, concurrency=1),
+        FixedSource(ClockedWriter(TARGETS, clock := StepClock(), step_s=0.01)),
+        clock=clock,
+        host_probe=busy,
+    )
+    assert result.environment["host_load"] == {
+        "loadavg_before": [3.5, 2.0, 1.0],
+        "loadavg_after": [1.0, 1.5, 1.0],
+        "cpu_count": 2,
+        "steal_percent": 10.0,
+    }
+    assert result.warnings == [
+        "host busy before the run: 1-minute load average 3.50 on 2 cores; other work on this "
+        "machine shows in these figures",
+        "CPU steal 10.0 % during the run: the hypervisor gave this machine's CPU time to other "
+        "guests",
+    ]
+    quiet_run = await _clocked_run(1200, 0.01)
+    assert quiet_run.environment["host_load"]["steal_percent"] == 0.0
+
+
+def test_the_host_sample_reads_this_machine():
+    from bench.environment import host_sample
+
+    sample = host_sample()
+    assert sample["cpu_count"] >= 1 and len(sample["loadavg"]) == 3
+    assert sample["cpu_ticks"]["total"] > 0 and sample["cpu_ticks"]["steal"] >= 0
