@@ -158,6 +158,13 @@ def fmt_ms(value: float | None) -> str:
     return f"{value:,.0f}"
 
 
+def fmt_seconds(value: float | None) -> str:
+    """Measured seconds: a 5 ms window reads 0.005, not 0.00."""
+    if value is None:
+        return MISSING
+    return f"{value:.3f}" if value < 1 else f"{value:,.2f}"
+
+
 def fmt_mib(value: float | None) -> str:
     return MISSING if value is None else f"{value:,.2f}"
 
@@ -222,7 +229,7 @@ def _rate_pct(w: WriterResult) -> float | None:
 # (row label, value, format, which is better: "high", "low" or None for no mark)
 _RESULT_ROWS: tuple[tuple[str, Metric, Callable[[float | None], str], str | None], ...] = (
     ("rows", lambda w: w.rows, fmt_int, None),
-    ("elapsed s", lambda w: w.elapsed_s, lambda v: MISSING if v is None else f"{v:.2f}", None),
+    ("elapsed s", lambda w: w.elapsed_s, fmt_seconds, None),
     ("rows/s", lambda w: w.rows_per_s, fmt_int, "high"),
     ("MiB/s", lambda w: w.mib_per_s, fmt_mib, "high"),
     ("batches", lambda w: w.batches, fmt_int, None),

@@ -508,3 +508,14 @@ def test_a_bad_sample_row_names_its_line(tmp_path):
     )
     assert proc.returncode == 2
     assert "bad.jsonl line 2: column id: Input should be a valid integer" in proc.stderr
+
+
+def test_measured_seconds_keep_their_digits_when_short():
+    from dwbench.cli import fmt_seconds
+
+    assert [fmt_seconds(v) for v in (None, 0.0049, 0.58, 12.345)] == [
+        "-",
+        "0.005",
+        "0.580",
+        "12.35",
+    ]
