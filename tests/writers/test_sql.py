@@ -11,7 +11,6 @@ import datetime as dt
 import math
 import secrets
 import socket
-import struct
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -31,6 +30,7 @@ from dwbench.errors import (
 )
 from dwbench.settings import Settings
 from tests.conftest import local_targets, run_sql
+from tests.writers.exact_values import exact
 from workloads import products, telemetry
 from workloads.base import Rows, TableRef, default_table
 from workloads.inputs import build_rows, new_batch_id
@@ -66,19 +66,6 @@ def stored(endpoints: dict[str, Any], table: TableRef) -> list[dict[str, Any]]:
     rows = DeltaTable(path).to_pyarrow_table().to_pylist()
     key = table.id_column or table.schema.names[0]
     return sorted(rows, key=lambda r: r[key])
-
-
-def exact(value: Any) -> Any:
-    """Floats as their bits (NaN, -0.0 and float32 values compare exactly); times in UTC."""
-    if isinstance(value, float):
-        return ("float", struct.pack(">d", value))
-    if isinstance(value, dict):
-        return {k: exact(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [exact(v) for v in value]
-    if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        return value.astimezone(dt.UTC)
-    return value
 
 
 def as_written(rows: Rows) -> list[dict[str, Any]]:

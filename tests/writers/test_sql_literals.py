@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import secrets
-import struct
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.conftest import run_sql
+from tests.writers.exact_values import exact
 from workloads.schema import TableSchema
 from workloads.types import parse_type, sql_string
 from writers.sql_literals import cast_type, column_literals, literal, string_literal
@@ -305,19 +305,6 @@ FORM_VALUES: list[tuple[str, Any]] = [
     ("by_key", [(1, {"a": Decimal("1.5")}), (2, None), (3, {"a": None})]),
     ("by_key", []),
 ]
-
-
-def exact(value: Any) -> Any:
-    """A value with floats as their bits, so NaN, -0.0 and float32 rounding compare exactly."""
-    if isinstance(value, float):
-        return ("float", struct.pack(">d", value))
-    if isinstance(value, dict):
-        return {k: exact(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [exact(v) for v in value]
-    if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        return value.astimezone(UTC)
-    return value
 
 
 def test_every_form_through_the_local_engine(local_stack: dict[str, Any]) -> None:
