@@ -188,6 +188,8 @@ class Runtime:
         if not self.settings.is_local or not self.endpoints:
             return
         table = workload.table.delta_table
+        if table in self._tables_ready:  # every ingest request asks: no lock once created
+            return
         async with self._tables_lock:
             if table in self._tables_ready:
                 return
@@ -199,17 +201,22 @@ class Runtime:
         the local stack's catalog, which answers the same API."""
         return await asyncio.to_thread(self._read_table_schema, full_name)
 
-    def _read_table_schema(self, full_name: str) -> TableSchema:
+    def _workspace_client(self) -> Any:
+        """databricks-sdk's client: the local stack's APIs in local mode, else the
+        workspace with unified auth."""
         from databricks.sdk import WorkspaceClient
+
+        if self.settings.is_local:
+            return WorkspaceClient(
+                host=self.endpoints["api_url"], token=self.endpoints["token"], auth_type="pat"
+            )
+        return WorkspaceClient(host=self.settings.workspace_url)
+
+    def _read_table_schema(self, full_name: str) -> TableSchema:
         from databricks.sdk.errors import DatabricksError, NotFound
 
         split_table_name(full_name)
-        if self.settings.is_local:
-            w = WorkspaceClient(
-                host=self.endpoints["api_url"], token=self.endpoints["token"], auth_type="pat"
-            )
-        else:
-            w = WorkspaceClient(host=self.settings.workspace_url)
+        w = self._workspace_client()
         try:
             info = w.tables.get(full_name)
         except NotFound:
@@ -219,12 +226,9 @@ class Runtime:
         return TableSchema.from_table_info(info)
 
     def _create_delta_table(self, workload: Workload) -> None:
-        from databricks.sdk import WorkspaceClient
         from databricks.sdk.service.sql import StatementState
 
-        w = WorkspaceClient(
-            host=self.endpoints["api_url"], token=self.endpoints["token"], auth_type="pat"
-        )
+        w = self._workspace_client()
         table = workload.table.delta_table
         resp = w.statement_execution.execute_statement(
             statement=workload.schema.delta_ddl(table),

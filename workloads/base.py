@@ -8,7 +8,7 @@ the harness to a writer: one Arrow record batch of that schema, and its batch id
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -38,8 +38,6 @@ class TableRef:
     def with_tables(
         self, delta_table: str | None = None, postgres_table: str | None = None
     ) -> TableRef:
-        from dataclasses import replace
-
         return replace(
             self,
             delta_table=delta_table or self.delta_table,

@@ -244,8 +244,14 @@ class PooledRows:
             filled = pc.binary_join_element_wise(pc.fill_null(current, ""), noise, "")
             pool = pool.set_column(pool.schema.get_field_index(pad.name), pad.arrow_field, filled)
             self.record_bytes = record_bytes
-        self.pool = pool
-        self._names = pool.schema.names
+        self.pool = pool.combine_chunks()  # one chunk per column: batches slice it as is
+        self._arrow = self.schema.arrow()
+        self._time_type = (
+            self.schema.require(time_column, "time column").type if time_column else None
+        )
+        self._id_type = (
+            self.schema.require(table.id_column, "id column").type if table.id_column else None
+        )
         self._slots = {
             name: pool.schema.get_field_index(name)
             for name in (table.id_column, table.batch_column, table.source_column, time_column)
@@ -268,27 +274,27 @@ class PooledRows:
             arrays[self._slots[table.batch_column]] = pa.repeat(pa.scalar(batch_id), rows)
         if table.source_column:
             arrays[self._slots[table.source_column]] = pa.repeat(pa.scalar(source), rows)
-        if self.time_column:
-            col = self.schema.require(self.time_column, "time column")
+        if self.time_column and self._time_type is not None:
             now = dt.datetime.now(dt.UTC)
-            if col.type == Primitive("TIMESTAMP_NTZ"):
+            if self._time_type == Primitive("TIMESTAMP_NTZ"):
                 now = now.replace(tzinfo=None)
             arrays[self._slots[self.time_column]] = pa.repeat(
-                pa.scalar(now, col.type.arrow()), rows
+                pa.scalar(now, self._time_type.arrow()), rows
             )
         return pa.RecordBatch.from_arrays(
             [a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for a in arrays],
-            schema=self.schema.arrow(),
+            schema=self._arrow,
         )
 
     def _ids(self, name: str, k: int, rows: int, batch_id: str) -> pa.Array:
-        col = self.schema.require(name, "id column")
-        if col.type == Primitive("STRING"):
+        id_type = self._id_type
+        assert id_type is not None
+        if id_type == Primitive("STRING"):
             return row_ids(batch_id, rows)
-        if col.type in (Primitive("BIGINT"), Primitive("INT")):
+        if id_type in (Primitive("BIGINT"), Primitive("INT")):
             # Unique across batches of one run: batch number times a stride of rows.
-            return pa.array(np.arange(rows, dtype=np.int64) + k * 1_000_000).cast(col.type.arrow())
-        raise InvalidSchemaError(f"id column {name} must be STRING or BIGINT, not {col.type.sql()}")
+            return pa.array(np.arange(rows, dtype=np.int64) + k * 1_000_000).cast(id_type.arrow())
+        raise InvalidSchemaError(f"id column {name} must be STRING or BIGINT, not {id_type.sql()}")
 
 
 def generated_source(

@@ -80,14 +80,11 @@ def workload_from_schema(
 
 
 def workload_from_ddl(name: str | None, ddl: str, **kwargs: object) -> Workload:
-    table, schema = (
-        parse_ddl(ddl)
-        if not ddl.lstrip().startswith(("[", "{"))
-        else (
-            None,
-            TableSchema.from_text(ddl),
-        )
-    )
+    table: str | None
+    if ddl.lstrip().startswith(("[", "{")):  # a JSON column list names no table
+        table, schema = None, TableSchema.from_text(ddl)
+    else:
+        table, schema = parse_ddl(ddl)
     if table is not None and "." not in table:
         table = f"main.default.{table}"
     elif table is not None and table.count(".") == 1:

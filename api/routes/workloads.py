@@ -13,6 +13,7 @@ from dwbench.errors import InvalidSchemaError
 from workloads.inputs import input_columns, input_model
 from workloads.registry import workload_from_ddl, workload_from_schema
 from workloads.schema import TableSchema
+from workloads.types import MapType
 
 router = APIRouter(tags=["workloads"])
 SAMPLE_TIME_US = 1_798_761_600_000_000  # 2027-01-01T00:00:00Z, for generated sample items
@@ -108,7 +109,7 @@ async def workload_sample_items(
     for row in batch.to_pylist():
         values = {k: row[k] for k in keep}
         for col in workload.schema.columns:
-            if col.name in values and col.type.sql().startswith("MAP<") and values[col.name]:
+            if col.name in values and isinstance(col.type, MapType) and values[col.name]:
                 values[col.name] = dict(values[col.name])
         items.append(model.model_validate(values).model_dump(mode="json", by_alias=True))
     return items
