@@ -22,7 +22,8 @@ class TableRef:
     """A target table: its schema and names, and the columns that tag a batch's rows."""
 
     workload: str
-    schema: TableSchema = field(compare=False)
+    # Part of equality: a writer caches per table, and a new schema needs new forms.
+    schema: TableSchema
     delta_table: str  # catalog.schema.table
     postgres_table: str  # schema.table
     # Columns the harness fills per batch, used to count a batch's rows when reading back.

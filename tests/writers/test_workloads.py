@@ -197,3 +197,18 @@ async def test_decimal_where_the_path_carries_it(local_stack, writers, name):
     )
     back = await write_and_read(local_stack, writer, table, data)
     assert [r["price"] for r in back] == values
+
+
+def test_a_new_schema_on_the_same_table_is_checked_anew() -> None:
+    """A workload registered again under the same name and tables with another schema gets
+    new forms, not the ones cached for the old schema."""
+    from dwbench.settings import Settings
+    from writers.base import Targets
+    from writers.zerobus import ZerobusWriter
+
+    writer = ZerobusWriter(Targets(mode="local", settings=Settings(app_mode="local")))
+    before = default_table("again", TableSchema.from_ddl("id BIGINT, price DOUBLE"))
+    after = default_table("again", TableSchema.from_ddl("id BIGINT, price DECIMAL(10,2)"))
+    writer.check(before)
+    with pytest.raises(SchemaNotSupportedError, match="column price is DECIMAL"):
+        writer.check(after)
