@@ -71,6 +71,13 @@ class BenchmarkConfig(BaseModel):
         default=None, ge=1, le=100_000_000, description="target rows/s (open loop); none = max"
     )
     parallel: bool = Field(default=False, description="run the writers at the same time")
+    repeat: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="run the workload this many times, the writers interleaved (round r "
+        "starts with writer r mod n); each metric is then a median with a 95 % interval",
+    )
     visibility: bool = Field(default=True, description="measure ack -> rows readable")
     visibility_poll_ms: int = Field(default=50, ge=5, le=10_000)
     visibility_sample_ms: int = Field(

@@ -61,8 +61,42 @@ class VisibilitySummary(BaseModel):
     max_ms: float | None
 
 
+class Interval(BaseModel):
+    """A metric as the median of its samples with a 95 % confidence interval of that median.
+
+    method "repeats": the samples are the repeats of the run (--repeat N), the interval a
+    two-level bootstrap (repeats, then seconds or batches within each). method "bootstrap":
+    a single run, the interval a bootstrap over its seconds (throughput) or batches
+    (latency). low/high are None, with the reason, when the sample cannot support one."""
+
+    median: float
+    low: float | None = None
+    high: float | None = None
+    n: int = Field(description="repeats the median is taken over (1: a single run)")
+    method: Literal["repeats", "bootstrap"]
+    reason: str | None = Field(default=None, description="why there is no interval")
+
+
+class RepeatStats(BaseModel):
+    """One repeat of one writer: its own measured window (see WriterResult for the whole)."""
+
+    repeat: int = Field(description="0-based: the order the repeats ran in")
+    status: WriterStatus
+    rows: int = 0
+    batches: int = 0
+    failed_batches: int = 0
+    elapsed_s: float = 0.0
+    rows_per_s: float = 0.0
+    mib_per_s: float = 0.0
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    visibility_p95_ms: float | None = None
+
+
 class SecondStats(BaseModel):
-    t: int = Field(description="second since measuring began")
+    t: int = Field(description="second since measuring began (within its repeat)")
+    repeat: int = Field(default=0, description="the repeat this second belongs to")
     span_s: float = Field(
         default=1.0, description="seconds of the window this second covers (the last: less)"
     )
@@ -113,12 +147,21 @@ class WriterResult(BaseModel):
         default_factory=dict, description="HdrHistogram compressed base64, microseconds"
     )
     client_cpu_percent: float | None = None
+    repeats: list[RepeatStats] = Field(
+        default_factory=list, description="each repeat's own figures (empty for a single run)"
+    )
+    intervals: dict[str, Interval] = Field(
+        default_factory=dict,
+        description="per metric (rows_per_s, mib_per_s, p50_ms, p95_ms, p99_ms, "
+        "visibility_p95_ms): the median with its 95 % confidence interval",
+    )
     warnings: list[str] = Field(default_factory=list)
 
 
 class RunResult(BaseModel):
     schema_version: int = SCHEMA_VERSION
     id: str
+    label: str | None = Field(default=None, description="a name the user gave the run")
     status: RunStatus
     partial: bool = Field(
         default=False,
