@@ -95,7 +95,10 @@ class RepeatStats(BaseModel):
 
 
 class SecondStats(BaseModel):
-    t: int = Field(description="second since measuring began (within its repeat)")
+    t: int = Field(
+        description="second since measuring began; with repeats, of the repeats' measured "
+        "windows laid end to end"
+    )
     repeat: int = Field(default=0, description="the repeat this second belongs to")
     span_s: float = Field(
         default=1.0, description="seconds of the window this second covers (the last: less)"

@@ -28,8 +28,10 @@ import structlog
 
 from bench.config import BenchmarkConfig
 from bench.environment import host_load, host_load_warnings, host_sample
+from bench.intervals import Sample, intervals, seconds_of
 from bench.results import (
     LatencySummary,
+    RepeatStats,
     RunResult,
     SecondStats,
     VisibilitySummary,
@@ -89,8 +91,10 @@ class _WriterRun:
         run_id: str,
         clock: Clock,
         cancel: asyncio.Event,
+        repeat: int = 0,
     ) -> None:
         self.name = name
+        self.repeat = repeat
         self.config = config
         self.clock = clock
         self.cancel = cancel
@@ -412,6 +416,39 @@ class _WriterRun:
             warnings=warnings,
         )
 
+    def measured(self) -> bool:
+        """Whether this part has figures to summarise (it ran and some batch was acked)."""
+        return self.status in ("completed", "cancelled") and self.batches > 0
+
+    def sample(self) -> Sample:
+        rows, size, spans = seconds_of(
+            [(t, s.rows, s.bytes) for t, s in self.seconds.items()], self.elapsed()
+        )
+        return Sample(rows, size, spans, self.service, self.visibility)
+
+    def repeat_stats(self) -> RepeatStats:
+        elapsed = self.elapsed()
+        lat = _summary(self.service)
+
+        def pct(name: str) -> float | None:
+            return getattr(lat, name) if lat is not None and lat.supports(name) else None
+
+        vis = self.visibility
+        return RepeatStats(
+            repeat=self.repeat,
+            status=self.status,  # type: ignore[arg-type]
+            rows=self.rows,
+            batches=self.batches,
+            failed_batches=self.failed,
+            elapsed_s=round(elapsed, 4),
+            rows_per_s=round(self.rows / elapsed, 1) if elapsed > 0 else 0.0,
+            mib_per_s=round(self.bytes / 1048576 / elapsed, 3) if elapsed > 0 else 0.0,
+            p50_ms=pct("p50"),
+            p95_ms=pct("p95"),
+            p99_ms=pct("p99"),
+            visibility_p95_ms=vis.percentile_ms(95) if vis.count >= min_batches(95) else None,
+        )
+
     def _sample_warnings(self, elapsed: float) -> list[str]:
         out = []
         if self.batches < FEW_BATCHES:
@@ -498,11 +535,24 @@ class BenchmarkRun:
         self.finished_at: str | None = None
         self.status = "running"
         self.error: str | None = None
-        self.parts = [
-            _WriterRun(name, config, self.workload, self.id, clock, self.cancel_event)
-            for name in config.writers
+        # Round r runs every writer once, starting with writer r mod n: with repeats, each
+        # writer runs early and late alike, so a drift of the host (a filling disk, a
+        # neighbour's load) spreads over all writers instead of biasing the last one.
+        self.rounds = [
+            [
+                _WriterRun(
+                    name, config, self.workload, self._batch_prefix(r), clock, self.cancel_event, r
+                )
+                for name in _rotated(config.writers, r)
+            ]
+            for r in range(config.repeat)
         ]
+        self.parts = [part for round_ in self.rounds for part in round_]
         self._labels: dict[str, tuple[str, bool]] = {}
+
+    def _batch_prefix(self, repeat: int) -> str:
+        # Batch and row ids stay unique across repeats (visibility counts rows per batch id).
+        return self.id if self.config.repeat == 1 else f"{self.id}-r{repeat}"
 
     def cancel(self) -> None:
         self.cancel_event.set()
@@ -513,11 +563,12 @@ class BenchmarkRun:
         ticker = asyncio.create_task(self._tick(on_progress)) if on_progress else None
         before = self.host_probe()
         try:
-            if self.config.parallel:
-                await asyncio.gather(*(self._one(part, source) for part in self.parts))
-            else:
-                for part in self.parts:
-                    await self._one(part, source)
+            for round_ in self.rounds:
+                if self.config.parallel:
+                    await asyncio.gather(*(self._one(part, source) for part in round_))
+                else:
+                    for part in round_:
+                        await self._one(part, source)
             self.status = "cancelled" if self.cancel_event.is_set() else self._outcome()
         except Exception as exc:  # a harness bug: keep what was measured, say so
             log.exception("benchmark_failed", run_id=self.id)
@@ -535,7 +586,10 @@ class BenchmarkRun:
     def _outcome(self) -> str:
         """completed when every writer ran; partial when some did not (unavailable, or every
         batch failed); failed when none did."""
-        ran = [part.status == "completed" for part in self.parts]
+        ran = [
+            any(part.status == "completed" for part in self._parts_of(name))
+            for name in self.config.writers
+        ]
         if all(ran):
             return "completed"
         return "partial" if any(ran) else "failed"
@@ -553,18 +607,44 @@ class BenchmarkRun:
             await asyncio.sleep(1.0)
             on_progress(self.progress())
 
+    def _parts_of(self, name: str) -> list[_WriterRun]:
+        """The writer's part in each round, in the order the rounds ran."""
+        return [part for round_ in self.rounds for part in round_ if part.name == name]
+
+    def _current_round(self) -> int:
+        started = [
+            r for r, round_ in enumerate(self.rounds) if any(p.status != "pending" for p in round_)
+        ]
+        return started[-1] if started else 0
+
     def progress(self) -> dict[str, Any]:
+        current = self._current_round()
+        by_name = {part.name: part for part in self.rounds[current]}
+        writers = []
+        for name in self.config.writers:
+            entry = by_name[name].progress()
+            entry["repeat"] = current
+            writers.append(entry)
         return {
             "run_id": self.id,
             "status": self.status,
-            "writers": [part.progress() for part in self.parts],
+            "repeat": current,
+            "repeats": self.config.repeat,
+            "writers": writers,
         }
 
     def result(self) -> RunResult:
         writers = []
-        for part in self.parts:
-            label, stores = self._labels.get(part.name) or _registry_label(part.name)
-            writers.append(part.result(label, stores))
+        for name in self.config.writers:
+            label, stores = self._labels.get(name) or _registry_label(name)
+            parts = self._parts_of(name)
+            if len(parts) == 1:
+                one = parts[0].result(label, stores)
+                if parts[0].measured() and parts[0].phase == "done":
+                    one.intervals = intervals([parts[0].sample()])
+                writers.append(one)
+            else:
+                writers.append(_merged(parts, label, stores))
         warnings = [f"{w.label}: {text}" for w in writers for text in w.warnings]
         if self.error:
             warnings.insert(0, f"the run stopped on an error: {self.error}")
@@ -589,6 +669,101 @@ class BenchmarkRun:
             writers=writers,
             warnings=warnings,
         )
+
+
+def _rotated(names: list[str], r: int) -> list[str]:
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
+def _merged(parts: list[_WriterRun], label: str, stores_rows: bool) -> WriterResult:
+    """One writer over all its repeats: totals over the repeats' measured windows, latency
+    from the merged histograms, the repeats' own figures, and each metric's median over the
+    repeats with its interval (bench.intervals)."""
+    each = [part.result(label, stores_rows) for part in parts]
+    statuses = [w.status for w in each]
+    if "cancelled" in statuses:
+        status = "cancelled"
+    elif "completed" in statuses:
+        status = "completed"
+    else:
+        status = statuses[0]  # every repeat unavailable or failed alike
+    first = parts[0]
+    service = Latencies.merged(p.service for p in parts)
+    from_intended = Latencies.merged(p.from_intended for p in parts)
+    send_delay = Latencies.merged(p.send_delay for p in parts)
+    visibility = Latencies.merged(p.visibility for p in parts)
+    rows = sum(w.rows for w in each)
+    size = sum(w.bytes for w in each)
+    elapsed = sum(w.elapsed_s for w in each)
+    rows_per_s = rows / elapsed if elapsed > 0 else 0.0
+    errors: dict[str, int] = {}
+    for w in each:
+        for kind, n in w.errors.items():
+            errors[kind] = errors.get(kind, 0) + n
+    per_second = []
+    offset = 0
+    for r, w in enumerate(each):
+        for second in w.per_second:
+            per_second.append(second.model_copy(update={"t": offset + second.t, "repeat": r}))
+        last = w.per_second[-1].t + 1 if w.per_second else 0
+        offset += max(math.ceil(w.elapsed_s), last)
+    rate = first.config.rate
+    histograms = {"latency": service.encode()} if service.count else {}
+    if from_intended.count:
+        histograms["latency_from_intended"] = from_intended.encode()
+        histograms["send_delay"] = send_delay.encode()
+    if visibility.count:
+        histograms["visibility"] = visibility.encode()
+    vis = [w.visibility for w in each if w.visibility is not None]
+    cpu = [w.client_cpu_percent for w in each if w.client_cpu_percent is not None]
+    warnings = [f"repeat {w_i + 1}: {text}" for w_i, w in enumerate(each) for text in w.warnings]
+    measured = [part.sample() for part in parts if part.measured()]
+    if 0 < len(measured) < len(parts):
+        warnings.append(
+            f"{len(parts) - len(measured)} of {len(parts)} repeats measured nothing; the "
+            f"medians are over the {len(measured)} that did"
+        )
+    return WriterResult(
+        writer=first.name,
+        label=label,
+        stores_rows=stores_rows,
+        status=status,  # type: ignore[arg-type]
+        error=next((w.error for w in each if w.error), None),
+        rows=rows,
+        bytes=size,
+        batches=sum(w.batches for w in each),
+        failed_batches=sum(w.failed_batches for w in each),
+        errors=errors,
+        error_samples=[e for w in each for e in w.error_samples][:MAX_ERROR_SAMPLES],
+        warmup_rows=sum(w.warmup_rows for w in each),
+        elapsed_s=round(elapsed, 4),
+        rows_per_s=round(rows_per_s, 1),
+        mib_per_s=round(size / 1048576 / elapsed, 3) if elapsed > 0 else 0.0,
+        target_rows_per_s=rate,
+        rate_ratio=round(rows_per_s / rate, 4) if rate is not None and rows else None,
+        latency_ms=_summary(service),
+        latency_from_intended_ms=_summary(from_intended),
+        send_delay_ms=_summary(send_delay),
+        visibility=VisibilitySummary(
+            samples=visibility.count,
+            timeouts=sum(v.timeouts for v in vis),
+            poll_interval_ms=vis[0].poll_interval_ms,
+            sample_interval_ms=vis[0].sample_interval_ms,
+            p50_ms=visibility.percentile_ms(50) if visibility.count else None,
+            p95_ms=visibility.percentile_ms(95) if visibility.count else None,
+            max_ms=visibility.hist.get_max_value() / 1000 if visibility.count else None,
+        )
+        if vis
+        else None,
+        per_second=per_second,
+        percentile_curve=(from_intended if from_intended.count else service).curve(),
+        histograms=histograms,
+        client_cpu_percent=round(sum(cpu) / len(cpu), 1) if cpu else None,
+        repeats=[part.repeat_stats() for part in parts],
+        intervals=intervals(measured) if measured else {},
+        warnings=warnings,
+    )
 
 
 def _registry_label(name: str) -> tuple[str, bool]:

@@ -34,7 +34,9 @@ from bench.store import (
     ResultStore,
     compare,
     compare_json,
+    compare_notes,
     load_result,
+    only_in,
 )
 from dwbench.errors import DirectWriteError, InvalidSchemaError
 from workloads.base import Workload
@@ -81,6 +83,7 @@ _OPTION = {
     "seed": "--seed",
     "rate": "--rate",
     "parallel": "--parallel",
+    "repeat": "--repeat",
     "visibility": "--no-visibility",
     "visibility_poll_ms": "--poll-interval",
     "visibility_sample_ms": "--sample-every",
@@ -106,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         "seed": args.seed,
         "rate": args.rate,
         "parallel": args.parallel,
+        "repeat": args.repeat,
         "visibility": not args.no_visibility,
         "visibility_poll_ms": round(args.poll_interval * 1000),
         "visibility_sample_ms": round(args.sample_every * 1000),
@@ -324,6 +328,7 @@ def results_table(run: RunResult) -> str:
     ]
     if marked:
         lines.append(f"{BEST} best of the writers that store rows")
+    lines += intervals_table(run)
     if any(w.latency_ms and w.latency_ms.unsupported for w in writers):
         lines.append(
             f"{UNSUPPORTED}: too few batches for this percentile; pXX needs at least "
@@ -337,6 +342,47 @@ def results_table(run: RunResult) -> str:
     if problems:
         lines += ["", "warnings:", *(f"  - {text}" for text in problems)]
     return "\n".join(lines)
+
+
+_INTERVAL_ROWS = (
+    ("rows_per_s", "rows/s", fmt_int),
+    ("mib_per_s", "MiB/s", fmt_mib),
+    ("p50_ms", "p50 ms", fmt_ms),
+    ("p95_ms", "p95 ms", fmt_ms),
+    ("p99_ms", "p99 ms", fmt_ms),
+)
+
+
+def intervals_table(run: RunResult) -> list[str]:
+    """Each writer's medians with their 95 % intervals ("n/a" and a footnote without one)."""
+    writers = [w for w in run.writers if w.intervals]
+    if not writers:
+        return []
+    reasons: list[str] = []
+    rows = []
+    for metric, name, fmt in _INTERVAL_ROWS:
+        cells = []
+        for w in writers:
+            found = w.intervals.get(metric)
+            if found is None:
+                cells.append(MISSING)
+            elif found.low is None or found.high is None:
+                cells.append(f"{fmt(found.median)} [{UNSUPPORTED}]")
+                if found.reason and found.reason not in reasons:
+                    reasons.append(found.reason)
+            else:
+                cells.append(f"{fmt(found.median)} [{fmt(found.low)}, {fmt(found.high)}]")
+        rows.append([name, *cells])
+    repeats = run.config.repeat
+    title = (
+        f"medians over {repeats} repeats [95 % interval]"
+        if repeats > 1
+        else "95 % intervals [low, high] from a bootstrap within this run (the noise between "
+        "runs is not in them: --repeat 3 or more measures it)"
+    )
+    out = ["", title, render_table(["", *(w.writer for w in writers)], rows)]
+    out += [f"{UNSUPPORTED}: {reason}" for reason in reasons]
+    return out
 
 
 def _date(iso: str) -> str:
@@ -390,60 +436,59 @@ _METRIC_NAMES = {
 
 
 def _mark(diff: MetricDiff) -> str:
-    if diff.change is None:
-        return "not comparable"
-    if diff.within_noise:
-        return "within noise"
-    if diff.better is None:
-        return "no change"
-    return f"{diff.better.upper()} better"
+    return {"a better": "A better", "b better": "B better"}.get(diff.decision, diff.decision)
 
 
 def _change(diff: MetricDiff) -> str:
     return MISSING if diff.change is None else f"{diff.change * 100:+.1f} %"
 
 
+def _with_interval(
+    fmt: Callable[[float | None], str], value: float | None, bounds: tuple[float, float] | None
+) -> str:
+    text = fmt(value)
+    return f"{text} [{fmt(bounds[0])}, {fmt(bounds[1])}]" if bounds is not None else text
+
+
 def compare_table(a: RunResult, b: RunResult, diffs: Sequence[MetricDiff]) -> str:
-    """Per writer, per metric: A, B, the change and whether it is within noise."""
+    """Per writer, per metric: A and B (with their 95 % intervals), the change, the decision
+    and why; the notes first, the writers only one run has last."""
     lines = [
         f"A: {a.id}  {_date(a.started_at)}  {a.status}  ({workload_text(a.config)})",
         f"B: {b.id}  {_date(b.started_at)}  {b.status}  ({workload_text(b.config)})",
     ]
-    differ = _config_differences(a.config, b.config)
-    if differ:
-        lines.append(f"note: the workloads differ ({differ})")
+    lines += [f"note: {note}" for note in compare_notes(a, b)]
     writers = list(dict.fromkeys(d.writer for d in diffs))
     for writer in writers:
         rows = []
-        noise = 0.0
         for d in diffs:
             if d.writer != writer:
                 continue
-            noise = d.noise
             name, fmt = _METRIC_NAMES.get(d.metric, (d.metric, fmt_ms))
-            rows.append([name, fmt(d.a), fmt(d.b), _change(d), _mark(d)])
-        lines += ["", f"{writer} (noise threshold {noise * 100:.1f} %)"]
-        lines.append(render_table(["metric", "A", "B", "change", ""], rows, align="lrrrl"))
-    only_a = [w.writer for w in a.writers if w.writer not in writers]
-    only_b = [w.writer for w in b.writers if w.writer not in writers]
-    if only_a or only_b:
-        lines.append("")
-        if only_a:
-            lines.append(f"only in A: {', '.join(only_a)}")
-        if only_b:
-            lines.append(f"only in B: {', '.join(only_b)}")
+            rows.append(
+                [
+                    name,
+                    _with_interval(fmt, d.a, d.a_interval),
+                    _with_interval(fmt, d.b, d.b_interval),
+                    _change(d),
+                    _mark(d),
+                    d.reason or "",
+                ]
+            )
+        lines += ["", writer]
+        lines.append(render_table(["metric", "A", "B", "change", "", "why"], rows, align="lrrrll"))
+    for side, run, other in (("A", a, b), ("B", b, a)):
+        missing = only_in(run, other)
+        if missing:
+            names = ", ".join(f"{w['label']} ({w['status']})" for w in missing)
+            lines += ["", f"only in {side}, not compared: {names}"]
     lines += [
         "",
-        f"noise rule (bench.store.compare): a change is within noise when it is smaller than "
-        f"max({NOISE_FLOOR * 100:g} %, 2 x the larger per-second throughput variation (stdev/mean) "
-        "of the two runs), per writer",
+        "decision rule (bench.store.compare): a change counts when the 95 % intervals of the "
+        f"two medians do not overlap and it is at least {NOISE_FLOOR * 100:g} %; [low, high] is "
+        "that interval (over repeats, or a bootstrap within a single run)",
     ]
     return "\n".join(lines)
-
-
-def _config_differences(a: BenchmarkConfig, b: BenchmarkConfig) -> str:
-    da, db = a.model_dump(exclude={"writers"}), b.model_dump(exclude={"writers"})
-    return ", ".join(f"{k} {da[k]} vs {db[k]}" for k in da if da[k] != db.get(k))
 
 
 # -- progress ------------------------------------------------------------------------------
@@ -499,6 +544,9 @@ class ProgressDisplay:
 
     def update(self, progress: dict[str, Any]) -> None:
         self._lines = [progress_line(w, self.duration_s) for w in progress["writers"]]
+        repeats = progress.get("repeats", 1)
+        if repeats > 1:
+            self._lines.insert(0, f"repeat {progress['repeat'] + 1} of {repeats}")
         self._draw()
 
     def note(self, message: str) -> None:
@@ -939,6 +987,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--parallel", action="store_true", help="run the writers at the same time")
+    run.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run it all N times, the writers interleaved; each metric becomes a median with "
+        "a 95 %% interval (3 or more for intervals)",
+    )
     run.add_argument(
         "--no-visibility", action="store_true", help="skip ack -> readable measurement"
     )

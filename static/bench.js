@@ -24,6 +24,7 @@ const FIELDS = [
   "seed",
   "rate",
   "parallel",
+  "repeat",
   "visibility",
   "visibility_poll_ms",
 ];
@@ -41,6 +42,7 @@ const FIELD_LABELS = {
   seed: "Seed",
   rate: "Target rate",
   parallel: "Run the writers at the same time",
+  repeat: "Repeats",
   visibility: "Measure visibility",
   visibility_poll_ms: "Visibility poll",
 };
@@ -177,6 +179,8 @@ const ui = {
   compareHeading: $("bench-compare-heading"),
   compareRuns: $("bench-compare-runs"),
   compareTable: $("bench-compare-table"),
+  compareNotes: $("bench-compare-notes"),
+  intervals: $("bench-intervals"),
 };
 
 /** The run being watched: {id, config, writers, xs, ys, socket, timers, finished}. */
@@ -268,6 +272,7 @@ function describeWorkload(cfg) {
   if (cfg.pad_column) parts.push(`padded on ${cfg.pad_column}`);
   parts.push(typeof cfg.rate === "number" ? `${formatNumber(cfg.rate)} rows/s target` : "max rate");
   if (cfg.parallel === true) parts.push("writers in parallel");
+  if (typeof cfg.repeat === "number" && cfg.repeat > 1) parts.push(`${cfg.repeat} repeats`);
   return parts.join(" · ");
 }
 
@@ -313,6 +318,7 @@ function readConfig() {
     seed: numberOrNull("bench-seed"),
     rate: numberOrNull("bench-rate"),
     parallel: $("bench-parallel").checked,
+    repeat: numberOrNull("bench-repeat") ?? 1,
     visibility: $("bench-visibility").checked,
     visibility_poll_ms: numberOrNull("bench-visibility_poll_ms"),
   };
@@ -1203,8 +1209,72 @@ function renderResult(run) {
   // replaceChildren would write a null as the text "null".
   ui.warnings.replaceChildren(...notes.filter(Boolean));
   renderTable(run);
+  renderIntervals(run);
   drawPercentileChart(run);
   drawThroughputChart(run);
+}
+
+const INTERVAL_METRICS = [
+  ["rows_per_s", "Rows/s"],
+  ["mib_per_s", "MiB/s"],
+  ["p50_ms", "p50 ms"],
+  ["p95_ms", "p95 ms"],
+  ["p99_ms", "p99 ms"],
+];
+
+/** "median [low, high]", or the median and "n/a" when the sample supports no interval. */
+function intervalText(metric, interval) {
+  if (!interval) return "—";
+  const median = formatMetric(metric, interval.median);
+  if (typeof interval.low !== "number" || typeof interval.high !== "number") return `${median} [n/a]`;
+  return `${median} [${formatMetric(metric, interval.low)}, ${formatMetric(metric, interval.high)}]`;
+}
+
+/** Each writer's medians with their 95 % intervals (repeats), or a single run's own. */
+function renderIntervals(run) {
+  const writers = (run.writers || []).filter((w) => w.intervals && Object.keys(w.intervals).length);
+  if (!writers.length) {
+    ui.intervals.hidden = true;
+    ui.intervals.replaceChildren();
+    return;
+  }
+  const repeats = (run.config && run.config.repeat) || 1;
+  const reasons = new Set();
+  const rows = INTERVAL_METRICS.map(([metric, label]) =>
+    el("tr", { "data-metric": metric }, [
+      el("th", { scope: "row", text: label }),
+      ...writers.map((w) => {
+        const interval = w.intervals[metric];
+        if (interval && interval.reason) reasons.add(interval.reason);
+        return el("td", {
+          className: "num",
+          "data-writer": w.writer,
+          title: interval && interval.reason ? interval.reason : null,
+          text: intervalText(metric, interval),
+        });
+      }),
+    ]),
+  );
+  const title =
+    repeats > 1
+      ? `Medians over ${repeats} repeats [95% interval]`
+      : "95% intervals from a bootstrap within this run (the noise between runs is not in them: 3 or more repeats measure it)";
+  ui.intervals.hidden = false;
+  ui.intervals.replaceChildren(
+    el("h4", { className: "small-heading", id: "bench-intervals-title", text: title }),
+    el("div", { className: "table-wrap" }, [
+      el("table", { className: "data-table intervals-table", "aria-labelledby": "bench-intervals-title" }, [
+        el("thead", {}, [
+          el("tr", {}, [
+            el("th", { scope: "col", text: "Metric" }),
+            ...writers.map((w) => el("th", { scope: "col", className: "num", text: writerLabel(w.writer, w.label) })),
+          ]),
+        ]),
+        el("tbody", {}, rows),
+      ]),
+    ]),
+    ...[...reasons].map((reason) => el("p", { className: "table-note", text: `n/a: ${reason}` })),
+  );
 }
 
 function renderTable(run) {
@@ -1446,19 +1516,22 @@ async function compareSelected() {
   }
 }
 
+const VERDICTS = {
+  "b better": ["verdict verdict-better", "▲ B better"],
+  "a better": ["verdict verdict-worse", "▼ B worse"],
+  "within noise": ["verdict verdict-noise", "≈ within noise"],
+  "not enough data": ["verdict muted", "not enough data"],
+  "not comparable": ["verdict muted", "not comparable"],
+};
+
 function verdict(diff) {
-  if (diff.within_noise) {
-    return el("span", {
-      className: "verdict verdict-noise",
-      text: `≈ within noise (±${Math.round((diff.noise || 0) * 100)}%)`,
-    });
-  }
-  if (diff.better === "b") return el("span", { className: "verdict verdict-better", text: "▲ B better" });
-  if (diff.better === "a") return el("span", { className: "verdict verdict-worse", text: "▼ B worse" });
-  if (diff.change === null || diff.change === undefined) {
-    return el("span", { className: "verdict muted", text: "not comparable" });
-  }
-  return el("span", { className: "verdict muted", text: "no change" });
+  const [className, text] = VERDICTS[diff.decision] || VERDICTS["not comparable"];
+  return el("span", { className, text, title: diff.reason || null });
+}
+
+function withInterval(metric, value, bounds) {
+  const text = formatMetric(metric, value);
+  return Array.isArray(bounds) ? `${text} [${formatMetric(metric, bounds[0])}, ${formatMetric(metric, bounds[1])}]` : text;
 }
 
 function formatMetric(metric, value) {
@@ -1487,15 +1560,18 @@ function renderComparison(result, started) {
       {
         "data-writer": diff.writer,
         "data-metric": diff.metric,
-        "data-verdict": diff.within_noise ? "noise" : diff.better || "none",
+        "data-verdict": diff.decision,
       },
       [
         el("th", { scope: "row", text: writerLabel(diff.writer) }),
         el("td", { "data-label": "Metric", text: METRIC_LABELS[diff.metric] || diff.metric }),
-        el("td", { className: "num", "data-label": "A", text: formatMetric(diff.metric, diff.a) }),
-        el("td", { className: "num", "data-label": "B", text: formatMetric(diff.metric, diff.b) }),
+        el("td", { className: "num", "data-label": "A", text: withInterval(diff.metric, diff.a, diff.a_interval) }),
+        el("td", { className: "num", "data-label": "B", text: withInterval(diff.metric, diff.b, diff.b_interval) }),
         el("td", { className: "num", "data-label": "Change", text: formatPercent(diff.change) }),
-        el("td", { "data-label": "Verdict" }, [verdict(diff)]),
+        el("td", { "data-label": "Verdict" }, [
+          verdict(diff),
+          diff.reason ? el("span", { className: "muted small block", text: diff.reason }) : null,
+        ]),
       ],
     ),
   );
@@ -1505,6 +1581,30 @@ function renderComparison(result, started) {
     );
   }
   ui.compareTable.tBodies[0].replaceChildren(...rows);
+  const notes = [...(result.notes || [])];
+  for (const [side, list] of [
+    ["A", result.only_in_a || []],
+    ["B", result.only_in_b || []],
+  ]) {
+    if (list.length)
+      notes.push(
+        `Only in ${side}, not compared: ${list.map((w) => `${writerLabel(w.writer, w.label)} (${w.status})`).join(", ")}`,
+      );
+  }
+  ui.compareNotes.replaceChildren(
+    ...(notes.length
+      ? [
+          el("div", { className: "notice notice-warn", role: "note" }, [
+            el("p", { className: "notice-title", text: "Read first" }),
+            el(
+              "ul",
+              {},
+              notes.map((text) => el("li", { className: "compare-note", text })),
+            ),
+          ]),
+        ]
+      : []),
+  );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -168,20 +168,26 @@ def test_history_lists_the_runs(two_runs, local_stack):
     assert [w["writer"] for w in as_json[0]["writers"]] == ["null", "zerobus"]
 
 
-def test_compare_marks_each_metric_and_prints_the_noise_rule(two_runs, local_stack):
+def test_compare_decides_each_metric_and_prints_the_rule(two_runs, local_stack):
     results, [(_, a), (_, b)] = two_runs
     id_b = RunResult.model_validate_json(b.read_text()).id
     # A by its file, B by its id in the results dir.
     proc = dwbench("compare", a, id_b, "--results-dir", results, env=stack_env(local_stack))
     assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    assert "null (noise threshold" in out and "zerobus (noise threshold" in out
-    failed = [line for line in out.splitlines() if line.startswith("failed batches")]
-    assert len(failed) == 2 and all(line.endswith("within noise") for line in failed)
-    marks = {"within noise", "A better", "B better", "not comparable"}
-    rows_per_s = [line for line in out.splitlines() if line.startswith("rows/s")]
-    assert all(any(line.endswith(m) for m in marks) for line in rows_per_s)
-    assert out.rstrip().splitlines()[-1].startswith("noise rule (bench.store.compare)")
+    lines = proc.stdout.splitlines()
+    assert "null" in lines and "zerobus" in lines  # a table per writer
+    assert any(line.startswith("note: A and B are single runs: their intervals") for line in lines)
+    failed = [" ".join(line.split()) for line in lines if line.startswith("failed batches")]
+    assert len(failed) == 2
+    assert all("within noise no batch failed in either run" in line for line in failed)
+    # Two 2,000-row runs are far too small for a p99: never a verdict on it.
+    p99 = [" ".join(line.split()) for line in lines if line.startswith("p99 ms")]
+    assert len(p99) == 2
+    assert all("not enough data A: p99 needs 1,000 batches" in line for line in p99)
+    marks = ("within noise", "A better", "B better", "not comparable", "not enough data")
+    rows_per_s = [line for line in lines if line.startswith("rows/s")]
+    assert all(any(m in line for m in marks) for line in rows_per_s)
+    assert lines[-1].startswith("decision rule (bench.store.compare)")
 
     body = json.loads(
         dwbench(
@@ -190,7 +196,10 @@ def test_compare_marks_each_metric_and_prints_the_noise_rule(two_runs, local_sta
     )
     assert body["b"] == id_b
     assert {d["writer"] for d in body["diffs"]} == {"null", "zerobus"}
-    assert all("within_noise" in d and "change" in d for d in body["diffs"])
+    assert body["only_in_a"] == [] and body["only_in_b"] == []
+    assert all(
+        d["decision"] in marks[:2] + ("a better", "b better") + marks[2:] for d in body["diffs"]
+    )
 
 
 def test_an_unavailable_writer_exits_1_with_the_table_and_the_reason(tmp_path):

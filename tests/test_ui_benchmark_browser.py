@@ -432,14 +432,27 @@ def test_history_compare_and_open_a_past_run(open_bench: Any, app: RunningApp) -
         " r.lastElementChild.textContent])",
     )
     assert len(rows) == len(diffs) == len(ALL_WRITERS) * 9
+    shown = {
+        "b better": "B better",
+        "a better": "B worse",
+        "within noise": "within noise",
+        "not enough data": "not enough data",
+        "not comparable": "not comparable",
+    }
     for (writer, metric, verdict, text), diff in zip(rows, diffs, strict=True):
         assert (writer, metric) == (diff["writer"], diff["metric"])
-        if diff["within_noise"]:
-            assert verdict == "noise" and "within noise" in text
-        elif diff["better"] == "b":
-            assert verdict == "b" and "B better" in text
-        elif diff["better"] == "a":
-            assert verdict == "a" and "B worse" in text
+        assert verdict == diff["decision"] and shown[verdict] in text
+        assert (diff["reason"] or "") in text
+        if metric == "rows_per_s":
+            # A fixed-rate run against a max-rate one: never a throughput verdict.
+            assert verdict == "not comparable" and "rate-capped (A at 2,000 rows/s)" in text
+    # The workload mismatch is said in the UI as in the CLI.
+    notes = page.eval_on_selector_all(
+        "#bench-compare-notes .compare-note", "items => items.map(i => i.textContent)"
+    )
+    body = get_json(app, f"/api/v1/benchmarks/compare?a={fixed_rate}&b={run_id}")
+    assert notes == body["notes"] and any(n.startswith("the workloads differ (") for n in notes)
+    assert any(n.endswith("no throughput verdict is given") for n in notes)
     assert page.evaluate("document.activeElement.id") == "bench-compare-heading"
     screenshot(page, "bench-desktop-compare")
 
@@ -538,3 +551,28 @@ def test_live_chart_axis_is_blank_before_data_and_short_writers_are_plotted(
     null = "Null (discards rows; harness baseline): "
     assert f"{null}too few batches" not in warnings  # the baseline: no sample-size warning
     assert f"{null}measured window too short" not in warnings
+
+
+def test_repeats_show_medians_with_their_intervals(open_bench: Any, app: RunningApp) -> None:
+    page = open_bench()
+    assert page.input_value("#bench-repeat") == "1"
+    fill_form(page, writers=("null", "zerobus"), duration_s=5, batch_size=100, concurrency=2)
+    page.fill("#bench-repeat", "3")
+    page.click("#bench-start")
+    page.wait_for_selector("#bench-live:not([hidden])")
+    run_id = page.get_attribute("#bench-live", "data-run-id")
+    wait_for_result(page, run_id)
+    run = get_json(app, f"/api/v1/benchmarks/{run_id}")
+    assert run["config"]["repeat"] == 3
+    zerobus = next(w for w in run["writers"] if w["writer"] == "zerobus")
+    assert [r["repeat"] for r in zerobus["repeats"]] == [0, 1, 2]
+    page.wait_for_selector("#bench-intervals:not([hidden])")
+    assert page.text_content("#bench-intervals h4") == "Medians over 3 repeats [95% interval]"
+    cell = page.text_content(
+        "#bench-intervals tr[data-metric='rows_per_s'] td[data-writer='zerobus']"
+    )
+    rows = zerobus["intervals"]["rows_per_s"]
+    assert rows["method"] == "repeats" and rows["low"] is not None
+    median = f"{round(rows['median']):,}"
+    assert cell == f"{median} [{round(rows['low']):,}, {round(rows['high']):,}]"
+    assert "3 repeats" in page.text_content("#bench-result-meta")

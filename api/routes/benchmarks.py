@@ -52,6 +52,7 @@ class WorkloadSummary(BaseModel):
     concurrency: int
     rate: int | None
     record_bytes: int
+    repeat: int = 1
 
 
 class RunSummary(BaseModel):
@@ -84,14 +85,29 @@ class MetricDiff(BaseModel):
     a: float | None
     b: float | None
     change: float | None = Field(description="relative, (b - a) / a")
-    better: Literal["a", "b"] | None = Field(description="None within noise or not comparable")
+    better: Literal["a", "b"] | None = Field(description="None unless one run is better")
     within_noise: bool
-    noise: float = Field(description="relative change below which a difference is noise")
+    noise: float = Field(description="relative change below which a difference is never called")
+    decision: Literal["a better", "b better", "within noise", "not enough data", "not comparable"]
+    reason: str | None = Field(description="why the decision is what it is")
+    a_interval: tuple[float, float] | None = Field(
+        description="95 % interval of A's median (bench.intervals); none: not enough data"
+    )
+    b_interval: tuple[float, float] | None
+
+
+class WriterOnlyIn(BaseModel):
+    writer: str
+    label: str
+    status: str
 
 
 class Comparison(BaseModel):
     a: str
     b: str
+    notes: list[str] = Field(description="what differs between the runs, to read first")
+    only_in_a: list[WriterOnlyIn] = Field(description="writers of A that B does not have")
+    only_in_b: list[WriterOnlyIn]
     diffs: list[MetricDiff]
 
 
