@@ -197,9 +197,8 @@ def test_compare_decides_each_metric_and_prints_the_rule(two_runs, local_stack):
     assert body["b"] == id_b
     assert {d["writer"] for d in body["diffs"]} == {"null", "zerobus"}
     assert body["only_in_a"] == [] and body["only_in_b"] == []
-    assert all(
-        d["decision"] in marks[:2] + ("a better", "b better") + marks[2:] for d in body["diffs"]
-    )
+    decisions = {"within noise", "a better", "b better", "not comparable", "not enough data"}
+    assert all(d["decision"] in decisions for d in body["diffs"])
 
 
 def test_an_unavailable_writer_exits_1_with_the_table_and_the_reason(tmp_path):
