@@ -136,8 +136,7 @@ def _throughput(
     fewest = min(s.seconds for s in samples)
     if reason is None and fewest < MIN_SECONDS:
         reason = (
-            f"an interval needs at least {MIN_SECONDS} measured seconds per run, "
-            f"{fewest} measured"
+            f"an interval needs at least {MIN_SECONDS} measured seconds per run, {fewest} measured"
         )
     if reason is not None:
         return tuple(  # type: ignore[return-value]
