@@ -379,7 +379,7 @@ class _WriterRun:
         if self.visibility_timeouts:
             warnings.append(f"{self.visibility_timeouts} visibility samples timed out or failed")
         if stores_rows and self.status in ("completed", "cancelled") and self.batches:
-            warnings += self._sample_warnings(elapsed)
+            warnings += sample_warnings(self.batches, elapsed)
         histograms = {"latency": self.service.encode()}
         if self.from_intended.count:
             histograms["latency_from_intended"] = self.from_intended.encode()
@@ -449,22 +449,6 @@ class _WriterRun:
             visibility_p95_ms=vis.percentile_ms(95) if vis.count >= min_batches(95) else None,
         )
 
-    def _sample_warnings(self, elapsed: float) -> list[str]:
-        out = []
-        if self.batches < FEW_BATCHES:
-            missing = ", ".join(unsupported_percentiles(self.batches))
-            out.append(
-                f"too few batches: {self.batches:,} measured, so {missing} cannot be read from "
-                f"this sample (pXX needs 10/(1-p) batches: p95 {FEW_BATCHES:,}, p99 "
-                f"{min_batches(99.0):,}, p99.9 {min_batches(99.9):,}); run longer"
-            )
-        if elapsed < SHORT_WINDOW_S:
-            out.append(
-                f"measured window too short: {elapsed:.2f} s (under {SHORT_WINDOW_S:g} s), "
-                "too short to judge steady throughput; run longer (default 30 s)"
-            )
-        return out
-
     def _visibility_summary(self, stores_rows: bool) -> VisibilitySummary | None:
         if not (self.config.visibility and stores_rows):
             return None
@@ -495,6 +479,25 @@ class _WriterRun:
             p50_ms=round(exact_percentile(s.latencies_ms, 50), 3) if s.latencies_ms else None,
             p99_ms=round(exact_percentile(s.latencies_ms, 99), 3) if s.latencies_ms else None,
         )
+
+
+def sample_warnings(batches: int, elapsed: float, *, per: str = "") -> list[str]:
+    """Too few batches for p95, or a window under 10 s; `per` names what they count in
+    ("per repeat, fewest: ")."""
+    out = []
+    if batches < FEW_BATCHES:
+        missing = ", ".join(unsupported_percentiles(batches))
+        out.append(
+            f"too few batches: {per}{batches:,} measured, so {missing} cannot be read from "
+            f"this sample (pXX needs 10/(1-p) batches: p95 {FEW_BATCHES:,}, p99 "
+            f"{min_batches(99.0):,}, p99.9 {min_batches(99.9):,}); run longer"
+        )
+    if elapsed < SHORT_WINDOW_S:
+        out.append(
+            f"measured window too short: {per}{elapsed:.2f} s (under {SHORT_WINDOW_S:g} s), "
+            "too short to judge steady throughput; run longer (default 30 s)"
+        )
+    return out
 
 
 def _summary(latencies: Latencies) -> LatencySummary | None:
@@ -717,8 +720,23 @@ def _merged(parts: list[_WriterRun], label: str, stores_rows: bool) -> WriterRes
         histograms["visibility"] = visibility.encode()
     vis = [w.visibility for w in each if w.visibility is not None]
     cpu = [w.client_cpu_percent for w in each if w.client_cpu_percent is not None]
-    warnings = [f"repeat {w_i + 1}: {text}" for w_i, w in enumerate(each) for text in w.warnings]
+    # Each repeat's own warnings, except the sample-size ones: those are said once, for the
+    # smallest repeat (each repeat's percentiles and window must stand on their own).
+    own = [
+        f"repeat {r + 1}: {text}"
+        for r, w in enumerate(each)
+        for text in w.warnings
+        if not text.startswith(("too few batches:", "measured window too short:"))
+    ]
     measured = [part.sample() for part in parts if part.measured()]
+    warnings = own
+    if stores_rows and measured:
+        ran = [p for p in parts if p.measured()]
+        warnings += sample_warnings(
+            min(p.batches for p in ran),
+            min(p.elapsed() for p in ran),
+            per="per repeat, fewest ",
+        )
     if 0 < len(measured) < len(parts):
         warnings.append(
             f"{len(parts) - len(measured)} of {len(parts)} repeats measured nothing; the "

@@ -704,8 +704,7 @@ async def _run_benchmark(
     interrupts.stop_stack = lambda: runtime.stack.stop(timeout_s=5) if runtime.stack else None
     try:
         if settings.is_local and not settings.local_stack_url:
-            where = settings.data_dir / "local-stack"
-            _say(f"starting the local stack in {where} (this takes a few seconds)")
+            _say(await asyncio.to_thread(_stack_plan, settings.data_dir / "local-stack"))
         elif settings.is_local:
             _say(f"using the local stack at {settings.local_stack_url}")
         await runtime.start()  # a Ctrl-C meanwhile aborts: cancel_run is not set yet
@@ -741,6 +740,22 @@ async def _run_benchmark(
             _say("the targets did not stop in time")
         finally:
             loop.remove_signal_handler(signal.SIGINT)
+
+
+def _stack_plan(where: Path) -> str:
+    """What the run is about to do for its local stack: share a running one, or start one."""
+    from emulator.process import LocalStackStartError, find_running_stack
+
+    try:
+        running = find_running_stack(where, wait_s=0)
+    except LocalStackStartError:
+        running = None  # starting, or unreadable: the runtime's start says which
+    if running is not None:
+        return (
+            f"using the local stack that process {running.pid} runs in {where} (the app's, when "
+            "`make run` is up); it keeps running after this run"
+        )
+    return f"starting the local stack in {where} (this takes a few seconds)"
 
 
 def _exit_code(run: RunResult) -> int:

@@ -170,6 +170,8 @@ const ui = {
   pctChart: $("bench-pct-chart"),
   pctCaption: $("bench-pct-caption"),
   tputChart: $("bench-tput-chart"),
+  tputWindow: $("bench-tput-window"),
+  tputCaption: $("bench-tput-caption"),
   historyRows: $("bench-history-rows"),
   historyStatus: $("bench-history-status"),
   historyRefresh: $("bench-history-refresh"),
@@ -962,16 +964,24 @@ function alignSeries(curves) {
 
 function drawPercentileChart(run) {
   const writers = (run.writers || []).filter((w) => Array.isArray(w.percentile_curve) && w.percentile_curve.length);
+  const fixed = run.config && typeof run.config.rate === "number";
+  // Cut where the batches stop supporting the percentile: p needs 10 / (1 - p) batches,
+  // so the curve ends at 1 / (1 - p) = batches / 10 (bench.stats.min_batches).
+  const supported = (w) => {
+    const summary = (fixed && w.latency_from_intended_ms) || w.latency_ms;
+    return summary && typeof summary.count === "number" ? summary.count / 10 : Infinity;
+  };
   const curves = writers.map((w) =>
     w.percentile_curve
       .filter(([p, ms]) => typeof p === "number" && p < 100 && typeof ms === "number")
-      .map(([p, ms]) => [1 / (1 - p / 100), Math.max(ms, 0.001)]),
+      .map(([p, ms]) => [1 / (1 - p / 100), Math.max(ms, 0.001)])
+      .filter(([x]) => x <= supported(w) + 1e-9),
   );
   const [xs, ys] = alignSeries(curves);
   const fixedRate = run.config && typeof run.config.rate === "number";
   ui.pctCaption.textContent = `Latency by percentile, ${
     fixedRate ? "from each batch's scheduled start (corrected)" : "from send to acknowledgement"
-  } (ms; log scales), per writer`;
+  } (ms; log scales), per writer; each curve ends where fewer than 10 batches lie beyond`;
   const top = 10 ** Math.max(2, Math.ceil(Math.log10(Math.max(xs.at(-1) || 1, 10)) - 1e-9));
   setChart(
     ui.pctChart,
@@ -1012,6 +1022,8 @@ function drawPercentileChart(run) {
   );
   ui.pctChart.dataset.points = String(countPoints(ys));
   ui.pctChart.dataset.writers = writers.map((w) => w.writer).join(" ");
+  // Where each curve ends, as 1 / (1 - p): for tests and the curious.
+  ui.pctChart.dataset.ends = JSON.stringify(curves.map((c) => (c.length ? c.at(-1)[0] : null)));
   ui.pctChart.setAttribute(
     "aria-label",
     `${ui.pctCaption.textContent}: ${writers
@@ -1044,19 +1056,60 @@ function percentileOf(x) {
 }
 
 /** A second's rate over the part of it measured (the last second of a run is short). */
+let lastThroughputRun = null;
+
 function secondRate(s) {
   if (typeof s.rows_per_s === "number") return s.rows_per_s;
   const span = typeof s.span_s === "number" && s.span_s > 0 ? s.span_s : 1;
   return s.rows / span;
 }
 
+/**
+ * (t, rows/s) averaged over the last `window` seconds: rows over the seconds' real spans,
+ * a second without acknowledgements counted as 0 rows (a writer whose batches take longer
+ * than a second acks in some seconds only; its average is what the table's rows/s says).
+ */
+function rollingRates(perSecond, window) {
+  if (window <= 1) return perSecond.map((s) => [s.t, secondRate(s)]);
+  const byT = new Map(perSecond.map((s) => [s.t, s]));
+  const last = perSecond.reduce((top, s) => Math.max(top, s.t), 0);
+  const out = [];
+  let rows = 0;
+  let span = 0;
+  const seconds = [];
+  for (let t = 0; t <= last; t += 1) {
+    const s = byT.get(t);
+    const second = { rows: s ? s.rows : 0, span: s && typeof s.span_s === "number" && s.span_s > 0 ? s.span_s : 1 };
+    seconds.push(second);
+    rows += second.rows;
+    span += second.span;
+    if (seconds.length > window) {
+      const gone = seconds.shift();
+      rows -= gone.rows;
+      span -= gone.span;
+    }
+    out.push([t, span > 0 ? rows / span : 0]);
+  }
+  return out;
+}
+
 function drawThroughputChart(run) {
+  if (run) lastThroughputRun = run;
+  run = lastThroughputRun;
+  if (!run) return;
+  const windowS = Number(ui.tputWindow.value) || 1;
   const writers = (run.writers || []).filter((w) => Array.isArray(w.per_second) && w.per_second.length);
-  const [xs, ys] = alignSeries(writers.map((w) => w.per_second.map((s) => [s.t, secondRate(s)])));
+  const [xs, ys] = alignSeries(writers.map((w) => rollingRates(w.per_second, windowS)));
+  ui.tputCaption.textContent =
+    windowS > 1
+      ? `Throughput, rolling ${windowS} s average (rows/s), per writer`
+      : "Throughput each second of measuring (rows/s), per writer";
+  ui.tputChart.dataset.window = String(windowS);
   // What is plotted, for the table-minded and for tests: per writer, the rates by second.
   ui.tputChart.dataset.series = JSON.stringify(
     Object.fromEntries(writers.map((w) => [w.writer, w.per_second.map(secondRate)])),
   );
+  ui.tputChart.dataset.plotted = JSON.stringify(ys);
   setChart(
     ui.tputChart,
     {
@@ -1621,6 +1674,7 @@ async function start() {
   ui.historyRows.addEventListener("change", updateCompareButton);
   ui.compare.addEventListener("click", compareSelected);
   if (resizer) for (const container of [ui.liveChart, ui.pctChart, ui.tputChart]) resizer.observe(container);
+  ui.tputWindow.addEventListener("change", () => drawThroughputChart(null));
   ui.workload.addEventListener("change", onWorkloadChange);
   onWorkloads(renderWorkloadChoices);
   onLengthKind();

@@ -275,3 +275,21 @@ async def test_a_sharing_runtime_takes_over_when_the_owner_stops(data_dir: Path)
         await runtime.stop()
         cli_stack.kill()
     assert owner_file_text(stack_dir) == ""  # the runtime stopped what it started
+
+
+def test_the_cli_says_it_shares_a_running_stack_instead_of_starting_one(data_dir: Path) -> None:
+    from dwbench.cli import _stack_plan
+
+    stack_dir = data_dir / "local-stack"
+    assert _stack_plan(stack_dir) == (
+        f"starting the local stack in {stack_dir} (this takes a few seconds)"
+    )
+    app_stack = LocalStackProcess(stack_dir, token=secrets.token_urlsafe(16))
+    app_stack.start()
+    try:
+        assert _stack_plan(stack_dir) == (
+            f"using the local stack that process {app_stack.pid} runs in {stack_dir} (the "
+            "app's, when `make run` is up); it keeps running after this run"
+        )
+    finally:
+        assert app_stack.stop() == 0

@@ -576,3 +576,27 @@ def test_repeats_show_medians_with_their_intervals(open_bench: Any, app: Running
     median = f"{round(rows['median']):,}"
     assert cell == f"{median} [{round(rows['low']):,}, {round(rows['high']):,}]"
     assert "3 repeats" in page.text_content("#bench-result-meta")
+
+    # The percentile curves end where the batches stop supporting the percentile.
+    ends = json.loads(page.get_attribute("#bench-pct-chart", "data-ends") or "[]")
+    counts = [w["latency_ms"]["count"] for w in run["writers"]]
+    assert len(ends) == len(counts) and all(
+        e <= c / 10 + 1e-6 for e, c in zip(ends, counts, strict=True)
+    )
+
+    # A rolling average over 5 s: rows over the seconds' spans, seconds without acks as 0.
+    page.select_option("#bench-tput-window", "5")
+    page.wait_for_selector("#bench-tput-chart[data-window='5']")
+    assert page.text_content("#bench-tput-caption") == (
+        "Throughput, rolling 5 s average (rows/s), per writer"
+    )
+    plotted = json.loads(page.get_attribute("#bench-tput-chart", "data-plotted") or "[]")
+    series = plotted[[w["writer"] for w in run["writers"]].index("zerobus")]
+    by_t = {s["t"]: s for s in zerobus["per_second"]}
+    expected = []
+    for t in range(max(by_t) + 1):
+        window = [by_t.get(k) for k in range(max(0, t - 4), t + 1)]
+        rows = sum(s["rows"] if s else 0 for s in window)
+        span = sum(s["span_s"] if s else 1 for s in window)
+        expected.append(rows / span)
+    assert [v for v in series if v is not None] == pytest.approx(expected)

@@ -88,3 +88,18 @@ async def test_a_single_run_has_intervals_from_its_own_seconds_and_no_repeats():
     assert w1.repeats == []
     assert w1.intervals["rows_per_s"].method == "bootstrap"
     assert w1.intervals["rows_per_s"].median == w1.rows_per_s == 1000.0
+
+
+async def test_sample_size_warnings_are_said_once_for_the_smallest_repeat():
+    clock, order = StepClock(), []
+    one, two = Named("one", clock, 0.125, order), Named("two", clock, 0.125, order)
+    run = BenchmarkRun(config(duration_s=2, batch_size=10, concurrency=1, repeat=3), clock=clock)
+    w1 = (await run.execute(FixedSource(one, two))).writers[0]
+    assert [t for t in w1.warnings if "per repeat" in t] == [
+        "too few batches: per repeat, fewest 16 measured, so p50, p90, p95, p99, p99.9 cannot be "
+        "read from this sample (pXX needs 10/(1-p) batches: p95 200, p99 1,000, p99.9 "
+        "10,000); run longer",
+        "measured window too short: per repeat, fewest 2.00 s (under 10 s), too short to "
+        "judge steady throughput; run longer (default 30 s)",
+    ]
+    assert not any(t.startswith("repeat ") for t in w1.warnings)
