@@ -100,8 +100,15 @@ class SecondStats(BaseModel):
         "windows laid end to end"
     )
     repeat: int = Field(default=0, description="the repeat this second belongs to")
+    at_s: float | None = Field(
+        default=None,
+        description="where this entry starts, in seconds since measuring began: whole seconds, "
+        "or bucket starts when the writer's bucket_s is under a second (t is then the second "
+        "it falls in)",
+    )
     span_s: float = Field(
-        default=1.0, description="seconds of the window this second covers (the last: less)"
+        default=1.0,
+        description="seconds of the window this entry covers: its bucket's width (the last: less)",
     )
     rows_per_s: float | None = Field(
         default=None, description="rows / span_s: the series averages to the summary's rows/s"
@@ -142,7 +149,12 @@ class WriterResult(BaseModel):
         default=None, description="fixed rate only: actual send - scheduled start"
     )
     visibility: VisibilitySummary | None = None
-    per_second: list[SecondStats] = Field(default_factory=list)
+    per_second: list[SecondStats] = Field(
+        default_factory=list,
+        description="throughput over time, in buckets of bucket_s (1 s; narrower for a "
+        "measured window under 10 s, so a short run is not one or two points)",
+    )
+    bucket_s: float = Field(default=1.0, description="the width of per_second's buckets")
     percentile_curve: list[tuple[float, float]] = Field(
         default_factory=list, description="(percentile, ms) for a log 1/(1-p) chart"
     )

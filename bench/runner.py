@@ -55,6 +55,16 @@ MAX_ERROR_SAMPLES = 5
 # throughput varies second to second). The null writer is the harness ceiling, not a target.
 FEW_BATCHES = min_batches(95.0)
 SHORT_WINDOW_S = 10.0
+# A window under SHORT_WINDOW_S is charted in sub-second buckets (one second of a 2 s run is
+# half the run): each batch's ack is kept, up to this many, to bucket them at the end.
+SHORT_SERIES_MAX = 100_000
+_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5)
+SHORT_SERIES_BUCKETS = 40
+
+
+def bucket_width(elapsed: float) -> float:
+    """The narrowest round width that cuts `elapsed` into at most SHORT_SERIES_BUCKETS."""
+    return next((b for b in _BUCKETS_S if elapsed / b <= SHORT_SERIES_BUCKETS), 1.0)
 
 
 class WriterSource(Protocol):
@@ -78,6 +88,21 @@ class _Second:
     batches: int = 0
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+
+
+def _within(buckets: dict[int, _Second], elapsed: float, width: float) -> dict[int, _Second]:
+    """The buckets of a window `elapsed` long, as copies: an ack on its very end (an index
+    past the last bucket) counts in the last, so no bucket of zero span is reported."""
+    last = max(0, math.ceil(round(elapsed / width, 6)) - 1)
+    out: dict[int, _Second] = {}
+    for index, b in sorted(buckets.items()):
+        into = out.setdefault(min(index, last), _Second())
+        into.rows += b.rows
+        into.bytes += b.bytes
+        into.batches += b.batches
+        into.errors += b.errors
+        into.latencies_ms.extend(b.latencies_ms)
+    return out
 
 
 class _WriterRun:
@@ -110,6 +135,9 @@ class _WriterRun:
         self.visibility = Latencies()
         self.visibility_timeouts = 0
         self.seconds: dict[int, _Second] = {}
+        # (offset s, rows, bytes, latency ms) per measured ack while the window is short
+        self.acks: list[tuple[float, int, int, float]] | None = []
+        self.failed_at: list[float] = []
         self.errors: dict[str, int] = {}
         self.error_samples: list[str] = []
         self.rows = 0
@@ -259,6 +287,7 @@ class _WriterRun:
         if intended is not None:
             self.from_intended.record(end - intended)
             self.send_delay.record(max(0.0, start - intended))
+        self._keep_ack(end - self.measure_start, batch.count, batch.bytes, (end - start) * 1000)
         second = self._second(end)
         second.rows += batch.count
         second.bytes += batch.bytes
@@ -266,6 +295,14 @@ class _WriterRun:
         second.latencies_ms.append((end - start) * 1000)
         if self.config.visibility and self.writer.stores_rows:
             self._maybe_sample_visibility(batch.batch_id, batch.count, end)
+
+    def _keep_ack(self, offset: float, rows: int, size: int, latency_ms: float) -> None:
+        if self.acks is None:
+            return
+        if offset >= SHORT_WINDOW_S or len(self.acks) >= SHORT_SERIES_MAX:
+            self.acks = None  # not a short window (or too many to keep): whole seconds
+            return
+        self.acks.append((offset, rows, size, latency_ms))
 
     def _second(self, at: float) -> _Second:
         index = max(0, int(at - self.measure_start))
@@ -281,6 +318,8 @@ class _WriterRun:
             return
         self.failed += 1
         self.errors[kind] = self.errors.get(kind, 0) + 1
+        if self.acks is not None:
+            self.failed_at.append(self.clock() - self.measure_start)
         if len(self.error_samples) < MAX_ERROR_SAMPLES:
             self.error_samples.append(f"{kind}: {message}"[:500])
         self._second(self.clock()).errors += 1
@@ -356,8 +395,38 @@ class _WriterRun:
             "target_rows_per_s": self.config.rate,
         }
 
-    def result(self, label: str, stores_rows: bool) -> WriterResult:
+    def series(self, elapsed: float, *, fine: bool = True) -> tuple[list[SecondStats], float]:
+        """The throughput series and its bucket width: whole seconds, or (`fine`, a window
+        under SHORT_WINDOW_S with every ack kept) sub-second buckets."""
+        if not (fine and self.acks is not None and 0 < elapsed < SHORT_WINDOW_S):
+            # Every second of the window, those without an ack at 0 rows: the series then
+            # averages to the summary's rate (a writer with batches over 1 s acks in some).
+            seconds = _within(self.seconds, elapsed, 1.0)
+            stats = [
+                self._second_stats(t, seconds.get(t) or _Second(), elapsed)
+                for t in range(max(seconds, default=-1) + 1)
+            ]
+            return stats, 1.0
+        width = bucket_width(elapsed)
+        buckets: dict[int, _Second] = {}
+        last = max(0, math.ceil(round(elapsed / width, 6)) - 1)
+        for offset, rows, size, latency_ms in self.acks:
+            b = buckets.setdefault(min(max(int(offset / width), 0), last), _Second())
+            b.rows += rows
+            b.bytes += size
+            b.batches += 1
+            b.latencies_ms.append(latency_ms)
+        for offset in self.failed_at:
+            buckets.setdefault(min(max(int(offset / width), 0), last), _Second()).errors += 1
+        stats = [
+            self._second_stats(i, buckets.get(i) or _Second(), elapsed, width)
+            for i in range(max(buckets, default=-1) + 1)
+        ]
+        return stats, width
+
+    def result(self, label: str, stores_rows: bool, *, fine: bool = True) -> WriterResult:
         elapsed = self.elapsed()
+        per_second, bucket = self.series(elapsed, fine=fine)
         rows_per_s = self.rows / elapsed if elapsed > 0 else 0.0
         warnings: list[str] = []
         rate_ratio = None
@@ -409,7 +478,8 @@ class _WriterRun:
             latency_from_intended_ms=_summary(self.from_intended),
             send_delay_ms=_summary(self.send_delay),
             visibility=self._visibility_summary(stores_rows),
-            per_second=[self._second_stats(t, s, elapsed) for t, s in sorted(self.seconds.items())],
+            per_second=per_second,
+            bucket_s=bucket,
             percentile_curve=curve_source.curve(),
             histograms=histograms if self.service.count else {},
             client_cpu_percent=self.cpu_percent,
@@ -464,13 +534,15 @@ class _WriterRun:
         )
 
     @staticmethod
-    def _second_stats(t: int, s: _Second, elapsed: float) -> SecondStats:
-        # The last second is cut short by the end of the window: its rate is over what it
+    def _second_stats(index: int, s: _Second, elapsed: float, width: float = 1.0) -> SecondStats:
+        # The last bucket is cut short by the end of the window: its rate is over what it
         # covered, so the series averages to rows / elapsed, the summary's rate.
-        span = min(1.0, max(elapsed - t, 0.0)) or 1.0
+        at = index * width
+        span = min(width, max(elapsed - at, 0.0)) or width
         return SecondStats(
-            t=t,
-            span_s=round(span, 4),
+            t=int(at + 1e-9),
+            at_s=round(at, 6),
+            span_s=round(span, 6),
             rows_per_s=round(s.rows / span, 1),
             rows=s.rows,
             mib=round(s.bytes / 1048576, 4),
@@ -683,7 +755,8 @@ def _merged(parts: list[_WriterRun], label: str, stores_rows: bool) -> WriterRes
     """One writer over all its repeats: totals over the repeats' measured windows, latency
     from the merged histograms, the repeats' own figures, and each metric's median over the
     repeats with its interval (bench.intervals)."""
-    each = [part.result(label, stores_rows) for part in parts]
+    # Whole seconds: the repeats' series are laid end to end.
+    each = [part.result(label, stores_rows, fine=False) for part in parts]
     statuses = [w.status for w in each]
     if "cancelled" in statuses:
         status = "cancelled"
@@ -708,7 +781,8 @@ def _merged(parts: list[_WriterRun], label: str, stores_rows: bool) -> WriterRes
     offset = 0
     for r, w in enumerate(each):
         for second in w.per_second:
-            per_second.append(second.model_copy(update={"t": offset + second.t, "repeat": r}))
+            t = offset + second.t
+            per_second.append(second.model_copy(update={"t": t, "at_s": float(t), "repeat": r}))
         last = w.per_second[-1].t + 1 if w.per_second else 0
         offset += max(math.ceil(w.elapsed_s), last)
     rate = first.config.rate

@@ -1069,26 +1069,28 @@ function secondRate(s) {
  * a second without acknowledgements counted as 0 rows (a writer whose batches take longer
  * than a second acks in some seconds only; its average is what the table's rows/s says).
  */
-function rollingRates(perSecond, window) {
-  if (window <= 1) return perSecond.map((s) => [s.t, secondRate(s)]);
-  const byT = new Map(perSecond.map((s) => [s.t, s]));
-  const last = perSecond.reduce((top, s) => Math.max(top, s.t), 0);
+function rollingRates(perSecond, window, bucket) {
+  const at = (s) => (typeof s.at_s === "number" ? s.at_s : s.t);
+  const count = Math.max(1, Math.round(window / bucket));
+  if (count <= 1) return perSecond.map((s) => [at(s), secondRate(s)]);
+  const byIndex = new Map(perSecond.map((s) => [Math.round(at(s) / bucket), s]));
+  const last = Math.max(0, ...byIndex.keys());
   const out = [];
+  const kept = [];
   let rows = 0;
   let span = 0;
-  const seconds = [];
-  for (let t = 0; t <= last; t += 1) {
-    const s = byT.get(t);
-    const second = { rows: s ? s.rows : 0, span: s && typeof s.span_s === "number" && s.span_s > 0 ? s.span_s : 1 };
-    seconds.push(second);
-    rows += second.rows;
-    span += second.span;
-    if (seconds.length > window) {
-      const gone = seconds.shift();
+  for (let i = 0; i <= last; i += 1) {
+    const s = byIndex.get(i);
+    const entry = { rows: s ? s.rows : 0, span: s && typeof s.span_s === "number" && s.span_s > 0 ? s.span_s : bucket };
+    kept.push(entry);
+    rows += entry.rows;
+    span += entry.span;
+    if (kept.length > count) {
+      const gone = kept.shift();
       rows -= gone.rows;
       span -= gone.span;
     }
-    out.push([t, span > 0 ? rows / span : 0]);
+    out.push([i * bucket, span > 0 ? rows / span : 0]);
   }
   return out;
 }
@@ -1099,11 +1101,16 @@ function drawThroughputChart(run) {
   if (!run) return;
   const windowS = Number(ui.tputWindow.value) || 1;
   const writers = (run.writers || []).filter((w) => Array.isArray(w.per_second) && w.per_second.length);
-  const [xs, ys] = alignSeries(writers.map((w) => rollingRates(w.per_second, windowS)));
+  const [xs, ys] = alignSeries(
+    writers.map((w) => rollingRates(w.per_second, windowS, typeof w.bucket_s === "number" ? w.bucket_s : 1)),
+  );
+  const bucket = Math.min(1, ...writers.map((w) => (typeof w.bucket_s === "number" ? w.bucket_s : 1)));
   ui.tputCaption.textContent =
     windowS > 1
       ? `Throughput, rolling ${windowS} s average (rows/s), per writer`
-      : "Throughput each second of measuring (rows/s), per writer";
+      : bucket < 1
+        ? `Throughput every ${formatCount(bucket)} s of a short window (rows/s), per writer`
+        : "Throughput each second of measuring (rows/s), per writer";
   ui.tputChart.dataset.window = String(windowS);
   // What is plotted, for the table-minded and for tests: per writer, the rates by second.
   ui.tputChart.dataset.series = JSON.stringify(

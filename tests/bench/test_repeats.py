@@ -52,9 +52,10 @@ async def test_three_repeats_interleave_and_report_medians_with_intervals():
     assert w1.rows == 24_000 and w1.elapsed_s == 30.0 and w1.rows_per_s == 800.0
     assert w1.batches == 240 and w1.latency_ms is not None and w1.latency_ms.count == 240
     # The per-second series lays the repeats end to end (the batch acked at exactly 10 s
-    # makes an 11th second of each repeat).
-    assert [s.t for s in w1.per_second] == list(range(33))
-    assert [s.repeat for s in w1.per_second] == [0] * 11 + [1] * 11 + [2] * 11
+    # counts in each repeat's 10th second: no second of zero span).
+    assert [s.t for s in w1.per_second] == list(range(30))
+    assert [s.repeat for s in w1.per_second] == [0] * 10 + [1] * 10 + [2] * 10
+    assert all(s.span_s == 1.0 for s in w1.per_second)
     assert sum(s.rows for s in w1.per_second) == 24_000
     rows = w1.intervals["rows_per_s"]
     assert (rows.method, rows.n, rows.median) == ("repeats", 3, 800.0)

@@ -111,17 +111,29 @@ async def test_a_5_ms_null_run_is_not_warned_about():
     assert result.warnings == [] and result.status == "completed"
 
 
-async def test_per_second_rates_agree_with_the_summary_for_a_short_run():
-    result = await _clocked_run(25, 0.02)  # 250 rows in 0.5 s: one partial second
+async def test_a_short_run_is_charted_in_sub_second_buckets_that_agree_with_the_summary():
+    result = await _clocked_run(25, 0.02)  # 250 rows in 0.5 s
     (w,) = result.writers
     assert w.rows_per_s == pytest.approx(500.0)
-    (second,) = w.per_second
-    assert second.span_s == pytest.approx(0.5) and second.rows_per_s == pytest.approx(500.0)
-    longer = (await _clocked_run(250, 0.01)).writers[0]  # 2.5 s: two whole seconds and a half
+    # 0.5 s in buckets of 0.02 s (the narrowest round width giving at most 40): 25 points,
+    # not one partial second.
+    assert w.bucket_s == 0.02
+    assert [s.at_s for s in w.per_second] == pytest.approx([i * 0.02 for i in range(25)])
+    assert all(s.t == 0 for s in w.per_second)  # all in the first second
+    assert all(s.rows_per_s == pytest.approx(500.0) for s in w.per_second)
+    longer = (await _clocked_run(250, 0.01)).writers[0]  # 2.5 s
+    assert longer.bucket_s == 0.1
     spans = [s.span_s for s in longer.per_second]
-    assert spans == pytest.approx([1.0, 1.0, 0.5])
+    assert spans == pytest.approx([0.1] * 25)
     rows = sum(s.rows for s in longer.per_second)
     assert rows / sum(spans) == pytest.approx(longer.rows_per_s)
+
+
+async def test_a_window_of_10_s_or_more_is_charted_in_whole_seconds():
+    w = (await _clocked_run(1050, 0.01)).writers[0]  # 10.5 s
+    assert w.bucket_s == 1.0
+    assert [s.span_s for s in w.per_second] == pytest.approx([1.0] * 10 + [0.5])
+    assert [s.at_s for s in w.per_second] == [float(t) for t in range(11)]
 
 
 async def test_progress_inside_the_first_second_is_a_rate_over_the_real_window():
