@@ -132,7 +132,9 @@ def capture_environment(targets: Targets | None = None) -> dict[str, Any]:
             "zerobus": targets.zerobus_endpoint,
             "workspace": targets.workspace_url,
             "warehouse_id": targets.warehouse_id,
-            "postgres": f"{lakebase.get('host')}:{lakebase.get('port')}"
+            "postgres": (
+                f"{lakebase['host']}:{lakebase.get('port')}" if lakebase.get("host") else None
+            )
             if targets.mode == "databricks"
             else "local",
         }

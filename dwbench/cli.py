@@ -784,7 +784,8 @@ def _settings(parser: argparse.ArgumentParser, profile: str | None = None) -> Se
 
     try:
         # --profile is DATABRICKS_CONFIG_PROFILE given on the command line (and wins over it).
-        return Settings(**({"databricks_config_profile": profile} if profile else {}))
+        given: dict[str, Any] = {"databricks_config_profile": profile} if profile else {}
+        return Settings(**given)
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         parser.error(f"invalid settings in the environment: {fields}")

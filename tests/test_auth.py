@@ -18,6 +18,7 @@ import pytest
 from pydantic import SecretStr
 
 from bench.environment import capture_environment, mode_notice, workspace_facts
+from bench.results import RunResult
 from dwbench.auth import (
     WorkspaceAuth,
     WorkspaceAuthError,
@@ -27,6 +28,8 @@ from dwbench.auth import (
     resolve_workspace_auth,
 )
 from dwbench.settings import Settings
+from tests.conftest import run_sql
+from tests.test_cli import SMALL_RUN, base_env, dwbench, table_rows
 from tests.writers.test_sql import assert_stored_exactly, product_rows
 from workloads import products
 from writers.base import Targets
@@ -307,3 +310,61 @@ def test_databricks_environment_records_auth_and_sizes_without_the_token(
     assert auth_line(None, "no Databricks credentials") == (
         "workspace auth: none: no Databricks credentials"
     )
+
+
+# -- a CLI run in databricks mode ------------------------------------------------------------
+
+
+def test_a_cli_run_with_a_pat_profile_writes_through_the_warehouse(
+    local_stack: dict[str, Any], config_file: Path, products_table: str, tmp_path: Path
+) -> None:
+    """`dwbench run --profile bench` against a "workspace" that is the local stack's API: the
+    SQL writer writes with the profile's token, Zerobus says what it is missing, and the
+    header and the result say which auth and which warehouse size produced the figures."""
+    env = base_env(
+        DATABRICKS_CONFIG_FILE=str(config_file),
+        DATABRICKS_WAREHOUSE_ID=local_stack["warehouse_id"],
+        ZEROBUS_ENDPOINT=local_stack["zerobus_endpoint"],
+        ZEROBUS_TABLE=products_table,
+        SQL_TABLE=products_table,
+        DATA_DIR=str(tmp_path),
+        WORKSPACE_RETRY_TIMEOUT_S="2",
+    )
+    out = tmp_path / "run.json"
+    proc = dwbench(
+        "run", "--profile", "bench", "--writers", "sql,zerobus", *SMALL_RUN, "--out", out, env=env
+    )
+    assert proc.returncode == 1, proc.stderr  # zerobus unavailable: a partial run
+    assert table_rows(proc.stdout)["status"] == ["completed", "unavailable"]
+    assert f"Zerobus Ingest (gRPC, protobuf): unavailable: {PAT_REASON}" in proc.stdout
+    assert (
+        f"workspace auth: pat (profile 'bench' in {config_file}) on {local_stack['api_url']}"
+        in proc.stderr
+    )
+    notice = (
+        f"Databricks mode: workspace {local_stack['api_url']}, auth pat, SQL warehouse local "
+        "(2X-Small, serverless PRO, 1 clusters)"
+    )
+    assert notice + "." in proc.stderr and notice + "." in proc.stdout  # no Lakebase set
+    result = RunResult.model_validate_json(out.read_text())
+    sql = next(w for w in result.writers if w.writer == "sql")
+    assert sql.status == "completed" and sql.rows == 2000
+    assert result.environment["auth"]["auth_type"] == "pat"
+    assert result.environment["workspace"]["warehouse"]["cluster_size"] == "2X-Small"
+    assert run_sql(local_stack, f"SELECT count(*) FROM {products_table}").result.data_array == [
+        ["2000"]
+    ]
+    for text in (proc.stdout, proc.stderr, out.read_text()):
+        assert local_stack["token"] not in text
+
+
+def test_a_cli_run_with_an_unknown_profile_exits_2_naming_the_profiles(
+    config_file: Path, tmp_path: Path
+) -> None:
+    env = base_env(DATABRICKS_CONFIG_FILE=str(config_file), DATA_DIR=str(tmp_path))
+    proc = dwbench("run", "--profile", "nope", "--writers", "sql", *SMALL_RUN, env=env)
+    assert proc.returncode == 2
+    assert (
+        f"Databricks profile 'nope' not found (profiles in {config_file}: bench, sp)" in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
