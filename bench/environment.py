@@ -262,9 +262,13 @@ def _enum(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
+_REASON_CHARS = 300  # a reason is a line in a result file, not a server's error page
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text.split(". Config: ", 1)[0]
+    text = text.split(". Config: ", 1)[0]  # the SDK's config dump (secrets masked) goes
+    return text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 1] + "…"
 
 
 def write_results(out: Path, prefix: str, results: dict[str, Any]) -> Path:

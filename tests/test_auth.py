@@ -94,7 +94,9 @@ def pat_auth(config_file: Path) -> WorkspaceAuth:
     return resolve_workspace_auth(profile_settings(config_file))
 
 
-def pat_targets(auth: WorkspaceAuth, stack: dict[str, Any], **writer_settings: Any) -> Targets:
+def workspace_targets(
+    auth: WorkspaceAuth, stack: dict[str, Any], **writer_settings: Any
+) -> Targets:
     return Targets(
         mode="databricks",
         settings=Settings(app_mode="databricks"),
@@ -166,6 +168,67 @@ def test_an_oauth_m2m_profile_that_cannot_authenticate_says_so_without_its_secre
     assert SP_SECRET not in message and "\n" not in message
 
 
+class OAuthDiscovery:
+    """A workspace's OAuth discovery documents on a loopback port (all that resolving
+    oauth-m2m credentials asks a workspace for; a token is fetched only when used)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        discovery = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                base = discovery.url
+                answers = {
+                    "/.well-known/databricks-config": {"oidc_endpoint": f"{base}/oidc"},
+                    "/oidc/.well-known/oauth-authorization-server": {
+                        "authorization_endpoint": f"{base}/oidc/v1/authorize",
+                        "token_endpoint": f"{base}/oidc/v1/token",
+                    },
+                }
+                body = json.dumps(answers.get(self.path, {})).encode()
+                self.send_response(200 if self.path in answers else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_an_oauth_m2m_profile_serves_zerobus_with_its_client_credentials(
+    tmp_path: Path, local_stack: dict[str, Any]
+) -> None:
+    discovery = OAuthDiscovery()
+    try:
+        config = tmp_path / "cfg"
+        config.write_text(
+            f"[sp]\nhost = {discovery.url}\nclient_id = sp-app-id\nclient_secret = {SP_SECRET}\n"
+        )
+        auth = resolve_workspace_auth(profile_settings(config, "sp"))
+    finally:
+        discovery.close()
+    assert (auth.auth_type, auth.profile) == ("oauth-m2m", "sp")
+    assert auth.client_credentials() == ("sp-app-id", SP_SECRET)
+    writer = ZerobusWriter(workspace_targets(auth, local_stack))
+    availability = await writer.availability()
+    assert availability.available, availability.reason
+    assert availability.details["auth_mode"] == f"oauth-m2m (client_id=sp-a***, {auth.source})"
+    assert SP_SECRET not in repr(availability) + json.dumps(auth.describe())
+
+
 def test_explicit_settings_come_before_the_config_files_default_profile(
     tmp_path: Path, local_stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -233,7 +296,7 @@ def test_a_token_without_a_host(tmp_path: Path) -> None:
 async def test_zerobus_says_a_pat_profile_is_not_what_it_takes(
     pat_auth: WorkspaceAuth, local_stack: dict[str, Any]
 ) -> None:
-    writer = ZerobusWriter(pat_targets(pat_auth, local_stack))
+    writer = ZerobusWriter(workspace_targets(pat_auth, local_stack))
     availability = await writer.availability()
     assert not availability.available and availability.reason == PAT_REASON
     assert availability.details["auth_mode"] == "none: " + PAT_REASON
@@ -246,7 +309,9 @@ async def test_the_sql_writer_writes_with_the_profiles_config(
     pat_auth: WorkspaceAuth, local_stack: dict[str, Any], products_table: str
 ) -> None:
     table = products.TABLE.with_tables(products_table, "public.products")
-    writer = SqlWriter(pat_targets(pat_auth, local_stack, sql=SqlSettings(table=products_table)))
+    writer = SqlWriter(
+        workspace_targets(pat_auth, local_stack, sql=SqlSettings(table=products_table))
+    )
     await writer.open()
     try:
         availability = await writer.availability()
@@ -292,7 +357,7 @@ def test_databricks_environment_records_auth_and_sizes_without_the_token(
     )
 
     targets = dataclasses.replace(
-        pat_targets(pat_auth, local_stack, lakebase=LakebaseSettings(host="lb.example.com")),
+        workspace_targets(pat_auth, local_stack, lakebase=LakebaseSettings(host="lb.example.com")),
         workspace_facts=facts,
     )
     env = capture_environment(targets)
@@ -368,3 +433,44 @@ def test_a_cli_run_with_an_unknown_profile_exits_2_naming_the_profiles(
         f"Databricks profile 'nope' not found (profiles in {config_file}: bench, sp)" in proc.stderr
     )
     assert "Traceback" not in proc.stderr
+
+
+async def test_the_apps_service_principal_resolves_at_start_and_failed_reads_are_reasons(
+    tmp_path: Path,
+) -> None:
+    """Databricks Apps sets DATABRICKS_HOST, DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET:
+    the runtime resolves them as oauth-m2m. This workspace issues no tokens, so reading the
+    warehouse's size fails, and the failure is recorded, not raised."""
+    from dwbench.runtime import Runtime
+
+    discovery = OAuthDiscovery()
+    runtime = Runtime(
+        Settings(
+            app_mode="databricks",
+            databricks_host=discovery.url,
+            databricks_client_id="app-sp-id",
+            databricks_client_secret=SecretStr(SP_SECRET),
+            databricks_config_file=tmp_path / "none.cfg",
+            workspace_retry_timeout_s=1,
+            data_dir=tmp_path,
+        ),
+        writer_settings={"sql": SqlSettings(warehouse_id="w1")},
+    )
+    try:
+        await runtime.start()
+        targets = runtime.targets
+        assert targets.workspace_auth is not None and targets.auth_problem is None
+        assert targets.workspace_auth.describe() == {
+            "host": discovery.url,
+            "auth_type": "oauth-m2m",
+            "profile": None,
+            "source": "DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET",
+        }
+        warehouse = targets.workspace_facts["warehouse"]
+        assert warehouse["id"] == "w1" and warehouse["error"]
+        env = capture_environment(targets)
+        assert SP_SECRET not in json.dumps(env)
+        assert "SQL warehouse w1 (size unknown: " in mode_notice(env)
+    finally:
+        await runtime.stop()
+        discovery.close()
