@@ -11,8 +11,8 @@ Where the credentials come from, first match wins:
 3. whatever else unified auth finds for DATABRICKS_HOST (the token cache that
    `databricks auth login` fills, Azure CLI, ...), or the config file's default profile.
 
-A profile named together with explicit credentials is refused: one identity writes, and
-the user says which. The result is the SDK's `Config` and a description without secrets;
+A profile named together with explicit credentials, or a token together with a service
+principal, is refused: one identity writes, and the user says which. The result is the SDK's `Config` and a description without secrets;
 failures are one-line `WorkspaceAuthError`s naming what was tried.
 """
 
@@ -142,6 +142,11 @@ def resolve_workspace_auth(settings: Settings) -> WorkspaceAuth:
         # Each client made from the Config inherits this retry budget.
         "retry_timeout_seconds": settings.workspace_retry_timeout_s,
     }
+    if explicit and explicit != "DATABRICKS_TOKEN" and settings.databricks_token:
+        raise WorkspaceAuthError(
+            f"both DATABRICKS_TOKEN and {explicit} are set: unset one, so that it is clear "
+            "which identity writes"
+        )
     if profile and explicit:
         raise WorkspaceAuthError(
             f"both Databricks profile {profile!r} and {explicit} are set: unset one, so that "

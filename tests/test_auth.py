@@ -264,6 +264,22 @@ def test_a_profile_and_explicit_credentials_together_are_refused(config_file: Pa
     )
 
 
+def test_a_token_and_a_service_principal_together_are_refused(tmp_path: Path) -> None:
+    settings = Settings(
+        databricks_host="https://adb-1.example.com",
+        databricks_token=SecretStr(PAT_REJECTED),
+        databricks_client_id="sp-app-id",
+        databricks_client_secret=SecretStr(SP_SECRET),
+        databricks_config_file=tmp_path / "none.cfg",
+    )
+    with pytest.raises(WorkspaceAuthError) as caught:
+        resolve_workspace_auth(settings)
+    assert caught.value.message == (
+        "both DATABRICKS_TOKEN and DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET are set: "
+        "unset one, so that it is clear which identity writes"
+    )
+
+
 def test_no_credentials_at_all_says_what_was_tried(tmp_path: Path) -> None:
     settings = Settings(
         app_mode="databricks",
