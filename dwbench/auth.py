@@ -12,8 +12,9 @@ Where the credentials come from, first match wins:
    `databricks auth login` fills, Azure CLI, ...), or the config file's default profile.
 
 A profile named together with explicit credentials, or a token together with a service
-principal, is refused: one identity writes, and the user says which. The result is the SDK's `Config` and a description without secrets;
-failures are one-line `WorkspaceAuthError`s naming what was tried.
+principal, is refused: one identity writes, and the user says which. The result is the
+SDK's `Config` and a description without secrets; failures are one-line
+`WorkspaceAuthError`s naming what was tried.
 """
 
 from __future__ import annotations

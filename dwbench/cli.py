@@ -734,7 +734,9 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except DirectWriteError as exc:
         parser.error(exc.message)
     settings = _settings(parser, profile=args.profile)
-    if args.profile or settings.databricks_config_profile:
+    if args.profile and settings.is_local:
+        parser.error("--profile runs against a workspace, but APP_MODE is local")
+    if not settings.is_local and settings.databricks_config_profile:
         from dwbench.auth import check_profile
 
         try:

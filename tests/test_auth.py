@@ -490,3 +490,13 @@ async def test_the_apps_service_principal_resolves_at_start_and_failed_reads_are
     finally:
         await runtime.stop()
         discovery.close()
+
+
+def test_profile_with_app_mode_local_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dwbench.cli import main
+
+    monkeypatch.setenv("APP_MODE", "local")
+    assert main(["run", "--profile", "bench", "--writers", "null", *SMALL_RUN]) == 2
+    assert "--profile runs against a workspace, but APP_MODE is local" in capsys.readouterr().err
