@@ -11,10 +11,13 @@ import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dwbench.assets import ROOT
 from writers.base import Targets
+
+if TYPE_CHECKING:
+    from dwbench.auth import WorkspaceAuth
 
 # The app's own stack; each writer adds its client libraries (the registry's metadata).
 LIBRARIES = (
@@ -118,11 +121,20 @@ def capture_environment(targets: Targets | None = None) -> dict[str, Any]:
         values = {name: dict(config) for name, config in configs.items() if config is not None}
         lakebase = values.get("lakebase", {})
         env["mode"] = targets.mode
+        if targets.mode == "databricks":
+            auth = targets.workspace_auth
+            # Who wrote and how (never a token or secret), and the compute behind the figures.
+            env["auth"] = (
+                auth.describe() if auth else {"auth_type": None, "error": targets.auth_problem}
+            )
+            env["workspace"] = dict(targets.workspace_facts)
         env["endpoints"] = {
             "zerobus": targets.zerobus_endpoint,
             "workspace": targets.workspace_url,
             "warehouse_id": targets.warehouse_id,
-            "postgres": f"{lakebase.get('host')}:{lakebase.get('port')}"
+            "postgres": (
+                f"{lakebase['host']}:{lakebase.get('port')}" if lakebase.get("host") else None
+            )
             if targets.mode == "databricks"
             else "local",
         }
@@ -149,15 +161,114 @@ def mode_notice(environment: dict[str, Any]) -> str:
         return LOCAL_NOTICE
     if mode == "databricks":
         endpoints = environment.get("endpoints") or {}
+        workspace = environment.get("workspace")
+        auth = environment.get("auth") or {}
         parts = [f"workspace {endpoints.get('workspace') or 'unknown'}"]
-        if endpoints.get("warehouse_id"):
-            parts.append(f"SQL warehouse {endpoints['warehouse_id']}")
+        if auth.get("auth_type"):
+            parts.append(f"auth {auth['auth_type']}")
+        if workspace is None:  # a result from before sizes were recorded
+            if endpoints.get("warehouse_id"):
+                parts.append(f"SQL warehouse {endpoints['warehouse_id']}")
+            if endpoints.get("postgres") and endpoints["postgres"] != "local":
+                parts.append(f"Lakebase {endpoints['postgres']}")
+            return (
+                f"Databricks mode: {', '.join(parts)} (warehouse and Lakebase sizes not recorded)."
+            )
+        if endpoints.get("warehouse_id") or workspace.get("warehouse"):
+            parts.append(_warehouse_text(endpoints.get("warehouse_id"), workspace.get("warehouse")))
         if endpoints.get("postgres") and endpoints["postgres"] != "local":
-            parts.append(f"Lakebase {endpoints['postgres']}")
-        # Sizes would need extra workspace calls (warehouses.get, database.get_database_instance)
-        # at capture time; they are not recorded yet.
-        return f"Databricks mode: {', '.join(parts)} (warehouse and Lakebase sizes not recorded)."
+            parts.append(_lakebase_text(endpoints["postgres"], workspace.get("lakebase_instance")))
+        return f"Databricks mode: {', '.join(parts)}."
     return "Mode not recorded (a result from before modes were recorded)."
+
+
+def _warehouse_text(warehouse_id: str | None, facts: dict[str, Any] | None) -> str:
+    text = f"SQL warehouse {warehouse_id or 'unknown'}"
+    if not facts:
+        return f"{text} (size not read)"
+    if facts.get("error"):
+        return f"{text} (size unknown: {facts['error']})"
+    kind = facts.get("warehouse_type") or "?"
+    if facts.get("enable_serverless_compute"):
+        kind = f"serverless {kind}"
+    lo, hi = facts.get("min_num_clusters"), facts.get("max_num_clusters")
+    clusters = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return f"{text} ({facts.get('cluster_size') or '?'}, {kind}, {clusters} clusters)"
+
+
+def _lakebase_text(postgres: str, facts: dict[str, Any] | None) -> str:
+    text = f"Lakebase {postgres}"
+    if not facts:
+        return f"{text} (capacity not read)"
+    if facts.get("error"):
+        return f"{text} (capacity unknown: {facts['error']})"
+    nodes = facts.get("node_count")
+    return (
+        f"{text} (instance {facts.get('name')}, {facts.get('capacity') or '?'}"
+        f"{f', {nodes} nodes' if nodes else ''})"
+    )
+
+
+def workspace_facts(
+    auth: WorkspaceAuth, warehouse_id: str | None, instance_name: str | None
+) -> dict[str, Any]:
+    """The sizes of the compute behind Databricks-mode figures, read with databricks-sdk:
+    the SQL warehouse (`warehouses.get`) and the Lakebase instance
+    (`database.get_database_instance`). A read that fails is recorded with its reason;
+    nothing here is fatal. Blocking (workspace calls)."""
+    facts: dict[str, Any] = {}
+    try:
+        w = auth.workspace_client()
+    except Exception as exc:  # the SDK's errors
+        reason = _one_line(exc)
+        return {"warehouse": {"error": reason}, "lakebase_instance": {"error": reason}}
+    if warehouse_id:
+        try:
+            wh = w.warehouses.get(warehouse_id)
+        except Exception as exc:  # the SDK's errors, network errors
+            facts["warehouse"] = {"id": warehouse_id, "error": _one_line(exc)}
+        else:
+            facts["warehouse"] = {
+                "id": warehouse_id,
+                "name": wh.name,
+                "cluster_size": wh.cluster_size,
+                "warehouse_type": _enum(wh.warehouse_type),
+                "enable_serverless_compute": wh.enable_serverless_compute,
+                "min_num_clusters": wh.min_num_clusters,
+                "max_num_clusters": wh.max_num_clusters,
+                "state": _enum(wh.state),
+            }
+    else:
+        facts["warehouse"] = {"error": "DATABRICKS_WAREHOUSE_ID is not set"}
+    if instance_name:
+        try:
+            db = w.database.get_database_instance(instance_name)
+        except Exception as exc:  # the SDK's errors, network errors
+            facts["lakebase_instance"] = {"name": instance_name, "error": _one_line(exc)}
+        else:
+            facts["lakebase_instance"] = {
+                "name": instance_name,
+                "capacity": db.effective_capacity or db.capacity,
+                "node_count": db.effective_node_count or db.node_count,
+                "pg_version": db.pg_version,
+                "state": _enum(db.state),
+            }
+    else:
+        facts["lakebase_instance"] = {"error": "LAKEBASE_INSTANCE_NAME is not set"}
+    return facts
+
+
+def _enum(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+_REASON_CHARS = 300  # a reason is a line in a result file, not a server's error page
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text.split(". Config: ", 1)[0]  # the SDK's config dump (secrets masked) goes
+    return text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 1] + "…"
 
 
 def write_results(out: Path, prefix: str, results: dict[str, Any]) -> Path:

@@ -724,6 +724,10 @@ async def _run_benchmark(
             f"({len(workload.schema.columns)} columns into {workload.table.delta_table})"
         )
         _say(f"mode: {runtime.targets.mode}. {mode_notice(run.environment)}")
+        if runtime.targets.mode == "databricks":
+            from dwbench.auth import auth_line
+
+            _say(auth_line(runtime.targets.workspace_auth, runtime.targets.auth_problem))
         _say("Ctrl-C cancels the run and keeps what was measured")
         # The local stack runs in its own session, so the terminal's Ctrl-C reaches only us.
         display.update(run.progress())  # the bars from the start, then once a second
@@ -792,7 +796,16 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             WorkloadRegistry().get(config.workload)  # a typo is exit 2, before anything starts
     except DirectWriteError as exc:
         parser.error(exc.message)
-    settings = _settings(parser)
+    settings = _settings(parser, profile=args.profile)
+    if args.profile and settings.is_local:
+        parser.error("--profile runs against a workspace, but APP_MODE is local")
+    if not settings.is_local and settings.databricks_config_profile:
+        from dwbench.auth import check_profile
+
+        try:
+            check_profile(settings)  # a typo is exit 2, before anything starts
+        except DirectWriteError as exc:
+            parser.error(exc.message)
     results_dir = args.results_dir or settings.data_dir / "results"
     _configure_logging(args.log_level)
     display = ProgressDisplay(sys.stderr, tty=sys.stderr.isatty(), duration_s=config.duration_s)
@@ -831,11 +844,13 @@ def _configure_logging(level: str) -> None:
     os.environ.setdefault("RUST_LOG", _RUST_LEVEL[level])
 
 
-def _settings(parser: argparse.ArgumentParser) -> Settings:
+def _settings(parser: argparse.ArgumentParser, profile: str | None = None) -> Settings:
     from dwbench.settings import Settings
 
     try:
-        return Settings()
+        # --profile is DATABRICKS_CONFIG_PROFILE given on the command line (and wins over it).
+        given: dict[str, Any] = {"databricks_config_profile": profile} if profile else {}
+        return Settings(**given)
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         parser.error(f"invalid settings in the environment: {fields}")
@@ -1032,6 +1047,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, metavar="FILE", help="also write the result here (JSON, and .csv)"
     )
     run.add_argument("--results-dir", type=Path, metavar="DIR", help="default: $DATA_DIR/results")
+    run.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="Databricks mode with this profile of ~/.databrickscfg (or DATABRICKS_CONFIG_FILE), "
+        "as DATABRICKS_CONFIG_PROFILE does",
+    )
     run.set_defaults(handler=cmd_run, command_parser=run)
 
     history = commands.add_parser("history", help="list stored runs")

@@ -87,7 +87,8 @@ class Runtime:
             )
             await self.ensure_tables(self.workloads.get("products"))
         else:
-            self.targets = _workspace_targets(self.targets)
+            # Resolving credentials may ask the workspace (OAuth discovery): not on the loop.
+            self.targets = await asyncio.to_thread(_workspace_targets, self.targets)
         self.writers = WriterSet(self.targets)
         self.benchmarks = BenchmarkManager(
             self.writers,
@@ -96,7 +97,13 @@ class Runtime:
             workloads=self.workloads,
             prepare=self.ensure_tables,
         )
-        log.info("runtime_started", mode=self.targets.mode)
+        auth = self.targets.workspace_auth
+        log.info(
+            "runtime_started",
+            mode=self.targets.mode,
+            **({"auth": auth.summary(), "host": auth.host} if auth else {}),
+            **({"auth_problem": self.targets.auth_problem} if self.targets.auth_problem else {}),
+        )
 
     async def stop(self) -> None:
         if self._follower is not None:
@@ -210,7 +217,10 @@ class Runtime:
             return WorkspaceClient(
                 host=self.endpoints["api_url"], token=self.endpoints["token"], auth_type="pat"
             )
-        return WorkspaceClient(host=self.settings.workspace_url)
+        auth = self.targets.workspace_auth
+        if auth is None:
+            raise WriterUnavailableError(self.targets.auth_missing() or "no workspace credentials")
+        return auth.workspace_client()
 
     def _read_table_schema(self, full_name: str) -> TableSchema:
         from databricks.sdk.errors import DatabricksError, NotFound
@@ -295,16 +305,32 @@ async def _shared_stack(running: RunningStack, data_dir: Path) -> dict[str, Any]
 
 
 def _workspace_targets(targets: Targets) -> Targets:
-    """Databricks mode: the Zerobus endpoint and the warehouse (which reading rows back
-    uses too) as the zerobus and sql writers' settings name them."""
+    """Databricks mode: the workspace credentials (unified auth), the Zerobus endpoint and
+    the warehouse (which reading rows back uses too) as the zerobus and sql writers'
+    settings name them, and what the workspace says about its compute. Blocking."""
+    from bench.environment import workspace_facts
+    from dwbench.auth import WorkspaceAuth, WorkspaceAuthError, resolve_workspace_auth
+    from writers.lakebase import LakebaseSettings
     from writers.sql import SqlSettings
     from writers.zerobus import ZerobusSettings
 
+    warehouse_id = targets.writer_config("sql", SqlSettings).warehouse_id
+    auth: WorkspaceAuth | None = None
+    problem: str | None = None
+    try:
+        auth = resolve_workspace_auth(targets.settings)
+    except WorkspaceAuthError as exc:
+        log.warning("workspace_auth_failed", reason=exc.message)
+        problem = exc.message
+    instance = targets.writer_config("lakebase", LakebaseSettings).instance_name
     return dataclasses.replace(
         targets,
         zerobus_endpoint=targets.writer_config("zerobus", ZerobusSettings).endpoint,
-        workspace_url=targets.settings.workspace_url,
-        warehouse_id=targets.writer_config("sql", SqlSettings).warehouse_id,
+        workspace_url=auth.host if auth else targets.settings.workspace_url,
+        warehouse_id=warehouse_id,
+        workspace_auth=auth,
+        auth_problem=problem,
+        workspace_facts=workspace_facts(auth, warehouse_id, instance) if auth else {},
     )
 
 

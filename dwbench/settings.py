@@ -19,16 +19,26 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
 
     # `local` runs against the local stack; `databricks` against a workspace.
-    # Default: databricks when DATABRICKS_HOST is set, else local.
+    # Default: databricks when DATABRICKS_HOST or a profile (DATABRICKS_CONFIG_PROFILE) is
+    # set, else local.
     app_mode: Literal["local", "databricks"] | None = None
     data_dir: Path = Path(".data")
     # An already running local stack (its api_url) instead of starting one, and its token.
     local_stack_url: str | None = None
     local_stack_token: SecretStr | None = None
 
+    # Workspace auth (dwbench.auth resolves it with databricks-sdk's unified auth): a
+    # service principal (what Databricks Apps sets), a personal access token, or a profile
+    # of the config file (default ~/.databrickscfg).
     databricks_host: str | None = None
     databricks_client_id: str | None = None
     databricks_client_secret: SecretStr | None = None
+    databricks_token: SecretStr | None = None
+    databricks_config_profile: str | None = None
+    databricks_config_file: Path | None = None
+    # How long a workspace call (OAuth discovery, a client's requests) retries before it
+    # fails; databricks-sdk's own default is 5 minutes.
+    workspace_retry_timeout_s: int = Field(default=20, ge=1)
 
     # Request limits of POST /api/v1/process-structured.
     max_items_per_request: int = Field(default=10_000, ge=1)
@@ -44,7 +54,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _default_mode(self) -> Settings:
         if self.app_mode is None:
-            self.app_mode = "databricks" if self.databricks_host else "local"
+            workspace = self.databricks_host or self.databricks_config_profile
+            self.app_mode = "databricks" if workspace else "local"
         return self
 
     @property

@@ -174,6 +174,11 @@ def owner_pid(data_dir: Path) -> int | None:
     return pid if isinstance(pid, int) else None
 
 
+_WORKSPACE_SECRETS = frozenset(
+    {"DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET", "DATABRICKS_PASSWORD", "PGPASSWORD"}
+)
+
+
 class LocalStackProcess:
     def __init__(
         self,
@@ -197,7 +202,8 @@ class LocalStackProcess:
     def start(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Start the stack and wait for its endpoints line."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
+        # The stack needs no workspace credentials: none reach its environment.
+        env = {k: v for k, v in os.environ.items() if k.upper() not in _WORKSPACE_SECRETS}
         if self.token:
             env["LOCAL_STACK_TOKEN"] = self.token  # not on the command line, where ps shows it
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))

@@ -20,13 +20,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dwbench.settings import Settings
 from workloads.base import Rows, TableRef
+
+if TYPE_CHECKING:
+    from dwbench.auth import WorkspaceAuth
 
 
 class WriterSettings(BaseSettings):
@@ -72,6 +75,19 @@ class Targets:
     # Writers' settings given as values, by writer name ("lakebase": LakebaseSettings(...)),
     # instead of read from the environment.
     writer_settings: Mapping[str, WriterSettings] = field(default_factory=dict)
+    # Databricks mode: the workspace credentials (`dwbench.auth`), resolved once, or why
+    # there are none. Every writer's workspace client is built from this one Config.
+    workspace_auth: WorkspaceAuth | None = None
+    auth_problem: str | None = None
+    # Databricks mode: what the workspace says about the compute behind the figures
+    # (warehouse size, Lakebase capacity), read once at start; see bench.environment.
+    workspace_facts: Mapping[str, Any] = field(default_factory=dict)
+
+    def auth_missing(self) -> str | None:
+        """Databricks mode: why no workspace client can be built (None when one can)."""
+        if self.workspace_auth is not None:
+            return None
+        return self.auth_problem or "the workspace credentials are not resolved yet"
 
     def writer_config(self, name: str, settings_class: type[S]) -> S:
         """The settings of writer `name`: its value in writer_settings, else the environment."""

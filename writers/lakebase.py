@@ -374,7 +374,7 @@ class LakebaseWriter(DataWriterInterface):
 
     async def _configure(self) -> None:
         """Connection parameters (no password) and the password provider, by mode."""
-        s, pg = self.settings, self.config
+        pg = self.config
         if self.targets.mode == "databricks":
             missing = [
                 var
@@ -383,20 +383,22 @@ class LakebaseWriter(DataWriterInterface):
                     ("PGDATABASE", pg.database),
                     ("PGUSER", pg.user),
                     ("LAKEBASE_INSTANCE_NAME", pg.instance_name),
-                    ("DATABRICKS_HOST", s.workspace_url),
-                    ("DATABRICKS_CLIENT_ID", s.databricks_client_id),
-                    ("DATABRICKS_CLIENT_SECRET", s.databricks_client_secret),
                 )
                 if not value
             ]
             if missing:
                 raise WriterUnavailableError(f"{', '.join(missing)} not set", writer=self.name)
+            no_auth = self.targets.auth_missing()
+            if no_auth and self._password_provider is None:
+                raise WriterUnavailableError(no_auth, writer=self.name)
             assert pg.instance_name is not None
             sslmode = pg.sslmode if pg.sslmode in ("verify-ca", "verify-full") else "require"
             params = {"host": pg.host, "port": pg.port, "dbname": pg.database}
             self._params = {**params, "user": pg.user, "sslmode": sslmode}
+            auth = self.targets.workspace_auth
             self._auth = (
-                f"oauth token via generate_database_credential (instance {pg.instance_name})"
+                f"oauth token via generate_database_credential (instance {pg.instance_name}"
+                f"{f', as {auth.summary()}' if auth else ''})"
             )
             if self._password_provider is None:
                 client = await asyncio.to_thread(self._workspace_client)
@@ -426,20 +428,15 @@ class LakebaseWriter(DataWriterInterface):
             self._password_provider = StaticPassword(password)
 
     def _workspace_client(self) -> Any:
-        from databricks.sdk import WorkspaceClient
-
-        s = self.settings
-        assert s.databricks_client_secret is not None
+        # The workspace's unified-auth Config (dwbench.auth): the app's service principal,
+        # or the CLI user's profile, PAT or `databricks auth login` token.
+        auth = self.targets.workspace_auth
+        assert auth is not None
         try:
-            return WorkspaceClient(
-                host=s.workspace_url,
-                client_id=s.databricks_client_id,
-                client_secret=s.databricks_client_secret.get_secret_value(),
-                auth_type="oauth-m2m",
-            )
+            return auth.workspace_client()
         except Exception as exc:  # the SDK's config and auth errors
             raise WriterUnavailableError(
-                f"cannot authenticate to {s.workspace_url} as the app's service principal: {exc}",
+                f"cannot authenticate to {auth.host} with {auth.summary()}: {exc}",
                 writer=self.name,
             ) from exc
 

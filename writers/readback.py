@@ -3,14 +3,13 @@
 Benchmarks poll this while they write, so it must not disturb the load it measures: it is
 async httpx on the event loop against the Statement Execution API, not a blocking SDK call
 in a thread (whose GIL hand-offs delay the scheduler by milliseconds). Auth headers come
-from the local token, or from the databricks-sdk credentials (OAuth M2M) in a thread.
+from the local token, or from the workspace's unified-auth Config (`dwbench.auth`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
 
 import httpx
 
@@ -57,25 +56,17 @@ class WarehouseReader:
         self.targets = targets
         self.source = source
         self._http: httpx.AsyncClient | None = None
-        self._sdk_config: Any = None
 
     async def _headers(self) -> dict[str, str]:
         if self.targets.mode == "local":
             assert self.targets.local_token is not None
             return {"Authorization": f"Bearer {self.targets.local_token.get_secret_value()}"}
-        if self._sdk_config is None:
-            from databricks.sdk.core import Config
-
-            s = self.targets.settings
-            secret = s.databricks_client_secret
-            self._sdk_config = Config(
-                host=self.targets.workspace_url,
-                client_id=s.databricks_client_id,
-                client_secret=secret.get_secret_value() if secret else None,
-                auth_type="oauth-m2m",
-            )
-        # The SDK caches the OAuth token and refreshes it when needed.
-        headers: dict[str, str] = await asyncio.to_thread(self._sdk_config.authenticate)
+        auth = self.targets.workspace_auth
+        if auth is None:
+            raise WriterUnavailableError(self.targets.auth_missing() or "no workspace credentials")
+        # The unified-auth Config caches an OAuth token and refreshes it when needed (a
+        # refresh is an HTTP call, or the databricks CLI: in a thread).
+        headers: dict[str, str] = await asyncio.to_thread(auth.config.authenticate)
         return headers
 
     async def count(self, table: TableRef, batch_id: str) -> int:

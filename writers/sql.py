@@ -65,7 +65,6 @@ from writers.base import (
     Targets,
     WriteReceipt,
     WriterSettings,
-    mask,
 )
 from writers.readback import WarehouseReader, quote_column
 from writers.sql_literals import column_literals
@@ -216,9 +215,7 @@ class SqlWriter(DataWriterInterface):
         # Overall deadline per statement; a stopped warehouse can take minutes to start.
         self.statement_timeout_s = 60.0 if self.local else 600.0
         self._token = targets.local_token.get_secret_value() if targets.local_token else ""
-        secret = s.databricks_client_secret
-        self._client_secret = secret.get_secret_value() if secret else ""
-        self._secrets = [x for x in (self._token, self._client_secret) if x]
+        self._secrets = [x for x in (self._token, *_auth_secrets(targets)) if x]
         self._client: WorkspaceClient | None = None
         self._connection: Any = None  # databricks.sql Connection, opened on first use
         self._connection_lock = threading.Lock()
@@ -236,10 +233,9 @@ class SqlWriter(DataWriterInterface):
             if not self.host or not self._token or not self.warehouse_id:
                 return "the local stack's SQL API (URL, token, warehouse) is not known"
             return None
-        if not self.host:
-            return "set DATABRICKS_HOST to the workspace URL"
-        if not self.settings.databricks_client_id or not self._client_secret:
-            return "set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (a service principal)"
+        missing = self.targets.auth_missing()
+        if missing:
+            return missing
         if not self.warehouse_id:
             return "set DATABRICKS_WAREHOUSE_ID to the id of the SQL warehouse to write through"
         return None
@@ -257,21 +253,20 @@ class SqlWriter(DataWriterInterface):
     def _make_client(self) -> WorkspaceClient:
         # Short retry budget: an unreachable server fails in seconds, not the SDK's 5 minutes.
         # http_timeout must outlast the execute call's own wait_timeout.
-        timeouts: dict[str, Any] = {
-            "retry_timeout_seconds": 2 if self.local else 20,
-            "http_timeout_seconds": self.wait_timeout_s + 20,
-        }
         if self.local:
-            config = Config(host=self.host, token=self._token, auth_type="pat", **timeouts)
-        else:
             config = Config(
                 host=self.host,
-                client_id=self.settings.databricks_client_id,
-                client_secret=self._client_secret,
-                auth_type="oauth-m2m",
-                **timeouts,
+                token=self._token,
+                auth_type="pat",
+                retry_timeout_seconds=2,
+                http_timeout_seconds=self.wait_timeout_s + 20,
             )
-        return WorkspaceClient(config=config)
+            return WorkspaceClient(config=config)
+        # The workspace's unified-auth Config (dwbench.auth), whatever its auth type; its
+        # retry budget is short already, and the SDK's 60 s HTTP timeout outlasts wait_timeout.
+        auth = self.targets.workspace_auth
+        assert auth is not None
+        return auth.workspace_client()
 
     async def close(self) -> None:
         self._client = None
@@ -286,15 +281,13 @@ class SqlWriter(DataWriterInterface):
     # -- availability ----------------------------------------------------------------------
 
     def _details(self) -> dict[str, Any]:
-        client_id = self.settings.databricks_client_id
+        auth = self.targets.workspace_auth
         return {
             "host": self.host,
             "warehouse_id": self.warehouse_id,
             "table": self.table,
             "driver": self.driver,
-            "auth": "pat (local token)"
-            if self.local
-            else f"oauth-m2m (client_id={mask(client_id)})",
+            "auth": "pat (local token)" if self.local else (auth.summary() if auth else "none"),
         }
 
     async def availability(self) -> Availability:
@@ -479,19 +472,20 @@ class SqlWriter(DataWriterInterface):
                 return _Result(cursor.query_id or "?", [list(r) for r in rows])
 
     def _connect(self) -> Any:
-        # As the connector's documentation shows for service principals (OAuth M2M).
+        # The connector takes a credentials provider: a callable that returns a header
+        # factory, which the unified-auth Config is (any auth type; it refreshes tokens).
         from databricks import sql
-        from databricks.sdk.core import oauth_service_principal
 
-        host, client_id, secret = self.host, self.settings.databricks_client_id, self._client_secret
+        auth = self.targets.workspace_auth
+        if auth is None or self.host is None:
+            raise WriterUnavailableError(self.targets.auth_missing() or "no workspace host")
+        config = auth.config
 
         def credentials_provider() -> Any:
-            return oauth_service_principal(
-                Config(host=host, client_id=client_id, client_secret=secret)
-            )
+            return config.authenticate
 
         return sql.connect(
-            server_hostname=urlsplit(host).hostname,
+            server_hostname=urlsplit(self.host).hostname,
             http_path=f"/sql/1.0/warehouses/{self.warehouse_id}",
             credentials_provider=credentials_provider,
         )
@@ -580,3 +574,11 @@ def _network(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | requests.Timeout) or "timed out" in text.lower():
         return "timed out"
     return text[:300]
+
+
+def _auth_secrets(targets: Targets) -> list[str]:
+    """The workspace credentials' secrets, which no error message may quote."""
+    auth = targets.workspace_auth
+    if auth is None:
+        return []
+    return [str(v) for v in (auth.config.token, auth.config.client_secret) if v]

@@ -82,6 +82,27 @@ class ZerobusSettings(WriterSettings):
     ack_timeout_s: float = Field(default=60.0, gt=0)
 
 
+def zerobus_auth_problem(targets: Targets) -> str | None:
+    """Databricks mode: why the workspace credentials cannot open a Zerobus stream.
+
+    Zerobus Ingest takes a short-lived OAuth token scoped to the table (the SDK asks for it
+    with the service principal's client id and secret and the table's authorization
+    details); a personal access token or a user's token from `databricks auth login` is no
+    such token, so only oauth-m2m credentials (from the settings or a profile) serve."""
+    missing = targets.auth_missing()
+    if missing:
+        return missing
+    auth = targets.workspace_auth
+    assert auth is not None
+    if auth.client_credentials() is None:
+        return (
+            "Zerobus Ingest authenticates with a service principal's OAuth secret "
+            "(DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET, or a profile with "
+            f"client_id and client_secret); {auth.who()} authenticates with {auth.auth_type}"
+        )
+    return None
+
+
 class LocalBearerToken(HeadersProvider):
     """The local stack's auth: a fixed bearer token plus the table header."""
 
@@ -146,11 +167,7 @@ class ZerobusWriter(DataWriterInterface):
         if not self.endpoint:
             return "ZEROBUS_ENDPOINT is not set (the workspace's Zerobus Ingest endpoint)"
         if self.targets.mode == "databricks":
-            s = self.settings
-            if not (s.databricks_client_id and s.databricks_client_secret):
-                return "DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET are not set"
-            if not self.targets.workspace_url:
-                return "DATABRICKS_HOST is not set"
+            return zerobus_auth_problem(self.targets)
         elif self.targets.local_token is None:
             return "the local stack's token is not known"
         return None
@@ -212,14 +229,11 @@ class ZerobusWriter(DataWriterInterface):
                     table_properties=props, options=options, headers_provider=headers
                 )
             else:
-                secret = self.settings.databricks_client_secret
-                assert secret is not None
-                stream = await self._sdk.create_stream(
-                    self.settings.databricks_client_id,
-                    secret.get_secret_value(),
-                    props,
-                    options,
-                )
+                auth = self.targets.workspace_auth
+                credentials = auth.client_credentials() if auth else None
+                assert credentials is not None
+                client_id, client_secret = credentials
+                stream = await self._sdk.create_stream(client_id, client_secret, props, options)
         except ZerobusException as exc:
             raise self._translate(exc, table, opening=True) from exc
         self.streams_created += 1
@@ -335,7 +349,13 @@ class ZerobusWriter(DataWriterInterface):
         if self.targets.mode == "local":
             auth = "bearer token (local stack)"
         else:
-            auth = f"oauth-m2m (client_id={mask(self.settings.databricks_client_id)})"
+            workspace = self.targets.workspace_auth
+            credentials = workspace.client_credentials() if workspace else None
+            auth = (
+                f"oauth-m2m (client_id={mask(credentials[0])}, {workspace.source})"
+                if credentials and workspace
+                else "none: " + (zerobus_auth_problem(self.targets) or "")
+            )
         open_streams = [t for t, state in self._tables.items() if state.stream is not None]
         return {
             "endpoint": self.endpoint,

@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 
@@ -76,3 +77,19 @@ def test_refuses_a_non_loopback_host(tmp_path):
     assert result.returncode == 2
     assert "--host must be a loopback address" in result.stderr
     assert result.stdout == ""
+
+
+def test_workspace_secrets_stay_out_of_the_stacks_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATABRICKS_TOKEN", "dapi-secret-token-0123")
+    monkeypatch.setenv("DATABRICKS_CLIENT_SECRET", "sp-secret-0123")
+    monkeypatch.setenv("DATABRICKS_HOST", "https://adb-1.example.com")
+    stack = LocalStackProcess(tmp_path / "data", token="t" * 20, args=["--no-postgres"])
+    stack.start()
+    try:
+        assert stack.pid is not None
+        environ = Path(f"/proc/{stack.pid}/environ").read_bytes().split(b"\0")
+        names = {entry.split(b"=", 1)[0] for entry in environ if entry}
+        assert b"DATABRICKS_HOST" in names  # the rest of the environment is passed on
+        assert not names & {b"DATABRICKS_TOKEN", b"DATABRICKS_CLIENT_SECRET"}
+    finally:
+        assert stack.stop() == 0

@@ -259,7 +259,13 @@ async def test_databricks_targets_name_the_endpoint_and_warehouse_of_the_writers
     tmp_path: Path,
 ) -> None:
     runtime = Runtime(
-        Settings(app_mode="databricks", databricks_host="adb-1.example.com", data_dir=tmp_path),
+        Settings(
+            app_mode="databricks",
+            databricks_host="adb-1.example.com",
+            data_dir=tmp_path,
+            databricks_config_file=tmp_path / "no.cfg",
+            workspace_retry_timeout_s=1,
+        ),
         writer_settings={
             "zerobus": ZerobusSettings(endpoint="1.zerobus.example.com"),
             "sql": SqlSettings(warehouse_id="w-given"),
@@ -272,6 +278,14 @@ async def test_databricks_targets_name_the_endpoint_and_warehouse_of_the_writers
         assert targets.zerobus_endpoint == "1.zerobus.example.com"
         assert targets.warehouse_id == "w-given"
         assert targets.workspace_url == "https://adb-1.example.com"
+        # No credentials for it: every workspace writer says why.
+        assert targets.workspace_auth is None
+        assert targets.auth_problem == (
+            "no Databricks credentials for https://adb-1.example.com: set DATABRICKS_TOKEN (or "
+            "a service principal's DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET), or pass "
+            f"--profile (no config file at {tmp_path / 'no.cfg'}), or run `databricks auth "
+            "login --host https://adb-1.example.com`"
+        )
     finally:
         await runtime.stop()
 

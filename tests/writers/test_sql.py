@@ -21,6 +21,7 @@ import pytest
 from deltalake import DeltaTable
 from pydantic import SecretStr
 
+from dwbench.auth import resolve_workspace_auth
 from dwbench.errors import (
     InvalidSchemaError,
     RequestTooLargeError,
@@ -489,21 +490,34 @@ async def test_availability_on_the_local_stack(local_stack, writer):
     }
 
 
-async def test_databricks_mode_names_the_missing_variable():
+async def test_databricks_mode_names_the_missing_variable(local_stack):
+    # A workspace that is the local stack's API, reached with a personal access token.
     settings = Settings(
         app_mode="databricks",
-        databricks_host="adb-123.4.azuredatabricks.net",
-        databricks_client_id="abcd1234-5678-90ef",
-        databricks_client_secret=SecretStr("dose-very-secret"),
+        databricks_host=local_stack["api_url"],
+        databricks_token=SecretStr(local_stack["token"]),
     )
-    writer = SqlWriter(Targets(mode="databricks", settings=settings))
+    auth = resolve_workspace_auth(settings)
+    writer = SqlWriter(
+        Targets(mode="databricks", settings=settings, workspace_url=auth.host, workspace_auth=auth)
+    )
     with pytest.raises(WriterUnavailableError, match="set DATABRICKS_WAREHOUSE_ID"):
         await writer.open()
     availability = await writer.availability()
     assert not availability.available
-    assert availability.details["auth"] == "oauth-m2m (client_id=abcd***)"
-    assert availability.details["host"] == "https://adb-123.4.azuredatabricks.net"
-    assert "dose-very-secret" not in repr(availability)
+    assert availability.details["auth"] == "pat (DATABRICKS_TOKEN)"
+    assert availability.details["host"] == local_stack["api_url"]
+    assert local_stack["token"] not in repr(availability)
+
+
+async def test_databricks_mode_without_credentials_says_why():
+    problem = "no Databricks credentials: set DATABRICKS_HOST and DATABRICKS_TOKEN"
+    settings = Settings(app_mode="databricks")
+    writer = SqlWriter(Targets(mode="databricks", settings=settings, auth_problem=problem))
+    with pytest.raises(WriterUnavailableError) as caught:
+        await writer.open()
+    assert caught.value.message == problem
+    assert (await writer.availability()).reason == problem
 
 
 async def test_write_before_open_is_unavailable(local_stack, products_ref):
