@@ -144,6 +144,8 @@ def capture_environment(targets: Targets | None = None) -> dict[str, Any]:
             name: {k: v for k, v in writer_metadata(name).items() if k != "client_distributions"}
             for name in WRITERS
         }
+        # The sentence the CLI, the UI and reports show beside every figure.
+        env["notice"] = mode_notice(env)
     return env
 
 

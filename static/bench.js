@@ -1229,7 +1229,7 @@ function renderResult(run) {
           env.mode === "local"
             ? "local — the local stack's stand-ins on this machine, not a Databricks workspace"
             : env.mode === "databricks"
-              ? `databricks — workspace ${(env.endpoints && env.endpoints.workspace) || "unknown"}`
+              ? `databricks — ${env.notice || `workspace ${(env.endpoints && env.endpoints.workspace) || "unknown"}`}`
               : "not recorded",
           { "data-field": "mode", "data-mode": env.mode || "" },
         ],

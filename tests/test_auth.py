@@ -385,6 +385,7 @@ def test_databricks_environment_records_auth_and_sizes_without_the_token(
         "(2X-Small, serverless PRO, 1 clusters), Lakebase lb.example.com:5432 (capacity "
         "unknown: LAKEBASE_INSTANCE_NAME is not set)."
     )
+    assert env["notice"] == mode_notice(env)  # recorded with the result, for the UI
     assert auth_line(pat_auth, None) == (
         f"workspace auth: {pat_auth.summary()} on {local_stack['api_url']}"
     )
