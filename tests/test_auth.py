@@ -178,7 +178,7 @@ class OAuthDiscovery:
 
         discovery = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class DiscoveryAnswers(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 base = discovery.url
                 answers = {
@@ -198,7 +198,7 @@ class OAuthDiscovery:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), DiscoveryAnswers)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
