@@ -162,6 +162,12 @@ class WriterResult(BaseModel):
         default_factory=dict, description="HdrHistogram compressed base64, microseconds"
     )
     client_cpu_percent: float | None = None
+    client_cpu_s_per_million_rows: float | None = Field(
+        default=None,
+        description="CPU seconds of the benchmarking process per million rows acknowledged, "
+        "from the first measured send to the end (the visibility sampler's queries included); "
+        "the null writer's figure is the harness's own share; none when writers ran in parallel",
+    )
     repeats: list[RepeatStats] = Field(
         default_factory=list, description="each repeat's own figures (empty for a single run)"
     )
@@ -224,6 +230,7 @@ CSV_COLUMNS = (
     "target_rows_per_s",
     "rate_ratio",
     "unsupported_percentiles",
+    "client_cpu_s_per_million_rows",
 )
 INSUFFICIENT = "insufficient sample"
 
@@ -270,6 +277,9 @@ def to_csv(run: RunResult) -> str:
                 w.target_rows_per_s or "",
                 w.rate_ratio if w.rate_ratio is not None else "",
                 " ".join(lat.unsupported) if lat else "",
+                w.client_cpu_s_per_million_rows
+                if w.client_cpu_s_per_million_rows is not None
+                else "",
             ]
         )
     return out.getvalue()

@@ -117,8 +117,10 @@ class _WriterRun:
         clock: Clock,
         cancel: asyncio.Event,
         repeat: int = 0,
+        cpu_clock: Clock = time.process_time,
     ) -> None:
         self.name = name
+        self.cpu_clock = cpu_clock
         self.repeat = repeat
         self.config = config
         self.clock = clock
@@ -151,6 +153,9 @@ class _WriterRun:
         self.last_completion = 0.0
         self.cpu_start = 0.0
         self.cpu_percent: float | None = None
+        # CPU seconds of this process from the first measured send to the end
+        self.cpu_measured_from: float | None = None
+        self.cpu_measured_s: float | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._last_sample_at = -math.inf
 
@@ -172,7 +177,7 @@ class _WriterRun:
         self.started = self.clock()
         self.measure_start = self.started + self.config.warmup_s
         self.phase = "warmup" if self.config.warmup_s > 0 else "measuring"
-        self.cpu_start = time.process_time()
+        self.cpu_start = self.cpu_clock()
         try:
             if self.config.closed_loop:
                 await self._closed_loop()
@@ -182,7 +187,10 @@ class _WriterRun:
             if self._sampler is not None:
                 await self._sampler
             wall = max(self.clock() - self.started, 1e-9)
-            self.cpu_percent = round(100 * (time.process_time() - self.cpu_start) / wall, 1)
+            cpu_now = self.cpu_clock()
+            self.cpu_percent = round(100 * (cpu_now - self.cpu_start) / wall, 1)
+            if self.cpu_measured_from is not None:
+                self.cpu_measured_s = cpu_now - self.cpu_measured_from
         self.phase = "done"
         if self.cancel.is_set():
             self.status = "cancelled"
@@ -263,6 +271,8 @@ class _WriterRun:
 
     async def _send(self, batch: Any, *, intended: float | None, measured: bool) -> None:
         assert self.writer is not None
+        if measured and self.cpu_measured_from is None:
+            self.cpu_measured_from = self.cpu_clock()
         self.in_flight += 1
         start = self.clock()
         try:
@@ -483,8 +493,16 @@ class _WriterRun:
             percentile_curve=curve_source.curve(),
             histograms=histograms if self.service.count else {},
             client_cpu_percent=self.cpu_percent,
+            client_cpu_s_per_million_rows=self.cpu_per_million_rows(),
             warnings=warnings,
         )
+
+    def cpu_per_million_rows(self) -> float | None:
+        """CPU seconds this process spent per million rows acknowledged in the measured
+        window; None when writers ran in parallel (one process's CPU cannot be split)."""
+        if self.config.parallel or self.cpu_measured_s is None or not self.rows:
+            return None
+        return round(self.cpu_measured_s / self.rows * 1e6, 4)
 
     def measured(self) -> bool:
         """Whether this part has figures to summarise (it ran and some batch was acked)."""
@@ -597,6 +615,7 @@ class BenchmarkRun:
         clock: Clock = time.perf_counter,
         workloads: WorkloadRegistry | None = None,
         host_probe: Callable[[], dict[str, Any]] = host_sample,
+        cpu_clock: Clock = time.process_time,
     ) -> None:
         self.config = config
         self.host_probe = host_probe
@@ -616,7 +635,14 @@ class BenchmarkRun:
         self.rounds = [
             [
                 _WriterRun(
-                    name, config, self.workload, self._batch_prefix(r), clock, self.cancel_event, r
+                    name,
+                    config,
+                    self.workload,
+                    self._batch_prefix(r),
+                    clock,
+                    self.cancel_event,
+                    r,
+                    cpu_clock,
                 )
                 for name in _rotated(config.writers, r)
             ]
@@ -852,10 +878,19 @@ def _merged(parts: list[_WriterRun], label: str, stores_rows: bool) -> WriterRes
         percentile_curve=(from_intended if from_intended.count else service).curve(),
         histograms=histograms,
         client_cpu_percent=round(sum(cpu) / len(cpu), 1) if cpu else None,
+        client_cpu_s_per_million_rows=_cpu_per_million(parts),
         repeats=[part.repeat_stats() for part in parts],
         intervals=intervals(measured) if measured else {},
         warnings=warnings,
     )
+
+
+def _cpu_per_million(parts: list[_WriterRun]) -> float | None:
+    spent = [p.cpu_measured_s for p in parts if p.cpu_measured_s is not None and p.rows]
+    rows = sum(p.rows for p in parts if p.cpu_measured_s is not None and p.rows)
+    if not spent or rows == 0 or parts[0].config.parallel:
+        return None
+    return round(sum(spent) / rows * 1e6, 4)
 
 
 def _registry_label(name: str) -> tuple[str, bool]:

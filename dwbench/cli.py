@@ -249,6 +249,7 @@ _RESULT_ROWS: tuple[tuple[str, Metric, Callable[[float | None], str], str | None
         fmt_ms,
         "low",
     ),
+    ("client CPU s/M rows", lambda w: w.client_cpu_s_per_million_rows, fmt_mib, "low"),
 )
 _FIXED_RATE_ROWS: tuple[tuple[str, Metric, Callable[[float | None], str], str | None], ...] = (
     (

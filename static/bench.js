@@ -95,6 +95,16 @@ const BASE_COLUMNS = [
     get: (w) => (w.visibility ? w.visibility.p95_ms : null),
     format: formatMsValue,
   },
+  {
+    key: "cpu_per_m_rows",
+    label: "Client CPU",
+    unit: "s / M rows",
+    title:
+      "CPU seconds of the benchmarking process per million rows acknowledged in the measured window (the null baseline's is the harness's own share)",
+    better: "low",
+    get: (w) => (typeof w.client_cpu_s_per_million_rows === "number" ? w.client_cpu_s_per_million_rows : null),
+    format: formatMib,
+  },
 ];
 const RATE_COLUMNS = [
   {

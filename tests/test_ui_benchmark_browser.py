@@ -12,6 +12,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from urllib.parse import urljoin
 
@@ -45,6 +46,7 @@ COLUMNS = (
     "max",
     "errors",
     "visibility_p95",
+    "cpu_per_m_rows",
 )
 RATE_COLUMNS = ("corrected_p99", "send_delay_p99")
 
@@ -161,6 +163,7 @@ def column_values(run: dict[str, Any]) -> dict[str, dict[str, float | None]]:
             out[key][name] = lat(w, key)
         out["errors"][name] = w["failed_batches"]
         out["visibility_p95"][name] = w["visibility"]["p95_ms"] if w.get("visibility") else None
+        out["cpu_per_m_rows"][name] = w["client_cpu_s_per_million_rows"]
         out["corrected_p99"][name] = lat(w, "p99", "latency_from_intended_ms")
         out["send_delay_p99"][name] = lat(w, "p99", "send_delay_ms")
     return out
@@ -581,8 +584,11 @@ def test_repeats_show_medians_with_their_intervals(open_bench: Any, app: Running
     )
     rows = zerobus["intervals"]["rows_per_s"]
     assert rows["method"] == "repeats" and rows["low"] is not None
-    median = f"{round(rows['median']):,}"
-    assert cell == f"{median} [{round(rows['low']):,}, {round(rows['high']):,}]"
+
+    def shown(value: float) -> str:  # as the page's Intl formatting rounds: half away from 0
+        return f"{int(Decimal(str(value)).quantize(Decimal(1), ROUND_HALF_UP)):,}"
+
+    assert cell == f"{shown(rows['median'])} [{shown(rows['low'])}, {shown(rows['high'])}]"
     assert "3 repeats" in page.text_content("#bench-result-meta")
 
     # The percentile curves end where the batches stop supporting the percentile.

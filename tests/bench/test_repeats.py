@@ -32,7 +32,7 @@ class Named(ClockedWriter):
 
 
 def config(**fields: Any) -> BenchmarkConfig:
-    base = BenchmarkConfig(writers=["null"], warmup_s=0, visibility=False, **fields)
+    base = BenchmarkConfig(writers=["null"], **{"warmup_s": 0, "visibility": False, **fields})
     return base.model_copy(update={"writers": ["one", "two"]})
 
 
@@ -104,3 +104,23 @@ async def test_sample_size_warnings_are_said_once_for_the_smallest_repeat():
         "judge steady throughput; run longer (default 30 s)",
     ]
     assert not any(t.startswith("repeat ") for t in w1.warnings)
+
+
+async def test_client_cpu_per_million_rows_counts_the_measured_window_only():
+    # The CPU clock is the step clock: the "CPU" spent is the time the writes took.
+    clock, order = StepClock(), []
+    one, two = Named("one", clock, 0.125, order), Named("two", clock, 0.0625, order)
+    cfg = config(duration_s=10, batch_size=100, concurrency=1, warmup_s=2)
+    result = await BenchmarkRun(cfg, clock=clock, cpu_clock=clock).execute(FixedSource(one, two))
+    w1, w2 = result.writers
+    # 10 s of measured writes for 8,000 rows (the 2 s warm-up is not counted).
+    assert (w1.rows, w1.client_cpu_s_per_million_rows) == (8_000, 1250.0)
+    assert (w2.rows, w2.client_cpu_s_per_million_rows) == (16_000, 625.0)
+    repeated = await BenchmarkRun(
+        cfg.model_copy(update={"repeat": 2}), clock=clock, cpu_clock=clock
+    ).execute(FixedSource(one, two))
+    assert repeated.writers[0].client_cpu_s_per_million_rows == 1250.0
+    parallel = await BenchmarkRun(
+        cfg.model_copy(update={"parallel": True}), clock=clock, cpu_clock=clock
+    ).execute(FixedSource(one, two))
+    assert parallel.writers[0].client_cpu_s_per_million_rows is None  # one process, two writers
