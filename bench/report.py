@@ -162,8 +162,9 @@ def interval_rows(run: RunResult) -> tuple[list[str], list[list[str]]]:
     metrics = list({m[0]: m for m in metrics}.values())
     rows = []
     for w in writers:
-        first = next(iter(w.intervals.values()))
-        row = [w.label, f"{first.n} ({first.method})"]
+        # Metrics may rest on different numbers of repeats (a repeat without visibility).
+        sizes = dict.fromkeys(f"{i.n} ({i.method})" for i in w.intervals.values())
+        row = [w.label, ", ".join(sizes)]
         row += [
             interval_text(w.intervals[key], fmt) if key in w.intervals else MISSING
             for key, _, fmt in metrics
@@ -547,7 +548,7 @@ def render_markdown(run: RunResult) -> str:
         lines.append(f"**{_md_line(run.label)}**")
     lines += [
         "",
-        f"- status: {status_text(run)}, started {run.started_at}",
+        f"- status: {status_text(run)}, started {_md_line(run.started_at)}",
         f"- mode: **{run.mode}**. {_md_line(mode_notice(run.environment))}",
         f"- config: {_md_line(config_text(run.config))}",
         f"- git commit: {_md_line(str(run.environment.get('git_commit') or 'not recorded'))}",

@@ -173,6 +173,25 @@ def test_html_is_well_formed_and_loads_nothing() -> None:
     assert html.count("<svg") == 2 and "<style>" in html
 
 
+def test_databricks_mode_names_the_workspace_as_text_never_as_a_link() -> None:
+    run = run_result()
+    run.environment["mode"] = "databricks"
+    run.environment["endpoints"] = {"workspace": "https://example.cloud.databricks.com",
+                                    "warehouse_id": "abc123", "postgres": "local"}  # fmt: skip
+    html = render_html(run)
+    checker = parse(html)
+    assert not [(t, k, v) for t, k, v in checker.attrs if "://" in v]
+    assert 'data-mode="databricks"' in html and "<a " not in html
+    text = " ".join(" ".join(checker.text).split())
+    assert (
+        "Mode: databricks. Databricks mode: workspace https://example.cloud.databricks.com, "
+        "SQL warehouse abc123 (warehouse and Lakebase sizes not recorded)." in text
+    )
+    assert "- mode: **databricks**. Databricks mode: workspace https://example.cloud" in (
+        render_markdown(run)
+    )
+
+
 def test_html_numbers_are_the_result_files() -> None:
     run = run_result()
     reread = RunResult.model_validate_json(run.to_json())  # as the result file has them
