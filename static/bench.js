@@ -1172,6 +1172,7 @@ function renderResult(run) {
               : "not recorded",
           { "data-field": "mode", "data-mode": env.mode || "" },
         ],
+        ...(run.label ? [["Label", run.label, { "data-field": "label" }]] : []),
         ["Started", formatTime(run.started_at)],
         ["Finished", run.finished_at ? formatTime(run.finished_at) : "—"],
         ["Workload", workloadTitle(run), { "data-field": "workload", "data-workload": workloadNameOf(run) }],

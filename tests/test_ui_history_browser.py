@@ -119,6 +119,8 @@ def test_rename_shows_the_label(new_page, app, runs):
 
 def test_the_permalink_opens_the_run(new_page, app, runs):
     first, second = runs
+    named = httpx.patch(f"{app.url}{API}/{second}", json={"label": "the second run"}, timeout=30)
+    assert named.status_code == 200, named.text
     page = new_page()
     page.goto(f"{app.url}/#run={first}")
     page.wait_for_selector(f"#bench-result:not([hidden])[data-run-id='{first}']")
@@ -131,13 +133,14 @@ def test_the_permalink_opens_the_run(new_page, app, runs):
     page.click(f"{row(second)} a[data-permalink='{second}']")
     page.wait_for_selector(f"#bench-result:not([hidden])[data-run-id='{second}']")
     assert page.url.endswith(f"#run={second}")
+    assert page.text_content("#bench-result-meta [data-field='label']") == "the second run"
     page.evaluate(f"location.hash = 'run={first}'")
     page.wait_for_selector(f"#bench-result:not([hidden])[data-run-id='{first}']")
 
 
-def test_delete_asks_then_removes_the_row(new_page, app, runs):
+def test_delete_asks_then_removes_the_row(new_page, app):
     page = new_page()
-    run_id = runs[1]
+    run_id = finished_run(app)  # its own: the other tests keep theirs
     open_history(page, app, run_id)
     page.click(f"{row(run_id)} button[data-open='{run_id}']")
     page.wait_for_selector(f"#bench-result:not([hidden])[data-run-id='{run_id}']")
