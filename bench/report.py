@@ -245,9 +245,8 @@ def status_text(run: RunResult) -> str:
 
 
 def warning_lines(run: RunResult) -> list[str]:
-    """The run's warnings and every writer's error and own warnings."""
+    """Every writer's error, then the run's warnings (which hold each writer's own, named)."""
     lines = [f"{w.label}: {w.status}: {w.error}" for w in run.writers if w.error]
-    lines += [f"{w.label}: {text}" for w in run.writers for text in w.warnings]
     return lines + list(run.warnings)
 
 
@@ -383,15 +382,24 @@ def throughput_chart(run: RunResult) -> Chart:
     """Rows/s of each measured second, one line per writer (and repeat)."""
     chart = Chart("Throughput per second", "second since measuring began", "rows/s")
     lines: list[tuple[int, WriterResult, list[tuple[float, float]]]] = []
+    short = 0
     for index, w in enumerate(run.writers):
         by_repeat: dict[int, list[tuple[float, float]]] = {}
         for s in w.per_second:
-            rate = s.rows_per_s if s.rows_per_s is not None else s.rows / (s.span_s or 1.0)
+            if s.span_s < MIN_SPAN_S:
+                short += 1
+                continue
+            rate = s.rows_per_s if s.rows_per_s is not None else s.rows / s.span_s
             # A partial last second is drawn at its middle.
             by_repeat.setdefault(s.repeat, []).append((s.t + min(s.span_s, 1.0) / 2, rate))
         lines += [(index, w, pts) for pts in by_repeat.values() if pts]
+    if short:
+        chart.note = (
+            f"not drawn: {short} last second(s) shorter than {MIN_SPAN_S:g} s, whose rate over "
+            "a few milliseconds says little"
+        )
     if not lines:
-        chart.note = "no per-second figures recorded"
+        chart.note = chart.note or "no per-second figures recorded"
         return chart
     x_max = max(max(x for x, _ in pts) for _, _, pts in lines)
     x_top = max(1.0, math.ceil(x_max))
@@ -418,6 +426,10 @@ def throughput_chart(run: RunResult) -> Chart:
     return chart
 
 
+MIN_SPAN_S = 0.5  # a shorter (last) second is left out of the throughput chart
+MIN_MS = 0.001  # the latency axis starts at 1 µs at the lowest (the histograms' resolution)
+
+
 def supported_curve(lat: LatencySummary | None, curve: Sequence[tuple[float, float]]) -> list:
     """The curve's points whose percentile the sample supports: 1/(1-p) at most count/10;
     none below the 20 batches p50 needs (a curve of the lowest third says nothing)."""
@@ -431,19 +443,26 @@ _PCT_TICKS = ((0.0, "p0"), (50.0, "p50"), (90.0, "p90"), (99.0, "p99"), (99.9, "
 
 
 def percentile_chart(run: RunResult) -> Chart:
-    """Latency by percentile, x = log10(1/(1-p)), cut at the highest supported percentile."""
+    """Latency by percentile, x = log10(1/(1-p)), cut at the highest supported percentile.
+
+    The runner draws a fixed-rate run's curve from each batch's scheduled start (latency
+    corrected for coordinated omission), a closed-loop run's from its send."""
+    from_intended = any(w.latency_from_intended_ms is not None for w in run.writers)
     chart = Chart(
-        "Latency by percentile (send to acknowledgement)",
+        "Latency by percentile ("
+        + ("from each batch's scheduled start" if from_intended else "send to acknowledgement")
+        + ")",
         "percentile (log 1/(1-p) scale; cut where the sample stops supporting it)",
         "ms",
     )
     lines = []
     cut = []
     for index, w in enumerate(run.writers):
-        pts = supported_curve(w.latency_ms, w.percentile_curve)
+        summary = w.latency_from_intended_ms or w.latency_ms
+        pts = supported_curve(summary, w.percentile_curve)
         if len(pts) >= 2:
             lines.append((index, w, [(math.log10(1 / (1 - p / 100)), ms) for p, ms in pts]))
-        elif w.latency_ms is not None:
+        elif summary is not None:
             cut.append(w.label)
     if cut:
         chart.note = f"too few batches for a curve: {', '.join(cut)}"
@@ -451,13 +470,17 @@ def percentile_chart(run: RunResult) -> Chart:
         chart.note = chart.note or "no latencies recorded"
         return chart
     x_top = max(1.0, math.ceil(max(x for _, _, pts in lines for x, _ in pts)))
-    y_top = _nice_max(max(ms for _, _, pts in lines for _, ms in pts))
+    # Log ms too: writers differ by decades (a baseline's 0.01 ms beside a service's 100 ms).
+    values = [ms for _, _, pts in lines for _, ms in pts]
+    low = math.floor(math.log10(max(min(values), MIN_MS)))
+    high = max(low + 1, math.ceil(math.log10(max(max(values), MIN_MS))))
 
     def sx(x: float) -> float:
         return chart.left + (chart.right - chart.left) * x / x_top
 
     def sy(y: float) -> float:
-        return chart.bottom - (chart.bottom - chart.top) * y / y_top
+        fraction = (math.log10(max(y, MIN_MS)) - low) / (high - low)
+        return chart.bottom - (chart.bottom - chart.top) * fraction
 
     for index, w, pts in lines:
         chart.series.append(
@@ -472,7 +495,8 @@ def percentile_chart(run: RunResult) -> Chart:
         x = math.log10(1 / (1 - p / 100))
         if x <= x_top + 1e-9:
             chart.x_ticks.append(Tick(sx(x), label))
-    _y_ticks(chart, y_top)
+    chart.y_ticks = [Tick(sy(10.0**k), _axis_label(10.0**k)) for k in range(low, high + 1)]
+    chart.y_label = "ms (log scale)"
     return chart
 
 

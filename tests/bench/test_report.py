@@ -20,6 +20,7 @@ from bench.report import (
     render_markdown,
     report_filename,
     supported_curve,
+    throughput_chart,
 )
 from bench.results import (
     Interval,
@@ -301,6 +302,9 @@ def test_percentile_curve_stops_at_the_supported_range() -> None:
     assert [s.name for s in chart.series] == ["Zerobus (proto)", "SQL warehouse", "Null (baseline)"]
     assert [t.label for t in chart.x_ticks] == ["p0", "p50", "p90", "p99", "p99.9"]
     assert chart.series[2].dashed and not chart.series[0].dashed
+    # Latencies of 3 to 17 ms on a log axis: decades from 1 to 100 ms.
+    assert [t.label for t in chart.y_ticks] == ["1", "10", "100"]
+    assert chart.y_label == "ms (log scale)"
     # The last point drawn for zerobus is its highest supported percentile's value.
     last_x = math.log10(1 / (1 - kept[-1][0] / 100))
     assert last_x <= math.log10(250) + 1e-9
@@ -363,3 +367,28 @@ def test_markdown_escapes_what_would_break_the_table() -> None:
 def test_report_filename_is_safe() -> None:
     assert report_filename("20261201-abc", ".html") == "dwbench-20261201-abc-report.html"
     assert report_filename('a"b\r\n/c', ".md") == "dwbench-a_b___c-report.md"
+
+
+def test_a_last_second_of_a_few_milliseconds_is_left_out_of_the_chart_with_a_note() -> None:
+    run = run_result()
+    run.writers[0].per_second.append(
+        SecondStats(t=5, span_s=0.0002, rows=20, rows_per_s=100_000.0, mib=0.01, batches=2,
+                    errors=0, p50_ms=3.0, p99_ms=3.0)
+    )  # fmt: skip
+    chart = throughput_chart(run)
+    assert chart.note == (
+        "not drawn: 1 last second(s) shorter than 0.5 s, whose rate over a few milliseconds "
+        "says little"
+    )
+    assert len(chart.series[0].points.split()) == 5
+    assert chart.y_ticks[-1].label == "2,000"  # the scale is the drawn seconds'
+
+
+def test_a_fixed_rate_runs_curve_is_from_the_scheduled_start() -> None:
+    run = run_result()
+    assert percentile_chart(run).title == "Latency by percentile (send to acknowledgement)"
+    for w in run.writers:
+        w.latency_from_intended_ms = w.latency_ms
+    assert percentile_chart(run).title == (
+        "Latency by percentile (from each batch's scheduled start)"
+    )
