@@ -106,6 +106,20 @@ class BenchmarkManager:
         current = self.running
         return current is not None and current.id == run_id
 
+    def _not_while_running(self, run_id: str, what: str) -> None:
+        if self.is_running(run_id):
+            raise BenchmarkError(f"benchmark {run_id} is running; {what} once it has finished")
+
+    def set_label(self, run_id: str, label: str | None) -> RunResult:
+        """Name a finished run; BenchmarkError (409) while it runs, KeyError if unknown."""
+        self._not_while_running(run_id, "name it")
+        return self.store.set_label(run_id, label)
+
+    def delete(self, run_id: str) -> None:
+        """Remove a finished run's files; BenchmarkError (409) while it runs."""
+        self._not_while_running(run_id, "delete it")
+        self.store.delete(run_id)
+
     async def cancel(self, run_id: str) -> RunResult:
         """Stop the run; what was measured is kept and marked partial."""
         current = self.running

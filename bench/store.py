@@ -14,6 +14,7 @@ from bench.results import Interval, RunResult, WriterResult, to_csv
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 NOISE_FLOOR = 0.05  # relative differences below 5 % are never called a change
+LABEL_MAX = 200  # characters of a run's label
 
 
 class ResultStore:
@@ -41,6 +42,26 @@ class ResultStore:
             raise KeyError(run_id)
         return load_result(path)
 
+    def set_label(self, run_id: str, label: str | None) -> RunResult:
+        """Name a stored run (None or blank: no name); the file is replaced atomically."""
+        label = label.strip() if label is not None else None
+        if label is not None and len(label) > LABEL_MAX:
+            raise ValueError(f"a label has at most {LABEL_MAX} characters, not {len(label)}")
+        run = self.load(run_id)
+        run.label = label or None
+        self.save(run)
+        return run
+
+    def delete(self, run_id: str) -> None:
+        """Remove a stored run's result file and CSV; KeyError when there is none."""
+        path = self.path(run_id)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            raise KeyError(run_id) from None
+        self.path(run_id, ".csv").unlink(missing_ok=True)
+        self._summaries.pop(path, None)
+
     def history(self) -> list[dict[str, Any]]:
         """Every stored run, newest first, as a one-line summary each."""
         if not self.directory.exists():
@@ -67,6 +88,7 @@ def summary(run: RunResult) -> dict[str, Any]:
     cfg = run.config
     return {
         "id": run.id,
+        "label": run.label,
         "mode": run.mode,
         "status": run.status,
         "partial": run.partial,

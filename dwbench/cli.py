@@ -406,10 +406,11 @@ def history_table(entries: Sequence[dict[str, Any]]) -> str:
                 status,
                 writers,
                 _workload_summary(e),
+                e.get("label") or "",
             ]
         )
-    header = ["id", "started (UTC)", "mode", "status", "writers (rows/s)", "workload"]
-    lines = [render_table(header, rows, align="llllll")]
+    header = ["id", "started (UTC)", "mode", "status", "writers (rows/s)", "workload", "label"]
+    lines = [render_table(header, rows, align="lllllll")]
     if any(e.get("mode") == "local" for e in entries):
         lines += ["", f"local: {LOCAL_NOTICE}"]
     return "\n".join(lines)
@@ -893,6 +894,26 @@ def cmd_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bench.report import render_html, render_markdown
+
+    run = _load(args.run, _store(args, parser), parser)
+    if args.html is None and args.md is None:
+        print(render_markdown(run), end="")
+        return EXIT_OK
+    for path, render in ((args.html, render_html), (args.md, render_markdown)):
+        if path is None:
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(render(run))
+        except OSError as exc:
+            _say(f"dwbench report: {path} could not be written: {exc}")
+            return EXIT_FAILED
+        print(f"saved {path}")
+    return EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(json.dumps(RunResult.model_json_schema(by_alias=True), indent=2))
     return EXIT_OK
@@ -1069,6 +1090,20 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--results-dir", type=Path, metavar="DIR", help="default: $DATA_DIR/results")
     comp.add_argument("--json", action="store_true")
     comp.set_defaults(handler=cmd_compare, command_parser=comp)
+
+    report = commands.add_parser(
+        "report",
+        help="a run as a report to share: Markdown (printed), or files with --html/--md",
+    )
+    report.add_argument("run", help="run id in the results dir, or a result file")
+    report.add_argument(
+        "--html", type=Path, metavar="FILE", help="write one self-contained HTML page here"
+    )
+    report.add_argument("--md", type=Path, metavar="FILE", help="write the Markdown summary here")
+    report.add_argument(
+        "--results-dir", type=Path, metavar="DIR", help="default: $DATA_DIR/results"
+    )
+    report.set_defaults(handler=cmd_report, command_parser=report)
 
     schema = commands.add_parser("schema", help="print the JSON schema of result files")
     schema.set_defaults(handler=cmd_schema, command_parser=schema)

@@ -148,7 +148,8 @@ let currentView = null;
 function showView() {
   const panels = [...document.querySelectorAll("[data-view-panel]")];
   const names = panels.map((panel) => panel.dataset.viewPanel);
-  const requested = location.hash.slice(1);
+  // A run's permalink (#run=<id>, history.js) is the Benchmark view showing that run.
+  const requested = location.hash.startsWith("#run=") ? "benchmark" : location.hash.slice(1);
   // Another anchor (such as the skip link's #main) keeps the view that is shown.
   const name = names.includes(requested) ? requested : currentView || names[0];
   if (!name) return;

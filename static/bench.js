@@ -6,6 +6,7 @@
 import { badge, el, formatCount, keyValueList, plural } from "./app.js";
 import { fetchWriters, findWorkload, loadWorkloads, onWorkloads, writerColor as colorOf } from "./catalog.js";
 import { cleanMessage, errorMessage, postJson, requestJson } from "./http.js";
+import { installHistory, labelControl, modeCell, reportLinks, rowActions } from "./history.js";
 
 const API = "api/v1/benchmarks";
 // The generator parameters of the built-in workloads that take one (the fleet's size).
@@ -1228,7 +1229,11 @@ function renderResult(run) {
   ui.result.dataset.runId = run.id;
   ui.resultHeading.textContent = `Result of run ${run.id}`;
   ui.resultBadge.replaceChildren(badge(run.status), ...(run.partial ? [" ", badge("partial")] : []));
-  ui.downloads.replaceChildren(el("span", { className: "muted small", text: "Download:" }), ...downloadLinks(run.id));
+  ui.downloads.replaceChildren(
+    el("span", { className: "muted small", text: "Download:" }),
+    ...downloadLinks(run.id),
+    ...(run.status === "running" ? [] : reportLinks(run.id)),
+  );
   const cfg = run.config || {};
   const env = run.environment && typeof run.environment === "object" ? run.environment : {};
   ui.resultMeta.replaceChildren(
@@ -1243,6 +1248,7 @@ function renderResult(run) {
               : "not recorded",
           { "data-field": "mode", "data-mode": env.mode || "" },
         ],
+        ...(run.label ? [["Label", run.label, { "data-field": "label" }]] : []),
         ["Started", formatTime(run.started_at)],
         ["Finished", run.finished_at ? formatTime(run.finished_at) : "—"],
         ["Workload", workloadTitle(run), { "data-field": "workload", "data-workload": workloadNameOf(run) }],
@@ -1490,7 +1496,7 @@ function renderHistory() {
   const keep = new Set(selectedIds());
   if (!history.length) {
     ui.historyRows.replaceChildren(
-      el("tr", {}, [el("td", { colspan: "6", className: "muted", text: "No runs yet." })]),
+      el("tr", {}, [el("td", { colspan: "7", className: "muted", text: "No runs yet." })]),
     );
   } else {
     ui.historyRows.replaceChildren(...history.map(historyRow(keep)));
@@ -1511,7 +1517,9 @@ function historyRow(keep) {
       el("td", {}, [
         el("time", { datetime: run.started_at, className: "block", text: formatTime(run.started_at) }),
         el("code", { className: "run-id small", text: id }),
+        labelControl(run),
       ]),
+      modeCell(run),
       el("td", {}, [badge(run.status), ...(run.partial && run.status !== "running" ? [" ", badge("partial")] : [])]),
       el("td", { className: "small", "data-cell": "workload" }, [
         el("strong", {
@@ -1547,6 +1555,7 @@ function historyRow(keep) {
               text: "Open",
             }),
         ...(run.status === "running" ? [] : downloadLinks(id)),
+        ...rowActions(run),
       ]),
     ]);
   };
@@ -1701,7 +1710,8 @@ async function start() {
     showError("workload", `Could not load the workloads: ${error.message}`);
   });
   await Promise.all([loadWriterChoices(), workloads]);
-  loadHistory();
+  await loadHistory();
+  installHistory({ rows: ui.historyRows, reload: loadHistory, open: openRun });
 }
 
 start();

@@ -3,8 +3,8 @@
 - Every third-party module the code imports is a pinned runtime dependency in
   requirements.txt (the only file Databricks Apps installs); pyproject.toml declares the same
   pins, and requirements-dev.txt the same as the "dev" extra.
-- The wheel holds every module and the assets (`static/`, `sql/`), which the code finds from
-  its own location.
+- The wheel holds every module and the assets (`static/`, `sql/`, `templates/`), which the
+  code finds from its own location.
 - Installed from the wheel, beside nothing but requirements.txt's distributions, `dwbench
   serve` runs from another directory, serves the UI and starts the local stack (slow).
 """
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ROOT / "requirements.txt"
 REQUIREMENTS_DEV = ROOT / "requirements-dev.txt"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-ASSET_DIRS = ("static", "sql")
+ASSET_DIRS = ("static", "sql", "templates")
 # pip of this environment, offline: nothing is downloaded.
 _PIP = (sys.executable, "-m", "pip", "--quiet", "--no-input")
 

@@ -59,6 +59,7 @@ class RunSummary(BaseModel):
     """One line of the run history."""
 
     id: str
+    label: str | None = Field(default=None, description="the name the user gave the run")
     mode: str = Field(description="local (the local stack's stand-ins) or databricks")
     status: RunStatus
     partial: bool
