@@ -116,6 +116,11 @@ COLUMNS: tuple[Column, ...] = (
         _num(fmt_ms, lambda w: w.visibility.p95_ms if w.visibility else None),
     ),
     Column("failed_batches", "failed batches", _num(fmt_int, lambda w: w.failed_batches)),
+    Column(
+        "client_cpu",
+        "client CPU s/M rows",
+        _num(fmt_mib, lambda w: w.client_cpu_s_per_million_rows),
+    ),
 )
 
 
@@ -385,18 +390,20 @@ def throughput_chart(run: RunResult) -> Chart:
     short = 0
     for index, w in enumerate(run.writers):
         by_repeat: dict[int, list[tuple[float, float]]] = {}
+        width = w.bucket_s or 1.0  # whole seconds, or sub-second buckets of a short window
         for s in w.per_second:
-            if s.span_s < MIN_SPAN_S:
+            if s.span_s < MIN_SPAN_S * width:
                 short += 1
                 continue
             rate = s.rows_per_s if s.rows_per_s is not None else s.rows / s.span_s
-            # A partial last second is drawn at its middle.
-            by_repeat.setdefault(s.repeat, []).append((s.t + min(s.span_s, 1.0) / 2, rate))
+            # Each bucket (a partial last one too) is drawn at its middle.
+            start = s.at_s if s.at_s is not None else float(s.t)
+            by_repeat.setdefault(s.repeat, []).append((start + min(s.span_s, width) / 2, rate))
         lines += [(index, w, pts) for pts in by_repeat.values() if pts]
     if short:
         chart.note = (
-            f"not drawn: {short} last second(s) shorter than {MIN_SPAN_S:g} s, whose rate over "
-            "a few milliseconds says little"
+            f"not drawn: {short} last bucket(s) covering less than half their width, whose "
+            "rate over a sliver of time says little"
         )
     if not lines:
         chart.note = chart.note or "no per-second figures recorded"
@@ -426,7 +433,7 @@ def throughput_chart(run: RunResult) -> Chart:
     return chart
 
 
-MIN_SPAN_S = 0.5  # a shorter (last) second is left out of the throughput chart
+MIN_SPAN_S = 0.5  # a last bucket covering less than this share of its width is left out
 MIN_MS = 0.001  # the latency axis starts at 1 µs at the lowest (the histograms' resolution)
 
 

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from bench.config import DEFAULT_DURATION_S, DEFAULT_WARMUP_S, BenchmarkConfig
 from bench.environment import LOCAL_NOTICE, mode_notice
+from bench.report import MISSING, UNSUPPORTED, fmt_int, fmt_mib, fmt_ms, fmt_seconds
 from bench.results import LatencySummary, RunResult, WriterResult, to_csv
 from bench.store import (
     NOISE_FLOOR,
@@ -143,35 +144,6 @@ def validation_message(exc: ValidationError) -> str:
 
 # -- number formatting -----------------------------------------------------------------------
 
-MISSING = "-"
-
-
-def fmt_int(value: float | None) -> str:
-    return MISSING if value is None else f"{round(value):,}"
-
-
-def fmt_ms(value: float | None) -> str:
-    if value is None:
-        return MISSING
-    if value < 1:
-        return f"{value:.3f}"
-    if value < 10:
-        return f"{value:.2f}"
-    if value < 100:
-        return f"{value:.1f}"
-    return f"{value:,.0f}"
-
-
-def fmt_seconds(value: float | None) -> str:
-    """Measured seconds: a 5 ms window reads 0.005, not 0.00."""
-    if value is None:
-        return MISSING
-    return f"{value:.3f}" if value < 1 else f"{value:,.2f}"
-
-
-def fmt_mib(value: float | None) -> str:
-    return MISSING if value is None else f"{value:,.2f}"
-
 
 def fmt_pct(value: float | None) -> str:
     return MISSING if value is None else f"{value:.1f} %"
@@ -207,9 +179,6 @@ BEST = "*"
 
 class Unsupported(float):
     """A percentile the sample is too small for: never printed, marked, or ranked."""
-
-
-UNSUPPORTED = "n/a"
 
 
 def _pct(summary: LatencySummary | None, name: str) -> float | None:

@@ -336,18 +336,20 @@ def test_markdown_summary() -> None:
     header = next(i for i, line in enumerate(lines) if line.startswith("| writer |"))
     assert lines[header] == (
         "| writer | status | rows | batches | seconds | rows/s | MiB/s | p50 ms | p95 ms | "
-        "p99 ms | p99.9 ms | max ms | visibility p95 ms | failed batches |"
+        "p99 ms | p99.9 ms | max ms | visibility p95 ms | failed batches | "
+        "client CPU s/M rows |"
     )
-    assert lines[header + 1] == "|---|---|" + "---:|" * 12
+    assert lines[header + 1] == "|---|---|" + "---:|" * 13
     z, s, _ = run.writers
     assert lines[header + 2] == (
         f"| Zerobus (proto) | completed | 250,000 | 2,500 | 4.32 | 123,457 | "
         f"{fmt_mib(z.mib_per_s)} | {fmt_ms(z.latency_ms.p50)} | {fmt_ms(z.latency_ms.p95)} | "
-        f"{fmt_ms(z.latency_ms.p99)} | n/a | {fmt_ms(z.latency_ms.max)} | 123 | 0 |"
+        f"{fmt_ms(z.latency_ms.p99)} | n/a | {fmt_ms(z.latency_ms.max)} | 123 | 0 | - |"
     )
     assert lines[header + 3] == (
         f"| SQL warehouse | completed | 15,000 | 150 | 4.32 | 2,346 | {fmt_mib(s.mib_per_s)} | "
-        f"{fmt_ms(s.latency_ms.p50)} | n/a | n/a | n/a | {fmt_ms(s.latency_ms.max)} | 123 | 2 |"
+        f"{fmt_ms(s.latency_ms.p50)} | n/a | n/a | n/a | {fmt_ms(s.latency_ms.max)} | 123 | 2 | "
+        "- |"
     )
     assert (
         "- SQL warehouse: p95 needs 200 batches, 150 measured; p99 needs 1,000 batches, 150 "
@@ -377,11 +379,25 @@ def test_a_last_second_of_a_few_milliseconds_is_left_out_of_the_chart_with_a_not
     )  # fmt: skip
     chart = throughput_chart(run)
     assert chart.note == (
-        "not drawn: 1 last second(s) shorter than 0.5 s, whose rate over a few milliseconds "
-        "says little"
+        "not drawn: 1 last bucket(s) covering less than half their width, whose rate over a "
+        "sliver of time says little"
     )
     assert len(chart.series[0].points.split()) == 5
     assert chart.y_ticks[-1].label == "2,000"  # the scale is the drawn seconds'
+
+
+def test_a_short_windows_sub_second_buckets_are_drawn_at_their_own_times() -> None:
+    run = run_result()
+    w = run.writers[0]
+    w.bucket_s = 0.1
+    w.per_second = [
+        SecondStats(t=0, at_s=round(i * 0.1, 6), span_s=0.1, rows=100, rows_per_s=1000.0,
+                    mib=0.1, batches=1, errors=0, p50_ms=3.0, p99_ms=3.0)
+        for i in range(8)
+    ]  # fmt: skip
+    chart = throughput_chart(run)
+    assert chart.note is None
+    assert len(chart.series[0].points.split()) == 8  # none taken for a short last second
 
 
 def test_a_fixed_rate_runs_curve_is_from_the_scheduled_start() -> None:
