@@ -310,7 +310,7 @@ def _read_schema(first: fpb.FlightData) -> pa.Schema:
         if message.type != "schema":
             raise ValueError(f"it is a {message.type} message")
         return pa.ipc.read_schema(message)
-    except (pa.ArrowException, ValueError) as exc:
+    except (pa.ArrowException, OSError, ValueError) as exc:
         raise StreamError(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"the first FlightData is not an Arrow IPC schema message: {exc}",
@@ -413,7 +413,7 @@ class _FlightSession:
                 raise ValueError(f"a {message.type} message where a record batch belongs")
             batch = pa.ipc.read_record_batch(message, self.schema)
             batch.validate(full=True)
-        except (pa.ArrowException, ValueError) as exc:
+        except (pa.ArrowException, OSError, ValueError) as exc:
             raise StreamError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"offset {offset}: not a valid Arrow IPC record batch: {exc}",
@@ -424,7 +424,7 @@ class _FlightSession:
             )
         try:
             return conform(batch, self.table_schema)
-        except (pa.ArrowException, ValueError) as exc:
+        except (pa.ArrowException, OSError, ValueError) as exc:
             raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, f"offset {offset}: {exc}") from None
 
     async def _ack(self) -> None:
