@@ -395,14 +395,24 @@ class _FlightSession:
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"offset_id {offset} out of order: expected {expected}",
                 )
-            batch = self._decode(frame, offset)
             self.info.messages += 1
-            if self.writer is None:
-                self.pending.put_nowait((offset, None, batch.num_rows))
+            if self.writer is None:  # ack-only: the row count is all an acknowledgement needs
+                self.pending.put_nowait((offset, None, self._count(frame, offset)))
             else:
+                batch = self._decode(frame, offset)
                 commit = asyncio.ensure_future(self.writer.append(batch))
                 self.pending.put_nowait((offset, commit, batch.num_rows))
             expected += 1
+
+    def _count(self, frame: fpb.FlightData, offset: int) -> int:
+        try:
+            message = ipc_message(frame.data_header, frame.data_body)
+            return int(pa.ipc.read_record_batch(message, self.schema).num_rows)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"offset {offset}: not a valid Arrow IPC record batch: {exc}",
+            ) from None
 
     def _decode(self, frame: fpb.FlightData, offset: int) -> pa.RecordBatch:
         # On the event loop, as the protobuf path decodes: IPC decoding is mostly pointer
