@@ -51,14 +51,14 @@ format: $(STAMP)
 ## proto: regenerate the protobuf and gRPC modules from proto/*.proto
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
-		proto/zerobus_service.proto
+		proto/zerobus_service.proto proto/arrow_flight.proto
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. proto/product_record.proto
 
 ## proto-check: fail when the committed generated modules differ from the .proto sources
 proto-check: $(STAMP)
 	@tmp=$$(mktemp -d) && mkdir -p $$tmp/proto && cp proto/*.proto $$tmp/proto/ && \
 	( cd $$tmp && $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
-		--grpc_python_out=. proto/zerobus_service.proto && \
+		--grpc_python_out=. proto/zerobus_service.proto proto/arrow_flight.proto && \
 	  $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
 		proto/product_record.proto ) && \
 	for f in $$tmp/proto/*_pb2*.py*; do \

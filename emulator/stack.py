@@ -15,6 +15,7 @@ import uvicorn
 from fastapi import Header, HTTPException
 
 from emulator.catalog import Catalog
+from emulator.flight import FlightIngestService, add_to_server
 from emulator.postgres import EmbeddedPostgres
 from emulator.process import StackOwnership
 from emulator.statements import create_statement_app
@@ -44,6 +45,7 @@ class LocalStack:
         self.config = config
         self.catalog: Catalog | None = None
         self.zerobus: ZerobusService | None = None
+        self.flight: FlightIngestService | None = None
         self.postgres: EmbeddedPostgres | None = None
         self._ownership: StackOwnership | None = None
         self._grpc: Any = None
@@ -81,6 +83,15 @@ class LocalStack:
             ack_only=cfg.ack_only,
         )
         self._grpc, self.zerobus_port = build_server(self.zerobus, cfg.host, cfg.zerobus_port)
+        # Arrow Flight DoPut shares the Zerobus port, as on the service.
+        self.flight = FlightIngestService(
+            self.catalog,
+            cfg.token,
+            rotation_interval_s=cfg.rotation_interval_s,
+            rotation_grace_s=cfg.rotation_grace_s,
+            ack_only=cfg.ack_only,
+        )
+        add_to_server(self.flight, self._grpc)
         await self._grpc.start()
 
         app = create_statement_app(self.catalog, cfg.token)
@@ -123,6 +134,8 @@ class LocalStack:
             return  # nothing started: another live stack owns the data, or start never ran
         if self.zerobus is not None:
             await self.zerobus.shutdown()
+        if self.flight is not None:
+            await self.flight.shutdown()
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         if self._http is not None and self._http_task is not None:
@@ -165,4 +178,5 @@ class LocalStack:
                 "rows_committed": writer.stats.rows if writer else 0,
                 "compactions": writer.stats.compactions if writer else 0,
             }
-        return {"zerobus": self.zerobus.stats.as_dict(), "tables": tables}
+        flight = self.flight.stats.as_dict() if self.flight is not None else None
+        return {"zerobus": self.zerobus.stats.as_dict(), "arrow_flight": flight, "tables": tables}

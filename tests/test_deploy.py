@@ -84,9 +84,20 @@ def settings_classes() -> list[type[BaseSettings]]:
 def settings_env_names() -> dict[str, FieldInfo]:
     """Upper-cased environment variable name -> the settings field it fills."""
     names: dict[str, FieldInfo] = {}
-    for cls in settings_classes():
+    classes = settings_classes()
+    for cls in classes:
         prefix = cls.model_config.get("env_prefix", "") or ""
+        # A field inherited from another listed class is that class's setting, shared on
+        # purpose (zerobus-arrow reads ZEROBUS_ENDPOINT as zerobus does), not a second one.
+        inherited = {
+            name
+            for base in classes
+            if base is not cls and issubclass(cls, base)
+            for name in base.model_fields
+        }
         for field_name, field in cls.model_fields.items():
+            if field_name in inherited:
+                continue
             alias = field.validation_alias or field.alias
             if alias is None:
                 choices: list[Any] = [prefix + field_name]

@@ -80,10 +80,16 @@ def test_all_writes_the_same_items_to_every_target(client, local_stack):
     assert resp.status_code == 200, resp.text
     body = resp.json()
     batch = body["batch_id"]
-    assert [r["writer"] for r in body["results"]] == ["zerobus", "zerobus-json", "sql", "lakebase"]
+    assert [r["writer"] for r in body["results"]] == [
+        "zerobus",
+        "zerobus-json",
+        "zerobus-arrow",
+        "sql",
+        "lakebase",
+    ]
     assert all(r["status"] == "success" and r["rows_written"] == 2 for r in body["results"])
-    assert body["processed_count"] == 8
-    for source in ("zerobus", "zerobus-json", "sql"):
+    assert body["processed_count"] == 10
+    for source in ("zerobus", "zerobus-json", "zerobus-arrow", "sql"):
         rows = [stored(r) for r in delta_rows(local_stack, batch, source)]
         assert rows == [expected_row(it, batch, i, source) for i, it in enumerate(items)]
     pg = [stored(r) for r in postgres_rows(local_stack, batch)]
@@ -97,8 +103,8 @@ def test_unknown_writer_names_the_valid_ones(client):
     assert resp.status_code == 400
     assert resp.json() == {
         "error": "unknown_writer",
-        "message": "unknown writer 'kafka'; writer_type must be zerobus, zerobus-json, sql, "
-        "lakebase or 'all'",
+        "message": "unknown writer 'kafka'; writer_type must be zerobus, zerobus-json, "
+        "zerobus-arrow, sql, lakebase or 'all'",
         "writer": None,
     }
 
@@ -259,7 +265,7 @@ def test_all_skips_the_writers_the_page_saw_unavailable(client, local_stack):
     body = resp.json()
     assert body["status"] == "partial"
     by_writer = {r["writer"]: r for r in body["results"]}
-    assert list(by_writer) == ["zerobus", "zerobus-json", "sql", "lakebase"]
+    assert list(by_writer) == ["zerobus", "zerobus-json", "zerobus-arrow", "sql", "lakebase"]
     skipped = by_writer["lakebase"]
     assert (skipped["status"], skipped["rows_written"]) == ("unavailable", 0)
     assert skipped["error"] == {
@@ -268,7 +274,8 @@ def test_all_skips_the_writers_the_page_saw_unavailable(client, local_stack):
         "writers to try it again)",
     }
     assert postgres_rows(local_stack, body["batch_id"]) == []  # not tried
-    assert all(by_writer[w]["status"] == "success" for w in ("zerobus", "zerobus-json", "sql"))
+    stored_by = ("zerobus", "zerobus-json", "zerobus-arrow", "sql")
+    assert all(by_writer[w]["status"] == "success" for w in stored_by)
     # skip is for "all" only: one writer named is tried.
     one = client.post(
         "/api/v1/process-structured",
