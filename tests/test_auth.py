@@ -36,6 +36,7 @@ from writers.base import Targets
 from writers.lakebase import LakebaseSettings
 from writers.sql import SqlSettings, SqlWriter
 from writers.zerobus import ZerobusWriter
+from writers.zerobus_arrow import ZerobusArrowWriter
 
 SP_SECRET = "sp-secret-" + "x" * 24
 PAT_REJECTED = "dapi-not-the-stacks-token-0123456789"
@@ -309,10 +310,11 @@ def test_a_token_without_a_host(tmp_path: Path) -> None:
 # -- the writers ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("writer_class", [ZerobusWriter, ZerobusArrowWriter])
 async def test_zerobus_says_a_pat_profile_is_not_what_it_takes(
-    pat_auth: WorkspaceAuth, local_stack: dict[str, Any]
+    pat_auth: WorkspaceAuth, local_stack: dict[str, Any], writer_class: type[Any]
 ) -> None:
-    writer = ZerobusWriter(workspace_targets(pat_auth, local_stack))
+    writer = writer_class(workspace_targets(pat_auth, local_stack))
     availability = await writer.availability()
     assert not availability.available and availability.reason == PAT_REASON
     assert availability.details["auth_mode"] == "none: " + PAT_REASON

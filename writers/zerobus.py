@@ -103,6 +103,17 @@ def zerobus_auth_problem(targets: Targets) -> str | None:
     return None
 
 
+def zerobus_auth_description(targets: Targets) -> str:
+    """How a Zerobus stream authenticates, for describe() (client id masked, no secret)."""
+    if targets.mode == "local":
+        return "bearer token (local stack)"
+    workspace = targets.workspace_auth
+    credentials = workspace.client_credentials() if workspace else None
+    if credentials and workspace:
+        return f"oauth-m2m (client_id={mask(credentials[0])}, {workspace.source})"
+    return "none: " + (zerobus_auth_problem(targets) or "")
+
+
 class LocalBearerToken(HeadersProvider):
     """The local stack's auth: a fixed bearer token plus the table header."""
 
@@ -346,16 +357,7 @@ class ZerobusWriter(DataWriterInterface):
         return Availability(True, None, details)
 
     def describe(self) -> dict[str, Any]:
-        if self.targets.mode == "local":
-            auth = "bearer token (local stack)"
-        else:
-            workspace = self.targets.workspace_auth
-            credentials = workspace.client_credentials() if workspace else None
-            auth = (
-                f"oauth-m2m (client_id={mask(credentials[0])}, {workspace.source})"
-                if credentials and workspace
-                else "none: " + (zerobus_auth_problem(self.targets) or "")
-            )
+        auth = zerobus_auth_description(self.targets)
         open_streams = [t for t, state in self._tables.items() if state.stream is not None]
         return {
             "endpoint": self.endpoint,

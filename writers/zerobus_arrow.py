@@ -39,9 +39,16 @@ from dwbench.errors import (
 from workloads.base import Rows, TableRef
 from workloads.schema import TableSchema
 from workloads.types import ArrayType, DataType, DecimalType, MapType, Primitive, StructType
-from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, mask
+from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt
 from writers.readback import WarehouseReader
-from writers.zerobus import CLOSE_TIMEOUT_S, ZerobusSettings, _is_bad_input, _tcp_check
+from writers.zerobus import (
+    CLOSE_TIMEOUT_S,
+    ZerobusSettings,
+    _is_bad_input,
+    _tcp_check,
+    zerobus_auth_description,
+    zerobus_auth_problem,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -170,11 +177,7 @@ class ZerobusArrowWriter(DataWriterInterface):
         if not self.endpoint:
             return "ZEROBUS_ENDPOINT is not set (the workspace's Zerobus Ingest endpoint)"
         if self.targets.mode == "databricks":
-            s = self.settings
-            if not (s.databricks_client_id and s.databricks_client_secret):
-                return "DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET are not set"
-            if not self.targets.workspace_url:
-                return "DATABRICKS_HOST is not set"
+            return zerobus_auth_problem(self.targets)  # the same service principal rule
         elif self.targets.local_token is None:
             return "the local stack's token is not known"
         return None
@@ -218,14 +221,12 @@ class ZerobusArrowWriter(DataWriterInterface):
                     table, state.schema, headers, options
                 )
             else:
-                secret = self.settings.databricks_client_secret
-                assert secret is not None and self.settings.databricks_client_id is not None
+                auth = self.targets.workspace_auth
+                credentials = auth.client_credentials() if auth else None
+                assert credentials is not None
+                client_id, client_secret = credentials
                 stream = await self._sdk.create_arrow_stream(
-                    table,
-                    state.schema,
-                    self.settings.databricks_client_id,
-                    secret.get_secret_value(),
-                    options,
+                    table, state.schema, client_id, client_secret, options
                 )
         except ZerobusException as exc:
             raise self._translate(exc, table, opening=True) from exc
@@ -340,10 +341,7 @@ class ZerobusArrowWriter(DataWriterInterface):
         return Availability(True, None, details)
 
     def describe(self) -> dict[str, Any]:
-        if self.targets.mode == "local":
-            auth = "bearer token (local stack)"
-        else:
-            auth = f"oauth-m2m (client_id={mask(self.settings.databricks_client_id)})"
+        auth = zerobus_auth_description(self.targets)
         open_streams = [t for t, state in self._tables.items() if state.stream is not None]
         return {
             "endpoint": self.endpoint,
