@@ -382,7 +382,7 @@ def analyse(points: Sequence[SweepPoint], writer: str, label: str) -> WriterSwee
     elif best.p99_ms is None:
         note = "highest rows/s; no p99 to weigh (fewer than 1,000 batches per point)"
     else:
-        note = f"highest rows/s (within {NEAR_TIE:.0%}) at the lowest p99"
+        note = f"the lowest p99 of the points within {NEAR_TIE:.0%} of the highest rows/s"
     knees: list[KneeLine] = []
     batch_sizes = sorted({c.batch_size for c in grid})
     concurrencies = sorted({c.concurrency for c in grid})

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ROOT / "requirements.txt"
 REQUIREMENTS_DEV = ROOT / "requirements-dev.txt"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-ASSET_DIRS = ("static", "sql")
+ASSET_DIRS = ("static", "sql", "templates")
 # pip of this environment, offline: nothing is downloaded.
 _PIP = (sys.executable, "-m", "pip", "--quiet", "--no-input")
 
