@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from api.routes import benchmarks, debug, health, ingest, workloads, writers
+from api.routes import benchmarks, debug, health, ingest, sweeps, workloads, writers
 
 api_router = APIRouter()
 api_router.include_router(ingest.router)
@@ -11,3 +11,4 @@ api_router.include_router(workloads.router)
 api_router.include_router(debug.router)
 api_router.include_router(health.router)
 api_router.include_router(benchmarks.router)
+api_router.include_router(sweeps.router)

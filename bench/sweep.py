@@ -472,6 +472,7 @@ class SweepRun:
         self.index = -1
         self._cancelled = False
         self._labels: dict[str, str] = {}
+        self.warnings: list[str] = []  # said by whoever runs the sweep (tables not prepared)
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -554,7 +555,7 @@ class SweepRun:
         writers = [
             analyse(self.points, name, self._labels.get(name, name)) for name in self.config.writers
         ]
-        warnings = []
+        warnings = list(self.warnings)
         unsupported = sum(1 for p in self.points for w in p.writers if w.p99_unsupported and w.rows)
         if unsupported:
             warnings.append(
