@@ -86,6 +86,21 @@ def test_invalid_grids_are_refused_with_the_reason(fields, message):
     assert error(**fields) == message
 
 
+def test_a_sweep_has_every_benchmark_setting_but_the_varied_ones():
+    from bench.config import BenchmarkConfig
+    from bench.sweep import NOT_IN_SWEEPS, VARIED
+
+    shared = set(BenchmarkConfig.model_fields) - set(VARIED) - set(NOT_IN_SWEEPS)
+    assert set(SweepConfig.model_fields) == shared | {"batch_sizes", "concurrencies"}
+    for name in shared:
+        mine, theirs = SweepConfig.model_fields[name], BenchmarkConfig.model_fields[name]
+        assert (mine.default, mine.metadata, mine.description) == (
+            theirs.default,
+            theirs.metadata,
+            theirs.description,
+        )
+
+
 def test_a_records_sweep_runs_each_point_for_that_many_rows():
     cfg = SweepConfig(writers=["null"], batch_sizes=[10], concurrencies=[1], records=500)
     assert (cfg.records, cfg.duration_s) == (500, None)
