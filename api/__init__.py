@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from api.routes import benchmarks, debug, health, ingest, reports, workloads, writers
+from api.routes import benchmarks, debug, health, ingest, reports, sweeps, workloads, writers
 
 api_router = APIRouter()
 api_router.include_router(ingest.router)
@@ -12,3 +12,4 @@ api_router.include_router(debug.router)
 api_router.include_router(health.router)
 api_router.include_router(benchmarks.router)
 api_router.include_router(reports.router)
+api_router.include_router(sweeps.router)

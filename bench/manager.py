@@ -42,6 +42,9 @@ class BenchmarkManager:
         self._run: BenchmarkRun | None = None
         self._task: asyncio.Task[RunResult] | None = None
         self._subscribers: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        # Whatever else holds the targets (a sweep: bench.sweep_manager), as the reason a
+        # run cannot start now; None when they are free.
+        self.busy: Callable[[], str | None] = lambda: None
 
     @property
     def running(self) -> BenchmarkRun | None:
@@ -56,6 +59,8 @@ class BenchmarkManager:
             raise BenchmarkError(
                 f"benchmark {current.id} is running; cancel it or wait for it to finish"
             )
+        if (reason := self.busy()) is not None:
+            raise BenchmarkError(reason)
         run = BenchmarkRun(config, environment=self.environment(), workloads=self.workloads)
         self._run = run
         self._task = asyncio.create_task(self._execute(run), name=f"benchmark-{run.id}")

@@ -1,5 +1,5 @@
-"""Where the files that are not code live: the web UI (`static/`), the DDL (`sql/`)
-and the report template (`templates/`).
+"""Where the files that are not code live: the web UI (`static/`), the DDL (`sql/`) and the
+report templates (`templates/`).
 
 They sit beside `main.py` and the packages, in a checkout and in an installed copy alike:
 the wheel carries them as package data of the same name (pyproject.toml), so they are found
@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STATIC_DIR = ROOT / "static"
 SQL_DIR = ROOT / "sql"
-TEMPLATES_DIR = ROOT / "templates"  # the report page (bench/report.py)
+TEMPLATES_DIR = ROOT / "templates"  # report pages (bench/report.py, bench/sweep_report.py)
 
 
 def sql_text(name: str) -> str:

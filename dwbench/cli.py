@@ -1076,6 +1076,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the JSON schema of result files")
     schema.set_defaults(handler=cmd_schema, command_parser=schema)
+
+    from dwbench.cli_sweep import add_sweep_parser  # it imports this module's helpers
+
+    add_sweep_parser(commands)
     return parser
 
 

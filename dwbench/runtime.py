@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from bench.environment import capture_environment
 from bench.manager import BenchmarkManager
 from bench.store import ResultStore
+from bench.sweep_manager import SweepManager
 from dwbench.errors import InvalidSchemaError, WriterUnavailableError
 from dwbench.settings import Settings
 from emulator.process import (
@@ -69,6 +70,7 @@ class Runtime:
             workloads=self.workloads,
             prepare=self.ensure_tables,
         )
+        self.sweeps = SweepManager(self.benchmarks)
 
     async def start(self) -> None:
         if self.settings.is_local:
@@ -97,6 +99,7 @@ class Runtime:
             workloads=self.workloads,
             prepare=self.ensure_tables,
         )
+        self.sweeps = SweepManager(self.benchmarks)
         auth = self.targets.workspace_auth
         log.info(
             "runtime_started",
@@ -111,6 +114,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
+        await self.sweeps.close()
         await self.benchmarks.close()
         await self.writers.close()
         if self.stack is not None:

@@ -1,0 +1,126 @@
+"""Sweeps for the app: start one in the background, watch which point it is at, cancel it.
+
+A sweep holds the same targets as a benchmark run, so the app runs one of either at a time:
+the SweepManager refuses to start while the BenchmarkManager has a run, and hooks itself
+into that manager (`busy`) so a run is refused while a sweep goes on (both 409).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+
+from bench.manager import BenchmarkManager
+from bench.results import RunResult
+from bench.sweep import SweepConfig, SweepPoint, SweepResult, SweepRun, SweepStore, sweep_summary
+from dwbench.errors import BenchmarkError, DirectWriteError
+
+log = structlog.get_logger(__name__)
+
+
+class SweepManager:
+    def __init__(self, benchmarks: BenchmarkManager) -> None:
+        # The benchmark manager's writers, results directory, environment and workloads.
+        self.benchmarks = benchmarks
+        self.store = SweepStore(benchmarks.store.directory)
+        self._run: SweepRun | None = None
+        self._task: asyncio.Task[SweepResult] | None = None
+        self._progress: dict[str, Any] | None = None
+        benchmarks.busy = self._busy
+
+    @property
+    def running(self) -> SweepRun | None:
+        if self._run is not None and self._task is not None and not self._task.done():
+            return self._run
+        return None
+
+    def _busy(self) -> str | None:
+        current = self.running
+        if current is None:
+            return None
+        return f"sweep {current.id} is running; cancel it or wait for it to finish"
+
+    def start(self, config: SweepConfig) -> SweepRun:
+        """Start a sweep in the background; BenchmarkError (409) while a run or sweep goes on."""
+        reason = self._busy()
+        bench = self.benchmarks.running
+        if bench is not None:
+            reason = f"benchmark {bench.id} is running; cancel it or wait for it to finish"
+        if reason is not None:
+            raise BenchmarkError(reason)
+        run = SweepRun(
+            config,
+            environment=self.benchmarks.environment(),
+            workloads=self.benchmarks.workloads,
+        )
+        self._run, self._progress = run, run.progress()
+        self._task = asyncio.create_task(self._execute(run), name=f"sweep-{run.id}")
+        log.info("sweep_started", sweep_id=run.id, points=len(run.points))
+        return run
+
+    async def _execute(self, run: SweepRun) -> SweepResult:
+        prepare = self.benchmarks.prepare
+        if prepare is not None:
+            try:
+                await prepare(run.workloads.get(run.config.workload))
+            except DirectWriteError as exc:
+                run.warnings.append(f"the workload's tables could not be prepared: {exc.message}")
+
+        def keep(point: SweepPoint, result: RunResult) -> None:
+            try:
+                self.store.save_point(run.id, result)
+            except OSError as exc:
+                log.error("sweep_point_not_saved", sweep_id=run.id, error=str(exc))
+
+        result = await run.execute(self.benchmarks.source, self._keep_progress, keep)
+        try:
+            self.store.save(result)
+        except OSError as exc:
+            log.error("sweep_not_saved", sweep_id=run.id, error=str(exc))
+        log.info("sweep_finished", sweep_id=run.id, status=result.status)
+        return result
+
+    def _keep_progress(self, progress: dict[str, Any]) -> None:
+        self._progress = progress
+
+    def progress(self, sweep_id: str) -> dict[str, Any] | None:
+        """Which point the running sweep is at, of how many; None when it is not running."""
+        current = self.running
+        if current is None or current.id != sweep_id:
+            return None
+        return {**(self._progress or current.progress()), "status": "running"}
+
+    def get(self, sweep_id: str) -> SweepResult:
+        """The running sweep so far, or a stored one; KeyError if unknown."""
+        current = self.running
+        if current is not None and current.id == sweep_id:
+            return current.result()
+        return self.store.load(sweep_id)
+
+    def history(self) -> list[dict[str, Any]]:
+        sweeps = self.store.list()
+        current = self.running
+        if current is not None:
+            sweeps = [sweep_summary(current.result())] + [
+                s for s in sweeps if s["id"] != current.id
+            ]
+        return sweeps
+
+    async def cancel(self, sweep_id: str) -> SweepResult:
+        """Stop the sweep: the point under way is cut short, the rest are skipped."""
+        current = self.running
+        if current is None or current.id != sweep_id:
+            return self.store.load(sweep_id)
+        current.cancel()
+        assert self._task is not None
+        return await self._task
+
+    async def close(self) -> None:
+        current = self.running
+        if current is not None and self._task is not None:
+            current.cancel()
+            with contextlib.suppress(Exception):
+                await self._task
