@@ -3,13 +3,14 @@ the result carries the repeats' figures and each metric's median with its interv
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from bench.config import BenchmarkConfig
 from bench.runner import BenchmarkRun
 from dwbench.settings import Settings
 from tests.bench.fake_writers import ClockedWriter, FixedSource, StepClock
-from writers.base import Targets
+from writers.base import Targets, WriteReceipt
 
 TARGETS = Targets(mode="local", settings=Settings(app_mode="local"))
 
@@ -124,3 +125,37 @@ async def test_client_cpu_per_million_rows_counts_the_measured_window_only():
         cfg.model_copy(update={"parallel": True}), clock=clock, cpu_clock=clock
     ).execute(FixedSource(one, two))
     assert parallel.writers[0].client_cpu_s_per_million_rows is None  # one process, two writers
+
+
+class NeverSuspends(Named):
+    """Returns at once, as the null writer does. Its first write schedules other work on
+    the loop; each write notes whether that work has run yet."""
+
+    def __init__(self, clock: StepClock) -> None:
+        super().__init__("one", clock, 0.001, [])
+        self.ran_other: list[bool] = []
+        self.other_done = False
+
+    def _other(self) -> None:
+        self.other_done = True
+
+    async def write(self, rows: Any) -> Any:
+        if not self.ran_other:
+            asyncio.get_running_loop().call_soon(self._other)
+        self.clock.now += self.step_s
+        self.ran_other.append(self.other_done)
+        return WriteReceipt(rows=len(rows))
+
+
+async def test_a_writer_that_never_suspends_still_lets_the_event_loop_run_others():
+    clock = StepClock()
+    writer = NeverSuspends(clock)
+    base = BenchmarkConfig(
+        writers=["null"], warmup_s=0, visibility=False, records=10_000, batch_size=10,
+        concurrency=1,
+    )  # fmt: skip
+    await BenchmarkRun(base.model_copy(update={"writers": ["one"]}), clock=clock).execute(
+        FixedSource(writer)
+    )
+    assert len(writer.ran_other) == 1000
+    assert writer.ran_other.index(True) <= 32  # the other work ran within 32 batches

@@ -20,6 +20,7 @@ from bench.sweep import (
 )
 from dwbench.settings import Settings
 from tests.bench.fake_writers import ClockedWriter, FailingEveryNthWriter, StepClock
+from writers import WRITERS
 from writers.base import DataWriterInterface, Targets
 
 TARGETS = Targets(mode="local", settings=Settings(app_mode="local"))
@@ -78,7 +79,7 @@ def test_grid_runs_batch_sizes_then_concurrencies_ascending():
         ),
         (
             {"writers": ["nosuch"]},
-            "unknown writer(s) nosuch; valid: zerobus, zerobus-json, sql, lakebase, null",
+            f"unknown writer(s) nosuch; valid: {', '.join(WRITERS)}",
         ),
     ],
 )
