@@ -15,11 +15,13 @@ import uvicorn
 from fastapi import Header, HTTPException
 
 from emulator.catalog import Catalog
+from emulator.oauth import TOKEN_PATH, OAuthIssuer
 from emulator.postgres import EmbeddedPostgres
 from emulator.process import StackOwnership
 from emulator.statements import create_statement_app
 from emulator.table_writer import TableWriterConfig
 from emulator.zerobus import ZerobusService, build_server
+from emulator.zerobus_rest import MAX_BODY_BYTES, ZerobusRestService
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +33,8 @@ class StackConfig:
     host: str = "127.0.0.1"
     zerobus_port: int = 0
     api_port: int = 0
+    zerobus_rest_port: int = 0
+    rest_max_body_bytes: int = MAX_BODY_BYTES
     postgres_port: int = 0
     postgres: bool = True
     rotation_interval_s: float | None = None
@@ -52,6 +56,11 @@ class LocalStack:
         self._statements: Any = None
         self.zerobus_port = 0
         self.api_port = 0
+        self.oauth: OAuthIssuer | None = None
+        self.rest: ZerobusRestService | None = None
+        self._rest_http: uvicorn.Server | None = None
+        self._rest_task: asyncio.Task[None] | None = None
+        self.zerobus_rest_port = 0
 
     async def start(self) -> dict[str, Any]:
         """Start every service; return what a client needs to reach them."""
@@ -87,20 +96,16 @@ class LocalStack:
         self._statements = app.state.statement_service
         app.add_api_route("/api/local/status", self._status, methods=["GET"])
         app.add_api_route("/api/local/endpoints", self._endpoints, methods=["GET"])
-        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
-        # without it every response waits for a delayed ACK (~40 ms).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((cfg.host, cfg.api_port))
-        self.api_port = sock.getsockname()[1]
-        self._http = uvicorn.Server(
-            uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
+        self.oauth = OAuthIssuer(cfg.token)
+        app.add_api_route(TOKEN_PATH, self.oauth.token_route, methods=["POST"])
+        self._http, self._http_task, self.api_port = await _serve_http(app, cfg.host, cfg.api_port)
+        # Zerobus REST on a port of its own: the service answers it on the Zerobus host.
+        self.rest = ZerobusRestService(
+            self.catalog, self.oauth, max_body_bytes=cfg.rest_max_body_bytes
         )
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
-        while not self._http.started:
-            if self._http_task.done():
-                self._http_task.result()
-            await asyncio.sleep(0.01)
+        self._rest_http, self._rest_task, self.zerobus_rest_port = await _serve_http(
+            self.rest.app(), cfg.host, cfg.zerobus_rest_port
+        )
 
         endpoints = self.endpoints()
         ownership.publish(endpoints)
@@ -115,6 +120,10 @@ class LocalStack:
             "token": cfg.token,
             "data_dir": str(cfg.data_dir.resolve()),
             "warehouse_id": "local",
+            "zerobus_rest_url": f"http://{cfg.host}:{self.zerobus_rest_port}",
+            "workspace_id": self.oauth.workspace_id if self.oauth else None,
+            "oauth_client_id": self.oauth.client_id if self.oauth else None,
+            "oauth_client_secret": self.oauth.client_secret if self.oauth else None,
         }
 
     async def stop(self) -> None:
@@ -125,9 +134,10 @@ class LocalStack:
             await self.zerobus.shutdown()
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
-        if self._http is not None and self._http_task is not None:
-            self._http.should_exit = True
-            await self._http_task
+        for server, task in ((self._rest_http, self._rest_task), (self._http, self._http_task)):
+            if server is not None and task is not None:
+                server.should_exit = True
+                await task
         if self._statements is not None:
             await self._statements.close()
         if self.catalog is not None:
@@ -166,3 +176,22 @@ class LocalStack:
                 "compactions": writer.stats.compactions if writer else 0,
             }
         return {"zerobus": self.zerobus.stats.as_dict(), "tables": tables}
+
+
+async def _serve_http(
+    app: Any, host: str, port: int
+) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    """Serve an ASGI app on host:port (0 = a free port) until `should_exit`; wait until up."""
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
+    # without it every response waits for a delayed ACK (~40 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    return server, task, bound
