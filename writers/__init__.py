@@ -19,6 +19,7 @@ from writers.base import DataWriterInterface, Targets, WriterSettings
 WRITERS: dict[str, str] = {
     "zerobus": "writers.zerobus:ZerobusWriter",
     "zerobus-json": "writers.zerobus:ZerobusJsonWriter",
+    "zerobus-rest": "writers.zerobus_rest:ZerobusRestWriter",
     "sql": "writers.sql:SqlWriter",
     "lakebase": "writers.lakebase:LakebaseWriter",
     "null": "writers.null:NullWriter",
