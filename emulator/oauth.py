@@ -41,7 +41,6 @@ log = structlog.get_logger(__name__)
 
 TOKEN_PATH = "/oidc/v1/token"
 TOKEN_LIFETIME_S = 3600
-LOCAL_WORKSPACE_ID = "1000000000000001"
 _MAX_FORM_BYTES = 64 * 1024
 _PRIVILEGES = {
     "CATALOG": {"USE CATALOG"},
@@ -150,7 +149,7 @@ class OAuthIssuer:
         self,
         stack_token: str,
         *,
-        workspace_id: str = LOCAL_WORKSPACE_ID,
+        workspace_id: str = "127",
         lifetime_s: int = TOKEN_LIFETIME_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -214,19 +213,26 @@ class OAuthIssuer:
             log.warning("oauth_client_rejected", client_id=client_id[:40])
             raise GrantError("invalid_client", "invalid client id or secret", 401)
 
-    def authorize_write(self, authorization: str, table: str) -> None:
-        """Whether the bearer token may write into `table` (canonical); TokenRejected if not."""
+    def authenticate(self, authorization: str) -> Grant | None:
+        """The grant of a valid bearer token (None for the stack's own); TokenRejected (401)."""
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer" or not presented:
             raise TokenRejected(401, "invalid or missing bearer token")
         if hmac.compare_digest(presented.encode(), self._stack_token):
-            return
+            return None
         grant = self._grants.get(presented)
         if grant is None:
             raise TokenRejected(401, "invalid or missing bearer token")
         if grant.expires_at <= self._clock():
             self._grants.pop(presented, None)
             raise TokenRejected(401, "the OAuth token has expired")
+        return grant
+
+    def authorize_write(self, authorization: str, table: str) -> None:
+        """Whether the bearer token may write into `table` (canonical); TokenRejected if not."""
+        grant = self.authenticate(authorization)
+        if grant is None:
+            return
         if grant.tables is None:
             raise TokenRejected(
                 403,

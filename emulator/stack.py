@@ -82,12 +82,15 @@ class LocalStack:
             )
             await asyncio.to_thread(self.postgres.start)
         self.catalog = Catalog(cfg.data_dir, cfg.writer)
+        # The workspace id is the first label of the Zerobus host, as the clients derive it.
+        self.oauth = OAuthIssuer(cfg.token, workspace_id=cfg.host.split(".")[0])
         self.zerobus = ZerobusService(
             self.catalog,
             cfg.token,
             rotation_interval_s=cfg.rotation_interval_s,
             rotation_grace_s=cfg.rotation_grace_s,
             ack_only=cfg.ack_only,
+            oauth=self.oauth,
         )
         self._grpc, self.zerobus_port = build_server(self.zerobus, cfg.host, cfg.zerobus_port)
         await self._grpc.start()
@@ -96,7 +99,7 @@ class LocalStack:
         self._statements = app.state.statement_service
         app.add_api_route("/api/local/status", self._status, methods=["GET"])
         app.add_api_route("/api/local/endpoints", self._endpoints, methods=["GET"])
-        self.oauth = OAuthIssuer(cfg.token)
+        assert self.oauth is not None
         app.add_api_route(TOKEN_PATH, self.oauth.token_route, methods=["POST"])
         self._http, self._http_task, self.api_port = await _serve_http(app, cfg.host, cfg.api_port)
         # Zerobus REST on a port of its own: the service answers it on the Zerobus host.

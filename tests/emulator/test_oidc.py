@@ -238,8 +238,9 @@ def test_malformed_authorization_details_are_invalid_requests(local_stack, detai
             {"resource": "api://databricks/workspaces/42/zerobusDirectWriteApi"},
             {
                 "error": "invalid_request",
+                # The workspace id is the first label of the Zerobus host: 127.0.0.1 here.
                 "error_description": "resource must be "
-                "api://databricks/workspaces/1000000000000001/zerobusDirectWriteApi",
+                "api://databricks/workspaces/127/zerobusDirectWriteApi",
             },
         ),
     ],
@@ -294,3 +295,42 @@ def test_no_secret_or_token_is_logged(local_stack, two_tables):
     assert "oauth_token_issued" in log and "oauth_client_rejected" in log  # it is the log
     for secret in (local_stack["oauth_client_secret"], token, "wrong-secret-xyz"):
         assert secret not in log
+
+
+async def test_the_official_sdk_oauth_path_streams_over_grpc(local_stack, two_tables):
+    """The Zerobus SDK mints its own table-scoped token at {workspace}/oidc/v1/token (resource
+    from the Zerobus host's first label) and streams with it."""
+    from zerobus.sdk.aio import ZerobusSdk
+    from zerobus.sdk.shared import RecordType, StreamConfigurationOptions, TableProperties
+
+    from tests.emulator.zerobus_support import to_json
+
+    table_a, _ = two_tables
+    sdk = ZerobusSdk(local_stack["zerobus_endpoint"], local_stack["api_url"])
+    await sdk._inner.set_use_tls(False)
+    stream = await sdk.create_stream(
+        local_stack["oauth_client_id"],
+        local_stack["oauth_client_secret"],
+        TableProperties(table_a),
+        StreamConfigurationOptions(record_type=RecordType.JSON),
+    )
+    rows = [product(i, prefix="sdk") for i in range(3)]
+    offset = await stream.ingest_records_offset([to_json(r) for r in rows])
+    await stream.wait_for_offset(offset)
+    await stream.close()
+    assert read_rows(local_stack, table_a) == rows
+
+
+async def test_grpc_refuses_a_token_scoped_to_another_table(local_stack, two_tables):
+    from zerobus.sdk.shared import NonRetriableException
+
+    from tests.emulator.zerobus_support import async_stream
+
+    table_a, table_b = two_tables
+    token = grant(local_stack, details=authorization_details(table_a)).json()["access_token"]
+    with pytest.raises(NonRetriableException) as refused:
+        await async_stream(local_stack, table_b, token=token)
+    assert "The caller does not have permission" in str(refused.value)
+    assert f"the OAuth token does not grant writes on {table_b}" in str(refused.value)
+    assert token not in str(refused.value)
+    assert read_rows(local_stack, table_b) == []

@@ -79,7 +79,6 @@ def workspace_targets(endpoints: dict[str, Any], secret: str) -> Targets:
         zerobus_endpoint=endpoints["zerobus_rest_url"],
         workspace_url=endpoints["api_url"],
         warehouse_id="local",
-        writer_settings={NAME: ZerobusRestSettings(workspace_id=endpoints["workspace_id"])},
     )
 
 
@@ -218,6 +217,8 @@ async def test_databricks_mode_uses_the_documented_grant(local_stack):
     await writer.open()
     try:
         assert writer.endpoint == local_stack["zerobus_rest_url"]
+        # The workspace id in the token's resource: the first label of the Zerobus host.
+        assert writer._tokens is not None and writer._tokens.client.workspace_id == "127"
         table = products_table(local_stack)
         rows = products_rows(table, 4)
         assert (await writer.write(rows)).rows == 4
