@@ -178,7 +178,12 @@ class LocalStack:
                 "rows_committed": writer.stats.rows if writer else 0,
                 "compactions": writer.stats.compactions if writer else 0,
             }
-        return {"zerobus": self.zerobus.stats.as_dict(), "tables": tables}
+        rest = (
+            {"requests": self.rest.requests, "rows_committed": self.rest.rows_committed}
+            if self.rest
+            else {}
+        )
+        return {"zerobus": self.zerobus.stats.as_dict(), "zerobus_rest": rest, "tables": tables}
 
 
 async def _serve_http(

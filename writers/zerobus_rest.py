@@ -126,8 +126,10 @@ class TableTokens:
         http: httpx.AsyncClient,
         *,
         clock: Callable[[], float] = time.monotonic,
+        writer: str | None = None,
     ) -> None:
         self.client = client
+        self.writer = writer
         self._http = http
         self._clock = clock
         self._tokens: dict[str, tuple[str, float]] = {}
@@ -165,7 +167,8 @@ class TableTokens:
         except httpx.HTTPError as exc:
             raise WriterUnavailableError(
                 f"cannot reach the OAuth token endpoint {c.token_url}: "
-                f"{str(exc) or type(exc).__name__}"
+                f"{str(exc) or type(exc).__name__}",
+                writer=self.writer,
             ) from exc
         try:
             answer = resp.json()
@@ -176,7 +179,8 @@ class TableTokens:
             why = answer.get("error_description", "") if isinstance(answer, dict) else ""
             raise WriterUnavailableError(
                 f"the OAuth token endpoint {c.token_url} refused client {mask(c.client_id)} for "
-                f"{table}: HTTP {resp.status_code} {error}: {why}".rstrip(": ")
+                f"{table}: HTTP {resp.status_code} {error}: {why}".rstrip(": "),
+                writer=self.writer,
             )
         self.fetched += 1
         lifetime = float(answer.get("expires_in", 3600))
@@ -242,7 +246,7 @@ class ZerobusRestWriter(DataWriterInterface):
             self._auth_http = None
             raise
         if oauth is not None:
-            self._tokens = TableTokens(oauth, self._auth_http)
+            self._tokens = TableTokens(oauth, self._auth_http, writer=self.name)
         n = self.config.max_connections
         assert self.endpoint is not None
         self._http = httpx.AsyncClient(

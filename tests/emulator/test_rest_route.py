@@ -61,6 +61,9 @@ def test_rows_land_exactly_and_only_once_committed(local_stack, products_table):
     assert (resp.status_code, resp.json()) == (200, {})
     # 200 means committed: the Delta table holds them now.
     assert read_rows(local_stack, products_table) == rows
+    status = httpx.get(f"{local_stack['api_url']}/api/local/status", headers=bearer(local_stack))
+    assert status.json()["tables"][products_table]["rows_committed"] == 25
+    assert status.json()["zerobus_rest"]["rows_committed"] >= 25
 
 
 def test_nested_rows_land_exactly(local_stack):
