@@ -252,7 +252,11 @@ class ZerobusRestWriter(DataWriterInterface):
         self._http = httpx.AsyncClient(
             base_url=self.endpoint,
             timeout=self.config.timeout_s,
-            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+            # Idle connections are dropped well before a server's idle timeout (uvicorn's is
+            # 5 s), so a batch is never sent on a connection the server is closing.
+            limits=httpx.Limits(
+                max_connections=n, max_keepalive_connections=n, keepalive_expiry=2.0
+            ),
             transport=self.transport,
         )
 
