@@ -14,10 +14,12 @@ token route (ZEROBUS_REST_AUTH=token sends the stack's token instead).
 
 Errors: a 4xx answer fails the batch with the service's error_code and message; a 5xx (or
 429) answer, or a connection that could not be made, is tried again with exponential
-backoff, ZEROBUS_REST_MAX_ATTEMPTS tries in all. Like the service, this is at-least-once:
-a 5xx from a proxy in front of a commit that succeeded makes the retry write the rows
-twice. A request that got no answer within the timeout is not sent again (the service may
-still commit it) and fails; its rows are not counted as written.
+backoff, ZEROBUS_REST_MAX_ATTEMPTS tries in all. A 401 on a cached token (revoked, or
+issued by a service that restarted) fetches a new token and sends the request once more.
+Like the service, this is at-least-once: a 5xx from a proxy in front of a commit that
+succeeded makes the retry write the rows twice. A request that got no answer within the
+timeout is not sent again (the service may still commit it) and fails; its rows are not
+counted as written.
 """
 
 from __future__ import annotations
@@ -356,13 +358,8 @@ class ZerobusRestWriter(DataWriterInterface):
         path = f"/zerobus/v1/tables/{quote(table, safe='.')}/insert"
         attempts = self.config.max_attempts
         for attempt in range(1, attempts + 1):
-            headers = {
-                "Authorization": await self._authorization(table),
-                "Content-Type": "application/json",
-            }
-            self.requests += 1
             try:
-                resp = await self._http.post(path, content=body, headers=headers)
+                resp = await self._post(path, body, table)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # Never sent: trying again cannot write the rows twice.
                 problem = f"cannot connect to {self.endpoint}: {str(exc) or type(exc).__name__}"
@@ -388,8 +385,6 @@ class ZerobusRestWriter(DataWriterInterface):
                 )
             code, message = _service_error(resp)
             problem = f"Zerobus REST answered HTTP {resp.status_code} {code}: {message}"
-            if resp.status_code == 401 and self._tokens is not None:
-                self._tokens.forget(table)  # fetched anew for the next batch
             if resp.status_code in _RETRIED_STATUSES and attempt < attempts:
                 await self._back_off(attempt, problem)
                 continue
@@ -398,6 +393,23 @@ class ZerobusRestWriter(DataWriterInterface):
             self.last_error = problem
             raise WriteFailedError(problem, writer=self.name)
         raise AssertionError("unreachable")
+
+    async def _post(self, path: str, body: bytes, table: str) -> httpx.Response:
+        """One insert; a cached OAuth token the service no longer takes (a 401: nothing
+        written) is fetched anew and the request sent once more."""
+        assert self._http is not None
+        for fresh in (False, True):
+            headers = {
+                "Authorization": await self._authorization(table),
+                "Content-Type": "application/json",
+            }
+            self.requests += 1
+            resp = await self._http.post(path, content=body, headers=headers)
+            if resp.status_code != 401 or self._tokens is None or fresh:
+                return resp
+            self._tokens.forget(table)
+            log.warning("zerobus_rest_token_refused", writer=self.name, table=table)
+        return resp
 
     async def _back_off(self, attempt: int, problem: str) -> None:
         self.retries += 1

@@ -393,3 +393,29 @@ async def test_the_api_lists_it(client):
     listed = {w["name"]: w for w in client.get("/api/v1/writers").json()}
     assert (listed[NAME]["available"], listed[NAME]["reason"]) == (True, None)
     assert listed[NAME]["details"]["endpoint"].startswith("http://127.0.0.1:")
+
+
+async def test_a_refused_cached_token_is_fetched_anew_once(local_stack):
+    """A 401 on a cached token (the service restarted, say) means nothing was written: the
+    writer fetches a new token and sends the batch once more; a second 401 fails."""
+    service = FlakyService([200, 401, 200])
+    writer, slept = await scripted_writer(local_stack, service)
+    try:
+        table = products.WORKLOAD.table
+        await writer.write(products_rows(table, 1))
+        assert (await writer.write(products_rows(table, 2))).rows == 2
+        assert len(service.requests) == 3 and slept == []
+        assert writer.describe()["tokens_fetched"] == 2
+        tokens = [r.headers["authorization"] for r in service.requests]
+        assert tokens[0] == tokens[1] != tokens[2]
+    finally:
+        await writer.close()
+    always = FlakyService([401])
+    writer, slept = await scripted_writer(local_stack, always)
+    try:
+        with pytest.raises(WriteFailedError) as failed:
+            await writer.write(products_rows(products.WORKLOAD.table, 1))
+        assert failed.value.message.startswith("Zerobus REST answered HTTP 401 ")
+        assert len(always.requests) == 2 and slept == []
+    finally:
+        await writer.close()
