@@ -265,6 +265,8 @@ def _ports(endpoints: dict[str, Any]) -> list[str]:
         "--api-port",
         str(urlsplit(endpoints["api_url"]).port),
     ]
+    if endpoints.get("zerobus_rest_url"):
+        args += ["--zerobus-rest-port", str(urlsplit(endpoints["zerobus_rest_url"]).port)]
     if endpoints.get("postgres_dsn"):
         args += ["--postgres-port", str(urlsplit(endpoints["postgres_dsn"]).port)]
     else:

@@ -34,6 +34,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
     p.add_argument("--zerobus-port", type=int, default=0, help="0 = any free port")
     p.add_argument("--api-port", type=int, default=0, help="0 = any free port")
+    p.add_argument(
+        "--zerobus-rest-port", type=int, default=0, help="Zerobus REST port; 0 = any free port"
+    )
     p.add_argument("--postgres-port", type=int, default=0, help="0 = any free port")
     p.add_argument("--no-postgres", action="store_true", help="do not start PostgreSQL")
     p.add_argument(
@@ -84,6 +87,7 @@ async def _serve(args: argparse.Namespace) -> None:
             host=args.host,
             zerobus_port=args.zerobus_port,
             api_port=args.api_port,
+            zerobus_rest_port=args.zerobus_rest_port,
             postgres_port=args.postgres_port,
             postgres=not args.no_postgres,
             rotation_interval_s=args.rotation_interval,

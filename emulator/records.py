@@ -25,11 +25,12 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import itertools
 import json
 import math
 import operator
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -501,14 +502,31 @@ class JsonRecordDecoder:
         )
 
     def decode(self, payloads: Sequence[str]) -> pa.RecordBatch:
+        return self._decode_objects(map(self._parse, payloads, itertools.count()), len(payloads))
+
+    def decode_array(self, body: bytes | str) -> pa.RecordBatch:
+        """A JSON array of row objects (a Zerobus REST insert body) as one batch."""
+        try:
+            rows = json.loads(body, parse_float=self._parse_float)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SchemaMismatchError(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(rows, list):
+            raise SchemaMismatchError("the body must be a JSON array of row objects")
+        if not rows:
+            raise SchemaMismatchError("the body is an empty array: there are no rows to insert")
+        return self._decode_objects(rows, len(rows))
+
+    def _parse(self, payload: str, i: int) -> Any:
+        try:
+            return json.loads(payload, parse_float=self._parse_float)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise SchemaMismatchError(f"record {i} is not valid JSON: {exc}") from None
+
+    def _decode_objects(self, objects: Iterable[Any], count: int) -> pa.RecordBatch:
         width = len(self.schema.columns)
         columns: list[list[Any]] = [[] for _ in range(width)]
         columns_of = self.schema.columns
-        for i, payload in enumerate(payloads):
-            try:
-                obj = json.loads(payload, parse_float=self._parse_float)
-            except (json.JSONDecodeError, TypeError) as exc:
-                raise SchemaMismatchError(f"record {i} is not valid JSON: {exc}") from None
+        for i, obj in enumerate(objects):
             if not isinstance(obj, dict):
                 raise SchemaMismatchError(f"record {i} is not a JSON object")
             row: list[Any] = [None] * width
@@ -530,7 +548,7 @@ class JsonRecordDecoder:
                         ) from None
             for slot, value in enumerate(row):
                 columns[slot].append(value)
-        return _to_batch(self.schema, columns, len(payloads))
+        return _to_batch(self.schema, columns, count)
 
 
 def _has_decimal(t: SqlType) -> bool:

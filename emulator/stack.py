@@ -16,11 +16,13 @@ from fastapi import Header, HTTPException
 
 from emulator.catalog import Catalog
 from emulator.flight import FlightIngestService, add_to_server
+from emulator.oauth import TOKEN_PATH, OAuthIssuer
 from emulator.postgres import EmbeddedPostgres
 from emulator.process import StackOwnership
 from emulator.statements import create_statement_app
 from emulator.table_writer import TableWriterConfig
 from emulator.zerobus import ZerobusService, build_server
+from emulator.zerobus_rest import MAX_BODY_BYTES, ZerobusRestService
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +34,8 @@ class StackConfig:
     host: str = "127.0.0.1"
     zerobus_port: int = 0
     api_port: int = 0
+    zerobus_rest_port: int = 0
+    rest_max_body_bytes: int = MAX_BODY_BYTES
     postgres_port: int = 0
     postgres: bool = True
     rotation_interval_s: float | None = None
@@ -54,6 +58,11 @@ class LocalStack:
         self._statements: Any = None
         self.zerobus_port = 0
         self.api_port = 0
+        self.oauth: OAuthIssuer | None = None
+        self.rest: ZerobusRestService | None = None
+        self._rest_http: uvicorn.Server | None = None
+        self._rest_task: asyncio.Task[None] | None = None
+        self.zerobus_rest_port = 0
 
     async def start(self) -> dict[str, Any]:
         """Start every service; return what a client needs to reach them."""
@@ -75,12 +84,15 @@ class LocalStack:
             )
             await asyncio.to_thread(self.postgres.start)
         self.catalog = Catalog(cfg.data_dir, cfg.writer)
+        # The workspace id is the first label of the Zerobus host, as the clients derive it.
+        self.oauth = OAuthIssuer(cfg.token, workspace_id=cfg.host.split(".")[0])
         self.zerobus = ZerobusService(
             self.catalog,
             cfg.token,
             rotation_interval_s=cfg.rotation_interval_s,
             rotation_grace_s=cfg.rotation_grace_s,
             ack_only=cfg.ack_only,
+            oauth=self.oauth,
         )
         self._grpc, self.zerobus_port = build_server(self.zerobus, cfg.host, cfg.zerobus_port)
         # Arrow Flight DoPut shares the Zerobus port, as on the service.
@@ -98,20 +110,16 @@ class LocalStack:
         self._statements = app.state.statement_service
         app.add_api_route("/api/local/status", self._status, methods=["GET"])
         app.add_api_route("/api/local/endpoints", self._endpoints, methods=["GET"])
-        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
-        # without it every response waits for a delayed ACK (~40 ms).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((cfg.host, cfg.api_port))
-        self.api_port = sock.getsockname()[1]
-        self._http = uvicorn.Server(
-            uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
+        assert self.oauth is not None
+        app.add_api_route(TOKEN_PATH, self.oauth.token_route, methods=["POST"])
+        self._http, self._http_task, self.api_port = await _serve_http(app, cfg.host, cfg.api_port)
+        # Zerobus REST on a port of its own: the service answers it on the Zerobus host.
+        self.rest = ZerobusRestService(
+            self.catalog, self.oauth, max_body_bytes=cfg.rest_max_body_bytes
         )
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
-        while not self._http.started:
-            if self._http_task.done():
-                self._http_task.result()
-            await asyncio.sleep(0.01)
+        self._rest_http, self._rest_task, self.zerobus_rest_port = await _serve_http(
+            self.rest.app(), cfg.host, cfg.zerobus_rest_port
+        )
 
         endpoints = self.endpoints()
         ownership.publish(endpoints)
@@ -126,6 +134,10 @@ class LocalStack:
             "token": cfg.token,
             "data_dir": str(cfg.data_dir.resolve()),
             "warehouse_id": "local",
+            "zerobus_rest_url": f"http://{cfg.host}:{self.zerobus_rest_port}",
+            "workspace_id": self.oauth.workspace_id if self.oauth else None,
+            "oauth_client_id": self.oauth.client_id if self.oauth else None,
+            "oauth_client_secret": self.oauth.client_secret if self.oauth else None,
         }
 
     async def stop(self) -> None:
@@ -138,9 +150,10 @@ class LocalStack:
             await self.flight.shutdown()
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
-        if self._http is not None and self._http_task is not None:
-            self._http.should_exit = True
-            await self._http_task
+        for server, task in ((self._rest_http, self._rest_task), (self._http, self._http_task)):
+            if server is not None and task is not None:
+                server.should_exit = True
+                await task
         if self._statements is not None:
             await self._statements.close()
         if self.catalog is not None:
@@ -178,5 +191,34 @@ class LocalStack:
                 "rows_committed": writer.stats.rows if writer else 0,
                 "compactions": writer.stats.compactions if writer else 0,
             }
+        rest = (
+            {"requests": self.rest.requests, "rows_committed": self.rest.rows_committed}
+            if self.rest
+            else {}
+        )
         flight = self.flight.stats.as_dict() if self.flight is not None else None
-        return {"zerobus": self.zerobus.stats.as_dict(), "arrow_flight": flight, "tables": tables}
+        return {
+            "zerobus": self.zerobus.stats.as_dict(),
+            "arrow_flight": flight,
+            "zerobus_rest": rest,
+            "tables": tables,
+        }
+
+
+async def _serve_http(
+    app: Any, host: str, port: int
+) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    """Serve an ASGI app on host:port (0 = a free port) until `should_exit`; wait until up."""
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
+    # without it every response waits for a delayed ACK (~40 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    return server, task, bound

@@ -27,6 +27,7 @@ import structlog
 
 from emulator.catalog import Catalog, parse_table_name
 from emulator.errors import EmulatorError, SchemaMismatchError, TableNotFoundError
+from emulator.oauth import OAuthIssuer, TokenRejected
 from emulator.records import JsonRecordDecoder, ProtoRecordDecoder
 from proto import zerobus_service_pb2 as pb
 from proto import zerobus_service_pb2_grpc as pb_grpc
@@ -93,9 +94,12 @@ class ZerobusService(pb_grpc.ZerobusServicer):
         rotation_interval_s: float | None = None,
         rotation_grace_s: float = 5.0,
         ack_only: bool = False,
+        oauth: OAuthIssuer | None = None,
     ) -> None:
         self.catalog = catalog
         self._token = token.encode()
+        # Also takes the OAuth tokens it issued (scoped ones for their tables only).
+        self.oauth = oauth
         self.rotation_interval_s = rotation_interval_s
         self.rotation_grace_s = rotation_grace_s
         # Acknowledge without decoding or storing: the transport's ceiling, for benchmarks.
@@ -133,7 +137,12 @@ class ZerobusService(pb_grpc.ZerobusServicer):
         metadata = {k.lower(): v for k, v in context.invocation_metadata()}
         authorization = metadata.get("authorization", "")
         scheme, _, presented = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), self._token):
+        if self.oauth is not None:
+            try:
+                self.oauth.authenticate(authorization)
+            except TokenRejected as exc:
+                raise StreamError(grpc.StatusCode.UNAUTHENTICATED, exc.message) from None
+        elif scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), self._token):
             raise StreamError(grpc.StatusCode.UNAUTHENTICATED, "invalid or missing bearer token")
         try:
             first = await anext(requests)
@@ -158,6 +167,10 @@ class ZerobusService(pb_grpc.ZerobusServicer):
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"{TABLE_HEADER} names {header}, the stream targets {create.table_name}",
                 )
+            if self.oauth is not None:
+                self.oauth.authorize_write(authorization, table.name)
+        except TokenRejected as exc:
+            raise StreamError(grpc.StatusCode.PERMISSION_DENIED, exc.message) from None
         except TableNotFoundError as exc:
             raise StreamError(grpc.StatusCode.NOT_FOUND, str(exc)) from None
         except SchemaMismatchError as exc:

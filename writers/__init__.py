@@ -20,6 +20,7 @@ WRITERS: dict[str, str] = {
     "zerobus": "writers.zerobus:ZerobusWriter",
     "zerobus-json": "writers.zerobus:ZerobusJsonWriter",
     "zerobus-arrow": "writers.zerobus_arrow:ZerobusArrowWriter",
+    "zerobus-rest": "writers.zerobus_rest:ZerobusRestWriter",
     "sql": "writers.sql:SqlWriter",
     "lakebase": "writers.lakebase:LakebaseWriter",
     "null": "writers.null:NullWriter",
