@@ -19,6 +19,7 @@ from emulator.postgres import EmbeddedPostgres
 from emulator.process import StackOwnership
 from emulator.statements import create_statement_app
 from emulator.table_writer import TableWriterConfig
+from emulator.volumes import Volumes
 from emulator.zerobus import ZerobusService, build_server
 
 log = structlog.get_logger(__name__)
@@ -83,7 +84,7 @@ class LocalStack:
         self._grpc, self.zerobus_port = build_server(self.zerobus, cfg.host, cfg.zerobus_port)
         await self._grpc.start()
 
-        app = create_statement_app(self.catalog, cfg.token)
+        app = create_statement_app(self.catalog, cfg.token, volumes=Volumes(cfg.data_dir))
         self._statements = app.state.statement_service
         app.add_api_route("/api/local/status", self._status, methods=["GET"])
         app.add_api_route("/api/local/endpoints", self._endpoints, methods=["GET"])
