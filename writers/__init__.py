@@ -20,6 +20,8 @@ WRITERS: dict[str, str] = {
     "zerobus": "writers.zerobus:ZerobusWriter",
     "zerobus-json": "writers.zerobus:ZerobusJsonWriter",
     "sql": "writers.sql:SqlWriter",
+    "sql-copy": "writers.sql_copy:SqlCopyWriter",
+    "sql-connector": "writers.sql_connector:SqlConnectorWriter",
     "lakebase": "writers.lakebase:LakebaseWriter",
     "null": "writers.null:NullWriter",
 }
