@@ -1,6 +1,6 @@
 """Unity Catalog Volumes and the Files API: what `databricks-sdk`'s `w.files` calls.
 
-    PUT    /api/2.0/fs/files/Volumes/<catalog>/<schema>/<volume>/<path>?overwrite=true|false
+    PUT    /api/2.0/fs/files/Volumes/<catalog>/<schema>/<volume>/<path>[?overwrite=true|false]
            body: the file's bytes (application/octet-stream); one request per file
     POST   /api/2.0/fs/files/Volumes/...?action=initiate-upload
            multipart uploads (the SDK's way for files of 50 MiB and more): not served here
@@ -130,6 +130,14 @@ class Volumes:
                 "ALREADY_EXISTS",
                 f"The file {volume_path} already exists; upload with overwrite=true to replace it.",
             )
+        for parent in path.relative_to(self.root).parents:
+            if (self.root / parent).is_file():
+                raise FilesApiError(
+                    409,
+                    "RESOURCE_ALREADY_EXISTS",
+                    f"Cannot create {volume_path}: {self._volume_path(self.root / parent)} "
+                    "is a file, not a directory.",
+                )
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
         size, pending = 0, bytearray()
@@ -163,6 +171,9 @@ class Volumes:
                 404, "NOT_FOUND", f"The file {volume_path} does not exist."
             ) from None
 
+    def _volume_path(self, path: Path) -> str:
+        return "/Volumes/" + path.relative_to(self.root).as_posix()
+
     def _too_large(self, size: int) -> FilesApiError:
         return FilesApiError(
             413,
@@ -185,9 +196,9 @@ def _authorizer(token: str) -> Callable[[Request], Awaitable[None]]:
     return authorize
 
 
-def _flag(value: str | None, name: str) -> bool:
+def _flag(value: str | None, name: str, *, default: bool) -> bool:
     if value is None:
-        return False
+        return default
     lowered = value.lower()
     if lowered not in ("true", "false"):
         raise _invalid(f"The query parameter {name} must be true or false, got {value!r}.")
@@ -201,7 +212,8 @@ def files_router(volumes: Volumes, token: str) -> APIRouter:
     @router.put("/files{file_path:path}")
     async def upload(file_path: str, request: Request) -> Response:
         """Write a file in one request (overwrite=true replaces an existing one)."""
-        overwrite = _flag(request.query_params.get("overwrite"), "overwrite")
+        # "If true or unspecified, an existing file will be overwritten" (the API's docs).
+        overwrite = _flag(request.query_params.get("overwrite"), "overwrite", default=True)
         await volumes.write(file_path, request, overwrite=overwrite)
         return Response(status_code=204)
 
