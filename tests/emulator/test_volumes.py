@@ -57,8 +57,8 @@ class Stack:
             statement=statement, warehouse_id=WAREHOUSE, wait_timeout="30s"
         )
 
-    def ok(self, statement: str) -> StatementResponse:
-        resp = self.sql(statement)
+    def ok(self, statement: str) -> Any:
+        resp: Any = self.sql(statement)
         assert resp.status.state == StatementState.SUCCEEDED, resp.status
         return resp
 
@@ -143,9 +143,9 @@ def parquet(table: pa.Table) -> io.BytesIO:
     return buffer
 
 
-def failed(resp: StatementResponse, error_class: str, sql_state: str) -> str:
+def failed(resp: Any, error_class: str, sql_state: str) -> str:
     assert resp.status.state == StatementState.FAILED, resp.status
-    message = resp.status.error.message
+    message: str = resp.status.error.message
     assert message.startswith(f"[{error_class}]"), message
     assert resp.status.sql_state == sql_state
     return message
