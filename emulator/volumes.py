@@ -166,7 +166,7 @@ class Volumes:
             raise _invalid(f"{volume_path} is a directory; the files endpoint deletes files.")
         try:
             path.unlink()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise FilesApiError(
                 404, "NOT_FOUND", f"The file {volume_path} does not exist."
             ) from None

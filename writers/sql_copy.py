@@ -117,7 +117,7 @@ class SqlCopyWriter(SqlWriter):
         self._require_open()
         self.check(rows.table)
         data = await asyncio.to_thread(self._parquet, rows.data)
-        file_name = f"{_UNSAFE.sub('_', rows.batch_id)[:60]}-{uuid.uuid4().hex}.parquet"
+        file_name = self._staged_name(rows)
         path = f"{self.staging}/{file_name}"
         statement = (
             f"COPY INTO {quote_table(rows.table.delta_table)} FROM '{self.staging}' "
@@ -130,7 +130,12 @@ class SqlCopyWriter(SqlWriter):
             "statements": 1,
         }
         try:
-            await self._call(self._upload, path, data)
+            try:
+                await self._call(self._upload, path, data)
+            except DirectWriteError as exc:
+                exc.message = f"staging {path} with the Files API failed: {exc.message}"
+                exc.args = (exc.message,)
+                raise
             result = await self._call(self._run, statement)
             inserted = _inserted_rows(result.rows)
             if inserted != len(rows):
@@ -154,6 +159,10 @@ class SqlCopyWriter(SqlWriter):
             details["staging_warning"] = warning
         log.debug("sql_copy_write", writer=self.name, batch_id=rows.batch_id, rows=len(rows))
         return WriteReceipt(rows=len(rows), details=details)
+
+    def _staged_name(self, rows: Rows) -> str:
+        """A new file name for every write (COPY INTO skips a name it loaded before)."""
+        return f"{_UNSAFE.sub('_', rows.batch_id)[:60]}-{uuid.uuid4().hex}.parquet"
 
     def _parquet(self, data: pa.RecordBatch) -> bytes:
         buffer = io.BytesIO()
@@ -185,7 +194,7 @@ class SqlCopyWriter(SqlWriter):
             await self._call(self._delete, path)
         except DirectWriteError as exc:
             log.warning("sql_copy_staged_file_left", writer=self.name, error=exc.message)
-            return f"the staged file {path} could not be deleted: {exc.message}"
+            return f"the staged file {path} could not be deleted (Files API): {exc.message}"
         return None
 
 

@@ -253,6 +253,8 @@ def test_a_file_where_a_directory_is_needed(stack):
     stack.w.files.upload(f"{STAGE}/blocker", io.BytesIO(b"a file"), overwrite=True)
     with pytest.raises(ResourceAlreadyExists, match=f"{STAGE}/blocker is a file"):
         stack.w.files.upload(f"{STAGE}/blocker/inside.parquet", io.BytesIO(b"x"))
+    with pytest.raises(NotFound):
+        stack.w.files.delete(f"{STAGE}/blocker/inside.parquet")
 
 
 def test_multipart_uploads_are_not_served(stack):
