@@ -3,6 +3,7 @@ COPY INTO through the Statement Execution API, read back exactly with deltalake.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import secrets
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
@@ -315,3 +317,100 @@ def test_it_is_registered_and_listed(client):
     listed = {w["name"]: w for w in client.get("/api/v1/writers").json()}
     assert listed["sql-copy"]["label"] == "SQL warehouse (COPY INTO)"
     assert listed["sql-copy"]["family"] == "sql"
+
+
+class DeleteRefusingProxy:
+    """The local stack behind a forwarding proxy that refuses Files API deletes (403), as a
+    workspace would for a principal allowed to upload but not to delete."""
+
+    def __init__(self, upstream: str) -> None:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, Response
+        from starlette.routing import Route
+
+        self.upstream = upstream
+        self.refused: list[str] = []
+
+        async def forward(request: Request) -> Response:
+            if request.method == "DELETE" and request.url.path.startswith("/api/2.0/fs/files"):
+                self.refused.append(request.url.path.removeprefix("/api/2.0/fs/files"))
+                return JSONResponse(
+                    {"error_code": "PERMISSION_DENIED", "message": "no DELETE on this volume"},
+                    status_code=403,
+                )
+            async with httpx.AsyncClient(base_url=self.upstream, timeout=60) as http:
+                answer = await http.request(
+                    request.method,
+                    request.url.path,
+                    params=request.query_params,
+                    content=await request.body(),
+                    headers={k: v for k, v in request.headers.items() if k != "host"},
+                )
+            headers = {
+                k: v
+                for k, v in answer.headers.items()
+                if k not in ("content-length", "transfer-encoding", "content-encoding")
+            }
+            return Response(answer.content, status_code=answer.status_code, headers=headers)
+
+        methods = ["GET", "POST", "PUT", "DELETE", "HEAD"]
+        app = Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
+        self.server = AppServerLike(app)
+
+
+class AppServerLike:
+    """An ASGI app under uvicorn on a loopback socket, in a thread of its own."""
+
+    def __init__(self, app: Any) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self._server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._server.serve(sockets=[sock])), daemon=True
+        )
+
+    def __enter__(self) -> str:
+        import time
+
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert self._thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.01)
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+
+
+async def test_a_failed_delete_is_a_warning_in_the_receipt(local_stack, products_ref):
+    proxy = DeleteRefusingProxy(local_stack["api_url"])
+    with proxy.server as url:
+        config = SqlCopySettings(volume=a_volume())
+        targets = dataclasses.replace(
+            local_targets(local_stack, **{"sql-copy": config}), workspace_url=url
+        )
+        writer = SqlCopyWriter(targets)
+        await writer.open()
+        try:
+            rows = product_rows(products_ref, 4)
+            receipt = await writer.write(rows)
+        finally:
+            await writer.close()
+    assert receipt.rows == 4
+    staged = receipt.details["staged_file"]
+    assert proxy.refused == [staged]
+    warning = receipt.details["staging_warning"]
+    assert warning.startswith(f"the staged file {staged} could not be deleted (Files API): ")
+    assert "no DELETE on this volume" in warning
+    assert_stored_exactly(local_stack, rows)
+    # The file is still there, and the receipt says so.
+    assert staged_files(local_stack, writer.volume) == [staged.rsplit("/", 1)[1]]
