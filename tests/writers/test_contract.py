@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import local_targets, products_ddl, run_sql
+from tests.conftest import DATABRICKS_ONLY, local_targets, products_ddl, run_sql
 from workloads import products
 from workloads.base import Rows
 from workloads.inputs import build_rows, new_batch_id
@@ -18,10 +18,6 @@ TABLE = products.WORKLOAD.table
 
 def build_records(items, *, batch_id: str, source: str) -> Rows:
     return build_rows(products.WORKLOAD, items, batch_id=batch_id, source=source)
-
-
-# Writers the local stack cannot serve (their own tests check that they say so).
-DATABRICKS_ONLY = {"sql-connector"}
 
 
 @pytest.fixture(params=[name for name in WRITERS if name not in DATABRICKS_ONLY])
