@@ -208,7 +208,13 @@ class SqlWriter(DataWriterInterface):
         self.host = (
             targets.workspace_url if self.local else targets.workspace_url or s.workspace_url
         )
-        self.warehouse_id = targets.warehouse_id or self.config.warehouse_id
+        # One warehouse for every SQL writer: DATABRICKS_WAREHOUSE_ID is the sql writer's.
+        sql_config = (
+            self.config
+            if isinstance(self.config, SqlSettings)
+            else targets.writer_config("sql", SqlSettings)
+        )
+        self.warehouse_id = targets.warehouse_id or sql_config.warehouse_id
         # Overall deadline per statement; a stopped warehouse can take minutes to start.
         self.statement_timeout_s = 60.0 if self.local else 600.0
         self._token = targets.local_token.get_secret_value() if targets.local_token else ""

@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 import structlog
 from databricks.sdk.config import Config
-from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from dwbench.errors import DirectWriteError, WriteFailedError, WriterUnavailableError
@@ -38,11 +37,10 @@ LOCAL_REASON = (
 
 
 class SqlConnectorSettings(WriterSettings):
-    """DATABRICKS_WAREHOUSE_ID, SQL_CONNECTOR_TABLE."""
+    """SQL_CONNECTOR_TABLE (the warehouse is the sql writer's DATABRICKS_WAREHOUSE_ID)."""
 
     model_config = SettingsConfigDict(env_prefix="SQL_CONNECTOR_")
 
-    warehouse_id: str | None = Field(default=None, validation_alias="DATABRICKS_WAREHOUSE_ID")
     table: str = "main.default.products"
 
 

@@ -32,7 +32,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import structlog
 from databricks.sdk.errors import NotFound
-from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from dwbench.errors import DirectWriteError, SchemaNotSupportedError, WriteFailedError
@@ -51,11 +50,10 @@ _VARIANT = Primitive("VARIANT")
 
 
 class SqlCopySettings(WriterSettings):
-    """DATABRICKS_WAREHOUSE_ID, SQL_COPY_TABLE, SQL_COPY_VOLUME, SQL_COPY_COMPRESSION."""
+    """SQL_COPY_TABLE, SQL_COPY_VOLUME, SQL_COPY_COMPRESSION (the warehouse is the sql writer's)."""
 
     model_config = SettingsConfigDict(env_prefix="SQL_COPY_")
 
-    warehouse_id: str | None = Field(default=None, validation_alias="DATABRICKS_WAREHOUSE_ID")
     table: str = "main.default.products"
     # The volume the Parquet files are staged in: /Volumes/<catalog>/<schema>/<volume>.
     volume: str | None = None

@@ -17,7 +17,7 @@ from workloads.base import default_table
 from workloads.inputs import build_rows, new_batch_id
 from writers import WRITERS, writer_class, writer_metadata
 from writers.base import Targets
-from writers.sql import STATEMENT_BUDGET_BYTES, SqlWriter, insert_statements
+from writers.sql import STATEMENT_BUDGET_BYTES, SqlSettings, SqlWriter, insert_statements
 from writers.sql_connector import (
     LOCAL_REASON,
     ConnectionLanes,
@@ -31,7 +31,11 @@ def databricks_targets(settings: Settings, **config: Any) -> Targets:
         mode="databricks",
         settings=settings,
         workspace_url=settings.workspace_url,
-        writer_settings={"sql-connector": SqlConnectorSettings(**config)},
+        writer_settings={
+            # The warehouse is the sql writer's setting, shared by every SQL writer.
+            "sql": SqlSettings(warehouse_id=config.pop("warehouse_id", None)),
+            "sql-connector": SqlConnectorSettings(**config),
+        },
     )
 
 

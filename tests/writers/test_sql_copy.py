@@ -27,6 +27,7 @@ from workloads.inputs import build_rows, new_batch_id
 from workloads.schema import TableSchema
 from writers import WRITERS, writer_metadata
 from writers.base import Targets
+from writers.sql import SqlSettings
 from writers.sql_copy import LOCAL_VOLUME, STAGING_DIRECTORY, SqlCopySettings, SqlCopyWriter
 
 
@@ -249,7 +250,11 @@ def databricks_targets(**config: Any) -> Targets:
         mode="databricks",
         settings=settings,
         workspace_url="https://adb-1.example.com",
-        writer_settings={"sql-copy": SqlCopySettings(**config)},
+        writer_settings={
+            # The warehouse is the sql writer's setting, shared by every SQL writer.
+            "sql": SqlSettings(warehouse_id=config.pop("warehouse_id", None)),
+            "sql-copy": SqlCopySettings(**config),
+        },
     )
 
 
