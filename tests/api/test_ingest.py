@@ -12,6 +12,7 @@ from deltalake import DeltaTable
 
 from tests.emulator.zerobus_support import table_path
 from writers import WRITERS
+from writers.sql_connector import LOCAL_REASON
 
 WATCH = {
     "product_id": "PROD005",
@@ -80,10 +81,22 @@ def test_all_writes_the_same_items_to_every_target(client, local_stack):
     assert resp.status_code == 200, resp.text
     body = resp.json()
     batch = body["batch_id"]
-    assert [r["writer"] for r in body["results"]] == ["zerobus", "zerobus-json", "sql", "lakebase"]
-    assert all(r["status"] == "success" and r["rows_written"] == 2 for r in body["results"])
-    assert body["processed_count"] == 8
-    for source in ("zerobus", "zerobus-json", "sql"):
+    assert [r["writer"] for r in body["results"]] == [
+        "zerobus",
+        "zerobus-json",
+        "sql",
+        "sql-copy",
+        "sql-connector",
+        "lakebase",
+    ]
+    by_writer = {r["writer"]: r for r in body["results"]}
+    # Databricks mode only: unavailable on the local stack, with the reason.
+    connector = by_writer.pop("sql-connector")
+    assert (connector["status"], connector["rows_written"]) == ("unavailable", 0)
+    assert connector["error"]["message"] == LOCAL_REASON
+    assert all(r["status"] == "success" and r["rows_written"] == 2 for r in by_writer.values())
+    assert body["processed_count"] == 10
+    for source in ("zerobus", "zerobus-json", "sql", "sql-copy"):
         rows = [stored(r) for r in delta_rows(local_stack, batch, source)]
         assert rows == [expected_row(it, batch, i, source) for i, it in enumerate(items)]
     pg = [stored(r) for r in postgres_rows(local_stack, batch)]
@@ -98,7 +111,7 @@ def test_unknown_writer_names_the_valid_ones(client):
     assert resp.json() == {
         "error": "unknown_writer",
         "message": "unknown writer 'kafka'; writer_type must be zerobus, zerobus-json, sql, "
-        "lakebase or 'all'",
+        "sql-copy, sql-connector, lakebase or 'all'",
         "writer": None,
     }
 
@@ -253,13 +266,20 @@ def test_categories_come_from_the_record_model(client):
 def test_all_skips_the_writers_the_page_saw_unavailable(client, local_stack):
     resp = client.post(
         "/api/v1/process-structured",
-        json={"writer_type": "all", "items": [WATCH], "skip": ["lakebase"]},
+        json={"writer_type": "all", "items": [WATCH], "skip": ["lakebase", "sql-connector"]},
     )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["status"] == "partial"
     by_writer = {r["writer"]: r for r in body["results"]}
-    assert list(by_writer) == ["zerobus", "zerobus-json", "sql", "lakebase"]
+    assert list(by_writer) == [
+        "zerobus",
+        "zerobus-json",
+        "sql",
+        "sql-copy",
+        "sql-connector",
+        "lakebase",
+    ]
     skipped = by_writer["lakebase"]
     assert (skipped["status"], skipped["rows_written"]) == ("unavailable", 0)
     assert skipped["error"] == {
@@ -268,7 +288,8 @@ def test_all_skips_the_writers_the_page_saw_unavailable(client, local_stack):
         "writers to try it again)",
     }
     assert postgres_rows(local_stack, body["batch_id"]) == []  # not tried
-    assert all(by_writer[w]["status"] == "success" for w in ("zerobus", "zerobus-json", "sql"))
+    writers = ("zerobus", "zerobus-json", "sql", "sql-copy")
+    assert all(by_writer[w]["status"] == "success" for w in writers)
     # skip is for "all" only: one writer named is tried.
     one = client.post(
         "/api/v1/process-structured",
