@@ -45,6 +45,8 @@ class Table:
     path: Path
     schema: TableSchema
     _writer: TableWriter | None = field(default=None, repr=False)
+    # Volume files COPY INTO loaded into this table (it skips them the next time).
+    loaded_files: set[str] = field(default_factory=set, repr=False)
 
     def delta(self) -> DeltaTable:
         return DeltaTable(str(self.path))

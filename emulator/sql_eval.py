@@ -6,6 +6,7 @@ the SQL text other than through sqlglot's own quoting), and turns it into an `Ac
 
     CreateTable / DropTable   applied to the catalog by the caller
     InsertRows                rows already evaluated, cast and checked against the table
+    CopyRows                  COPY INTO: rows read from volume files and checked (copy_into)
     Rows                      a query result, rendered the way the JSON_ARRAY format shows it
     NoOp                      statements that succeed without doing anything locally
 
@@ -36,6 +37,7 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
 from emulator.catalog import Catalog, Table, parse_table_name
+from emulator.copy_into import CopyRows, parse_copy, plan_copy
 from emulator.errors import SchemaMismatchError, TableNotFoundError
 from emulator.schema import (
     ArrayType,
@@ -51,6 +53,7 @@ from emulator.schema import (
 )
 from emulator.sql_errors import SqlError
 from emulator.sql_literals import NotLiteral, arity_error, java_float, literal_columns
+from emulator.volumes import Volumes
 
 DIALECT = "databricks"
 
@@ -63,7 +66,7 @@ def _unsupported(what: str) -> SqlError:
     return SqlError(
         "UNSUPPORTED_FEATURE",
         f"{what} is not supported by the local stack; it runs CREATE TABLE, DROP TABLE, "
-        "INSERT INTO ... VALUES / SELECT and SELECT.",
+        "INSERT INTO ... VALUES / SELECT, COPY INTO (PARQUET) and SELECT.",
         "0A000",
     )
 
@@ -137,7 +140,7 @@ class NoOp:
     pass
 
 
-Action = CreateTable | DropTable | InsertRows | Rows | NoOp
+Action = CreateTable | DropTable | InsertRows | CopyRows | Rows | NoOp
 
 
 def affected_rows(count: int) -> ResultSet:
@@ -181,8 +184,9 @@ class StatementContext:
 
 
 class SqlEvaluator:
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, volumes: Volumes | None = None) -> None:
         self._catalog = catalog
+        self._volumes = volumes
         self._duck = duckdb.connect(":memory:")
         self._duck_lock = threading.Lock()
 
@@ -205,6 +209,9 @@ class SqlEvaluator:
             return self._plan_drop(tree, ctx)
         if isinstance(tree, exp.Insert):
             return self._plan_insert(tree, ctx, interrupt)
+        if isinstance(tree, exp.Copy):
+            target, source = parse_copy(tree)
+            return plan_copy(self._lookup(target, ctx), source, self._volumes)
         if isinstance(tree, exp.Query):
             table = self._run_query(tree, ctx, interrupt, limit=_fetch_limit(ctx.row_limit))
             return Rows(render_result(table, ctx))

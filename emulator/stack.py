@@ -21,6 +21,7 @@ from emulator.postgres import EmbeddedPostgres
 from emulator.process import StackOwnership
 from emulator.statements import create_statement_app
 from emulator.table_writer import TableWriterConfig
+from emulator.volumes import Volumes
 from emulator.zerobus import ZerobusService, build_server
 from emulator.zerobus_rest import MAX_BODY_BYTES, ZerobusRestService
 
@@ -106,7 +107,7 @@ class LocalStack:
         add_to_server(self.flight, self._grpc)
         await self._grpc.start()
 
-        app = create_statement_app(self.catalog, cfg.token)
+        app = create_statement_app(self.catalog, cfg.token, volumes=Volumes(cfg.data_dir))
         self._statements = app.state.statement_service
         app.add_api_route("/api/local/status", self._status, methods=["GET"])
         app.add_api_route("/api/local/endpoints", self._endpoints, methods=["GET"])

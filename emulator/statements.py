@@ -8,6 +8,7 @@
     GET  /api/2.1/unity-catalog/tables/{full_name}[/exists]     a table's metadata (TableInfo)
     GET  /api/2.1/unity-catalog/tables?catalog_name=&schema_name=   the tables of a schema
     GET  /.well-known/databricks-config                         host metadata the SDK probes
+    PUT/DELETE/HEAD /api/2.0/fs/files/Volumes/...               the Files API (emulator.volumes)
 
 Every statement runs in its own asyncio task; parsing and DuckDB work happen in a worker
 thread (`emulator.sql_eval`), catalog changes and inserts in the event loop that owns the
@@ -37,6 +38,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emulator.catalog import Catalog
+from emulator.copy_into import CopyRows
 from emulator.errors import (
     SchemaMismatchError,
     TableExistsError,
@@ -51,6 +53,7 @@ from emulator.sql_eval import (
     Interrupt,
     NoOp,
     Parameter,
+    ResultColumn,
     ResultSet,
     Rows,
     SqlError,
@@ -60,6 +63,7 @@ from emulator.sql_eval import (
     affected_rows,
 )
 from emulator.unity_catalog import table_info
+from emulator.volumes import FilesApiError, Volumes, files_router
 
 log = structlog.get_logger(__name__)
 
@@ -136,10 +140,12 @@ class Statement:
 class StatementService:
     """Runs statements and keeps a bounded number of them (and their results) in memory."""
 
-    def __init__(self, catalog: Catalog, limits: StatementLimits) -> None:
+    def __init__(
+        self, catalog: Catalog, limits: StatementLimits, volumes: Volumes | None = None
+    ) -> None:
         self._catalog = catalog
         self._limits = limits
-        self._evaluator = SqlEvaluator(catalog)
+        self._evaluator = SqlEvaluator(catalog, volumes)
         self._statements: OrderedDict[str, Statement] = OrderedDict()
         self._ddl_lock = asyncio.Lock()
 
@@ -297,6 +303,8 @@ class StatementService:
             if isinstance(action, InsertRows):
                 await self._catalog.writer(action.name).append(action.batch)
                 return affected_rows(action.batch.num_rows)
+            if isinstance(action, CopyRows):
+                return await self._copy(action)
             async with self._ddl_lock:
                 if isinstance(action, CreateTable):
                     await asyncio.to_thread(
@@ -316,13 +324,21 @@ class StatementService:
                 "42P07",
             ) from None
         except (TableNotFoundError, WriterClosedError):
-            name = action.name if isinstance(action, InsertRows | DropTable) else "?"
+            name = action.name if isinstance(action, InsertRows | CopyRows | DropTable) else "?"
             raise SqlError(
                 "TABLE_OR_VIEW_NOT_FOUND",
                 f"The table or view {_backticked(name)} cannot be found. "
                 "To tolerate a missing table on drop, use DROP TABLE IF EXISTS.",
                 "42P01",
             ) from None
+
+    async def _copy(self, action: CopyRows) -> ResultSet:
+        table = self._catalog.get(action.name)
+        if action.batch.num_rows:
+            await self._catalog.writer(action.name).append(action.batch)
+        # Recorded once committed: a failed commit leaves the files to load again.
+        table.loaded_files.update(action.files)
+        return copy_result(action.batch.num_rows)
 
     def _succeed(self, statement: Statement, result: ResultSet | None) -> None:
         manifest: dict[str, Any] = {"format": "JSON_ARRAY", "schema": {"column_count": 0}}
@@ -378,6 +394,15 @@ class StatementService:
         statement.error = {"error_code": error_code, "message": message}
         statement.sql_state = sql_state
         statement.state = State.FAILED
+
+
+def copy_result(count: int) -> ResultSet:
+    """The one-row answer Databricks gives to COPY INTO (no file here is skipped as corrupt:
+    the local stack does not run ignoreCorruptFiles)."""
+    names = ("num_affected_rows", "num_inserted_rows", "num_skipped_corrupt_files")
+    values: list[str | None] = [str(count), str(count), "0"]
+    columns = [ResultColumn(n, "LONG", "BIGINT") for n in names]
+    return ResultSet(columns, [values], [2 * len(str(count)) + 1])
 
 
 def _finished(statement: Statement) -> float:
@@ -590,6 +615,7 @@ def create_statement_app(
     *,
     warehouse_id: str = "local",
     limits: StatementLimits | None = None,
+    volumes: Volumes | None = None,
 ) -> FastAPI:
     """The Statement Execution API over `catalog`, guarded by `token`.
 
@@ -597,7 +623,7 @@ def create_statement_app(
     `close()` yourself when mounting this app inside another one).
     """
     limits = limits or StatementLimits()
-    service = StatementService(catalog, limits)
+    service = StatementService(catalog, limits, volumes)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -653,6 +679,8 @@ def create_statement_app(
 
     app.include_router(api)
     app.include_router(_unity_catalog_router(catalog, token))
+    if volumes is not None:
+        app.include_router(files_router(volumes, token))
 
     @app.get("/.well-known/databricks-config")
     async def host_metadata() -> dict[str, Any]:
@@ -664,6 +692,11 @@ def create_statement_app(
         headers = {"Retry-After": "1"} if exc.status == 429 else None
         content = {"error_code": exc.error_code, "message": exc.message}
         return JSONResponse(content, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(FilesApiError)
+    async def files_error(_: Request, exc: FilesApiError) -> JSONResponse:
+        content = {"error_code": exc.error_code, "message": exc.message}
+        return JSONResponse(content, status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -14,6 +14,8 @@ import pytest
 from emulator.process import LocalStackProcess
 
 ROOT = Path(__file__).resolve().parent.parent
+# Writers the local stack cannot serve (their own tests check that they say so).
+DATABRICKS_ONLY = frozenset({"sql-connector"})
 
 
 def workspace_client(endpoints: dict[str, Any]) -> Any:

@@ -28,6 +28,7 @@ from tests.browser_support import (
     screenshot,
     watched_pages,
 )
+from tests.conftest import DATABRICKS_ONLY
 
 pytestmark = pytest.mark.browser
 
@@ -513,7 +514,14 @@ def test_defaults_are_30_s_after_a_5_s_warmup_and_the_banner_says_local(
         "#bench-form label.check[data-writer]",
         "ls => ls.filter(l => l.dataset.writer !== 'null').map(l => l.textContent)",
     )
-    assert options and all("available (local stand-in)" in text for text in options), options
+    writers = page.eval_on_selector_all(
+        "#bench-form label.check[data-writer]",
+        "ls => ls.filter(l => l.dataset.writer !== 'null').map(l => l.dataset.writer)",
+    )
+    assert options and all(
+        ("unavailable" if w in DATABRICKS_ONLY else "available (local stand-in)") in text
+        for w, text in zip(writers, options, strict=True)
+    ), options
 
 
 def test_live_chart_axis_is_blank_before_data_and_short_writers_are_plotted(

@@ -23,12 +23,15 @@ from tests.browser_support import (
     screenshot,
     watched_pages,
 )
+from tests.conftest import DATABRICKS_ONLY
 from workloads.products import CATEGORIES
+from writers import writer_metadata
+from writers.sql_connector import LOCAL_REASON
 
 pytestmark = pytest.mark.browser
 
 WRITERS = ("zerobus", "sql", "lakebase")  # one record through each
-POSTGRES_WRITERS = ("lakebase",)  # the others write the Delta table
+POSTGRES_WRITERS = frozenset({"lakebase"})  # the others write the Delta table
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +70,18 @@ def ingest_writers(app: RunningApp) -> list[str]:
     return [w["name"] for w in resp.json()]
 
 
+def unavailable_card(writer: str, rows: str = "0") -> tuple[str, str, str]:
+    return (writer, "unavailable", rows)
+
+
+def not_written() -> str:
+    """What the status line adds for the writers the local stack cannot serve."""
+    labels = [writer_metadata(name)["label"] for name in sorted(DATABRICKS_ONLY)]
+    return "; not written: " + ", ".join(f"{label} unavailable" for label in labels)
+
+
 def delta_writers(app: RunningApp) -> list[str]:
-    return [w for w in ingest_writers(app) if w not in POSTGRES_WRITERS]
+    return [w for w in ingest_writers(app) if w not in POSTGRES_WRITERS | DATABRICKS_ONLY]
 
 
 def delta_rows(app: RunningApp, batch_id: str) -> dict[str, int]:
@@ -166,6 +179,10 @@ def test_page_loads_with_writers_available_and_an_example_row(
     statuses = page.query_selector_all("#writer-status li[data-writer]")
     assert [li.get_attribute("data-writer") for li in statuses] == writers
     for li in statuses:
+        if li.get_attribute("data-writer") in DATABRICKS_ONLY:
+            assert li.get_attribute("data-available") == "false", li.text_content()
+            assert LOCAL_REASON in (li.text_content() or "")
+            continue
         assert li.get_attribute("data-available") == "true", li.text_content()
         availability = li.query_selector("[data-field='availability']")
         assert availability.text_content() == "available (local stand-in)"
@@ -181,7 +198,7 @@ def test_page_loads_with_writers_available_and_an_example_row(
     page.wait_for_function(
         "!document.querySelector('#refresh-writers').disabled"
         " && document.querySelectorAll('#writer-status li[data-available=true]').length"
-        f" === {len(writers)}"
+        f" === {len([w for w in writers if w not in DATABRICKS_ONLY])}"
     )
     options = page.eval_on_selector_all("#writer-type option", "os => os.map(o => o.value)")
     assert options == [*writers, "all"]
@@ -251,23 +268,30 @@ def test_all_writers_side_by_side(open_page: Any, app: RunningApp) -> None:
     shown = cards(page)
     writers = ingest_writers(app)
     assert [c["writer"] for c in shown] == writers
-    assert all(c["status"] == "success" and c["rows"] == "1" for c in shown), shown
-    # Side by side on a desktop: one line, left to right.
-    assert len({round(c["y"]) for c in shown}) == 1, shown
-    xs = [c["x"] for c in shown]
-    assert xs == sorted(xs) and len(set(xs)) == len(xs), shown
+    assert [(c["writer"], c["status"], c["rows"]) for c in shown] == [
+        unavailable_card(w) if w in DATABRICKS_ONLY else (w, "success", "1") for w in writers
+    ], shown
+    # Side by side on a desktop: in reading order, left to right on each line (more
+    # writers than fit one line wrap onto the next).
+    lines = sorted({round(c["y"]) for c in shown})
+    assert len(lines) < len(shown), shown
+    assert [round(c["y"]) for c in shown] == sorted(round(c["y"]) for c in shown), shown
+    for line in lines:
+        xs = [c["x"] for c in shown if round(c["y"]) == line]
+        assert xs == sorted(xs) and len(set(xs)) == len(xs), shown
     # Per writer, never a sum over writers (each wrote the same row) nor a summed throughput.
     per_writer = page.eval_on_selector_all(
         "#results-summary [data-metric='rows_per_writer'] li",
         "lis => lis.map(li => [li.dataset.writer, li.dataset.rows])",
     )
-    assert per_writer == [[w, "1"] for w in writers]
+    assert per_writer == [[w, "0" if w in DATABRICKS_ONLY else "1"] for w in writers]
     assert page.query_selector("#results-summary [data-metric='processed_count']") is None
     assert page.query_selector("#results-summary [data-metric='throughput']") is None
+    wrote = [w for w in writers if w not in DATABRICKS_ONLY]
     assert page.text_content("#submit-status") == (
-        f"Wrote 1 row through each of {len(writers)} writers."
+        f"Wrote 1 row through each of {len(wrote)} writers{not_written()}."
     )
-    assert page.text_content("#results-summary .badge") == "success"
+    assert page.text_content("#results-summary .badge") == "partial"
     assert delta_rows(app, batch_id) == dict.fromkeys(delta_writers(app), 1)
     assert postgres_rows(app, batch_id) == 1
     screenshot(page, "ui-desktop-all-writers")
@@ -285,7 +309,9 @@ def test_phone_width_layout(open_page: Any, app: RunningApp) -> None:
     # Nothing wider than the screen; the cards stack in one column.
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     shown = cards(page)
-    assert [c["rows"] for c in shown] == ["2"] * len(ingest_writers(app))
+    assert [c["rows"] for c in shown] == [
+        "0" if w in DATABRICKS_ONLY else "2" for w in ingest_writers(app)
+    ]
     assert len({round(c["x"]) for c in shown}) == 1, shown
     ys = [c["y"] for c in shown]
     assert ys == sorted(ys) and len(set(ys)) == len(ys), shown
@@ -361,10 +387,11 @@ def test_generate_samples_then_write_all(open_page: Any, app: RunningApp) -> Non
     shown = cards(page)
     writers = ingest_writers(app)
     assert [(c["writer"], c["status"], c["rows"]) for c in shown] == [
-        (w, "success", "10") for w in writers
+        unavailable_card(w) if w in DATABRICKS_ONLY else (w, "success", "10") for w in writers
     ]
+    wrote = [w for w in writers if w not in DATABRICKS_ONLY]
     assert page.text_content("#submit-status") == (
-        f"Wrote 10 rows through each of {len(writers)} writers."
+        f"Wrote 10 rows through each of {len(wrote)} writers{not_written()}."
     )
     assert delta_rows(app, batch_id) == dict.fromkeys(delta_writers(app), 10)
     assert postgres_rows(app, batch_id) == 10

@@ -303,7 +303,7 @@ def test_ddl_with_a_decimal_registers_and_writes_where_it_can(
     assert shown["zerobus"]["rows"] == "0"
     assert "DECIMAL" in shown["zerobus"]["error"] and "total" in shown["zerobus"]["error"]
     assert "Unavailable" in shown["zerobus"]["error"]
-    for writer in ("sql", "lakebase", REGISTRY):
+    for writer in ("sql", "sql-copy", "lakebase", REGISTRY):
         assert shown[writer]["status"] == "success", shown[writer]
         assert shown[writer]["rows"] == "3"
     assert page.text_content("#results-summary .badge") == "partial"
@@ -312,9 +312,10 @@ def test_ddl_with_a_decimal_registers_and_writes_where_it_can(
     assert "; not written: Zerobus Ingest (gRPC, protobuf) unavailable" in status
     screenshot(page, "workloads-desktop-decimal-all")
 
-    # What landed: the SQL warehouse's rows in Delta, Lakebase's in Postgres; none from Zerobus.
+    # What landed: the SQL warehouse's rows in Delta (INSERT and COPY INTO: the table has
+    # no source column to tell them apart), Lakebase's in Postgres; none from Zerobus.
     stored = delta_table(app, orders["delta_table"])
-    assert len(stored) == 3
+    assert len(stored) == 6
     first = next(r for r in stored if r["order_id"] == 9007199254740993)
     assert first["total"] == decimal.Decimal("12.34")
     assert first["paid"] is True
@@ -338,7 +339,7 @@ def test_ddl_with_a_decimal_registers_and_writes_where_it_can(
     assert "DECIMAL(10,2)" in alert and "column total" in alert
     assert page.locator("#result-cards .result-card").count() == 0
     assert "Nothing was written" in page.text_content("#submit-status")
-    assert len(delta_table(app, orders["delta_table"])) == 3
+    assert len(delta_table(app, orders["delta_table"])) == 6
 
 
 def test_registry_writer_is_listed_in_both_views(open_page: Any, app: RunningApp) -> None:

@@ -22,6 +22,8 @@ WRITERS: dict[str, str] = {
     "zerobus-arrow": "writers.zerobus_arrow:ZerobusArrowWriter",
     "zerobus-rest": "writers.zerobus_rest:ZerobusRestWriter",
     "sql": "writers.sql:SqlWriter",
+    "sql-copy": "writers.sql_copy:SqlCopyWriter",
+    "sql-connector": "writers.sql_connector:SqlConnectorWriter",
     "lakebase": "writers.lakebase:LakebaseWriter",
     "null": "writers.null:NullWriter",
 }

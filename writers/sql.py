@@ -1,8 +1,8 @@
 """The SQL writer: multi-row INSERTs of SQL literals through a SQL warehouse.
 
-Drivers (`SQL_DRIVER`):
-    statement-api  databricks-sdk's Statement Execution API (default; the local stack emulates it)
-    connector      databricks-sql-connector over Thrift (Databricks mode only)
+Statements go through databricks-sdk's Statement Execution API (the local stack emulates
+it); `writers.sql_connector` sends the same statements through databricks-sql-connector, and
+`writers.sql_copy` loads Parquet files with COPY INTO, both on this writer's code paths.
 
 A write becomes `INSERT INTO `cat`.`sch`.`tbl` (`col`, ...) VALUES (...), (...)` statements
 whose values are typed literals rendered column by column (`writers.sql_literals`), never
@@ -25,12 +25,10 @@ import contextlib
 import json
 import math
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
 
 import requests
 import structlog
@@ -84,14 +82,13 @@ _json_escaped = json.encoder.encode_basestring_ascii  # type: ignore[attr-define
 
 
 class SqlSettings(WriterSettings):
-    """DATABRICKS_WAREHOUSE_ID, SQL_TABLE, SQL_DRIVER."""
+    """DATABRICKS_WAREHOUSE_ID, SQL_TABLE."""
 
     model_config = SettingsConfigDict(env_prefix="SQL_")
 
     # The warehouse to write through (Databricks mode; the local stack names its own).
     warehouse_id: str | None = Field(default=None, validation_alias="DATABRICKS_WAREHOUSE_ID")
     table: str = "main.default.products"
-    driver: Literal["statement-api", "connector"] = "statement-api"
 
 
 @dataclass(frozen=True)
@@ -193,7 +190,7 @@ class _StatementFailed(Exception):
 class SqlWriter(DataWriterInterface):
     name = "sql"
     label = "SQL warehouse"
-    # Statements of one write in flight at once (statement-api; the connector runs one).
+    # Statements of one write in flight at once.
     max_concurrency = 4
     # Rows per statement up to this much statement text.
     statement_budget_bytes = STATEMENT_BUDGET_BYTES
@@ -207,29 +204,27 @@ class SqlWriter(DataWriterInterface):
         s = self.settings
         self.local = targets.mode == "local"
         self.table = self.config.table  # the default target, shown in availability
-        self.driver = self.config.driver
         self.host = (
             targets.workspace_url if self.local else targets.workspace_url or s.workspace_url
         )
-        self.warehouse_id = targets.warehouse_id or self.config.warehouse_id
+        # One warehouse for every SQL writer: DATABRICKS_WAREHOUSE_ID is the sql writer's.
+        sql_config = (
+            self.config
+            if isinstance(self.config, SqlSettings)
+            else targets.writer_config("sql", SqlSettings)
+        )
+        self.warehouse_id = targets.warehouse_id or sql_config.warehouse_id
         # Overall deadline per statement; a stopped warehouse can take minutes to start.
         self.statement_timeout_s = 60.0 if self.local else 600.0
         self._token = targets.local_token.get_secret_value() if targets.local_token else ""
         self._secrets = [x for x in (self._token, *_auth_secrets(targets)) if x]
         self._client: WorkspaceClient | None = None
-        self._connection: Any = None  # databricks.sql Connection, opened on first use
-        self._connection_lock = threading.Lock()
         self._reader: WarehouseReader | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def _config_problem(self) -> str | None:
         if self.local:
-            if self.driver == "connector":
-                return (
-                    "the connector driver needs a Databricks SQL warehouse; "
-                    "local mode supports statement-api"
-                )
             if not self.host or not self._token or not self.warehouse_id:
                 return "the local stack's SQL API (URL, token, warehouse) is not known"
             return None
@@ -273,10 +268,6 @@ class SqlWriter(DataWriterInterface):
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(connection.close)
 
     # -- availability ----------------------------------------------------------------------
 
@@ -286,7 +277,6 @@ class SqlWriter(DataWriterInterface):
             "host": self.host,
             "warehouse_id": self.warehouse_id,
             "table": self.table,
-            "driver": self.driver,
             "auth": "pat (local token)" if self.local else (auth.summary() if auth else "none"),
         }
 
@@ -359,7 +349,7 @@ class SqlWriter(DataWriterInterface):
                     return
                 ids[index] = result.statement_id
 
-        workers = 1 if self.driver == "connector" else self.max_concurrency
+        workers = self.max_concurrency
         await asyncio.gather(*(worker() for _ in range(min(workers, len(statements)))))
         if failures:
             index, exc = min(failures, key=lambda f: f[0])
@@ -407,7 +397,7 @@ class SqlWriter(DataWriterInterface):
     async def count_rows(self, table: TableRef, batch_id: str) -> int:
         """The batch's rows this writer wrote, read back through the warehouse."""
         self._require_open()
-        # Async HTTP on the event loop (whichever driver writes): benchmarks poll this while
+        # Async HTTP on the event loop (however the writer writes): benchmarks poll this while
         # they measure writes.
         if self._reader is None:
             self._reader = WarehouseReader(
@@ -421,8 +411,7 @@ class SqlWriter(DataWriterInterface):
             raise WriterUnavailableError("the SQL writer is not open", writer=self.name)
 
     def _run(self, sql: str) -> _Result:
-        if self.driver == "connector":
-            return self._run_connector(sql)
+        """Run one statement to its end (in a worker thread)."""
         return self._run_statement(sql)
 
     def _run_statement(self, sql: str) -> _Result:
@@ -461,35 +450,6 @@ class SqlWriter(DataWriterInterface):
         rows = resp.result.data_array if resp.result and resp.result.data_array else []
         return _Result(statement_id, rows)
 
-    def _run_connector(self, sql: str) -> _Result:
-        """One statement through databricks-sql-connector (one at a time per connection)."""
-        with self._connection_lock:
-            if self._connection is None:
-                self._connection = self._connect()
-            with self._connection.cursor() as cursor:
-                cursor.execute(sql)
-                rows = cursor.fetchall() if cursor.description else []
-                return _Result(cursor.query_id or "?", [list(r) for r in rows])
-
-    def _connect(self) -> Any:
-        # The connector takes a credentials provider: a callable that returns a header
-        # factory, which the unified-auth Config is (any auth type; it refreshes tokens).
-        from databricks import sql
-
-        auth = self.targets.workspace_auth
-        if auth is None or self.host is None:
-            raise WriterUnavailableError(self.targets.auth_missing() or "no workspace host")
-        config = auth.config
-
-        def credentials_provider() -> Any:
-            return config.authenticate
-
-        return sql.connect(
-            server_hostname=urlsplit(self.host).hostname,
-            http_path=f"/sql/1.0/warehouses/{self.warehouse_id}",
-            credentials_provider=credentials_provider,
-        )
-
     # -- errors ----------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -525,8 +485,8 @@ class SqlWriter(DataWriterInterface):
         elif isinstance(exc, TimeoutError | requests.RequestException):
             cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
             error = unavailable(f"cannot reach the SQL API at {self.host}: {_network(cause)}")
-        elif type(exc).__module__.startswith("databricks.sql"):
-            error = self._translate_connector(exc)
+        elif (driver_error := self._translate_driver(exc)) is not None:
+            error = driver_error
         elif isinstance(exc, ValueError):  # the SDK's Config: auth could not be set up
             error = unavailable(f"cannot authenticate to {self.host}: {text}")
         else:
@@ -536,17 +496,9 @@ class SqlWriter(DataWriterInterface):
         error.writer = self.name
         return error
 
-    def _translate_connector(self, exc: Exception) -> DirectWriteError:
-        from databricks.sql import exc as sql_exc
-
-        text = str(getattr(exc, "message", None) or exc)
-        if isinstance(exc, sql_exc.ServerOperationError):
-            return WriteFailedError(f"the warehouse failed the statement: {text}")
-        if isinstance(
-            exc, sql_exc.RequestError | sql_exc.OperationalError | sql_exc.InterfaceError
-        ):
-            return WriterUnavailableError(f"cannot reach the SQL warehouse: {text}")
-        return WriteFailedError(f"the SQL connector failed: {text}")
+    def _translate_driver(self, exc: Exception) -> DirectWriteError | None:
+        """Errors of another client library a subclass runs statements with (None: not one)."""
+        return None
 
     def _clean(self, message: str) -> str:
         message = re.split(r"\.? Config: ", message, maxsplit=1)[0]  # the SDK's debug suffix

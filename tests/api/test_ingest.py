@@ -10,12 +10,16 @@ import psycopg
 import pytest
 from deltalake import DeltaTable
 
+from tests.conftest import DATABRICKS_ONLY
 from tests.emulator.zerobus_support import table_path
 from writers import WRITERS, ingest_writers
+from writers.sql_connector import LOCAL_REASON
 
-# Every writer that stores rows, from the registry; all but lakebase write the Delta table.
+# Every writer that stores rows, from the registry; those the local stack can serve, and of
+# them all but lakebase write the Delta table.
 STORING = ingest_writers()
-DELTA_WRITERS = [w for w in STORING if w != "lakebase"]
+LOCAL = [w for w in STORING if w not in DATABRICKS_ONLY]
+DELTA_WRITERS = [w for w in LOCAL if w != "lakebase"]
 
 WATCH = {
     "product_id": "PROD005",
@@ -85,8 +89,13 @@ def test_all_writes_the_same_items_to_every_target(client, local_stack):
     body = resp.json()
     batch = body["batch_id"]
     assert [r["writer"] for r in body["results"]] == STORING
-    assert all(r["status"] == "success" and r["rows_written"] == 2 for r in body["results"])
-    assert body["processed_count"] == 2 * len(STORING)
+    by_writer = {r["writer"]: r for r in body["results"]}
+    # Databricks mode only: unavailable on the local stack, with the reason.
+    connector = by_writer.pop("sql-connector")
+    assert (connector["status"], connector["rows_written"]) == ("unavailable", 0)
+    assert connector["error"]["message"] == LOCAL_REASON
+    assert all(r["status"] == "success" and r["rows_written"] == 2 for r in by_writer.values())
+    assert body["processed_count"] == 2 * len(LOCAL)
     for source in DELTA_WRITERS:
         rows = [stored(r) for r in delta_rows(local_stack, batch, source)]
         assert rows == [expected_row(it, batch, i, source) for i, it in enumerate(items)]
@@ -256,7 +265,7 @@ def test_categories_come_from_the_record_model(client):
 def test_all_skips_the_writers_the_page_saw_unavailable(client, local_stack):
     resp = client.post(
         "/api/v1/process-structured",
-        json={"writer_type": "all", "items": [WATCH], "skip": ["lakebase"]},
+        json={"writer_type": "all", "items": [WATCH], "skip": ["lakebase", "sql-connector"]},
     )
     assert resp.status_code == 200, resp.text
     body = resp.json()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import local_targets, products_ddl, run_sql
+from tests.conftest import DATABRICKS_ONLY, local_targets, products_ddl, run_sql
 from workloads import products
 from workloads.base import Rows
 from workloads.inputs import build_rows, new_batch_id
@@ -20,7 +20,7 @@ def build_records(items, *, batch_id: str, source: str) -> Rows:
     return build_rows(products.WORKLOAD, items, batch_id=batch_id, source=source)
 
 
-@pytest.fixture(params=list(WRITERS))
+@pytest.fixture(params=[name for name in WRITERS if name not in DATABRICKS_ONLY])
 async def writer(request, local_stack):
     run_sql(local_stack, products_ddl("main.default.products"))  # IF NOT EXISTS
     instance: DataWriterInterface = writer_class(request.param)(local_targets(local_stack))

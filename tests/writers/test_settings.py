@@ -22,7 +22,7 @@ from dwbench.settings import Settings
 from writers import WRITERS, writer_class, writer_config
 from writers.base import Targets, WriterSettings
 from writers.lakebase import LakebaseSettings, LakebaseWriter
-from writers.sql import SqlSettings, SqlWriter
+from writers.sql import SqlSettings
 from writers.zerobus import ZerobusJsonWriter, ZerobusSettings, ZerobusWriter
 
 PASSWORD = "pg-password-do-not-show-1f3a"
@@ -37,7 +37,6 @@ VARIABLES: list[tuple[str, type[WriterSettings], str, str, Any]] = [
     ("ZEROBUS_ACK_TIMEOUT_S", ZerobusSettings, "ack_timeout_s", "2.5", 2.5),
     ("DATABRICKS_WAREHOUSE_ID", SqlSettings, "warehouse_id", "a1b2c3d4e5f60718", None),
     ("SQL_TABLE", SqlSettings, "table", "main.bench.sql", None),
-    ("SQL_DRIVER", SqlSettings, "driver", "connector", None),
     ("PGHOST", LakebaseSettings, "host", "instance.database.example.com", None),
     ("PGPORT", LakebaseSettings, "port", "6543", 6543),
     ("PGDATABASE", LakebaseSettings, "database", "databricks_postgres", None),
@@ -59,7 +58,6 @@ DEFAULTS: dict[type[WriterSettings], dict[str, Any]] = {
     SqlSettings: {
         "warehouse_id": None,
         "table": "main.default.products",
-        "driver": "statement-api",
     },
     LakebaseSettings: {
         "host": None,
@@ -161,7 +159,6 @@ def test_the_app_settings_no_longer_hold_writer_fields() -> None:
     [
         ("ZEROBUS_ACK_TIMEOUT_S", "0"),
         ("ZEROBUS_RECORD_FORMAT", "avro"),
-        ("SQL_DRIVER", "odbc"),
         ("PGPORT", "not-a-port"),
         ("LAKEBASE_WRITE_MODE", "upsert"),
         ("LAKEBASE_WRITE_TIMEOUT_S", "-1"),
@@ -180,7 +177,6 @@ def test_writers_read_their_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZEROBUS_TABLE", "main.env.zb")
     monkeypatch.setenv("ZEROBUS_RECORD_FORMAT", "json")
     monkeypatch.setenv("ZEROBUS_ACK_TIMEOUT_S", "3")
-    monkeypatch.setenv("SQL_DRIVER", "connector")
     monkeypatch.setenv("LAKEBASE_WRITE_MODE", "insert")
     monkeypatch.setenv("LAKEBASE_WRITE_TIMEOUT_S", "9")
     zerobus = ZerobusWriter(local())
@@ -190,7 +186,6 @@ def test_writers_read_their_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         3,
     )
     assert isinstance(zerobus.config, ZerobusSettings)
-    assert SqlWriter(local()).driver == "connector"
     lakebase = LakebaseWriter(local())
     assert (lakebase.write_mode, lakebase.write_timeout_s) == ("insert", 9.0)
 

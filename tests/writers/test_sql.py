@@ -40,7 +40,6 @@ from writers.base import Targets
 from writers.sql import (
     MAX_STATEMENT_BYTES,
     STATEMENT_BUDGET_BYTES,
-    SqlSettings,
     SqlWriter,
     insert_statements,
     quote_table,
@@ -461,18 +460,6 @@ async def test_wrong_token_is_unavailable_without_showing_the_token(local_stack,
     await writer.close()
 
 
-async def test_connector_driver_needs_databricks(local_stack):
-    writer = SqlWriter(local_targets(local_stack, sql=SqlSettings(driver="connector")))
-    expected = (
-        "the connector driver needs a Databricks SQL warehouse; local mode supports statement-api"
-    )
-    with pytest.raises(WriterUnavailableError, match=expected):
-        await writer.open()
-    availability = await writer.availability()
-    assert not availability.available and availability.reason == expected
-    assert availability.details["driver"] == "connector"
-
-
 # -- availability and configuration --------------------------------------------------------
 
 
@@ -483,7 +470,6 @@ async def test_availability_on_the_local_stack(local_stack, writer):
         "host": local_stack["api_url"],
         "warehouse_id": local_stack["warehouse_id"],
         "table": "main.default.products",
-        "driver": "statement-api",
         "auth": "pat (local token)",
         "warehouse_name": "Local SQL warehouse",
         "warehouse_state": "RUNNING",

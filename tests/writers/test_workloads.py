@@ -26,7 +26,7 @@ from workloads.wire import json_value
 from writers import writer_class
 from writers.base import DataWriterInterface
 
-STORING = ["zerobus", "zerobus-json", "zerobus-arrow", "sql", "lakebase"]
+STORING = ["zerobus", "zerobus-json", "zerobus-arrow", "sql", "sql-copy", "lakebase"]
 NESTED_DDL = """
   id BIGINT NOT NULL,
   at_ntz TIMESTAMP_NTZ,
