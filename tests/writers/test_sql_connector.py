@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from dwbench.auth import WorkspaceAuth, resolve_workspace_auth
 from dwbench.errors import WriterUnavailableError
 from dwbench.settings import Settings
 from tests.conftest import local_targets
@@ -26,11 +27,15 @@ from writers.sql_connector import (
 )
 
 
-def databricks_targets(settings: Settings, **config: Any) -> Targets:
+def databricks_targets(
+    auth: WorkspaceAuth | None, problem: str | None = None, **config: Any
+) -> Targets:
     return Targets(
         mode="databricks",
-        settings=settings,
-        workspace_url=settings.workspace_url,
+        settings=Settings(app_mode="databricks"),
+        workspace_url=auth.host if auth else None,
+        workspace_auth=auth,
+        auth_problem=problem,
         writer_settings={
             # The warehouse is the sql writer's setting, shared by every SQL writer.
             "sql": SqlSettings(warehouse_id=config.pop("warehouse_id", None)),
@@ -39,7 +44,16 @@ def databricks_targets(settings: Settings, **config: Any) -> Targets:
     )
 
 
-SP = {"databricks_client_id": "sp-id", "databricks_client_secret": "sp-secret-value"}
+@pytest.fixture
+def pat(local_stack: dict[str, Any]) -> WorkspaceAuth:
+    """Unified auth with a token, resolved against the local stack's API (no network)."""
+    return resolve_workspace_auth(
+        Settings(
+            app_mode="databricks",
+            databricks_host=local_stack["api_url"],
+            databricks_token=local_stack["token"],
+        )
+    )
 
 
 async def test_local_mode_is_unavailable_with_the_reason(local_stack):
@@ -56,44 +70,36 @@ async def test_local_mode_is_unavailable_with_the_reason(local_stack):
     await writer.close()
 
 
-@pytest.mark.parametrize(
-    ("settings", "config", "reason"),
-    [
-        (
-            {"app_mode": "databricks"},
-            {"warehouse_id": "w1"},
-            "set DATABRICKS_HOST to the workspace URL",
-        ),
-        (
-            {"app_mode": "databricks", "databricks_host": "adb-1.example.com"},
-            {"warehouse_id": "w1"},
-            "set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (a service principal)",
-        ),
-        (
-            {"app_mode": "databricks", "databricks_host": "adb-1.example.com", **SP},
-            {},
-            "set DATABRICKS_WAREHOUSE_ID to the id of the SQL warehouse to write through",
-        ),
-    ],
-)
-async def test_databricks_mode_names_what_is_missing(settings, config, reason):
-    writer = SqlConnectorWriter(databricks_targets(Settings(**settings), **config))
+async def test_databricks_mode_without_credentials_says_why():
+    problem = "no Databricks credentials: set DATABRICKS_HOST and DATABRICKS_TOKEN"
+    writer = SqlConnectorWriter(databricks_targets(None, problem, warehouse_id="w1"))
+    availability = await writer.availability()
+    assert not availability.available and availability.reason == problem
+    with pytest.raises(WriterUnavailableError) as info:
+        await writer.open()
+    assert info.value.message == problem
+
+
+async def test_databricks_mode_without_a_warehouse_says_so(
+    pat: WorkspaceAuth, local_stack: dict[str, Any]
+):
+    writer = SqlConnectorWriter(databricks_targets(pat))
+    reason = "set DATABRICKS_WAREHOUSE_ID to the id of the SQL warehouse to write through"
     availability = await writer.availability()
     assert not availability.available and availability.reason == reason
-    assert "sp-secret-value" not in repr(availability)
+    assert local_stack["token"] not in repr(availability)
     with pytest.raises(WriterUnavailableError) as info:
         await writer.open()
     assert info.value.message == reason
 
 
-def test_databricks_details_name_the_http_path():
-    settings = Settings(app_mode="databricks", databricks_host="adb-1.example.com", **SP)
-    writer = SqlConnectorWriter(databricks_targets(settings, warehouse_id="abc123"))
+def test_databricks_details_name_the_http_path(pat: WorkspaceAuth, local_stack: dict[str, Any]):
+    writer = SqlConnectorWriter(databricks_targets(pat, warehouse_id="abc123"))
     details = writer._details()
     assert details["http_path"] == "/sql/1.0/warehouses/abc123"
     assert details["warehouse_id"] == "abc123" and details["connections"] == 0
-    assert details["auth"] == "oauth-m2m (client_id=***)"
-    assert "sp-secret-value" not in repr(details)
+    assert details["auth"] == "pat (DATABRICKS_TOKEN)"
+    assert local_stack["token"] not in repr(details)
 
 
 def test_statements_are_the_sql_writers():
