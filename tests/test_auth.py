@@ -37,6 +37,7 @@ from writers.lakebase import LakebaseSettings
 from writers.sql import SqlSettings, SqlWriter
 from writers.zerobus import ZerobusWriter
 from writers.zerobus_arrow import ZerobusArrowWriter
+from writers.zerobus_rest import ZerobusRestWriter
 
 SP_SECRET = "sp-secret-" + "x" * 24
 PAT_REJECTED = "dapi-not-the-stacks-token-0123456789"
@@ -310,7 +311,7 @@ def test_a_token_without_a_host(tmp_path: Path) -> None:
 # -- the writers ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("writer_class", [ZerobusWriter, ZerobusArrowWriter])
+@pytest.mark.parametrize("writer_class", [ZerobusWriter, ZerobusArrowWriter, ZerobusRestWriter])
 async def test_zerobus_says_a_pat_profile_is_not_what_it_takes(
     pat_auth: WorkspaceAuth, local_stack: dict[str, Any], writer_class: type[Any]
 ) -> None:

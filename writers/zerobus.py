@@ -114,6 +114,49 @@ def zerobus_auth_description(targets: Targets) -> str:
     return "none: " + (zerobus_auth_problem(targets) or "")
 
 
+def zerobus_error(
+    exc: BaseException,
+    *,
+    writer: str,
+    table: str,
+    endpoint: str | None,
+    ack_timeout_s: float,
+    opening: bool,
+    kind: str = "",
+) -> DirectWriteError:
+    """An SDK failure as the writers report it; `kind` names the stream ("Arrow ")."""
+    if isinstance(exc, TimeoutError):
+        return WriteFailedError(
+            f"no durability acknowledgement within {ack_timeout_s:g} s; the rows "
+            "are not counted as written (the service may still commit them)",
+            writer=writer,
+        )
+    text = str(exc)
+    if opening and any(code in text for code in _UNAVAILABLE_CODES):
+        return WriterUnavailableError(
+            f"cannot open a Zerobus {kind}stream to {table} at {endpoint}: {text}", writer=writer
+        )
+    if opening:
+        return WriterUnavailableError(
+            f"Zerobus refused the {kind}stream for {table}: {text}", writer=writer
+        )
+    if "unavailable" in text.lower() or "connect" in text.lower():
+        return WriterUnavailableError(f"Zerobus {kind}stream lost: {text}", writer=writer)
+    return WriteFailedError(f"Zerobus rejected the {kind}batch: {text}", writer=writer)
+
+
+async def unreachable_reason(endpoint: str, what: str) -> str | None:
+    """None when something listens on the endpoint's host and port (a TCP connect within
+    3 s, nothing sent); otherwise why not, naming `what`."""
+    parts = urlsplit(endpoint if "//" in endpoint else f"https://{endpoint}")
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        await asyncio.wait_for(asyncio.to_thread(_tcp_check, host, port), 3.0)
+    except (OSError, TimeoutError) as exc:
+        return f"cannot reach {what} {host}:{port}: {exc or 'timed out'}"
+    return None
+
+
 class LocalBearerToken(HeadersProvider):
     """The local stack's auth: a fixed bearer token plus the table header."""
 
@@ -318,25 +361,10 @@ class ZerobusWriter(DataWriterInterface):
         raise AssertionError("unreachable")
 
     def _translate(self, exc: BaseException, table: str, *, opening: bool) -> DirectWriteError:
-        if isinstance(exc, TimeoutError):
-            return WriteFailedError(
-                f"no durability acknowledgement within {self.ack_timeout_s:g} s; the rows "
-                "are not counted as written (the service may still commit them)",
-                writer=self.name,
-            )
-        text = str(exc)
-        if opening and any(code in text for code in _UNAVAILABLE_CODES):
-            return WriterUnavailableError(
-                f"cannot open a Zerobus stream to {table} at {self.endpoint}: {text}",
-                writer=self.name,
-            )
-        if opening:
-            return WriterUnavailableError(
-                f"Zerobus refused the stream for {table}: {text}", writer=self.name
-            )
-        if "unavailable" in text.lower() or "connect" in text.lower():
-            return WriterUnavailableError(f"Zerobus stream lost: {text}", writer=self.name)
-        return WriteFailedError(f"Zerobus rejected the batch: {text}", writer=self.name)
+        return zerobus_error(
+            exc, writer=self.name, table=table, endpoint=self.endpoint,
+            ack_timeout_s=self.ack_timeout_s, opening=opening,
+        )  # fmt: skip
 
     async def availability(self) -> Availability:
         details = self.describe()
@@ -347,14 +375,8 @@ class ZerobusWriter(DataWriterInterface):
             return Availability(True, None, details)
         # No stream yet: check that something listens, without opening a stream.
         assert self.endpoint is not None
-        parts = urlsplit(self.endpoint if "//" in self.endpoint else f"https://{self.endpoint}")
-        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            await asyncio.wait_for(asyncio.to_thread(_tcp_check, host, port), 3.0)
-        except (OSError, TimeoutError) as exc:
-            reason = f"cannot reach the Zerobus endpoint {host}:{port}: {exc or 'timed out'}"
-            return Availability(False, reason, details)
-        return Availability(True, None, details)
+        unreachable = await unreachable_reason(self.endpoint, "the Zerobus endpoint")
+        return Availability(unreachable is None, unreachable, details)
 
     def describe(self) -> dict[str, Any]:
         auth = zerobus_auth_description(self.targets)

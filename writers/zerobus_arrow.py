@@ -21,7 +21,6 @@ import asyncio
 import time
 from importlib import metadata
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import structlog
@@ -45,9 +44,10 @@ from writers.zerobus import (
     CLOSE_TIMEOUT_S,
     ZerobusSettings,
     _is_bad_input,
-    _tcp_check,
+    unreachable_reason,
     zerobus_auth_description,
     zerobus_auth_problem,
+    zerobus_error,
 )
 
 log = structlog.get_logger(__name__)
@@ -303,25 +303,10 @@ class ZerobusArrowWriter(DataWriterInterface):
         raise AssertionError("unreachable")
 
     def _translate(self, exc: BaseException, table: str, *, opening: bool) -> DirectWriteError:
-        if isinstance(exc, TimeoutError):
-            return WriteFailedError(
-                f"no durability acknowledgement within {self.ack_timeout_s:g} s; the rows "
-                "are not counted as written (the service may still commit them)",
-                writer=self.name,
-            )
-        text = str(exc)
-        if opening and any(code in text for code in _UNAVAILABLE_CODES):
-            return WriterUnavailableError(
-                f"cannot open a Zerobus Arrow stream to {table} at {self.endpoint}: {text}",
-                writer=self.name,
-            )
-        if opening:
-            return WriterUnavailableError(
-                f"Zerobus refused the Arrow stream for {table}: {text}", writer=self.name
-            )
-        if "unavailable" in text.lower() or "connect" in text.lower():
-            return WriterUnavailableError(f"Zerobus Arrow stream lost: {text}", writer=self.name)
-        return WriteFailedError(f"Zerobus rejected the Arrow batch: {text}", writer=self.name)
+        return zerobus_error(
+            exc, writer=self.name, table=table, endpoint=self.endpoint,
+            ack_timeout_s=self.ack_timeout_s, opening=opening, kind="Arrow ",
+        )  # fmt: skip
 
     async def availability(self) -> Availability:
         details = self.describe()
@@ -331,14 +316,8 @@ class ZerobusArrowWriter(DataWriterInterface):
         if any(state.stream is not None for state in self._tables.values()):
             return Availability(True, None, details)
         assert self.endpoint is not None
-        parts = urlsplit(self.endpoint if "//" in self.endpoint else f"https://{self.endpoint}")
-        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            await asyncio.wait_for(asyncio.to_thread(_tcp_check, host, port), 3.0)
-        except (OSError, TimeoutError) as exc:
-            reason = f"cannot reach the Zerobus endpoint {host}:{port}: {exc or 'timed out'}"
-            return Availability(False, reason, details)
-        return Availability(True, None, details)
+        unreachable = await unreachable_reason(self.endpoint, "the Zerobus endpoint")
+        return Availability(unreachable is None, unreachable, details)
 
     def describe(self) -> dict[str, Any]:
         auth = zerobus_auth_description(self.targets)

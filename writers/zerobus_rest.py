@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from writers.base import (
     mask,
 )
 from writers.readback import WarehouseReader
+from writers.zerobus import unreachable_reason, zerobus_auth_description, zerobus_auth_problem
 
 log = structlog.get_logger(__name__)
 
@@ -224,11 +224,7 @@ class ZerobusRestWriter(DataWriterInterface):
                 return "ZEROBUS_REST_AUTH=token is for the local stack; a workspace needs oauth"
             if not (self.endpoint or self.targets.zerobus_endpoint):
                 return "ZEROBUS_ENDPOINT is not set (the workspace's Zerobus Ingest endpoint)"
-            s = self.settings
-            if not (s.databricks_client_id and s.databricks_client_secret):
-                return "DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET are not set"
-            if not self.targets.workspace_url:
-                return "DATABRICKS_HOST is not set"
+            return zerobus_auth_problem(self.targets)  # a service principal, as the SDK's
         elif self.targets.local_token is None or not self.targets.workspace_url:
             return "the local stack's API URL and token are not known"
         return None
@@ -305,12 +301,13 @@ class ZerobusRestWriter(DataWriterInterface):
         base = zerobus if "//" in zerobus else f"https://{zerobus}"
         parts = urlsplit(base)
         self.endpoint = f"{parts.scheme}://{parts.netloc}"
-        s = self.settings
-        assert s.databricks_client_id and s.databricks_client_secret
+        auth = self.targets.workspace_auth
+        credentials = auth.client_credentials() if auth else None
+        assert credentials is not None
         return OAuthClient(
             token_url=f"{str(self.targets.workspace_url).rstrip('/')}/oidc/v1/token",
-            client_id=s.databricks_client_id,
-            client_secret=s.databricks_client_secret.get_secret_value(),
+            client_id=credentials[0],
+            client_secret=credentials[1],
             # The workspace id is the first label of the Zerobus host.
             workspace_id=self.config.workspace_id or (parts.hostname or "").split(".")[0],
         )
@@ -426,22 +423,18 @@ class ZerobusRestWriter(DataWriterInterface):
             return Availability(False, problem, details)
         if self._http is None or self.endpoint is None:
             return Availability(False, "writer is not open", details)
-        parts = urlsplit(self.endpoint)
-        host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            await asyncio.wait_for(asyncio.to_thread(_tcp_check, host, port), 3.0)
-        except (OSError, TimeoutError) as exc:
-            reason = f"cannot reach the Zerobus REST endpoint {host}:{port}: {exc or 'timed out'}"
-            return Availability(False, reason, details)
-        return Availability(True, None, details)
+        unreachable = await unreachable_reason(self.endpoint, "the Zerobus REST endpoint")
+        return Availability(unreachable is None, unreachable, details)
 
     def describe(self) -> dict[str, Any]:
         if self._tokens is not None:
             auth = f"oauth-m2m (client_id={mask(self._tokens.client.client_id)})"
         elif self.targets.mode == "local" and self.config.auth == "token":
             auth = "bearer token (local stack)"
+        elif self.targets.mode == "local":
+            auth = "oauth-m2m (the local stack's client)"
         else:
-            auth = f"oauth-m2m (client_id={mask(self.settings.databricks_client_id)})"
+            auth = zerobus_auth_description(self.targets)
         return {
             "endpoint": self.endpoint,
             "auth_mode": auth,
@@ -482,8 +475,3 @@ def _service_error(resp: httpx.Response) -> tuple[str, str]:
     if isinstance(answer, dict) and "error_code" in answer:
         return str(answer["error_code"]), str(answer.get("message", ""))
     return "NO_ERROR_CODE", resp.text[:200] or resp.reason_phrase
-
-
-def _tcp_check(host: str, port: int) -> None:
-    with socket.create_connection((host, port), timeout=2.0):
-        pass

@@ -7,6 +7,7 @@ import json
 import logging
 import secrets
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ import pytest
 from deltalake import DeltaTable
 from pydantic import SecretStr
 
+from dwbench.auth import WorkspaceAuth
 from dwbench.errors import SchemaNotSupportedError, WriteFailedError, WriterUnavailableError
 from dwbench.settings import Settings
 from tests.conftest import local_targets, run_sql
@@ -73,12 +75,22 @@ def workspace_targets(endpoints: dict[str, Any], secret: str) -> Targets:
         databricks_client_id=endpoints["oauth_client_id"],
         databricks_client_secret=SecretStr(secret),
     )
+    # The service principal as unified auth resolves it; only its client credentials are
+    # read by this writer, so the SDK's Config (which would authenticate at once) is left out.
+    auth = WorkspaceAuth(
+        config=SimpleNamespace(client_id=endpoints["oauth_client_id"], client_secret=secret),
+        host=endpoints["api_url"],
+        auth_type="oauth-m2m",
+        profile=None,
+        source="DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET",
+    )
     return Targets(
         mode="databricks",
         settings=settings,
         zerobus_endpoint=endpoints["zerobus_rest_url"],
         workspace_url=endpoints["api_url"],
         warehouse_id="local",
+        workspace_auth=auth,
     )
 
 
