@@ -21,7 +21,9 @@ from emulator.postgres import EmbeddedPostgres
 from emulator.process import StackOwnership
 from emulator.statements import create_statement_app
 from emulator.table_writer import TableWriterConfig
+from emulator.tls import LocalTls
 from emulator.volumes import Volumes
+from emulator.wire import WireCounters
 from emulator.zerobus import ZerobusService, build_server
 from emulator.zerobus_rest import MAX_BODY_BYTES, ZerobusRestService
 
@@ -64,6 +66,9 @@ class LocalStack:
         self._rest_http: uvicorn.Server | None = None
         self._rest_task: asyncio.Task[None] | None = None
         self.zerobus_rest_port = 0
+        # Bytes each client sent, per interface and table (`emulator.wire`).
+        self.wire = WireCounters()
+        self.tls: LocalTls | None = None
 
     async def start(self) -> dict[str, Any]:
         """Start every service; return what a client needs to reach them."""
@@ -85,6 +90,8 @@ class LocalStack:
             )
             await asyncio.to_thread(self.postgres.start)
         self.catalog = Catalog(cfg.data_dir, cfg.writer)
+        # The CA clients verify the TLS listeners against; kept across restarts.
+        self.tls = await asyncio.to_thread(LocalTls.ensure, cfg.data_dir / "tls", cfg.host)
         # The workspace id is the first label of the Zerobus host, as the clients derive it.
         self.oauth = OAuthIssuer(cfg.token, workspace_id=cfg.host.split(".")[0])
         self.zerobus = ZerobusService(
@@ -139,6 +146,7 @@ class LocalStack:
             "workspace_id": self.oauth.workspace_id if self.oauth else None,
             "oauth_client_id": self.oauth.client_id if self.oauth else None,
             "oauth_client_secret": self.oauth.client_secret if self.oauth else None,
+            "ca_file": str(self.tls.ca_file.resolve()) if self.tls else None,
         }
 
     async def stop(self) -> None:
@@ -203,6 +211,7 @@ class LocalStack:
             "arrow_flight": flight,
             "zerobus_rest": rest,
             "tables": tables,
+            "wire_bytes": self.wire.snapshot(),
         }
 
 
