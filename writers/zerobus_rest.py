@@ -82,6 +82,38 @@ class ZerobusRestSettings(WriterSettings):
     max_connections: int = Field(default=256, ge=1)
 
 
+async def local_endpoints(
+    targets: Targets, http: httpx.AsyncClient, *, writer: str
+) -> dict[str, Any]:
+    """The local stack's endpoints (`/api/local/endpoints`), asked with its token."""
+    assert targets.local_token is not None
+    token = targets.local_token.get_secret_value()
+    url = f"{str(targets.workspace_url).rstrip('/')}/api/local/endpoints"
+    try:
+        resp = await http.get(url, headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        raise WriterUnavailableError(
+            f"the local stack does not answer at {url}: {str(exc) or type(exc).__name__}",
+            writer=writer,
+        ) from exc
+    if resp.status_code != 200:
+        raise WriterUnavailableError(
+            f"the local stack answered HTTP {resp.status_code} at {url}", writer=writer
+        )
+    endpoints: dict[str, Any] = resp.json()
+    return endpoints
+
+
+def local_oauth_client(targets: Targets, endpoints: dict[str, Any]) -> OAuthClient:
+    """The local stack's OAuth client (its id and secret, its own token route)."""
+    return OAuthClient(
+        token_url=f"{str(targets.workspace_url).rstrip('/')}/oidc/v1/token",
+        client_id=endpoints["oauth_client_id"],
+        client_secret=endpoints["oauth_client_secret"],
+        workspace_id=str(endpoints["workspace_id"]),
+    )
+
+
 @dataclass(frozen=True)
 class OAuthClient:
     token_url: str
@@ -265,19 +297,7 @@ class ZerobusRestWriter(DataWriterInterface):
         if self.config.auth == "token" and self.endpoint:
             self._bearer = token  # everything is known: no need to ask the stack
             return None
-        url = f"{str(self.targets.workspace_url).rstrip('/')}/api/local/endpoints"
-        try:
-            resp = await self._auth_http.get(url, headers={"Authorization": f"Bearer {token}"})
-        except httpx.HTTPError as exc:
-            raise WriterUnavailableError(
-                f"the local stack does not answer at {url}: {str(exc) or type(exc).__name__}",
-                writer=self.name,
-            ) from exc
-        if resp.status_code != 200:
-            raise WriterUnavailableError(
-                f"the local stack answered HTTP {resp.status_code} at {url}", writer=self.name
-            )
-        endpoints = resp.json()
+        endpoints = await local_endpoints(self.targets, self._auth_http, writer=self.name)
         if not endpoints.get("zerobus_rest_url"):
             raise WriterUnavailableError(
                 "the local stack does not serve Zerobus REST (no zerobus_rest_url in its "
@@ -288,12 +308,7 @@ class ZerobusRestWriter(DataWriterInterface):
         if self.config.auth == "token":
             self._bearer = token
             return None
-        return OAuthClient(
-            token_url=f"{str(self.targets.workspace_url).rstrip('/')}/oidc/v1/token",
-            client_id=endpoints["oauth_client_id"],
-            client_secret=endpoints["oauth_client_secret"],
-            workspace_id=str(endpoints["workspace_id"]),
-        )
+        return local_oauth_client(self.targets, endpoints)
 
     def _workspace_setup(self) -> OAuthClient:
         zerobus = self.endpoint or self.targets.zerobus_endpoint
