@@ -130,12 +130,21 @@ class DataWriterInterface(ABC):
     stores_rows: ClassVar[bool] = True
     # The writer's own settings; a subclass narrows `config` to its class.
     settings_class: ClassVar[type[WriterSettings]] = WriterSettings
+    # The local stack's byte counter for this writer's interface (`emulator.wire`): the
+    # bytes it received from this client, per table. None where no stand-in counts them.
+    wire_interface: ClassVar[str | None] = None
     config: WriterSettings
 
     def __init__(self, targets: Targets) -> None:
         self.targets = targets
         self.settings = targets.settings  # the app's: mode, workspace, credentials
         self.config = targets.writer_config(self.name, self.settings_class)
+        # Bytes of the payloads this writer encoded and sent, per table (`count_payload`).
+        self.payload_bytes: dict[str, int] = {}
+
+    def count_payload(self, table: str, nbytes: int) -> None:
+        """Record `nbytes` of payload sent for `table` (the encoded records, as sent)."""
+        self.payload_bytes[table] = self.payload_bytes.get(table, 0) + nbytes
 
     @abstractmethod
     async def open(self) -> None:
