@@ -121,6 +121,12 @@ COLUMNS: tuple[Column, ...] = (
         "client CPU s/M rows",
         _num(fmt_mib, lambda w: w.client_cpu_s_per_million_rows),
     ),
+    Column("wire_bytes", "wire bytes/row", _num(fmt_int, lambda w: w.wire_bytes_per_row)),
+    Column(
+        "quota",
+        "quota ceiling rows/s (projection)",
+        _num(fmt_int, lambda w: w.quota_projection.rows_per_s if w.quota_projection else None),
+    ),
 )
 
 

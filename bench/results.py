@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench.config import BenchmarkConfig
+from bench.quotas import QuotaProjection
 
 SCHEMA_VERSION = 1
 
@@ -168,6 +169,18 @@ class WriterResult(BaseModel):
         "from the first measured send to the end (the visibility sampler's queries included); "
         "the null writer's figure is the harness's own share; none when writers ran in parallel",
     )
+    wire_bytes_per_row: float | None = Field(
+        default=None,
+        description="bytes the client put on the wire per row, over every batch it sent "
+        "(warm-up and failed ones included): the local stand-in's byte counter where one "
+        "meters the interface, else the encoded payloads (see wire_bytes_source)",
+    )
+    wire_bytes_source: str | None = None
+    quota_projection: QuotaProjection | None = Field(
+        default=None,
+        description="Zerobus only: the rows/s the published quotas allow one stream (or REST "
+        "client) at the measured bytes per row; a projection, not a measurement",
+    )
     repeats: list[RepeatStats] = Field(
         default_factory=list, description="each repeat's own figures (empty for a single run)"
     )
@@ -231,6 +244,8 @@ CSV_COLUMNS = (
     "rate_ratio",
     "unsupported_percentiles",
     "client_cpu_s_per_million_rows",
+    "wire_bytes_per_row",
+    "quota_rows_per_s",
 )
 INSUFFICIENT = "insufficient sample"
 
@@ -280,6 +295,8 @@ def to_csv(run: RunResult) -> str:
                 w.client_cpu_s_per_million_rows
                 if w.client_cpu_s_per_million_rows is not None
                 else "",
+                w.wire_bytes_per_row if w.wire_bytes_per_row is not None else "",
+                w.quota_projection.rows_per_s if w.quota_projection else "",
             ]
         )
     return out.getvalue()

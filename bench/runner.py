@@ -29,6 +29,7 @@ import structlog
 from bench.config import BenchmarkConfig
 from bench.environment import host_load, host_load_warnings, host_sample
 from bench.intervals import Sample, intervals, seconds_of
+from bench.quotas import project
 from bench.results import (
     LatencySummary,
     RepeatStats,
@@ -42,7 +43,7 @@ from bench.workload import BatchFactory
 from dwbench.errors import DirectWriteError, RequestTooLargeError, WriterUnavailableError
 from workloads.base import Workload
 from workloads.registry import WorkloadRegistry
-from writers.base import DataWriterInterface
+from writers.base import DataWriterInterface, WireReading
 
 log = structlog.get_logger(__name__)
 
@@ -159,6 +160,12 @@ class _WriterRun:
         self.cpu_measured_s: float | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._last_sample_at = -math.inf
+        # Every row handed to the writer (warm-up and failed batches too), and the byte
+        # counter of its interface read before the first and after the last batch.
+        self.rows_sent = 0
+        self.wire_start: WireReading | None = None
+        self.wire_end: WireReading | None = None
+        self.wire_problem: str | None = None
 
     # -- the run ---------------------------------------------------------------------
 
@@ -171,6 +178,7 @@ class _WriterRun:
             self.status, self.error = "unavailable", exc.message
             return
         self.status = "running"
+        self.wire_start = await self._wire_reading()
         # Objects alive now (the app, the batch pool) need no more garbage collection: a
         # full collection over them mid-run would show up as a latency spike.
         gc.collect()
@@ -192,6 +200,8 @@ class _WriterRun:
             self.cpu_percent = round(100 * (cpu_now - self.cpu_start) / wall, 1)
             if self.cpu_measured_from is not None:
                 self.cpu_measured_s = cpu_now - self.cpu_measured_from
+            if self.wire_start is not None:
+                self.wire_end = await self._wire_reading()
         self.phase = "done"
         if self.cancel.is_set():
             self.status = "cancelled"
@@ -199,6 +209,21 @@ class _WriterRun:
             self.status, self.error = "failed", "every measured batch failed"
         else:
             self.status = "completed"
+
+    async def _wire_reading(self) -> WireReading | None:
+        assert self.writer is not None
+        try:
+            return await self.writer.wire_bytes(self.table)
+        except DirectWriteError as exc:
+            self.wire_problem = f"wire bytes not measured: {exc.message}"
+            return None
+
+    def wire_bytes(self) -> tuple[int, int, str] | None:
+        """(bytes, rows sent, source) over the whole run; None when not measured."""
+        start, end = self.wire_start, self.wire_end
+        if start is None or end is None or not self.rows_sent:
+            return None
+        return end.bytes - start.bytes, self.rows_sent, end.source
 
     def _budget_left(self, now: float, measured_batches: int) -> bool:
         if self.cancel.is_set():
@@ -279,6 +304,7 @@ class _WriterRun:
         if measured and self.cpu_measured_from is None:
             self.cpu_measured_from = self.cpu_clock()
         self.in_flight += 1
+        self.rows_sent += batch.count
         start = self.clock()
         try:
             await self.writer.write(batch.rows)
@@ -462,6 +488,8 @@ class _WriterRun:
             )
         if self.visibility_timeouts:
             warnings.append(f"{self.visibility_timeouts} visibility samples timed out or failed")
+        if self.wire_problem:
+            warnings.append(self.wire_problem)
         if stores_rows and self.status in ("completed", "cancelled") and self.batches:
             warnings += sample_warnings(self.batches, elapsed)
         histograms = {"latency": self.service.encode()}
@@ -499,6 +527,7 @@ class _WriterRun:
             histograms=histograms if self.service.count else {},
             client_cpu_percent=self.cpu_percent,
             client_cpu_s_per_million_rows=self.cpu_per_million_rows(),
+            **_wire_fields([self], rows_per_s, self.config.batch_size),
             warnings=warnings,
         )
 
@@ -884,10 +913,27 @@ def _merged(parts: list[_WriterRun], label: str, stores_rows: bool) -> WriterRes
         histograms=histograms,
         client_cpu_percent=round(sum(cpu) / len(cpu), 1) if cpu else None,
         client_cpu_s_per_million_rows=_cpu_per_million(parts),
+        **_wire_fields(parts, rows_per_s, parts[0].config.batch_size),
         repeats=[part.repeat_stats() for part in parts],
         intervals=intervals(measured) if measured else {},
         warnings=warnings,
     )
+
+
+def _wire_fields(parts: list[_WriterRun], rows_per_s: float, batch_rows: int) -> dict[str, Any]:
+    """Wire bytes per row over the parts that measured them, and the quota projection."""
+    measured = [m for m in (p.wire_bytes() for p in parts) if m is not None]
+    if not measured:
+        return {}
+    sent = sum(m[1] for m in measured)
+    per_row = sum(m[0] for m in measured) / sent
+    writer = parts[0].writer
+    interface = writer.wire_interface if writer is not None else None
+    return {
+        "wire_bytes_per_row": round(per_row, 1),
+        "wire_bytes_source": measured[-1][2],
+        "quota_projection": project(interface, per_row, batch_rows, rows_per_s),
+    }
 
 
 def _cpu_per_million(parts: list[_WriterRun]) -> float | None:

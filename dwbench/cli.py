@@ -219,6 +219,13 @@ _RESULT_ROWS: tuple[tuple[str, Metric, Callable[[float | None], str], str | None
         "low",
     ),
     ("client CPU s/M rows", lambda w: w.client_cpu_s_per_million_rows, fmt_mib, "low"),
+    ("wire bytes/row", lambda w: w.wire_bytes_per_row, fmt_int, None),
+    (
+        "quota rows/s (proj.)",
+        lambda w: w.quota_projection.rows_per_s if w.quota_projection else None,
+        fmt_int,
+        None,
+    ),
 )
 _FIXED_RATE_ROWS: tuple[tuple[str, Metric, Callable[[float | None], str], str | None], ...] = (
     (

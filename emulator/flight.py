@@ -38,6 +38,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from emulator.catalog import Catalog, Table
 from emulator.errors import SchemaMismatchError, TableNotFoundError
+from emulator.wire import GRPC_PREFIX, ZEROBUS_ARROW, WireCounters
 from emulator.zerobus import TABLE_HEADER, StreamError, StreamInfo, _canonical
 from proto import arrow_flight_pb2 as fpb
 from proto import arrow_flight_pb2_grpc as fpb_grpc
@@ -215,9 +216,11 @@ class FlightIngestService(fpb_grpc.FlightServiceServicer):
         rotation_interval_s: float | None = None,
         rotation_grace_s: float = 5.0,
         ack_only: bool = False,
+        wire: WireCounters | None = None,
     ) -> None:
         self.catalog = catalog
         self._token = token.encode()
+        self.wire = wire or WireCounters()
         self.rotation_interval_s = rotation_interval_s
         self.rotation_grace_s = rotation_grace_s
         self.ack_only = ack_only
@@ -396,6 +399,7 @@ class _FlightSession:
                     f"offset_id {offset} out of order: expected {expected}",
                 )
             self.info.messages += 1
+            self.service.wire.add(ZEROBUS_ARROW, self.info.table, frame.ByteSize() + GRPC_PREFIX)
             if self.writer is None:  # ack-only: the row count is all an acknowledgement needs
                 self.pending.put_nowait((offset, None, self._count(frame, offset)))
             else:

@@ -101,6 +101,7 @@ class LocalStack:
             rotation_grace_s=cfg.rotation_grace_s,
             ack_only=cfg.ack_only,
             oauth=self.oauth,
+            wire=self.wire,
         )
         self._grpc, self.zerobus_port = build_server(self.zerobus, cfg.host, cfg.zerobus_port)
         # Arrow Flight DoPut shares the Zerobus port, as on the service.
@@ -110,6 +111,7 @@ class LocalStack:
             rotation_interval_s=cfg.rotation_interval_s,
             rotation_grace_s=cfg.rotation_grace_s,
             ack_only=cfg.ack_only,
+            wire=self.wire,
         )
         add_to_server(self.flight, self._grpc)
         await self._grpc.start()
@@ -118,12 +120,13 @@ class LocalStack:
         self._statements = app.state.statement_service
         app.add_api_route("/api/local/status", self._status, methods=["GET"])
         app.add_api_route("/api/local/endpoints", self._endpoints, methods=["GET"])
+        app.add_api_route("/api/local/wire-bytes", self._wire_bytes, methods=["GET"])
         assert self.oauth is not None
         app.add_api_route(TOKEN_PATH, self.oauth.token_route, methods=["POST"])
         self._http, self._http_task, self.api_port = await _serve_http(app, cfg.host, cfg.api_port)
         # Zerobus REST on a port of its own: the service answers it on the Zerobus host.
         self.rest = ZerobusRestService(
-            self.catalog, self.oauth, max_body_bytes=cfg.rest_max_body_bytes
+            self.catalog, self.oauth, max_body_bytes=cfg.rest_max_body_bytes, wire=self.wire
         )
         self._rest_http, self._rest_task, self.zerobus_rest_port = await _serve_http(
             self.rest.app(), cfg.host, cfg.zerobus_rest_port
@@ -185,6 +188,11 @@ class LocalStack:
         """Where the services listen, for a client given only the API URL and the token."""
         self._authorize(authorization)
         return self.endpoints()
+
+    async def _wire_bytes(self, authorization: str = Header(default="")) -> dict[str, Any]:
+        """Bytes received per interface and table (`emulator.wire`), cumulative."""
+        self._authorize(authorization)
+        return self.wire.snapshot()
 
     async def _status(self, authorization: str = Header(default="")) -> dict[str, Any]:
         """Counters of the local stack (streams, commits), for tests and debug pages."""

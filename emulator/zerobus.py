@@ -29,6 +29,7 @@ from emulator.catalog import Catalog, parse_table_name
 from emulator.errors import EmulatorError, SchemaMismatchError, TableNotFoundError
 from emulator.oauth import OAuthIssuer, TokenRejected
 from emulator.records import JsonRecordDecoder, ProtoRecordDecoder
+from emulator.wire import GRPC_PREFIX, ZEROBUS_JSON, ZEROBUS_PROTO, WireCounters
 from proto import zerobus_service_pb2 as pb
 from proto import zerobus_service_pb2_grpc as pb_grpc
 
@@ -95,8 +96,11 @@ class ZerobusService(pb_grpc.ZerobusServicer):
         rotation_grace_s: float = 5.0,
         ack_only: bool = False,
         oauth: OAuthIssuer | None = None,
+        wire: WireCounters | None = None,
     ) -> None:
         self.catalog = catalog
+        # Bytes each stream's messages carried (`emulator.wire`), per record type and table.
+        self.wire = wire or WireCounters()
         self._token = token.encode()
         # Also takes the OAuth tokens it issued (scoped ones for their tables only).
         self.oauth = oauth
@@ -225,6 +229,9 @@ class _Session:
         self.pending: asyncio.Queue[Any] = asyncio.Queue()
         self.write_lock = asyncio.Lock()
         self.reader: asyncio.Task[None] | None = None
+        self.wire_interface = (
+            ZEROBUS_JSON if isinstance(decoder, JsonRecordDecoder) else ZEROBUS_PROTO
+        )
 
     async def run(self) -> None:
         self.reader = asyncio.create_task(self._read())
@@ -300,6 +307,9 @@ class _Session:
                     f"offset {expected}: {which} on a {self.info.record_type} stream",
                 )
             self.info.messages += 1
+            self.service.wire.add(
+                self.wire_interface, self.info.table, request.ByteSize() + GRPC_PREFIX
+            )
             if self.writer is None:
                 self.pending.put_nowait((expected, None, len(payloads)))
             else:

@@ -24,6 +24,7 @@ from emulator.errors import EmulatorError, SchemaMismatchError, TableNotFoundErr
 from emulator.oauth import OAuthIssuer, TokenRejected
 from emulator.records import JsonRecordDecoder
 from emulator.schema import TableSchema
+from emulator.wire import ZEROBUS_REST, WireCounters
 
 log = structlog.get_logger(__name__)
 
@@ -46,9 +47,16 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 class ZerobusRestService:
     def __init__(
-        self, catalog: Catalog, auth: OAuthIssuer, *, max_body_bytes: int = MAX_BODY_BYTES
+        self,
+        catalog: Catalog,
+        auth: OAuthIssuer,
+        *,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        wire: WireCounters | None = None,
     ) -> None:
         self.catalog = catalog
+        # Request body bytes per table (`emulator.wire`), counted once a body is read.
+        self.wire = wire or WireCounters()
         self.auth = auth
         self.max_body_bytes = max_body_bytes
         self.requests = 0
@@ -96,6 +104,7 @@ class ZerobusRestService:
         except TableNotFoundError as exc:
             raise RestError(404, "NOT_FOUND", str(exc)) from None
         body = await self._body(request)
+        self.wire.add(ZEROBUS_REST, name, len(body))
         decoder = self._decoder(name, target.schema)
         try:
             batch = decoder.decode_array(body)

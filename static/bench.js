@@ -106,6 +106,26 @@ const BASE_COLUMNS = [
     get: (w) => (typeof w.client_cpu_s_per_million_rows === "number" ? w.client_cpu_s_per_million_rows : null),
     format: formatMib,
   },
+  {
+    key: "wire_bytes_per_row",
+    label: "Wire",
+    unit: "bytes / row",
+    title:
+      "bytes the client put on the wire per row (the local stand-in's byte counter, or the encoded payloads where no stand-in meters the interface)",
+    better: null,
+    get: (w) => (typeof w.wire_bytes_per_row === "number" ? w.wire_bytes_per_row : null),
+    format: formatNumber,
+  },
+  {
+    key: "quota_rows_per_s",
+    label: "Quota ceiling",
+    unit: "rows/s (projection)",
+    title:
+      "Zerobus only: the rows/s the published quotas (100 MB/s and 100,000 records/s per stream, 10,000 REST requests/s, 10 GB/s per table) allow one stream or REST client at the measured bytes per row; a projection, not a measurement",
+    better: null,
+    get: (w) => (w.quota_projection ? w.quota_projection.rows_per_s : null),
+    format: formatNumber,
+  },
 ];
 const RATE_COLUMNS = [
   {

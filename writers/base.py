@@ -22,9 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
+import httpx
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dwbench.errors import WriterUnavailableError
 from dwbench.settings import Settings
 from workloads.base import Rows, TableRef
 
@@ -133,6 +135,8 @@ class DataWriterInterface(ABC):
     # The local stack's byte counter for this writer's interface (`emulator.wire`): the
     # bytes it received from this client, per table. None where no stand-in counts them.
     wire_interface: ClassVar[str | None] = None
+    # True for writers that count the payload bytes they send (`count_payload`).
+    counts_payload: ClassVar[bool] = False
     config: WriterSettings
 
     def __init__(self, targets: Targets) -> None:
@@ -145,6 +149,21 @@ class DataWriterInterface(ABC):
     def count_payload(self, table: str, nbytes: int) -> None:
         """Record `nbytes` of payload sent for `table` (the encoded records, as sent)."""
         self.payload_bytes[table] = self.payload_bytes.get(table, 0) + nbytes
+
+    async def wire_bytes(self, table: TableRef) -> WireReading | None:
+        """Cumulative bytes this writer's records put on the wire into `table`, and how known.
+
+        Local mode, for an interface a stand-in meters: what the stand-in received from
+        every client of that interface (`emulator.wire`). Otherwise the payloads this
+        writer encoded (`count_payload`). None where neither is known.
+        """
+        name = table.delta_table.lower()
+        if self.targets.mode == "local" and self.wire_interface is not None:
+            counters = await local_wire_bytes(self.targets)
+            return WireReading(counters.get(self.wire_interface, {}).get(name, 0), WIRE_STAND_IN)
+        if self.counts_payload:
+            return WireReading(self.payload_bytes.get(table.delta_table, 0), WIRE_PAYLOAD)
+        return None
 
     @abstractmethod
     async def open(self) -> None:
@@ -173,6 +192,37 @@ class DataWriterInterface(ABC):
     async def count_rows(self, table: TableRef, batch_id: str) -> int:
         """Rows of a batch readable in the target (freshness checks and tests)."""
         raise NotImplementedError(f"{self.name} cannot read back its rows")
+
+
+WIRE_STAND_IN = "the local stand-in's byte counter"
+WIRE_PAYLOAD = "the encoded payloads the client sent"
+
+
+@dataclass(frozen=True)
+class WireReading:
+    """A cumulative byte count, and where it comes from (WIRE_STAND_IN or WIRE_PAYLOAD)."""
+
+    bytes: int
+    source: str
+
+
+async def local_wire_bytes(targets: Targets) -> dict[str, dict[str, int]]:
+    """The local stack's byte counters (`/api/local/wire-bytes`), per interface and table."""
+    if targets.workspace_url is None or targets.local_token is None:
+        raise WriterUnavailableError("the local stack's address is not known")
+    url = f"{targets.workspace_url.rstrip('/')}/api/local/wire-bytes"
+    headers = {"Authorization": f"Bearer {targets.local_token.get_secret_value()}"}
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            resp = await http.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        raise WriterUnavailableError(
+            f"the local stack does not answer at {url}: {str(exc) or type(exc).__name__}"
+        ) from exc
+    if resp.status_code != 200:
+        raise WriterUnavailableError(f"the local stack answered HTTP {resp.status_code} at {url}")
+    counters: dict[str, dict[str, int]] = resp.json()
+    return counters
 
 
 def mask(secret: str | None, keep: int = 4) -> str | None:

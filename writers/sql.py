@@ -189,6 +189,7 @@ class _StatementFailed(Exception):
 
 class SqlWriter(DataWriterInterface):
     name = "sql"
+    counts_payload = True
     label = "SQL warehouse"
     # Statements of one write in flight at once.
     max_concurrency = 4
@@ -333,6 +334,7 @@ class SqlWriter(DataWriterInterface):
         statements = await asyncio.to_thread(
             insert_statements, rows, budget_bytes=self.statement_budget_bytes
         )
+        self.count_payload(rows.table.delta_table, sum(len(s.sql.encode()) for s in statements))
         ids: list[str | None] = [None] * len(statements)
         failures: list[tuple[int, DirectWriteError]] = []
         pending = iter(enumerate(statements))

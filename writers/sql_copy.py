@@ -127,6 +127,7 @@ class SqlCopyWriter(SqlWriter):
             "compression": self.compression,
             "statements": 1,
         }
+        self.count_payload(rows.table.delta_table, len(data) + len(statement.encode()))
         try:
             try:
                 await self._call(self._upload, path, data)

@@ -38,6 +38,7 @@ from dwbench.errors import (
     WriteFailedError,
     WriterUnavailableError,
 )
+from emulator.wire import ZEROBUS_JSON, ZEROBUS_PROTO
 from workloads.base import Rows, TableRef
 from workloads.proto import NoProtoForm, ProtoForm, proto_form
 from workloads.types import DecimalType, Primitive
@@ -185,6 +186,8 @@ class _TableStream:
 
 class ZerobusWriter(DataWriterInterface):
     name = "zerobus"
+    wire_interface: ClassVar[str | None] = ZEROBUS_PROTO
+    counts_payload = True
     label = "Zerobus Ingest (gRPC, protobuf)"
     family = "zerobus"
     color = "#e8590c"
@@ -327,8 +330,10 @@ class ZerobusWriter(DataWriterInterface):
         if not len(rows):
             return WriteReceipt(rows=0, details={"offset": None})
         payloads = self._payloads(state, rows)
+        size = sum(len(p) if isinstance(p, bytes) else len(p.encode()) for p in payloads)
         for attempt in (1, 2):
             stream = await self._current_stream(state)
+            self.count_payload(table, size)
             try:
                 # The send is inside the deadline too: with the SDK's in-flight limit
                 # reached, it waits for acknowledgements. (asyncio.timeout, not wait_for:
@@ -420,6 +425,7 @@ class ZerobusJsonWriter(ZerobusWriter):
     """The same SDK stream with JSON records: one JSON object per row."""
 
     name = "zerobus-json"
+    wire_interface = ZEROBUS_JSON
     label = "Zerobus Ingest (gRPC, JSON)"
     color = "#f59f00"
     client_distributions = ("databricks-zerobus-ingest-sdk",)

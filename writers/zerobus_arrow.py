@@ -35,6 +35,7 @@ from dwbench.errors import (
     WriteFailedError,
     WriterUnavailableError,
 )
+from emulator.wire import ZEROBUS_ARROW
 from workloads.base import Rows, TableRef
 from workloads.schema import TableSchema
 from workloads.types import ArrayType, DataType, DecimalType, MapType, Primitive, StructType
@@ -141,8 +142,26 @@ class _ArrowTable:
         self.lock = asyncio.Lock()
 
 
+def ipc_wire_size(batch: pa.RecordBatch) -> int:
+    """The batch's Arrow IPC message size as the SDK frames it, before compression.
+
+    pyarrow pads each body buffer to 8 bytes; the SDK's Rust IPC writer pads to 64 and
+    frames a batch a little differently again (the local stand-in, which counts what
+    arrives, sees up to ~64 bytes more per column and batch). An estimate for databricks
+    mode, where nothing else counts; compressed streams send less than this.
+    """
+    size = pa.ipc.get_record_batch_size(batch)
+    for column in batch.columns:
+        for buf in column.buffers():
+            if buf is not None:
+                size += -buf.size % 64 - -buf.size % 8
+    return size
+
+
 class ZerobusArrowWriter(DataWriterInterface):
     name = "zerobus-arrow"
+    wire_interface = ZEROBUS_ARROW
+    counts_payload = True
     label = "Zerobus Ingest (Arrow Flight)"
     family = "zerobus"
     color = "#c2255c"
@@ -268,8 +287,10 @@ class ZerobusArrowWriter(DataWriterInterface):
         if not len(rows):
             return WriteReceipt(rows=0, details={"offset": None})
         batch = self._batch(state, rows)
+        size = ipc_wire_size(batch)
         for attempt in (1, 2):
             stream = await self._current_stream(state)
+            self.count_payload(table, size)
             try:
                 # The send is inside the deadline too: with the in-flight limit reached it
                 # waits for acknowledgements.

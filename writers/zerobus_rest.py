@@ -39,6 +39,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from dwbench.errors import SchemaNotSupportedError, WriteFailedError, WriterUnavailableError
+from emulator.wire import ZEROBUS_REST
 from workloads.base import Rows, TableRef
 from workloads.types import DecimalType, Primitive
 from workloads.wire import WireValueError, json_rows
@@ -224,6 +225,8 @@ class TableTokens:
 
 class ZerobusRestWriter(DataWriterInterface):
     name = "zerobus-rest"
+    wire_interface = ZEROBUS_REST
+    counts_payload = True
     label = "Zerobus Ingest (REST, JSON)"
     family = "zerobus"
     color = "#d9480f"
@@ -416,6 +419,7 @@ class ZerobusRestWriter(DataWriterInterface):
                 "Content-Type": "application/json",
             }
             self.requests += 1
+            self.count_payload(table, len(body))
             resp = await self._http.post(path, content=body, headers=headers)
             if resp.status_code != 401 or self._tokens is None or fresh:
                 return resp

@@ -232,3 +232,15 @@ async def test_a_bad_request_does_not_disturb_concurrent_good_ones(local_stack, 
     )
     stored = read_rows(local_stack, products_table)
     assert stored == sorted((r for rows in good for r in rows), key=lambda r: r["record_id"])
+
+
+def test_the_wire_byte_counter_counts_each_body_and_needs_the_token(local_stack, products_table):
+    url = f"{local_stack['api_url']}/api/local/wire-bytes"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    bodies = [body_of([product(i, prefix=f"w{k}") for i in range(5)]) for k in range(3)]
+    bodies.append("[{not json")  # refused, but its bytes were sent all the same
+    for body in bodies:
+        post(local_stack, products_table, body)
+    counted = httpx.get(url, headers=bearer(local_stack)).json()
+    assert counted["zerobus-rest"][products_table] == sum(len(b.encode()) for b in bodies)

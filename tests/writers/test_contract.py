@@ -72,3 +72,28 @@ async def test_empty_write_writes_nothing(writer):
     empty = build_records([], batch_id=new_batch_id(), source=writer.name)
     receipt = await writer.write(empty)
     assert receipt.rows == 0
+
+
+async def test_wire_bytes_count_what_was_sent(writer):
+    before = await writer.wire_bytes(TABLE)
+    if before is None:
+        # Nothing meters this path: the writer neither counts payloads nor has a stand-in.
+        assert not writer.counts_payload and writer.wire_interface is None
+        return
+    sent_before = writer.payload_bytes.get(TABLE.delta_table, 0)
+    await writer.write(build_records(ITEMS[:15], batch_id=new_batch_id(), source=writer.name))
+    await writer.write(build_records(ITEMS[15:], batch_id=new_batch_id(), source=writer.name))
+    after = await writer.wire_bytes(TABLE)
+    assert after is not None and after.source == before.source
+    payload = writer.payload_bytes[TABLE.delta_table] - sent_before
+    wire = after.bytes - before.bytes
+    assert payload > 0
+    if writer.wire_interface is None or writer.name == "zerobus-rest":
+        assert wire == payload  # the payloads themselves, or a REST body counted as sent
+    else:
+        # The stand-in saw the payloads plus their framing: a few bytes per message and
+        # per record (gRPC prefix, protobuf tags and lengths, Flight's offset metadata);
+        # Arrow's count is the IPC size as pyarrow frames it, and the SDK pads buffers
+        # differently (up to 64 bytes per column and batch).
+        per_batch = 64 * (len(TABLE.schema.columns) if writer.name == "zerobus-arrow" else 1)
+        assert abs(wire - payload) <= 2 * per_batch + 8 * len(ITEMS), (wire, payload)
