@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.stack_bench --out results
 	$(BIN)/python -m bench.app_bench --out results
 	$(BIN)/python -m bench.harness_bench --out results
+	$(BIN)/python -m bench.writers_bench --out results
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -135,6 +135,8 @@ class DataWriterInterface(ABC):
     # The local stack's byte counter for this writer's interface (`emulator.wire`): the
     # bytes it received from this client, per table. None where no stand-in counts them.
     wire_interface: ClassVar[str | None] = None
+    # False for writers the local stack cannot serve (they report unavailable locally).
+    serves_locally: ClassVar[bool] = True
     # True for writers that count the payload bytes they send (`count_payload`).
     counts_payload: ClassVar[bool] = False
     config: WriterSettings

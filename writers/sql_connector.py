@@ -93,6 +93,7 @@ class ConnectionLanes:
 
 
 class SqlConnectorWriter(SqlWriter):
+    serves_locally = False
     name = "sql-connector"
     label = "SQL warehouse (SQL connector)"
     family = "sql"

@@ -337,19 +337,19 @@ def test_markdown_summary() -> None:
     assert lines[header] == (
         "| writer | status | rows | batches | seconds | rows/s | MiB/s | p50 ms | p95 ms | "
         "p99 ms | p99.9 ms | max ms | visibility p95 ms | failed batches | "
-        "client CPU s/M rows |"
+        "client CPU s/M rows | wire bytes/row | quota ceiling rows/s (projection) |"
     )
-    assert lines[header + 1] == "|---|---|" + "---:|" * 13
+    assert lines[header + 1] == "|---|---|" + "---:|" * 15
     z, s, _ = run.writers
     assert lines[header + 2] == (
         f"| Zerobus (proto) | completed | 250,000 | 2,500 | 4.32 | 123,457 | "
         f"{fmt_mib(z.mib_per_s)} | {fmt_ms(z.latency_ms.p50)} | {fmt_ms(z.latency_ms.p95)} | "
-        f"{fmt_ms(z.latency_ms.p99)} | n/a | {fmt_ms(z.latency_ms.max)} | 123 | 0 | - |"
+        f"{fmt_ms(z.latency_ms.p99)} | n/a | {fmt_ms(z.latency_ms.max)} | 123 | 0 | - | - | - |"
     )
     assert lines[header + 3] == (
         f"| SQL warehouse | completed | 15,000 | 150 | 4.32 | 2,346 | {fmt_mib(s.mib_per_s)} | "
         f"{fmt_ms(s.latency_ms.p50)} | n/a | n/a | n/a | {fmt_ms(s.latency_ms.max)} | 123 | 2 | "
-        "- |"
+        "- | - | - |"
     )
     assert (
         "- SQL warehouse: p95 needs 200 batches, 150 measured; p99 needs 1,000 batches, 150 "
