@@ -180,34 +180,37 @@ class _TableStream:
         self.table = table
         self.form = form
         self.encode = form.encoder(table.schema) if form is not None else None
-        self.stream: ZerobusStream | None = None
+        self.stream: Any = None
         self.lock = asyncio.Lock()
 
 
-class ZerobusWriter(DataWriterInterface):
-    name = "zerobus"
-    wire_interface: ClassVar[str | None] = ZEROBUS_PROTO
-    counts_payload = True
-    label = "Zerobus Ingest (gRPC, protobuf)"
+class ZerobusStreamWriter(DataWriterInterface):
+    """What every Zerobus SDK stream writer shares: one long-lived stream per table, opened
+    on first use, created anew once when it fails, closed within CLOSE_TIMEOUT_S.
+
+    A subclass says how a table's state is built (`_new_state`, which also refuses a schema
+    its path cannot carry), how a stream is created (`_create`), how a batch is encoded
+    (`_encode`: the payload and its size in bytes) and sent (`_send`: returns the offset
+    once it is acknowledged), and what its describe() and receipts add (`_format`)."""
+
     family = "zerobus"
-    color = "#e8590c"
-    client_distributions: ClassVar[tuple[str, ...]] = ("databricks-zerobus-ingest-sdk", "protobuf")
-    record_format = "proto"
-    settings_class = ZerobusSettings
+    # How logs and errors name the stream: "" for gRPC record streams, "Arrow " for Arrow.
+    stream_kind: ClassVar[str] = ""
     config: ZerobusSettings
 
     def __init__(self, targets: Targets) -> None:
         super().__init__(targets)
-        if type(self) is ZerobusWriter:  # ZEROBUS_RECORD_FORMAT picks the default's format
-            self.record_format = self.config.record_format
         self.table = self.config.table
         self.ack_timeout_s = self.config.ack_timeout_s
         self.endpoint = targets.zerobus_endpoint or self.config.endpoint
         self._sdk: ZerobusSdk | None = None
-        self._tables: dict[str, _TableStream] = {}
+        self._tables: dict[str, Any] = {}
         self.streams_created = 0
         self.last_error: str | None = None
         self._reader: WarehouseReader | None = None
+        self._event = (
+            "zerobus_" + self.stream_kind.strip().lower() + "_" if self.stream_kind else "zerobus_"
+        )
 
     async def open(self) -> None:
         problem = self._config_problem()
@@ -229,108 +232,98 @@ class ZerobusWriter(DataWriterInterface):
             return "the local stack's token is not known"
         return None
 
+    # -- what a subclass says ---------------------------------------------------------
+
+    def _new_state(self, table: TableRef) -> Any:
+        """The table's state (with `table`, `stream`, `lock`); refuses what cannot be sent."""
+        raise NotImplementedError
+
+    async def _create(self, state: Any, local_token: str | None) -> Any:
+        """A new SDK stream into the state's table (`local_token` set in local mode)."""
+        raise NotImplementedError
+
+    def _encode(self, state: Any, rows: Rows) -> tuple[Any, int]:
+        raise NotImplementedError
+
+    async def _send(self, stream: Any, payload: Any) -> int:
+        raise NotImplementedError
+
+    def _format(self) -> dict[str, Any]:
+        raise NotImplementedError
+
     # -- schemas ------------------------------------------------------------------------
 
     def check(self, table: TableRef) -> None:
-        self._table_stream(table)
+        self._state(table)
 
-    def _table_stream(self, table: TableRef) -> _TableStream:
+    def _state(self, table: TableRef) -> Any:
         state = self._tables.get(table.delta_table)
         if state is not None and state.table == table:
             return state
-        form: ProtoForm | None = None
-        if self.record_format == "proto":
-            try:
-                form = proto_form(table.schema, table.message_name)
-            except NoProtoForm as exc:
-                raise SchemaNotSupportedError(
-                    f"{self.label} cannot write workload {table.workload}: {exc}",
-                    writer=self.name,
-                ) from None
-        else:
-            for col, dtype in table.schema.types():
-                if isinstance(dtype, DecimalType):
-                    raise SchemaNotSupportedError(
-                        f"{self.label} cannot write workload {table.workload}: column "
-                        f"{col.name} is {dtype.sql()}, and Zerobus documents no JSON form "
-                        "for DECIMAL (its generate_proto tool maps none either)",
-                        writer=self.name,
-                    )
-                if dtype == Primitive("VARIANT") and self.targets.mode == "local":
-                    raise SchemaNotSupportedError(
-                        f"column {col.name} is VARIANT, which the local stack does not store",
-                        writer=self.name,
-                    )
-        state = _TableStream(table, form)
+        state = self._new_state(table)
         self._tables[table.delta_table] = state
         return state
 
     # -- streams ------------------------------------------------------------------------
 
-    async def _open_stream(self, state: _TableStream) -> ZerobusStream:
+    async def _open_stream(self, state: Any) -> Any:
         assert self._sdk is not None
         table = state.table.delta_table
-        props = (
-            TableProperties(table, state.form.descriptor)
-            if state.form is not None
-            else TableProperties(table)
-        )
-        options = StreamConfigurationOptions(
-            recovery_retries=3, recovery_backoff_ms=500, recovery_timeout_ms=10_000
-        )
+        token = self.targets.local_token
         try:
             if self.targets.mode == "local":
-                assert self.targets.local_token is not None
-                headers = LocalBearerToken(self.targets.local_token.get_secret_value(), table)
-                stream = await self._sdk.create_stream(
-                    table_properties=props, options=options, headers_provider=headers
-                )
+                assert token is not None
+                stream = await self._create(state, token.get_secret_value())
             else:
-                auth = self.targets.workspace_auth
-                credentials = auth.client_credentials() if auth else None
-                assert credentials is not None
-                client_id, client_secret = credentials
-                stream = await self._sdk.create_stream(client_id, client_secret, props, options)
+                stream = await self._create(state, None)
         except ZerobusException as exc:
             raise self._translate(exc, table, opening=True) from exc
         self.streams_created += 1
-        log.info("zerobus_stream_opened", writer=self.name, table=table, n=self.streams_created)
+        log.info(
+            self._event + "stream_opened", writer=self.name, table=table, n=self.streams_created
+        )
         return stream
 
-    async def _current_stream(self, state: _TableStream) -> ZerobusStream:
+    def _client_credentials(self) -> tuple[str, str]:
+        auth = self.targets.workspace_auth
+        credentials = auth.client_credentials() if auth else None
+        assert credentials is not None
+        return credentials
+
+    async def _current_stream(self, state: Any) -> Any:
         async with state.lock:
             if state.stream is None:
                 state.stream = await self._open_stream(state)
             return state.stream
 
-    async def _discard(self, state: _TableStream, stream: ZerobusStream) -> None:
+    async def _discard(self, state: Any, stream: Any) -> None:
         async with state.lock:
             if state.stream is stream:
                 state.stream = None
-        await _close_within(stream, CLOSE_TIMEOUT_S)
+        await self._close_within(stream)
+
+    async def _close_within(self, stream: Any) -> None:
+        """Close the stream, flushing what it holds; give up on a service that does not answer."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await stream.close()
+        except ZerobusException as exc:
+            log.warning(self._event + "close_failed", error=str(exc))
+        except TimeoutError:
+            log.warning(
+                self._event + "close_abandoned", reason=f"no answer within {CLOSE_TIMEOUT_S:g} s"
+            )
 
     # -- writing ------------------------------------------------------------------------
-
-    def _payloads(self, state: _TableStream, rows: Rows) -> list[Any]:
-        try:
-            if state.encode is not None:
-                return list(state.encode(rows.data))
-            return list(json_rows(rows.data, state.table.schema))
-        except (WireValueError, ValueError, TypeError) as exc:
-            raise WriteFailedError(
-                f"cannot encode the batch as {self.record_format}: {exc}; nothing was sent",
-                writer=self.name,
-            ) from exc
 
     async def write(self, rows: Rows) -> WriteReceipt:
         if self._sdk is None:
             raise WriterUnavailableError("writer is not open", writer=self.name)
-        state = self._table_stream(rows.table)
+        state = self._state(rows.table)
         table = rows.table.delta_table
         if not len(rows):
             return WriteReceipt(rows=0, details={"offset": None})
-        payloads = self._payloads(state, rows)
-        size = sum(len(p) if isinstance(p, bytes) else len(p.encode()) for p in payloads)
+        payload, size = self._encode(state, rows)
         for attempt in (1, 2):
             stream = await self._current_stream(state)
             self.count_payload(table, size)
@@ -339,19 +332,19 @@ class ZerobusWriter(DataWriterInterface):
                 # reached, it waits for acknowledgements. (asyncio.timeout, not wait_for:
                 # on Python 3.11 wait_for runs the wait as a task of its own.)
                 async with asyncio.timeout(self.ack_timeout_s):
-                    offset = await stream.ingest_records_offset(payloads)
-                    assert offset is not None
-                    await stream.wait_for_offset(offset)
+                    offset = await self._send(stream, payload)
             except (ZerobusException, TimeoutError) as exc:
                 await self._discard(state, stream)
                 error = self._translate(exc, table, opening=False)
                 self.last_error = error.message
-                # Not sent again: a bad record fails the same way on a new stream, and a
-                # batch that was not acknowledged in time may still be committed.
+                # Not sent again: a bad batch fails the same way on a new stream, and one
+                # that was not acknowledged in time may still be committed.
                 bad_input = isinstance(exc, NonRetriableException) and _is_bad_input(exc)
                 if attempt == 2 or bad_input or isinstance(exc, TimeoutError):
                     raise error from exc
-                log.warning("zerobus_stream_recreated", writer=self.name, reason=error.message)
+                log.warning(
+                    self._event + "stream_recreated", writer=self.name, reason=error.message
+                )
                 continue
             self.last_error = None
             return WriteReceipt(
@@ -359,7 +352,7 @@ class ZerobusWriter(DataWriterInterface):
                 details={
                     "offset": offset,
                     "stream": self.streams_created,
-                    "record_format": self.record_format,
+                    **self._format(),
                     "table": table,
                 },
             )
@@ -368,7 +361,7 @@ class ZerobusWriter(DataWriterInterface):
     def _translate(self, exc: BaseException, table: str, *, opening: bool) -> DirectWriteError:
         return zerobus_error(
             exc, writer=self.name, table=table, endpoint=self.endpoint,
-            ack_timeout_s=self.ack_timeout_s, opening=opening,
+            ack_timeout_s=self.ack_timeout_s, opening=opening, kind=self.stream_kind,
         )  # fmt: skip
 
     async def availability(self) -> Availability:
@@ -389,7 +382,7 @@ class ZerobusWriter(DataWriterInterface):
         return {
             "endpoint": self.endpoint,
             "table": self.table,
-            "record_format": self.record_format,
+            **self._format(),
             "auth_mode": auth,
             "sdk_version": metadata.version("databricks-zerobus-ingest-sdk"),
             "stream_state": "open" if open_streams else "not opened",
@@ -413,12 +406,97 @@ class ZerobusWriter(DataWriterInterface):
             stream, state.stream = state.stream, None
             if stream is not None:
                 started = time.perf_counter()
-                await _close_within(stream, CLOSE_TIMEOUT_S)
+                await self._close_within(stream)
                 log.info(
-                    "zerobus_stream_closed",
+                    self._event + "stream_closed",
                     table=state.table.delta_table,
                     ms=round((time.perf_counter() - started) * 1000),
                 )
+
+
+class ZerobusWriter(ZerobusStreamWriter):
+    name = "zerobus"
+    wire_interface: ClassVar[str | None] = ZEROBUS_PROTO
+    counts_payload = True
+    label = "Zerobus Ingest (gRPC, protobuf)"
+    color = "#e8590c"
+    client_distributions: ClassVar[tuple[str, ...]] = ("databricks-zerobus-ingest-sdk", "protobuf")
+    record_format = "proto"
+    settings_class = ZerobusSettings
+
+    def __init__(self, targets: Targets) -> None:
+        super().__init__(targets)
+        if type(self) is ZerobusWriter:  # ZEROBUS_RECORD_FORMAT picks the default's format
+            self.record_format = self.config.record_format
+
+    def _new_state(self, table: TableRef) -> _TableStream:
+        form: ProtoForm | None = None
+        if self.record_format == "proto":
+            try:
+                form = proto_form(table.schema, table.message_name)
+            except NoProtoForm as exc:
+                raise SchemaNotSupportedError(
+                    f"{self.label} cannot write workload {table.workload}: {exc}",
+                    writer=self.name,
+                ) from None
+        else:
+            for col, dtype in table.schema.types():
+                if isinstance(dtype, DecimalType):
+                    raise SchemaNotSupportedError(
+                        f"{self.label} cannot write workload {table.workload}: column "
+                        f"{col.name} is {dtype.sql()}, and Zerobus documents no JSON form "
+                        "for DECIMAL (its generate_proto tool maps none either)",
+                        writer=self.name,
+                    )
+                if dtype == Primitive("VARIANT") and self.targets.mode == "local":
+                    raise SchemaNotSupportedError(
+                        f"column {col.name} is VARIANT, which the local stack does not store",
+                        writer=self.name,
+                    )
+        return _TableStream(table, form)
+
+    async def _create(self, state: _TableStream, local_token: str | None) -> ZerobusStream:
+        assert self._sdk is not None
+        table = state.table.delta_table
+        props = (
+            TableProperties(table, state.form.descriptor)
+            if state.form is not None
+            else TableProperties(table)
+        )
+        options = StreamConfigurationOptions(
+            recovery_retries=3, recovery_backoff_ms=500, recovery_timeout_ms=10_000
+        )
+        if local_token is not None:
+            headers = LocalBearerToken(local_token, table)
+            return await self._sdk.create_stream(
+                table_properties=props, options=options, headers_provider=headers
+            )
+        client_id, client_secret = self._client_credentials()
+        return await self._sdk.create_stream(client_id, client_secret, props, options)
+
+    def _encode(self, state: _TableStream, rows: Rows) -> tuple[list[Any], int]:
+        payloads: list[Any]
+        try:
+            if state.encode is not None:
+                payloads = list(state.encode(rows.data))
+            else:
+                payloads = list(json_rows(rows.data, state.table.schema))
+        except (WireValueError, ValueError, TypeError) as exc:
+            raise WriteFailedError(
+                f"cannot encode the batch as {self.record_format}: {exc}; nothing was sent",
+                writer=self.name,
+            ) from exc
+        size = sum(len(p) if isinstance(p, bytes) else len(p.encode()) for p in payloads)
+        return payloads, size
+
+    async def _send(self, stream: ZerobusStream, payload: list[Any]) -> int:
+        offset = await stream.ingest_records_offset(payload)
+        assert offset is not None
+        await stream.wait_for_offset(offset)
+        return int(offset)
+
+    def _format(self) -> dict[str, Any]:
+        return {"record_format": self.record_format}
 
 
 class ZerobusJsonWriter(ZerobusWriter):
@@ -430,17 +508,6 @@ class ZerobusJsonWriter(ZerobusWriter):
     color = "#f59f00"
     client_distributions = ("databricks-zerobus-ingest-sdk",)
     record_format = "json"
-
-
-async def _close_within(stream: ZerobusStream, timeout_s: float) -> None:
-    """Close the stream, flushing what it holds; give up on a service that does not answer."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            await stream.close()
-    except ZerobusException as exc:
-        log.warning("zerobus_close_failed", error=str(exc))
-    except TimeoutError:
-        log.warning("zerobus_close_abandoned", reason=f"no answer within {timeout_s:g} s")
 
 
 def _is_bad_input(exc: BaseException) -> bool:

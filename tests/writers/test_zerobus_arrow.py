@@ -70,7 +70,7 @@ async def test_products_read_back_exactly(local_stack, products_table, compressi
         rows = product_rows(table, 40, seed=3)
         receipt = await writer.write(rows)
         assert receipt.rows == 40
-        assert receipt.details["compression"] == compression
+        assert receipt.details["ipc_compression"] == compression
         assert await writer.count_rows(table, rows.batch_id) == 40
     finally:
         await writer.close()
