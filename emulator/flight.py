@@ -39,7 +39,7 @@ from google.rpc import error_details_pb2, status_pb2
 from emulator.catalog import Catalog, Table
 from emulator.errors import SchemaMismatchError, TableNotFoundError
 from emulator.wire import GRPC_PREFIX, ZEROBUS_ARROW, WireCounters
-from emulator.zerobus import TABLE_HEADER, StreamError, StreamInfo, _canonical
+from emulator.zerobus import TABLE_HEADER, StreamError, StreamInfo, StreamSession, _canonical
 from proto import arrow_flight_pb2 as fpb
 from proto import arrow_flight_pb2_grpc as fpb_grpc
 
@@ -204,7 +204,6 @@ class FlightStats:
         }
 
 
-_DONE = object()
 
 
 class FlightIngestService(fpb_grpc.FlightServiceServicer):
@@ -320,7 +319,9 @@ def _read_schema(first: fpb.FlightData) -> pa.Schema:
         ) from None
 
 
-class _FlightSession:
+class _FlightSession(StreamSession):
+    log_prefix = "flight_"
+
     def __init__(
         self,
         service: FlightIngestService,
@@ -330,16 +331,9 @@ class _FlightSession:
         schema: pa.Schema,
         info: StreamInfo,
     ) -> None:
-        self.service = service
-        self.requests = requests
-        self.context = context
+        super().__init__(service, requests, context, info)
         self.schema = schema
         self.table_schema = table.schema.to_arrow()
-        self.info = info
-        self.writer = None if service.ack_only else service.catalog.writer(table.name)
-        self.pending: asyncio.Queue[Any] = asyncio.Queue()
-        self.write_lock = asyncio.Lock()
-        self.reader: asyncio.Task[None] | None = None
         self.acked_records = 0
         self.rotation_ms: int | None = None
 
@@ -347,47 +341,6 @@ class _FlightSession:
         payload = json.dumps(ack, separators=(",", ":")).encode()
         async with self.write_lock:
             await self.context.write(fpb.PutResult(app_metadata=payload))
-
-    async def run(self) -> None:
-        self.reader = asyncio.create_task(self._read())
-        acker = asyncio.create_task(self._ack())
-        rotation = (
-            asyncio.create_task(self._rotate())
-            if self.service.rotation_interval_s is not None
-            else None
-        )
-        try:
-            await asyncio.wait({self.reader, acker}, return_when=asyncio.FIRST_COMPLETED)
-            if acker.done() and acker.exception() is not None:
-                self.reader.cancel()
-                acker.result()  # raises the commit failure
-            read_error: BaseException | None = None
-            try:
-                await self.reader
-            except asyncio.CancelledError:
-                if not self.reader.cancelled():
-                    raise
-            except StreamError as exc:
-                read_error = exc
-            self.pending.put_nowait(_DONE)
-            await acker  # commits and acknowledges what was read before the end
-            if read_error is not None:
-                raise read_error
-        finally:
-            for task in (self.reader, acker, rotation):
-                if task is not None and not task.done():
-                    task.cancel()
-            log.info(
-                "flight_stream_closed",
-                stream_id=self.info.stream_id,
-                frames=self.info.messages,
-                rows=self.info.rows,
-                acked=self.info.acked_offset,
-            )
-
-    async def stop_reading(self) -> None:
-        if self.reader is not None and not self.reader.done():
-            self.reader.cancel()
 
     async def _read(self) -> None:
         expected = 0
@@ -441,24 +394,9 @@ class _FlightSession:
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, f"offset {offset}: {exc}") from None
 
-    async def _ack(self) -> None:
-        while True:
-            item = await self.pending.get()
-            if item is _DONE:
-                return
-            last, rows = await self._committed(item)
-            while not self.pending.empty():  # everything already committed shares one ack
-                queued = self.pending._queue[0]  # type: ignore[attr-defined]
-                if queued is _DONE or (queued[1] is not None and not queued[1].done()):
-                    break
-                self.pending.get_nowait()
-                offset, more = await self._committed(queued)
-                last, rows = offset, rows + more
-            self.info.acked_offset = last
-            self.info.rows += rows
-            self.acked_records += rows
-            self.service.stats.rows_committed += rows
-            await self._send_ack()
+    async def _acknowledge(self, last: int, rows: int) -> None:
+        self.acked_records += rows
+        await self._send_ack()
 
     async def _send_ack(self) -> None:
         ack = {"ack_up_to_offset": self.info.acked_offset, "ack_up_to_records": self.acked_records}
@@ -466,28 +404,9 @@ class _FlightSession:
             ack["close_stream_duration_ms"] = self.rotation_ms
         await self.send(**ack)
 
-    @staticmethod
-    async def _committed(item: tuple[int, asyncio.Future[Any] | None, int]) -> tuple[int, int]:
-        offset, commit, rows = item
-        if commit is not None:
-            try:
-                await commit
-            except Exception as exc:
-                raise StreamError(
-                    grpc.StatusCode.UNAVAILABLE, f"commit of offset {offset} failed: {exc}"
-                ) from exc
-        return offset, rows
-
-    async def _rotate(self) -> None:
-        interval = self.service.rotation_interval_s
-        assert interval is not None
-        await asyncio.sleep(interval)
-        grace = self.service.rotation_grace_s
-        self.rotation_ms = round(grace * 1000)
+    async def _signal_rotation(self, grace_s: float) -> None:
+        self.rotation_ms = round(grace_s * 1000)
         await self._send_ack()  # the signal rides on an acknowledgement of what is durable
-        log.info("flight_stream_rotation_signalled", stream_id=self.info.stream_id, grace_s=grace)
-        await asyncio.sleep(grace)
-        await self.stop_reading()
 
 
 def _offset_id(frame: fpb.FlightData, expected: int) -> int:

@@ -211,27 +211,40 @@ class ZerobusService(pb_grpc.ZerobusServicer):
         return _Session(self, requests, context, decoder, info)
 
 
-class _Session:
+class StreamSession:
+    """One ingest stream's life, shared by the gRPC record streams and Arrow Flight DoPut.
+
+    A reader task (`_read`, the subclass's) decodes each message and queues (offset, commit
+    future, rows); the acker commits in order and acknowledges cumulatively, one ack for
+    everything already committed (`_acknowledge`, the subclass's wire form); rotation
+    signals the client (`_signal_rotation`), waits the grace period and stops reading.
+    When reading ends, what was read is still committed and acknowledged before the call
+    ends; a failed commit ends the call with UNAVAILABLE.
+    """
+
+    # How the logs name this kind of stream ("" or "flight_").
+    log_prefix = ""
+
     def __init__(
-        self,
-        service: ZerobusService,
-        requests: AsyncIterator[pb.EphemeralStreamRequest],
-        context: Any,
-        decoder: ProtoRecordDecoder | JsonRecordDecoder,
-        info: StreamInfo,
+        self, service: Any, requests: AsyncIterator[Any], context: Any, info: StreamInfo
     ) -> None:
         self.service = service
         self.requests = requests
         self.context = context
-        self.decoder = decoder
         self.info = info
         self.writer = None if service.ack_only else service.catalog.writer(info.table)
         self.pending: asyncio.Queue[Any] = asyncio.Queue()
         self.write_lock = asyncio.Lock()
         self.reader: asyncio.Task[None] | None = None
-        self.wire_interface = (
-            ZEROBUS_JSON if isinstance(decoder, JsonRecordDecoder) else ZEROBUS_PROTO
-        )
+
+    async def _read(self) -> None:
+        raise NotImplementedError
+
+    async def _acknowledge(self, last: int, rows: int) -> None:
+        raise NotImplementedError
+
+    async def _signal_rotation(self, grace_s: float) -> None:
+        raise NotImplementedError
 
     async def run(self) -> None:
         self.reader = asyncio.create_task(self._read())
@@ -263,7 +276,7 @@ class _Session:
                 if task is not None and not task.done():
                     task.cancel()
             log.info(
-                "stream_closed",
+                self.log_prefix + "stream_closed",
                 stream_id=self.info.stream_id,
                 messages=self.info.messages,
                 rows=self.info.rows,
@@ -273,6 +286,67 @@ class _Session:
     async def stop_reading(self) -> None:
         if self.reader is not None and not self.reader.done():
             self.reader.cancel()
+
+    async def _ack(self) -> None:
+        while True:
+            item = await self.pending.get()
+            if item is _DONE:
+                return
+            last, rows = await self._committed(item)
+            # Coalesce: everything already committed behind it shares one ack.
+            while not self.pending.empty():
+                queued = self.pending._queue[0]  # type: ignore[attr-defined]
+                if queued is _DONE or (queued[1] is not None and not queued[1].done()):
+                    break
+                self.pending.get_nowait()
+                offset, more = await self._committed(queued)
+                last, rows = offset, rows + more
+            self.info.acked_offset = last
+            self.info.rows += rows
+            self.service.stats.rows_committed += rows
+            await self._acknowledge(last, rows)
+
+    @staticmethod
+    async def _committed(item: tuple[int, asyncio.Future[Any] | None, int]) -> tuple[int, int]:
+        offset, commit, rows = item
+        if commit is not None:
+            try:
+                await commit
+            except Exception as exc:
+                raise StreamError(
+                    grpc.StatusCode.UNAVAILABLE, f"commit of offset {offset} failed: {exc}"
+                ) from exc
+        return offset, rows
+
+    async def _rotate(self) -> None:
+        interval = self.service.rotation_interval_s
+        assert interval is not None
+        await asyncio.sleep(interval)
+        grace = self.service.rotation_grace_s
+        await self._signal_rotation(grace)
+        log.info(
+            self.log_prefix + "stream_rotation_signalled",
+            stream_id=self.info.stream_id,
+            grace_s=grace,
+        )
+        await asyncio.sleep(grace)
+        await self.stop_reading()
+
+
+class _Session(StreamSession):
+    def __init__(
+        self,
+        service: ZerobusService,
+        requests: AsyncIterator[pb.EphemeralStreamRequest],
+        context: Any,
+        decoder: ProtoRecordDecoder | JsonRecordDecoder,
+        info: StreamInfo,
+    ) -> None:
+        super().__init__(service, requests, context, info)
+        self.decoder = decoder
+        self.wire_interface = (
+            ZEROBUS_JSON if isinstance(decoder, JsonRecordDecoder) else ZEROBUS_PROTO
+        )
 
     async def _read(self) -> None:
         expected = 0
@@ -326,50 +400,16 @@ class _Session:
         except EmulatorError as exc:
             raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, f"offset {offset}: {exc}") from None
 
-    async def _ack(self) -> None:
-        while True:
-            item = await self.pending.get()
-            if item is _DONE:
-                return
-            last, rows = await self._committed(item)
-            # Coalesce: everything already committed behind it shares one ack.
-            while not self.pending.empty():
-                queued = self.pending._queue[0]  # type: ignore[attr-defined]
-                if queued is _DONE or (queued[1] is not None and not queued[1].done()):
-                    break
-                self.pending.get_nowait()
-                offset, more = await self._committed(queued)
-                last, rows = offset, rows + more
-            self.info.acked_offset = last
-            self.info.rows += rows
-            self.service.stats.rows_committed += rows
-            async with self.write_lock:
-                await self.context.write(
-                    pb.EphemeralStreamResponse(
-                        ingest_record_response=pb.IngestRecordResponse(
-                            durability_ack_up_to_offset=last
-                        )
-                    )
+    async def _acknowledge(self, last: int, rows: int) -> None:
+        async with self.write_lock:
+            await self.context.write(
+                pb.EphemeralStreamResponse(
+                    ingest_record_response=pb.IngestRecordResponse(durability_ack_up_to_offset=last)
                 )
+            )
 
-    @staticmethod
-    async def _committed(item: tuple[int, asyncio.Future[Any] | None, int]) -> tuple[int, int]:
-        offset, commit, rows = item
-        if commit is not None:
-            try:
-                await commit
-            except Exception as exc:
-                raise StreamError(
-                    grpc.StatusCode.UNAVAILABLE, f"commit of offset {offset} failed: {exc}"
-                ) from exc
-        return offset, rows
-
-    async def _rotate(self) -> None:
-        interval = self.service.rotation_interval_s
-        assert interval is not None
-        await asyncio.sleep(interval)
-        grace = self.service.rotation_grace_s
-        seconds, nanos = int(grace), int((grace - int(grace)) * 1e9)
+    async def _signal_rotation(self, grace_s: float) -> None:
+        seconds, nanos = int(grace_s), int((grace_s - int(grace_s)) * 1e9)
         async with self.write_lock:
             await self.context.write(
                 pb.EphemeralStreamResponse(
@@ -378,9 +418,6 @@ class _Session:
                     )
                 )
             )
-        log.info("stream_rotation_signalled", stream_id=self.info.stream_id, grace_s=grace)
-        await asyncio.sleep(grace)
-        await self.stop_reading()
 
 
 def build_server(service: ZerobusService, host: str, port: int) -> tuple[grpc.aio.Server, int]:
