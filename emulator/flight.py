@@ -204,8 +204,6 @@ class FlightStats:
         }
 
 
-
-
 class FlightIngestService(fpb_grpc.FlightServiceServicer):
     def __init__(
         self,
