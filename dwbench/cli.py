@@ -19,9 +19,9 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from pydantic import ValidationError
 
@@ -45,7 +45,10 @@ from workloads.registry import WorkloadRegistry
 from writers import WRITERS
 
 if TYPE_CHECKING:
+    from dwbench.runtime import Runtime
     from dwbench.settings import Settings
+
+T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -661,16 +664,15 @@ async def resolve_workload(
     return workload
 
 
-async def _run_benchmark(
-    config: BenchmarkConfig,
+async def with_runtime(
     settings: Settings,
     display: ProgressDisplay,
-    args: argparse.Namespace | None = None,
-    early: Workload | None = None,
-) -> RunResult | None:
-    """Start the targets, run the benchmark, stop the targets; None when aborted."""
-    from bench.environment import capture_environment
-    from bench.runner import BenchmarkRun
+    body: Callable[[Runtime, _Interrupts], Awaitable[T]],
+) -> T | None:
+    """Start the targets, run `body` on them, stop them; None when Ctrl-C aborted.
+
+    The first Ctrl-C cancels what `body` handed to `interrupts.cancel_run` (the run keeps
+    what it measured); before that, or a second time, it aborts."""
     from dwbench.runtime import Runtime
 
     loop = asyncio.get_running_loop()
@@ -686,6 +688,34 @@ async def _run_benchmark(
         elif settings.is_local:
             _say(f"using the local stack at {settings.local_stack_url}")
         await runtime.start()  # a Ctrl-C meanwhile aborts: cancel_run is not set yet
+        return await body(runtime, interrupts)
+    except asyncio.CancelledError:
+        if interrupts.aborting:
+            task.uncancel()
+            return None
+        raise
+    finally:
+        try:
+            await asyncio.wait_for(runtime.stop(), timeout=30)
+        except (TimeoutError, asyncio.CancelledError):
+            _say("the targets did not stop in time")
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _run_benchmark(
+    config: BenchmarkConfig,
+    settings: Settings,
+    display: ProgressDisplay,
+    args: argparse.Namespace | None = None,
+    early: Workload | None = None,
+) -> RunResult | None:
+    """Start the targets, run the benchmark, stop the targets; None when aborted."""
+    from bench.environment import capture_environment
+    from bench.runner import BenchmarkRun
+
+    async def body(runtime: Runtime, interrupts: _Interrupts) -> RunResult:
+        nonlocal config
         custom = await resolve_workload(args, runtime, early) if args is not None else None
         if custom is not None:
             config = config.model_copy(update={"workload": custom.name})
@@ -710,18 +740,8 @@ async def _run_benchmark(
         # The local stack runs in its own session, so the terminal's Ctrl-C reaches only us.
         display.update(run.progress())  # the bars from the start, then once a second
         return await run.execute(runtime.writers, display.update)
-    except asyncio.CancelledError:
-        if interrupts.aborting:
-            task.uncancel()
-            return None
-        raise
-    finally:
-        try:
-            await asyncio.wait_for(runtime.stop(), timeout=30)
-        except (TimeoutError, asyncio.CancelledError):
-            _say("the targets did not stop in time")
-        finally:
-            loop.remove_signal_handler(signal.SIGINT)
+
+    return await with_runtime(settings, display, body)
 
 
 def _stack_plan(where: Path) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,12 +36,14 @@ from dwbench.cli import (
     parse_duration,
     parse_writers,
     render_table,
+    with_runtime,
 )
 from dwbench.errors import DirectWriteError
 from workloads.registry import WorkloadRegistry
 from writers import WRITERS
 
 if TYPE_CHECKING:
+    from dwbench.runtime import Runtime
     from dwbench.settings import Settings
 
 BEST, KNEE = "*", "!"
@@ -205,19 +206,8 @@ async def _run_sweep(
 ) -> SweepResult | None:
     """Start the targets, run every point, stop the targets; None when aborted."""
     from bench.environment import capture_environment
-    from dwbench.runtime import Runtime
 
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    interrupts = _Interrupts(display, task)
-    loop.add_signal_handler(signal.SIGINT, interrupts)
-    runtime = Runtime(settings)
-    interrupts.stop_stack = lambda: runtime.stack.stop(timeout_s=5) if runtime.stack else None
-    try:
-        if settings.is_local and not settings.local_stack_url:
-            _say(f"starting the local stack in {settings.data_dir / 'local-stack'}")
-        await runtime.start()
+    async def body(runtime: Runtime, interrupts: _Interrupts) -> SweepResult:
         workload = runtime.workloads.get(config.workload)
         await runtime.ensure_tables(workload)
         run = SweepRun(
@@ -242,18 +232,8 @@ async def _run_sweep(
             store.save_point(run.id, result)
 
         return await run.execute(runtime.writers, _SweepProgress(display), keep)
-    except asyncio.CancelledError:
-        if interrupts.aborting:
-            task.uncancel()
-            return None
-        raise
-    finally:
-        try:
-            await asyncio.wait_for(runtime.stop(), timeout=30)
-        except (TimeoutError, asyncio.CancelledError):
-            _say("the targets did not stop in time")
-        finally:
-            loop.remove_signal_handler(signal.SIGINT)
+
+    return await with_runtime(settings, display, body)
 
 
 def cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
