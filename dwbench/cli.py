@@ -27,7 +27,16 @@ from pydantic import ValidationError
 
 from bench.config import DEFAULT_DURATION_S, DEFAULT_WARMUP_S, BenchmarkConfig
 from bench.environment import LOCAL_NOTICE, mode_notice
-from bench.report import MISSING, UNSUPPORTED, fmt_int, fmt_mib, fmt_ms, fmt_seconds
+from bench.report import (
+    MISSING,
+    UNSUPPORTED,
+    config_text,
+    fmt_int,
+    fmt_mib,
+    fmt_ms,
+    fmt_seconds,
+    status_text,
+)
 from bench.results import LatencySummary, RunResult, WriterResult, to_csv
 from bench.store import (
     NOISE_FLOOR,
@@ -259,28 +268,6 @@ def _best(values: list[float | None], better: str | None, eligible: list[bool]) 
     return {i for i, v in candidates if v == target}
 
 
-def workload_text(config: BenchmarkConfig) -> str:
-    amount = (
-        f"{config.duration_s:g} s per writer"
-        if config.duration_s is not None
-        else f"{config.records:,} rows per writer"
-    )
-    pace = f"at {config.rate:,} rows/s" if config.rate is not None else "max rate"
-    parts = [
-        config.workload,
-        amount,
-        f"batch {config.batch_size:,}",
-        f"concurrency {config.concurrency}",
-        f"{config.record_bytes:,} B/row",
-        pace,
-    ]
-    if config.warmup_s:
-        parts.append(f"warm-up {config.warmup_s:g} s")
-    if config.parallel:
-        parts.append("writers in parallel")
-    return ", ".join(parts)
-
-
 def results_table(run: RunResult) -> str:
     """The side-by-side table: one column per writer, the best of each row marked."""
     writers = run.writers
@@ -298,11 +285,10 @@ def results_table(run: RunResult) -> str:
         show = _fmt_or_unsupported(fmt)
         cells = [show(v) + (f" {BEST}" if i in best else "  ") for i, v in enumerate(values)]
         rows.append([label, *cells])
-    status = run.status + (" (partial)" if run.partial and run.status != "partial" else "")
     lines = [
-        f"run {run.id}: {status}",
+        f"run {run.id}: {status_text(run)}",
         f"mode: {run.mode}. {mode_notice(run.environment)}",
-        f"workload: {workload_text(run.config)}",
+        f"workload: {config_text(run.config)}",
         "",
         render_table(header, rows),
     ]
@@ -435,8 +421,8 @@ def compare_table(a: RunResult, b: RunResult, diffs: Sequence[MetricDiff]) -> st
     """Per writer, per metric: A and B (with their 95 % intervals), the change, the decision
     and why; the notes first, the writers only one run has last."""
     lines = [
-        f"A: {a.id}  {_date(a.started_at)}  {a.status}  ({workload_text(a.config)})",
-        f"B: {b.id}  {_date(b.started_at)}  {b.status}  ({workload_text(b.config)})",
+        f"A: {a.id}  {_date(a.started_at)}  {a.status}  ({config_text(a.config)})",
+        f"B: {b.id}  {_date(b.started_at)}  {b.status}  ({config_text(b.config)})",
     ]
     lines += [f"note: {note}" for note in compare_notes(a, b)]
     writers = list(dict.fromkeys(d.writer for d in diffs))
@@ -728,7 +714,7 @@ async def _run_benchmark(
         )
         interrupts.cancel_run = run.cancel
         _say(
-            f"run {run.id}: {', '.join(config.writers)}; {workload_text(config)} "
+            f"run {run.id}: {', '.join(config.writers)}; {config_text(config)} "
             f"({len(workload.schema.columns)} columns into {workload.table.delta_table})"
         )
         _say(f"mode: {runtime.targets.mode}. {mode_notice(run.environment)}")
