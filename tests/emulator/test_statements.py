@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,9 +12,7 @@ from typing import Any
 
 import pytest
 import requests
-import uvicorn
 from databricks.sdk import WorkspaceClient
-from databricks.sdk.config import Config
 from databricks.sdk.errors import BadRequest, NotFound, Unauthenticated
 from databricks.sdk.service.sql import (
     Disposition,
@@ -30,7 +26,7 @@ from databricks.sdk.service.sql import (
 from deltalake import DeltaTable
 
 from emulator.catalog import Catalog
-from emulator.statements import create_statement_app
+from tests.emulator.statement_support import client, served_statement_app
 
 WAREHOUSE = "0123456789abcdef"
 SLOW_QUERY = "SELECT sum(a.id * b.id) AS s FROM range(1000000) AS a, range(1000000) AS b"
@@ -65,44 +61,13 @@ def param(name: str, value: str | None, type_: str | None = None) -> StatementPa
     return StatementParameterListItem(name=name, value=value, type=type_)
 
 
-def client(url: str, token: str) -> WorkspaceClient:
-    config = Config(host=url, token=token, auth_type="pat", retry_timeout_seconds=10)
-    return WorkspaceClient(config=config)
-
-
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
     """The statement app under uvicorn, in a thread with its own event loop."""
     data_dir = tmp_path_factory.mktemp("sql-stack")
     token = secrets.token_urlsafe(16)
-    catalog = Catalog(data_dir)
-    app = create_statement_app(catalog, token, warehouse_id=WAREHOUSE)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    )
-
-    def serve() -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(server.serve())
-            loop.run_until_complete(catalog.close())
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=serve, name="statement-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with served_statement_app(Catalog(data_dir), token, warehouse_id=WAREHOUSE) as url:
         yield Warehouse(url, token, data_dir, client(url, token))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-    assert not thread.is_alive(), "server did not stop"
 
 
 def failed(resp: StatementResponse, error_class: str, sql_state: str) -> str:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import io
 import secrets
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +14,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import uvicorn
 from databricks.sdk import WorkspaceClient
-from databricks.sdk.config import Config
 from databricks.sdk.errors import (
     AlreadyExists,
     BadRequest,
@@ -33,8 +28,8 @@ from databricks.sdk.service.sql import StatementResponse, StatementState
 from deltalake import DeltaTable
 
 from emulator.catalog import Catalog
-from emulator.statements import create_statement_app
 from emulator.volumes import Volumes
+from tests.emulator.statement_support import client, served_statement_app
 
 WAREHOUSE = "local"
 MAX_FILE_BYTES = 64 * 1024
@@ -78,45 +73,16 @@ class Stack:
         return self.data_dir / "volumes" / volume_path.removeprefix("/Volumes/")
 
 
-def client(url: str, token: str) -> WorkspaceClient:
-    config = Config(host=url, token=token, auth_type="pat", retry_timeout_seconds=10)
-    return WorkspaceClient(config=config)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The statement app with the Files API, under uvicorn in a thread of its own."""
     data_dir = tmp_path_factory.mktemp("volumes-stack")
     token = secrets.token_urlsafe(16)
-    catalog = Catalog(data_dir)
     volumes = Volumes(data_dir, max_file_bytes=MAX_FILE_BYTES)
-    app = create_statement_app(catalog, token, warehouse_id=WAREHOUSE, volumes=volumes)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    )
-
-    def serve() -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(server.serve())
-            loop.run_until_complete(catalog.close())
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=serve, name="files-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with served_statement_app(
+        Catalog(data_dir), token, warehouse_id=WAREHOUSE, volumes=volumes
+    ) as url:
         yield Stack(url, token, data_dir, client(url, token))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-    assert not thread.is_alive(), "server did not stop"
 
 
 AT = dt.datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=dt.UTC)
