@@ -109,6 +109,14 @@ class CrashStack:
         assert not alive, f"postgres processes alive after the postmaster's SIGKILL: {alive}"
         return pid
 
+    def logs(self) -> tuple[str, str]:
+        """The stack's log (every process on this data dir appends to it) and Postgres's."""
+        postgres = self.data_dir / "postgres" / "postgres.log"
+        return (
+            (self.data_dir / "local-stack.log").read_text(errors="replace"),
+            postgres.read_text(errors="replace") if postgres.exists() else "",
+        )
+
     def stop(self) -> None:
         """Stop the running stack cleanly; kill every other one still alive."""
         for process in self.processes:
@@ -269,7 +277,7 @@ class Progress:
         for b in self.run.batches:
             b.in_flight_at_crash = b.k in self.in_flight
 
-    async def _notify(self) -> None:
+    async def notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
 
@@ -326,7 +334,7 @@ async def write_through_crash(
                 batch.error = exc
             finally:
                 progress.in_flight.discard(k)
-            await progress._notify()
+            await progress.notify()
 
     async def crash_and_restart() -> None:
         await progress.acknowledged(kill_after)

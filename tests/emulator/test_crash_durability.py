@@ -2,15 +2,21 @@
 the same data and ports: every row the writer was told is durable is in the table,
 batches that failed are absent or whole, duplicates counted (tests/emulator/crash_support).
 
-The Zerobus SDK streams (proto, JSON, Arrow) recover by themselves: they reconnect and
-send the unacknowledged batches again, so batches in flight at the kill are usually
-acknowledged after the restart, and may be in the table twice. The REST, SQL and COPY INTO
-writers fail the batches in flight with the connection's error and write the next ones.
-
-Lakebase: Postgres is a daemon of its own (`pg_ctl start`), not killed with the stack: it
-keeps serving the writer while the stack is dead, and a stack started on the same data
-dir stops it as an orphan (a fast shutdown) before starting its own. So its crash is a
-SIGKILL of the postmaster too, after which Postgres recovers from its WAL.
+What happens, as observed:
+- The Zerobus SDK streams (proto, JSON, Arrow) recover by themselves: they reconnect and
+  send the unacknowledged batches again, so the batches in flight at the kill are
+  acknowledged after the restart, and may be in the table twice.
+- zerobus-rest fails the requests in flight (the connection's error), retries the ones
+  that could not connect, and writes the next batches.
+- sql and sql-copy: databricks-sdk re-sends a request whose connection broke (it retries
+  every connection error, for 2 s in local mode), so a statement committed just before
+  the kill can be committed again after the restart: whole batches twice. The stand-in's
+  COPY INTO forgets across a restart which files it loaded (a warehouse would skip the
+  file the second time). A statement still failing after the SDK's retries fails the batch.
+- Lakebase: Postgres is a daemon of its own (`pg_ctl start`), not killed with the stack:
+  it keeps serving the writer while the stack is dead, and a stack started on the same
+  data dir stops it as an orphan (a fast shutdown) before starting its own. So its crash
+  is a SIGKILL of the postmaster too, after which Postgres recovers from its WAL.
 """
 
 from __future__ import annotations
@@ -88,6 +94,9 @@ async def test_lakebase_postmaster_sigkill_loses_no_committed_row(postgres_stack
     run = await write_through_crash(stack, "lakebase", table, crash=crash, after_restart=12)
     ids = stack.postgres_ids(table)
     run.check(ids, error=POSTGRES_LOST, stale_connection=STALE_POOLED_CONNECTION)
+    # A crash indeed: the new postmaster replayed the WAL.
+    _, postgres_log = stack.logs()
+    assert "not properly shut down; automatic recovery in progress" in postgres_log
 
 
 @pytest.mark.timeout(60)
@@ -109,3 +118,8 @@ async def test_lakebase_orphaned_postgres_taken_over_loses_no_committed_row(post
     )
     ids = stack.postgres_ids(table)
     run.check(ids, error=POSTGRES_LOST, stale_connection=STALE_POOLED_CONNECTION)
+    # The orphan was stopped cleanly (no WAL replay) by the new stack, not by us.
+    stack_log, postgres_log = stack.logs()
+    assert "event=postgres.orphan_found" in stack_log
+    assert "received fast shutdown request" in postgres_log
+    assert "automatic recovery in progress" not in postgres_log
