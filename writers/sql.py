@@ -380,9 +380,14 @@ class SqlWriter(DataWriterInterface):
         shown = ", ".join(i for _, i in done[:10]) + (", ..." if len(done) > 10 else "")
         message = (
             f"{exc.message} (statement {index + 1} of {len(statements)}). "
-            f"{committed} of {len(rows)} rows were committed before the write stopped"
+            f"{committed} of {len(rows)} rows are known to be committed"
             + (f" (statements {shown})" if done else "")
-            + f"; the other {len(rows) - committed} rows are not reported as written."
+            + f"; the other {len(rows) - committed} rows are not reported as written"
+            + (
+                " (a statement whose answer was lost may still have been committed)."
+                if isinstance(exc, WriterUnavailableError)
+                else "."
+            )
         )
         log.warning(
             "sql_write_failed",

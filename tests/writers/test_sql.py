@@ -404,7 +404,7 @@ async def test_a_later_failure_reports_what_was_committed(
     assert f"(statement {failing + 1} of 5)" in message
     got = stored(local_stack, products_ref)
     # The message tells exactly how many rows are in the table, and they are whole statements.
-    assert f"{len(got)} of 100 rows were committed before the write stopped" in message
+    assert f"{len(got)} of 100 rows are known to be committed" in message
     assert f"the other {100 - len(got)} rows are not reported as written" in message
     assert rows.data.column("record_id")[50].as_py() not in {r["record_id"] for r in got}
     if concurrency == 1:
