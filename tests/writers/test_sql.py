@@ -378,7 +378,7 @@ async def test_failed_statement_raises_with_the_warehouse_message(
     message = info.value.message
     assert "[TABLE_OR_VIEW_NOT_FOUND]" in message
     assert "FAILED" in message
-    assert "0 of 3 rows were committed" in message
+    assert "0 of 3 rows are known to be committed" in message
     assert info.value.writer == "sql"
     assert stored(local_stack, products_ref) == []
 
@@ -418,7 +418,7 @@ async def test_a_statement_past_its_deadline_is_not_reported_written(products_re
     with pytest.raises(WriteFailedError, match="did not finish within 0 s") as info:
         await writer.write(product_rows(products_ref, 3))
     assert "rows may still be committed" in info.value.message
-    assert "0 of 3 rows were committed" in info.value.message
+    assert "0 of 3 rows are known to be committed" in info.value.message
 
 
 async def test_unreachable_server_is_unavailable_quickly(local_stack, products_ref):
