@@ -17,7 +17,7 @@ from deltalake import DeltaTable
 
 from emulator.errors import SchemaMismatchError, TableExistsError, TableNotFoundError
 from emulator.schema import TableSchema
-from emulator.table_writer import TableWriter, TableWriterConfig
+from emulator.table_writer import TableWriter, TableWriterConfig, copied_files
 
 log = structlog.get_logger(__name__)
 
@@ -45,11 +45,17 @@ class Table:
     path: Path
     schema: TableSchema
     _writer: TableWriter | None = field(default=None, repr=False)
-    # Volume files COPY INTO loaded into this table (it skips them the next time).
-    loaded_files: set[str] = field(default_factory=set, repr=False)
+    # Volume files COPY INTO loaded into this table (it skips them the next time), read
+    # from the table's commits on first use.
+    _loaded_files: set[str] | None = field(default=None, repr=False)
 
     def delta(self) -> DeltaTable:
         return DeltaTable(str(self.path))
+
+    def loaded_files(self) -> set[str]:
+        if self._loaded_files is None:
+            self._loaded_files = copied_files(self.delta())
+        return self._loaded_files
 
 
 class Catalog:

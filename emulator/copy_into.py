@@ -168,7 +168,7 @@ def plan_copy(table: Table, source: CopySource, volumes: Volumes | None) -> Copy
         raise SqlError("INVALID_PARAMETER_VALUE", exc.message, "22023") from None
     if source.files is None and not found:
         raise _path_not_found(source.location)
-    loaded = table.loaded_files
+    loaded = table.loaded_files()
     todo = [(v, p) for v, p in found if source.force or v not in loaded]
     arrow_schema = table.schema.to_arrow()
     batches = [_read(table, v, p) for v, p in todo]

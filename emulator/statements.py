@@ -335,9 +335,10 @@ class StatementService:
     async def _copy(self, action: CopyRows) -> ResultSet:
         table = self._catalog.get(action.name)
         if action.batch.num_rows:
-            await self._catalog.writer(action.name).append(action.batch)
+            # The files are listed in the commit itself: a restarted stack skips them too.
+            await self._catalog.writer(action.name).append(action.batch, copied_files=action.files)
         # Recorded once committed: a failed commit leaves the files to load again.
-        table.loaded_files.update(action.files)
+        table.loaded_files().update(action.files)
         return copy_result(action.batch.num_rows)
 
     def _succeed(self, statement: Statement, result: ResultSet | None) -> None:

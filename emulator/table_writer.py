@@ -11,6 +11,7 @@ streams, SQL inserts) never race each other for a table version.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +20,25 @@ from pathlib import Path
 
 import pyarrow as pa
 import structlog
-from deltalake import DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from emulator.errors import WriterClosedError
 
 log = structlog.get_logger(__name__)
+
+
+# The commitInfo key under which a commit lists the Volume files COPY INTO loaded in it.
+COPIED_FILES_KEY = "dwbench.copyIntoFiles"
+
+
+def copied_files(table: DeltaTable) -> set[str]:
+    """Every Volume file COPY INTO loaded into the table, from its commits' metadata."""
+    loaded: set[str] = set()
+    for commit in table.history():
+        listed = commit.get(COPIED_FILES_KEY)
+        if isinstance(listed, str):
+            loaded.update(json.loads(listed))
+    return loaded
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,8 @@ class TableWriter:
         self.stats = TableWriterStats()
         self._pending: list[tuple[pa.RecordBatch, asyncio.Future[CommitResult]]] = []
         self._pending_rows = 0
+        # Volume files COPY INTO loaded with the pending rows: recorded in the same commit.
+        self._pending_files: list[str] = []
         self._wakeup = asyncio.Event()
         self._closing = False
         self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix=f"commit-{name}")
@@ -76,10 +93,16 @@ class TableWriter:
         self._table = DeltaTable(str(path))
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"writer-{name}")
 
-    async def append(self, batch: pa.RecordBatch) -> CommitResult:
-        """Queue rows for the next commit and return once they are committed."""
+    async def append(
+        self, batch: pa.RecordBatch, *, copied_files: Sequence[str] = ()
+    ) -> CommitResult:
+        """Queue rows for the next commit and return once they are committed.
+
+        `copied_files` (COPY INTO's source files) go into that commit's metadata under
+        COPIED_FILES_KEY, so a restarted stack still knows them as loaded."""
         if self._closing:
             raise WriterClosedError(self.name)
+        self._pending_files.extend(copied_files)
         if batch.schema != self.schema:
             batch = batch.cast(self.schema)
         future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
@@ -112,10 +135,13 @@ class TableWriter:
                 await asyncio.sleep(self.config.linger_s)
             self._wakeup.clear()
             taken, self._pending, self._pending_rows = self._pending, [], 0
+            files, self._pending_files = self._pending_files, []
             batches = [batch for batch, _ in taken]
             started = time.perf_counter()
             try:
-                result = await loop.run_in_executor(self._commit_thread, self._commit, batches)
+                result = await loop.run_in_executor(
+                    self._commit_thread, self._commit, batches, files
+                )
             except Exception as exc:  # every waiter learns its rows were not committed
                 log.error("commit_failed", table=self.name, error=str(exc))
                 for _, future in taken:
@@ -139,9 +165,14 @@ class TableWriter:
             self._commits_since_compaction += 1
             self._maybe_compact()
 
-    def _commit(self, batches: Sequence[pa.RecordBatch]) -> CommitResult:
+    def _commit(self, batches: Sequence[pa.RecordBatch], files: Sequence[str] = ()) -> CommitResult:
         table = pa.Table.from_batches(batches, schema=self.schema)
-        write_deltalake(self._table, table, mode="append")
+        properties = (
+            CommitProperties(custom_metadata={COPIED_FILES_KEY: json.dumps(sorted(files))})
+            if files
+            else None
+        )
+        write_deltalake(self._table, table, mode="append", commit_properties=properties)
         return CommitResult(version=self._table.version(), rows_in_commit=table.num_rows)
 
     def _maybe_compact(self) -> None:

@@ -278,6 +278,10 @@ def test_copy_into_is_idempotent_per_file_unless_forced(stack):
     )
     assert forced.result.data_array == [["4", "4", "0"]]
     assert [r["id"] for r in stack.rows(name)] == [1, 1, 1, 1, 2, 2, 3, 3]
+    # The loaded files are in the table's commits: a stack started again on the same data
+    # (here a second catalog over it) still skips them.
+    table = Catalog(stack.data_dir).get(f"main.default.{name}")
+    assert table.loaded_files() == {f"{directory}/a.parquet", f"{directory}/b.parquet"}
 
 
 def test_missing_nullable_columns_load_as_null(stack):
