@@ -198,6 +198,9 @@ class _Connection:
             connected = await self._handshake()
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ssl.SSLError):
             return
+        except (codec.MqttError, _Disconnect) as exc:  # not a CONNECT one can answer
+            log.info("mqtt_no_connect", problem=str(exc))
+            return
         if not connected:
             return
         service = self.service
@@ -495,7 +498,12 @@ class _Connection:
         """Write the good records of `taken` in one append; then acknowledge all, in order."""
         service = self.service
         good = [p for p in taken if p.error is None]
-        batch = self._decode(good) if good else None
+        try:
+            batch = self._decode(good) if good else None
+        except TableNotFoundError as exc:  # dropped while the connection was open
+            batch = None
+            for p in good:
+                p.error = (Reason.TOPIC_NAME_INVALID, str(exc))
         if batch is not None:
             try:
                 await service.catalog.writer(self.table).append(batch)

@@ -537,3 +537,45 @@ async def test_more_than_receive_maximum_in_flight_is_0x93(tmp_path: Path):
         codec.publish("main.default.t", payload, packet_id=1)
     )
     assert service.stats.rows_committed == 2
+
+
+async def test_shutdown_acknowledges_what_it_read_then_disconnects(tmp_path: Path):
+    catalog = Catalog(tmp_path)
+    catalog.create_table("main.default.t", TableSchema.of(("record_id", "STRING"), ("n", "BIGINT")))
+    tls = LocalTls.ensure(tmp_path / "tls")
+    service = ZerobusMqttService(catalog, OAuthIssuer("tok"), WireCounters())
+    port = await service.start("127.0.0.1", 0, tls.server_context())
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls.client_context(), server_hostname="127.0.0.1"
+        )
+        users = [
+            (Prop.USER_PROPERTY, ("authorization", "Bearer tok")),
+            (Prop.USER_PROPERTY, ("x-databricks-zerobus-table-name", "main.default.t")),
+        ]
+        writer.write(codec.connect(properties=users))
+        head = await reader.readexactly(2)
+        await reader.readexactly(head[1])
+        payloads = [json.dumps({"record_id": f"r{i}", "n": i}).encode() for i in (1, 2, 3)]
+        writer.write(
+            b"".join(
+                codec.publish("main.default.t", p, packet_id=i) for i, p in enumerate(payloads, 1)
+            )
+        )
+        for _ in range(int(WAIT_S * 1000)):  # until the service has read all three
+            if service.stats.publishes == 3:
+                break
+            await asyncio.sleep(0.001)
+        await service.shutdown()
+        answers = []
+        while head := await reader.read(1):
+            length = (await reader.readexactly(1))[0]
+            answers.append((head[0] >> 4, await reader.readexactly(length)))
+        writer.close()
+    finally:
+        await catalog.close()
+    assert [codec.decode_ack(body)[:2] for _, body in answers[:3]] == [(1, 0), (2, 0), (3, 0)]
+    assert answers[3][0] == PacketType.DISCONNECT
+    assert codec.decode_disconnect(answers[3][1])[0] == 0x8B
+    rows = catalog.get("main.default.t").delta().to_pyarrow_table().to_pylist()
+    assert sorted(r["n"] for r in rows) == [1, 2, 3]
