@@ -60,6 +60,8 @@ RECEIVE_MAXIMUM = 4096
 MAX_PACKET_BYTES = 10 * 1024 * 1024 + 64 * 1024
 # A client that connected must send its CONNECT within this time.
 CONNECT_TIMEOUT_S = 10.0
+# How much one read of the socket asks for.
+_READ_BYTES = 256 * 1024
 AUTHORIZATION = "authorization"
 TABLE_PROPERTY = "x-databricks-zerobus-table-name"
 
@@ -186,6 +188,9 @@ class _Connection:
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
     _read_task: asyncio.Task[None] | None = None
+    # Bytes read and not yet cut into packets, from `_pos` on.
+    _buffer: bytearray = field(default_factory=bytearray)
+    _pos: int = 0
     _reading_stopped: bool = False
 
     def stop_reading(self) -> None:
@@ -255,11 +260,11 @@ class _Connection:
         """Read and answer the CONNECT; True when the connection is accepted."""
         service = self.service
         async with asyncio.timeout(service.connect_timeout_s):
-            first = await self.reader.readexactly(1)
-            if first[0] != PacketType.CONNECT << 4:
-                log.info("mqtt_no_connect", first_byte=first[0])
+            self._buffer += await self.reader.read(_READ_BYTES)
+            if not self._buffer or self._buffer[0] != PacketType.CONNECT << 4:
+                log.info("mqtt_no_connect", first_byte=self._buffer[:1].hex())
                 return False  # not MQTT, or a client that does not start with CONNECT: close
-            _, _, body, _ = await self._read_packet(None, first)
+            _, _, body, _ = await self._read_packet(None)
         try:
             reader, name, level = codec.decode_connect_header(body)
         except codec.MqttError:
@@ -354,27 +359,45 @@ class _Connection:
 
     # -- packets ------------------------------------------------------------------------
 
-    async def _read_packet(
-        self, wait_s: float | None, first: bytes = b""
-    ) -> tuple[int, int, bytes, int]:
-        """Type, flags, body and whole size of the next packet (`first`: its first byte,
-        when read already)."""
-        first = first or await asyncio.wait_for(self.reader.readexactly(1), wait_s)
-        length_bytes = bytearray()
+    async def _read_packet(self, wait_s: float | None) -> tuple[int, int, bytes, int]:
+        """Type, flags, body and whole size of the next packet.
+
+        Packets are cut from a buffer filled by large reads, not read field by field: a
+        client with thousands of small publishes in flight sends many per TLS record."""
         while True:
-            length_bytes += await self.reader.readexactly(1)
-            length = codec.read_remaining_length(length_bytes)
-            if length is not None:
-                break
-        size = 1 + len(length_bytes) + length
+            packet = self._next_buffered()
+            if packet is not None:
+                return packet
+            if self._pos:
+                del self._buffer[: self._pos]
+                self._pos = 0
+            chunk = await asyncio.wait_for(self.reader.read(_READ_BYTES), wait_s)
+            if not chunk:
+                raise asyncio.IncompleteReadError(bytes(self._buffer), None)
+            self._buffer += chunk
+
+    def _next_buffered(self) -> tuple[int, int, bytes, int] | None:
+        buf, pos = self._buffer, self._pos
+        if len(buf) - pos < 2:
+            return None
+        header = buf[pos + 1 : pos + 6]
+        length = codec.read_remaining_length(header)
+        if length is None:
+            return None
+        length_bytes = next(i for i, b in enumerate(header) if not b & 0x80) + 1
+        size = 1 + length_bytes + length
         if size > self.service.max_packet_bytes:
             raise _Disconnect(
                 Reason.PACKET_TOO_LARGE,
                 f"a packet of {size} bytes exceeds the Maximum Packet Size of "
                 f"{self.service.max_packet_bytes} bytes",
             )
-        body = await self.reader.readexactly(length)
-        return first[0] >> 4, first[0] & 0x0F, body, size
+        if len(buf) - pos < size:
+            return None
+        first = buf[pos]
+        body = bytes(buf[pos + 1 + length_bytes : pos + size])
+        self._pos = pos + size
+        return first >> 4, first & 0x0F, body, size
 
     async def _read_loop(self) -> None:
         # The server may end a connection silent for one and a half keep-alive periods.

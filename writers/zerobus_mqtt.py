@@ -8,12 +8,14 @@ row as one JSON object (the same JSON form as the other Zerobus JSON paths). A b
 durable when every one of its PUBACKs has a success reason code (< 0x80); any other
 reason fails the batch, naming the code and the server's Reason String.
 
-paho runs its network loop on its own thread (`loop_start`); its callbacks hand PUBACKs,
-CONNACKs and disconnects to the event loop with `call_soon_threadsafe`, and the blocking
-TCP and TLS connect runs in a worker thread, so the event loop never waits on paho.
-paho's own in-flight cap (20 by default) is switched off: the writer keeps as many
-PUBLISHes unacknowledged as the server's CONNACK allows (Receive Maximum, 4,096 on
-Zerobus), the window of one connection shared by the batches written into the table.
+paho runs its network loop on its own thread (`loop_start`); its callbacks gather each
+batch's PUBACKs and hand the complete batch (or a lost connection, or the CONNACK) to the
+event loop with `call_soon_threadsafe`. The blocking TCP and TLS connect and a batch's
+PUBLISH calls (paho takes its locks and wakes its thread for each) run in a worker thread,
+so the event loop never waits on paho. paho's own in-flight cap (20 by default) is
+switched off: the writer keeps as many PUBLISHes unacknowledged as the server's CONNACK
+allows (Receive Maximum, 4,096 on Zerobus), the window of one connection shared by the
+batches written into the table.
 
 Auth is OAuth M2M as for zerobus-rest: a token from `{workspace}/oidc/v1/token` with the
 table's authorization_details, one per table (ZEROBUS_MQTT_AUTH=token sends the local
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, ClassVar, Literal
@@ -92,7 +95,7 @@ class ZerobusMqttSettings(WriterSettings):
 
 
 class ConnectionLost(Exception):
-    """The connection ended before a PUBLISH was acknowledged."""
+    """The connection ended before every PUBLISH of a batch was acknowledged."""
 
 
 @dataclass(frozen=True)
@@ -107,37 +110,80 @@ def _reason_string(properties: Properties | None) -> str | None:
     return text if isinstance(text, str) else None
 
 
+class _Batch:
+    """The PUBACKs of one batch; its future resolves on the event loop when all are in."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.loop = loop
+        self.size = size
+        self.acks: list[_Ack] = []
+        self.sent_bytes = 0
+        self.future: asyncio.Future[list[_Ack]] = loop.create_future()
+
+    # Any thread, under the connection's lock.
+    def add(self, ack: _Ack) -> None:
+        self.acks.append(ack)
+        if len(self.acks) == self.size:
+            self.loop.call_soon_threadsafe(self._finish)
+
+    def fail(self, why: str) -> None:
+        self.loop.call_soon_threadsafe(self._fail, why)
+
+    # The event loop.
+    def _finish(self) -> None:
+        if not self.future.done():
+            self.future.set_result(self.acks)
+
+    def _fail(self, why: str) -> None:
+        if not self.future.done():
+            self.future.set_exception(ConnectionLost(why))
+
+
 class _TableConnection:
-    """One table's MQTT connection: paho on its thread, acknowledgements as futures."""
+    """One table's MQTT connection: paho's network thread, a window of Receive Maximum
+    unacknowledged PUBLISHes, PUBACKs gathered per batch."""
 
     def __init__(self, table: str, client: mqtt.Client, loop: asyncio.AbstractEventLoop) -> None:
         self.table = table
         self.client = client
         self.loop = loop
         self.connack: asyncio.Future[tuple[int, str, str | None, int]] = loop.create_future()
-        self.pending: dict[int, asyncio.Future[_Ack]] = {}
-        self.window = asyncio.Semaphore(1)
+        self.window = threading.Semaphore(0)
         self.receive_maximum = 0
         self.lost: str | None = None
         self.published = 0
+        self.acknowledged = 0
+        self._lock = threading.Lock()
+        self._waiting: dict[int, _Batch] = {}  # mid -> the batch it belongs to
+        self._early: dict[int, _Ack] = {}  # PUBACKs that beat their mid's registration
         client.on_connect = self._on_connect
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
 
-    # paho's network thread: hand everything to the event loop.
+    # paho's network thread.
 
     def _on_connect(
         self, client: Any, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None
     ) -> None:
-        receive = getattr(props, "ReceiveMaximum", DEFAULT_RECEIVE_MAXIMUM)
-        answer = (reason.value, reason.getName(), _reason_string(props), int(receive))
+        receive = int(getattr(props, "ReceiveMaximum", DEFAULT_RECEIVE_MAXIMUM))
+        if reason.value < 0x80:
+            self.receive_maximum = receive
+            self.window = threading.Semaphore(receive)
+        answer = (reason.value, reason.getName(), _reason_string(props), receive)
         self.loop.call_soon_threadsafe(self._connected, answer)
 
     def _on_publish(
         self, client: Any, userdata: Any, mid: int, reason: ReasonCode, props: Properties
     ) -> None:
         ack = _Ack(reason.value, reason.getName(), _reason_string(props))
-        self.loop.call_soon_threadsafe(self._acknowledged, mid, ack)
+        with self._lock:
+            self.acknowledged += 1
+            batch = self._waiting.pop(mid, None)
+            if batch is None:
+                self._early[mid] = ack
+            else:
+                batch.add(ack)
+        self.window.release()
 
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None
@@ -148,49 +194,61 @@ class _TableConnection:
             why = f"{why}: {server}" if server else why
         else:
             why = "the connection closed without a DISCONNECT from the server"
+        self._end(why)
         self.loop.call_soon_threadsafe(self._gone, why)
 
-    # the event loop
+    def _end(self, why: str) -> None:
+        with self._lock:
+            self.lost = self.lost or why
+            batches = set(self._waiting.values())
+            self._waiting.clear()
+        for batch in batches:
+            batch.fail(why)
+        # Wake every publisher waiting for the window: each finds the connection lost.
+        for _ in range(self.receive_maximum + 1):
+            self.window.release()
+
+    # The event loop.
 
     def _connected(self, answer: tuple[int, str, str | None, int]) -> None:
         if not self.connack.done():
             self.connack.set_result(answer)
-        if answer[0] < 0x80:
-            self.receive_maximum = answer[3]
-            self.window = asyncio.Semaphore(answer[3])
-
-    def _acknowledged(self, mid: int, ack: _Ack) -> None:
-        future = self.pending.pop(mid, None)
-        if future is not None and not future.done():
-            future.set_result(ack)
-            self.window.release()
 
     def _gone(self, why: str) -> None:
-        self.lost = self.lost or why
         if not self.connack.done():
             self.connack.set_exception(ConnectionLost(why))
-        pending, self.pending = self.pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(ConnectionLost(why))
-        # Wake every publisher waiting for the window: each finds the connection lost.
-        for _ in range(max(self.receive_maximum, 1) + len(pending)):
-            self.window.release()
 
-    def publish(self, payload: bytes) -> asyncio.Future[_Ack]:
-        if self.lost is not None:
-            raise ConnectionLost(self.lost)
-        info = self.client.publish(self.table, payload, qos=1)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self.lost = self.lost or f"paho could not send: {mqtt.error_string(info.rc)}"
-            raise ConnectionLost(self.lost)
-        future: asyncio.Future[_Ack] = self.loop.create_future()
-        self.pending[info.mid] = future
-        self.published += 1
-        return future
+    # A worker thread: paho's publish takes its locks and wakes its network thread, some
+    # tens of microseconds a message, too long to spend on the event loop for a batch.
+
+    def publish_all(self, batch: _Batch, payloads: list[bytes], timeout_s: float) -> None:
+        for payload in payloads:
+            if not self.window.acquire(timeout=timeout_s):
+                raise TimeoutError(f"no room in the window of {self.receive_maximum}")
+            if self.lost is not None:
+                raise ConnectionLost(self.lost)
+            info = self.client.publish(self.table, payload, qos=1)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._end(f"paho could not send: {mqtt.error_string(info.rc)}")
+                raise ConnectionLost(self.lost or "")
+            batch.sent_bytes += len(payload)
+            with self._lock:
+                self.published += 1
+                if self.lost is not None:
+                    raise ConnectionLost(self.lost)
+                early = self._early.pop(info.mid, None)
+                if early is not None:
+                    batch.add(early)
+                else:
+                    self._waiting[info.mid] = batch
+
+    def pending(self) -> int:
+        """PUBLISHes sent and not yet acknowledged."""
+        with self._lock:
+            return len(self._waiting)
 
     async def close(self) -> None:
-        self.lost = self.lost or "closed by the writer"
+        self._end("closed by the writer")
         if self.client.is_connected():
             self.client.disconnect()
         await asyncio.to_thread(self.client.loop_stop)
@@ -398,34 +456,34 @@ class ZerobusMqttWriter(DataWriterInterface):
                 f"cannot encode the batch as JSON: {exc}; nothing was sent", writer=self.name
             ) from exc
         conn = await self._connection(table)
-        futures: list[asyncio.Future[_Ack]] = []
+        batch = _Batch(asyncio.get_running_loop(), len(payloads))
+        timeout_s = self.config.ack_timeout_s
         try:
-            for payload in payloads:
-                await conn.window.acquire()
-                futures.append(conn.publish(payload))
-                self.count_payload(table, len(payload))
-            self.publishes += len(futures)
-            acks = await asyncio.wait_for(asyncio.gather(*futures), self.config.ack_timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await asyncio.to_thread(conn.publish_all, batch, payloads, timeout_s)
+                acks = await batch.future
         except ConnectionLost as exc:
-            done = sum(1 for f in futures if f.done() and not f.exception())
             self.last_error = (
-                f"the MQTT connection for {table} was lost after {done} of {len(payloads)} "
-                f"PUBACKs: {exc}; the batch is not counted as written (the service may have "
-                "committed some of its rows)"
+                f"the MQTT connection for {table} was lost after {len(batch.acks)} of "
+                f"{len(payloads)} PUBACKs: {exc}; the batch is not counted as written (the "
+                "service may have committed some of its rows)"
             )
             raise WriteFailedError(self.last_error, writer=self.name) from exc
         except TimeoutError as exc:
             self._connections.pop(table, None)
             await conn.close()
             self.last_error = (
-                f"no PUBACK for every record within {self.config.ack_timeout_s:g} s; the rows "
-                "are not counted as written (the service may still commit them)"
+                f"no PUBACK for every record within {timeout_s:g} s; the rows are not counted "
+                "as written (the service may still commit them)"
             )
             raise WriteFailedError(self.last_error, writer=self.name) from exc
         finally:
-            for f in futures:  # a failed batch's other futures: their outcome is moot
-                if f.done() and not f.cancelled():
-                    f.exception()
+            self.count_payload(table, batch.sent_bytes)
+            self.publishes += len(batch.acks)
+            if not batch.future.done():
+                batch.future.cancel()  # its outcome no longer matters
+            elif not batch.future.cancelled():
+                batch.future.exception()
         failed = [a for a in acks if a.reason >= 0x80]
         if failed:
             first = failed[0]

@@ -323,7 +323,7 @@ async def test_sigkill_mid_batch_loses_no_row_called_durable(tmp_path):
         conn = None
         while not task.done():
             conn = writer._connections.get(table.delta_table)
-            if conn is not None and 0 < len(conn.pending) < conn.published - BATCH:
+            if conn is not None and BATCH < conn.acknowledged < 2 * BATCH:
                 break
             await asyncio.sleep(0)
         first.kill()
