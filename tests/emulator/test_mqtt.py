@@ -327,6 +327,21 @@ def test_an_oauth_token_writes_only_into_its_tables(local_stack, table):
     finally:
         good.close()
         bad.close()
+    log = Path(local_stack["data_dir"], "local-stack.log").read_text()
+    assert "mqtt_connected" in log and token not in log and local_stack["token"] not in log
+
+
+def test_qos_0_is_best_effort_and_in_order(local_stack, table):
+    client = Client(local_stack, table)
+    rows = [product(i, prefix="qos0") for i in range(3)]
+    try:
+        client.publish(table, [to_json(r) for r in rows[:2]] + ["{bad"], qos=0)
+        # PUBACKs follow the order of the PUBLISHes: once this one is acknowledged, the
+        # QoS 0 records sent before it were committed (or, the bad one, dropped).
+        assert client.wait_acks(client.publish(table, [to_json(rows[2])])) == [(0, None)]
+    finally:
+        client.close()
+    assert read_rows(local_stack, table) == rows
 
 
 def test_qos_2_ends_the_connection_with_0x9b(local_stack, table):
