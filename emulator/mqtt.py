@@ -167,8 +167,9 @@ class ZerobusMqttService:
         finally:
             self._connections.discard(conn)
             writer.close()
+            # Bounded: a client that stopped reading must not hold the stack's shutdown.
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                await asyncio.wait_for(writer.wait_closed(), 2.0)
             conn.done.set()
 
 
@@ -188,6 +189,7 @@ class _Connection:
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
     _read_task: asyncio.Task[None] | None = None
+    _handshake_task: asyncio.Task[bool] | None = None
     # Bytes read and not yet cut into packets, from `_pos` on.
     _buffer: bytearray = field(default_factory=bytearray)
     _pos: int = 0
@@ -197,10 +199,18 @@ class _Connection:
         self._reading_stopped = True
         if self._read_task is not None:
             self._read_task.cancel()
+        elif self._handshake_task is not None:
+            self._handshake_task.cancel()  # nothing of it was accepted: just close
 
     async def serve(self) -> None:
+        self._handshake_task = asyncio.create_task(self._handshake())
         try:
-            connected = await self._handshake()
+            connected = await self._handshake_task
+        except asyncio.CancelledError:
+            if self._reading_stopped and self._handshake_task.cancelled():
+                return
+            self._handshake_task.cancel()
+            raise
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ssl.SSLError):
             return
         except (codec.MqttError, _Disconnect) as exc:  # not a CONNECT one can answer
@@ -225,6 +235,7 @@ class _Connection:
             pass  # the client went away
         except asyncio.CancelledError:
             if not (self._reading_stopped and self._read_task.cancelled()):
+                self._read_task.cancel()
                 flusher.cancel()
                 raise
             ending = _Disconnect(Reason.SERVER_SHUTTING_DOWN, "the server is shutting down")

@@ -167,7 +167,10 @@ class Client:
         host, port = endpoints["mqtt_endpoint"].rsplit(":", 1)
         self.client.connect(host, int(port), keepalive=30, properties=props)
         self.client.loop_start()
-        assert self.connected.wait(WAIT_S) or self.gone.wait(WAIT_S)
+        for _ in range(int(WAIT_S * 100)):  # a CONNACK, or the end of the connection
+            if self.connected.is_set() or self.gone.is_set():
+                break
+            self.gone.wait(0.01)
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         self.connack = (reason.value, properties)
@@ -594,3 +597,22 @@ async def test_shutdown_acknowledges_what_it_read_then_disconnects(tmp_path: Pat
     assert codec.decode_disconnect(answers[3][1])[0] == 0x8B
     rows = catalog.get("main.default.t").delta().to_pyarrow_table().to_pylist()
     assert sorted(r["n"] for r in rows) == [1, 2, 3]
+
+
+async def test_shutdown_closes_a_connection_that_never_sent_connect(tmp_path: Path):
+    tls = LocalTls.ensure(tmp_path / "tls")
+    catalog = Catalog(tmp_path)
+    service = ZerobusMqttService(catalog, OAuthIssuer("tok"), WireCounters())
+    port = await service.start("127.0.0.1", 0, tls.server_context())
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls.client_context(), server_hostname="127.0.0.1"
+    )
+    for _ in range(int(WAIT_S * 1000)):  # until the service has taken the connection
+        if service.stats.connections:
+            break
+        await asyncio.sleep(0.001)
+    shutdown = asyncio.ensure_future(service.shutdown())
+    assert await reader.read(1) == b""  # closed without a word: it never connected
+    writer.close()
+    await shutdown
+    await catalog.close()
