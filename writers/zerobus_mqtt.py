@@ -317,6 +317,7 @@ class ZerobusMqttWriter(DataWriterInterface):
         assert self._http is not None and self.targets.local_token is not None
         token = self.targets.local_token.get_secret_value()
         ca_file = self.config.ca_file
+        endpoints: dict[str, Any] = {}
         if not (self.config.auth == "token" and self.endpoint and ca_file):
             endpoints = await local_endpoints(self.targets, self._http, writer=self.name)
             if not endpoints.get("mqtt_endpoint") or not endpoints.get("ca_file"):
@@ -342,13 +343,12 @@ class ZerobusMqttWriter(DataWriterInterface):
         auth = self.targets.workspace_auth
         credentials = auth.client_credentials() if auth else None
         assert credentials is not None
-        mqtt_host = self.endpoint.rsplit(":", 1)[0]
         return OAuthClient(
             token_url=f"{str(self.targets.workspace_url).rstrip('/')}/oidc/v1/token",
             client_id=credentials[0],
             client_secret=credentials[1],
             # The workspace id is the first label of the Zerobus host.
-            workspace_id=self.config.workspace_id or (host or mqtt_host).split(".")[0],
+            workspace_id=self.config.workspace_id or (host or self._host_port()[0]).split(".")[0],
         )
 
     def _host_port(self) -> tuple[str, int]:

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from dwbench.errors import SchemaNotSupportedError, WriteFailedError, WriterUnavailableError
 from dwbench.settings import Settings
 from emulator.process import LocalStackProcess
+from emulator.tls import LocalTls
 from tests.conftest import local_targets, run_sql
 from tests.writers.exact_values import exact
 from tests.writers.test_workloads import NESTED_DDL, NESTED_ROWS, expected, unique_table
@@ -191,6 +192,23 @@ async def test_a_wrong_token_is_refused_with_the_servers_reason(local_stack):
     finally:
         for w in (good, bad):
             await w.close()
+
+
+async def test_a_server_the_ca_does_not_vouch_for_is_refused(local_stack, tmp_path):
+    other_ca = LocalTls.ensure(tmp_path / "other-ca").ca_file
+    settings = ZerobusMqttSettings(ca_file=str(other_ca))
+    writer = ZerobusMqttWriter(local_targets(local_stack, **{NAME: settings}))
+    await writer.open()
+    try:
+        with pytest.raises(WriterUnavailableError) as failed:
+            await writer.write(products_rows(products.WORKLOAD.table, 1))
+    finally:
+        await writer.close()
+    assert failed.value.message.startswith(
+        f"cannot connect to the Zerobus MQTT endpoint {local_stack['mqtt_endpoint']}: "
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
+    )
+    assert writer.publishes == 0
 
 
 async def test_an_unknown_table_is_refused(local_stack, writer):
