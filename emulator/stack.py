@@ -16,6 +16,7 @@ from fastapi import Header, HTTPException
 
 from emulator.catalog import Catalog
 from emulator.flight import FlightIngestService, add_to_server
+from emulator.mqtt import ZerobusMqttService
 from emulator.oauth import TOKEN_PATH, OAuthIssuer
 from emulator.postgres import EmbeddedPostgres
 from emulator.process import StackOwnership
@@ -40,6 +41,7 @@ class StackConfig:
     zerobus_rest_port: int = 0
     rest_max_body_bytes: int = MAX_BODY_BYTES
     postgres_port: int = 0
+    mqtt_port: int = 0
     postgres: bool = True
     rotation_interval_s: float | None = None
     rotation_grace_s: float = 5.0
@@ -69,6 +71,8 @@ class LocalStack:
         # Bytes each client sent, per interface and table (`emulator.wire`).
         self.wire = WireCounters()
         self.tls: LocalTls | None = None
+        self.mqtt: ZerobusMqttService | None = None
+        self.mqtt_port = 0
 
     async def start(self) -> dict[str, Any]:
         """Start every service; return what a client needs to reach them."""
@@ -131,6 +135,10 @@ class LocalStack:
         self._rest_http, self._rest_task, self.zerobus_rest_port = await _serve_http(
             self.rest.app(), cfg.host, cfg.zerobus_rest_port
         )
+        # MQTT v5 over TLS, as the service listens on 8883.
+        self.mqtt = ZerobusMqttService(self.catalog, self.oauth, self.wire)
+        assert self.tls is not None
+        self.mqtt_port = await self.mqtt.start(cfg.host, cfg.mqtt_port, self.tls.server_context())
 
         endpoints = self.endpoints()
         ownership.publish(endpoints)
@@ -150,6 +158,7 @@ class LocalStack:
             "oauth_client_id": self.oauth.client_id if self.oauth else None,
             "oauth_client_secret": self.oauth.client_secret if self.oauth else None,
             "ca_file": str(self.tls.ca_file.resolve()) if self.tls else None,
+            "mqtt_endpoint": f"{cfg.host}:{self.mqtt_port}" if self.mqtt else None,
         }
 
     async def stop(self) -> None:
@@ -160,6 +169,8 @@ class LocalStack:
             await self.zerobus.shutdown()
         if self.flight is not None:
             await self.flight.shutdown()
+        if self.mqtt is not None:
+            await self.mqtt.shutdown()
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         for server, task in ((self._rest_http, self._rest_task), (self._http, self._http_task)):
@@ -219,6 +230,7 @@ class LocalStack:
             "arrow_flight": flight,
             "zerobus_rest": rest,
             "tables": tables,
+            "zerobus_mqtt": self.mqtt.stats.as_dict() if self.mqtt is not None else None,
             "wire_bytes": self.wire.snapshot(),
         }
 

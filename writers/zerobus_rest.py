@@ -223,6 +223,22 @@ class TableTokens:
         return answer["access_token"], lifetime
 
 
+def check_zerobus_json(writer: DataWriterInterface, table: TableRef) -> None:
+    """SchemaNotSupportedError for what the Zerobus JSON interfaces (REST, MQTT) cannot carry."""
+    for col, dtype in table.schema.types():
+        if isinstance(dtype, DecimalType):
+            raise SchemaNotSupportedError(
+                f"{writer.label} cannot write workload {table.workload}: column {col.name} "
+                f"is {dtype.sql()}, and Zerobus documents no JSON form for DECIMAL",
+                writer=writer.name,
+            )
+        if dtype == Primitive("VARIANT") and writer.targets.mode == "local":
+            raise SchemaNotSupportedError(
+                f"column {col.name} is VARIANT, which the local stack does not store",
+                writer=writer.name,
+            )
+
+
 class ZerobusRestWriter(DataWriterInterface):
     name = "zerobus-rest"
     wire_interface = ZEROBUS_REST
@@ -335,18 +351,7 @@ class ZerobusRestWriter(DataWriterInterface):
     def check(self, table: TableRef) -> None:
         if self._checked.get(table.delta_table) == table:
             return
-        for col, dtype in table.schema.types():
-            if isinstance(dtype, DecimalType):
-                raise SchemaNotSupportedError(
-                    f"{self.label} cannot write workload {table.workload}: column {col.name} "
-                    f"is {dtype.sql()}, and Zerobus documents no JSON form for DECIMAL",
-                    writer=self.name,
-                )
-            if dtype == Primitive("VARIANT") and self.targets.mode == "local":
-                raise SchemaNotSupportedError(
-                    f"column {col.name} is VARIANT, which the local stack does not store",
-                    writer=self.name,
-                )
+        check_zerobus_json(self, table)
         self._checked[table.delta_table] = table
 
     # -- writing ------------------------------------------------------------------------
