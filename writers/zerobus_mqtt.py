@@ -50,6 +50,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from dwbench.errors import WriteFailedError, WriterUnavailableError
+from emulator.wire import ZEROBUS_MQTT
 from workloads.base import Rows, TableRef
 from workloads.wire import WireValueError, json_rows
 from writers.base import Availability, DataWriterInterface, WriteReceipt, WriterSettings, mask
@@ -262,7 +263,8 @@ class ZerobusMqttWriter(DataWriterInterface):
     client_distributions: ClassVar[tuple[str, ...]] = ("paho-mqtt",)
     settings_class = ZerobusMqttSettings
     config: ZerobusMqttSettings
-    wire_interface = "zerobus-mqtt"
+    wire_interface = ZEROBUS_MQTT
+    counts_payload = True
 
     def __init__(self, targets: Any) -> None:
         super().__init__(targets)
