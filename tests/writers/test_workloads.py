@@ -16,17 +16,20 @@ import pytest
 from deltalake import DeltaTable
 
 from dwbench.errors import SchemaNotSupportedError
-from tests.conftest import local_targets, run_sql
+from tests.conftest import DATABRICKS_ONLY, local_targets, run_sql
 from workloads.base import Rows, TableRef, default_table
 from workloads.inputs import new_batch_id
 from workloads.schema import TableSchema
 from workloads.telemetry import TABLE as TELEMETRY
 from workloads.telemetry import Fleet, FleetRows
 from workloads.wire import json_value
-from writers import writer_class
+from writers import WRITERS, writer_class
 from writers.base import DataWriterInterface
 
-STORING = ["zerobus", "zerobus-json", "zerobus-arrow", "sql", "sql-copy", "lakebase"]
+# Every writer that stores rows and that the local stack serves, from the registry.
+STORING = [
+    name for name in WRITERS if name not in DATABRICKS_ONLY and writer_class(name).stores_rows
+]
 NESTED_DDL = """
   id BIGINT NOT NULL,
   at_ntz TIMESTAMP_NTZ,
