@@ -115,6 +115,7 @@ const BASE_COLUMNS = [
     better: null,
     get: (w) => (typeof w.wire_bytes_per_row === "number" ? w.wire_bytes_per_row : null),
     format: formatNumber,
+    cellTitle: (w) => w.wire_bytes_source || null,
   },
   {
     key: "quota_rows_per_s",
@@ -125,6 +126,10 @@ const BASE_COLUMNS = [
     better: null,
     get: (w) => (w.quota_projection ? w.quota_projection.rows_per_s : null),
     format: formatNumber,
+    cellTitle: (w) =>
+      w.quota_projection
+        ? `per ${w.quota_projection.per}, limited by ${w.quota_projection.limited_by}; ${w.quota_projection.note}`
+        : null,
   },
 ];
 const RATE_COLUMNS = [
@@ -1428,6 +1433,7 @@ function renderTable(run) {
             "data-col": column.key,
             "data-label": column.unit ? `${column.label} (${column.unit})` : column.label,
             "data-best": isBest ? "true" : null,
+            title: column.cellTitle ? column.cellTitle(w) : null,
           },
           el(
             "span",

@@ -48,6 +48,8 @@ COLUMNS = (
     "errors",
     "visibility_p95",
     "cpu_per_m_rows",
+    "wire_bytes_per_row",
+    "quota_rows_per_s",
 )
 RATE_COLUMNS = ("corrected_p99", "send_delay_p99")
 
@@ -140,6 +142,7 @@ def table(page: Any) -> dict[str, dict[str, dict[str, Any]]]:
                     best: td.dataset.best === 'true',
                     bold: !!td.querySelector('strong'),
                     badge: td.querySelector('.best-badge')?.textContent ?? null,
+                    title: td.title,
                 }]))]))"""
     )
 
@@ -165,6 +168,8 @@ def column_values(run: dict[str, Any]) -> dict[str, dict[str, float | None]]:
         out["errors"][name] = w["failed_batches"]
         out["visibility_p95"][name] = w["visibility"]["p95_ms"] if w.get("visibility") else None
         out["cpu_per_m_rows"][name] = w["client_cpu_s_per_million_rows"]
+        out["wire_bytes_per_row"][name] = None  # facts about the path, not ranked
+        out["quota_rows_per_s"][name] = None
         out["corrected_p99"][name] = lat(w, "p99", "latency_from_intended_ms")
         out["send_delay_p99"][name] = lat(w, "p99", "send_delay_ms")
     return out
@@ -288,6 +293,17 @@ def test_fixed_rate_run_through_every_writer(open_bench: Any, app: RunningApp) -
             assert cells[writer][key]["text"].startswith("n/a (too few batches: needs ")
             assert not cells[writer][key]["best"]
     assert "baseline, not ranked" in page.text_content("#bench-table tr[data-writer='null']")
+    # Wire bytes per row from the stand-in's counter, and Zerobus's quota ceiling with what
+    # binds in its tooltip; neither for the null baseline.
+    zb = next(x for x in run["writers"] if x["writer"] == "zerobus")
+    assert cells["zerobus"]["wire_bytes_per_row"]["text"] == f"{round(zb['wire_bytes_per_row']):,}"
+    assert cells["zerobus"]["wire_bytes_per_row"]["title"] == zb["wire_bytes_source"]
+    quota = zb["quota_projection"]
+    assert cells["zerobus"]["quota_rows_per_s"]["text"] == f"{round(quota['rows_per_s']):,}"
+    assert quota["limited_by"] in cells["zerobus"]["quota_rows_per_s"]["title"]
+    assert "not a measurement" in cells["zerobus"]["quota_rows_per_s"]["title"]
+    assert cells["null"]["wire_bytes_per_row"]["text"] == cells["null"]["quota_rows_per_s"]["text"]
+    assert cells["sql"]["quota_rows_per_s"]["title"] == ""
 
     # Warnings of the run, as the API gives them.
     if run["warnings"]:
