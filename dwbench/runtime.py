@@ -267,6 +267,8 @@ def _ports(endpoints: dict[str, Any]) -> list[str]:
     ]
     if endpoints.get("zerobus_rest_url"):
         args += ["--zerobus-rest-port", str(urlsplit(endpoints["zerobus_rest_url"]).port)]
+    if endpoints.get("kafka_bootstrap"):
+        args += ["--kafka-port", endpoints["kafka_bootstrap"].rsplit(":", 1)[1]]
     if endpoints.get("postgres_dsn"):
         args += ["--postgres-port", str(urlsplit(endpoints["postgres_dsn"]).port)]
     else:

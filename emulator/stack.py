@@ -16,6 +16,7 @@ from fastapi import Header, HTTPException
 
 from emulator.catalog import Catalog
 from emulator.flight import FlightIngestService, add_to_server
+from emulator.kafka import KafkaListener
 from emulator.oauth import TOKEN_PATH, OAuthIssuer
 from emulator.postgres import EmbeddedPostgres
 from emulator.process import StackOwnership
@@ -40,6 +41,7 @@ class StackConfig:
     zerobus_rest_port: int = 0
     rest_max_body_bytes: int = MAX_BODY_BYTES
     postgres_port: int = 0
+    kafka_port: int = 0
     postgres: bool = True
     rotation_interval_s: float | None = None
     rotation_grace_s: float = 5.0
@@ -69,6 +71,7 @@ class LocalStack:
         # Bytes each client sent, per interface and table (`emulator.wire`).
         self.wire = WireCounters()
         self.tls: LocalTls | None = None
+        self.kafka: KafkaListener | None = None
 
     async def start(self) -> dict[str, Any]:
         """Start every service; return what a client needs to reach them."""
@@ -128,6 +131,11 @@ class LocalStack:
         self._rest_http, self._rest_task, self.zerobus_rest_port = await _serve_http(
             self.rest.app(), cfg.host, cfg.zerobus_rest_port
         )
+        # Zerobus's Kafka-compatible API: TLS with the stack's CA, SASL OAUTHBEARER.
+        self.kafka = KafkaListener(
+            self.catalog, self.oauth, self.tls, self.wire, host=cfg.host, port=cfg.kafka_port
+        )
+        await self.kafka.start()
 
         endpoints = self.endpoints()
         ownership.publish(endpoints)
@@ -147,6 +155,7 @@ class LocalStack:
             "oauth_client_id": self.oauth.client_id if self.oauth else None,
             "oauth_client_secret": self.oauth.client_secret if self.oauth else None,
             "ca_file": str(self.tls.ca_file.resolve()) if self.tls else None,
+            "kafka_bootstrap": self.kafka.bootstrap if self.kafka else None,
         }
 
     async def stop(self) -> None:
@@ -157,6 +166,8 @@ class LocalStack:
             await self.zerobus.shutdown()
         if self.flight is not None:
             await self.flight.shutdown()
+        if self.kafka is not None:
+            await self.kafka.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         for server, task in ((self._rest_http, self._rest_task), (self._http, self._http_task)):
@@ -210,6 +221,7 @@ class LocalStack:
             "zerobus": self.zerobus.stats.as_dict(),
             "arrow_flight": flight,
             "zerobus_rest": rest,
+            "zerobus_kafka": self.kafka.stats.as_dict() if self.kafka is not None else None,
             "tables": tables,
             "wire_bytes": self.wire.snapshot(),
         }

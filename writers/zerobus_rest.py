@@ -151,6 +151,23 @@ def authorization_details(table: str) -> list[dict[str, Any]]:
     ]
 
 
+def check_zerobus_json(writer: DataWriterInterface, table: TableRef) -> None:
+    """SchemaNotSupportedError for what Zerobus JSON records cannot carry (REST, Kafka and
+    MQTT values): DECIMAL, and VARIANT on the local stack."""
+    for col, dtype in table.schema.types():
+        if isinstance(dtype, DecimalType):
+            raise SchemaNotSupportedError(
+                f"{writer.label} cannot write workload {table.workload}: column {col.name} "
+                f"is {dtype.sql()}, and Zerobus documents no JSON form for DECIMAL",
+                writer=writer.name,
+            )
+        if dtype == Primitive("VARIANT") and writer.targets.mode == "local":
+            raise SchemaNotSupportedError(
+                f"column {col.name} is VARIANT, which the local stack does not store",
+                writer=writer.name,
+            )
+
+
 class TableTokens:
     """OAuth tokens by table, each fetched once and reused until shortly before expiry."""
 
@@ -185,6 +202,11 @@ class TableTokens:
 
     def forget(self, table: str) -> None:
         self._tokens.pop(table, None)
+
+    def valid_for(self, table: str) -> float:
+        """Seconds the cached token of `table` is still handed out (0 when there is none)."""
+        cached = self._tokens.get(table)
+        return max(0.0, cached[1] - self._clock()) if cached is not None else 0.0
 
     async def _fetch(self, table: str) -> tuple[str, float]:
         c = self.client
@@ -332,18 +354,7 @@ class ZerobusRestWriter(DataWriterInterface):
     def check(self, table: TableRef) -> None:
         if self._checked.get(table.delta_table) == table:
             return
-        for col, dtype in table.schema.types():
-            if isinstance(dtype, DecimalType):
-                raise SchemaNotSupportedError(
-                    f"{self.label} cannot write workload {table.workload}: column {col.name} "
-                    f"is {dtype.sql()}, and Zerobus documents no JSON form for DECIMAL",
-                    writer=self.name,
-                )
-            if dtype == Primitive("VARIANT") and self.targets.mode == "local":
-                raise SchemaNotSupportedError(
-                    f"column {col.name} is VARIANT, which the local stack does not store",
-                    writer=self.name,
-                )
+        check_zerobus_json(self, table)
         self._checked[table.delta_table] = table
 
     # -- writing ------------------------------------------------------------------------
