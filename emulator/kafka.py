@@ -578,6 +578,9 @@ class _Connection:
             log.info("kafka_connection_closed", peer=self.peer, reason=str(exc))
         except (OSError, asyncio.IncompleteReadError):
             return
+        except Exception as exc:  # a bug: this connection ends, the listener goes on
+            listener.stats.connections_closed_on_error += 1
+            log.error("kafka_request_failed", peer=self.peer, error=repr(exc))
 
     async def _send(self) -> None:
         while True:

@@ -31,8 +31,13 @@ runs on the loop; a full local queue (BufferError) waits for deliveries without 
 the loop. librdkafka retries requests lost with a connection (at-least-once: a commit whose
 answer was lost is written again); a report not in within ZEROBUS_KAFKA_DELIVERY_TIMEOUT_S
 fails the batch (_MSG_TIMED_OUT) and its rows are not counted as written. A refused
-SASL authentication fails the table's pending batches at once, and the producer is
-replaced (with a new token) on the next write.
+SASL authentication fails the table's pending batches at once (WriteFailedError; a batch
+refused on a cached OAuth token is sent once more with a new producer and token, as
+zerobus-rest does on a 401: nothing of it was sent), and so
+does an unreachable service (librdkafka's "all brokers down": WriterUnavailableError with
+the connection's error); the producer is then dropped with what it still queues, and the
+next write starts a new one (with a new token). So a service that restarts fails the
+batches in flight as unavailable, and the writes after it succeed.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ import structlog
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from dwbench.errors import WriteFailedError, WriterUnavailableError
+from dwbench.errors import DirectWriteError, WriteFailedError, WriterUnavailableError
 from workloads.base import Rows, TableRef
 from workloads.wire import WireValueError, json_rows
 from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, WriterSettings
@@ -73,8 +78,9 @@ _POLL_S = 0.05
 
 
 class ZerobusKafkaSettings(WriterSettings):
-    """ZEROBUS_KAFKA_BOOTSTRAP, _AUTH, _WORKSPACE_ID, _DELIVERY_TIMEOUT_S, _REQUEST_TIMEOUT_S,
-    _LINGER_MS, _BATCH_BYTES, _BATCH_MESSAGES, _MAX_IN_FLIGHT, _QUEUE_MAX_MESSAGES."""
+    """ZEROBUS_KAFKA_BOOTSTRAP, _AUTH, _WORKSPACE_ID, _CA_FILE, _DELIVERY_TIMEOUT_S,
+    _REQUEST_TIMEOUT_S, _LINGER_MS, _BATCH_BYTES, _BATCH_MESSAGES, _MAX_IN_FLIGHT,
+    _QUEUE_MAX_MESSAGES."""
 
     model_config = SettingsConfigDict(env_prefix="ZEROBUS_KAFKA_")
 
@@ -86,6 +92,9 @@ class ZerobusKafkaSettings(WriterSettings):
     auth: Literal["oauth", "token"] = "oauth"
     # The workspace id the token's resource names; default: the first label of the host.
     workspace_id: str | None = None
+    # A CA file to verify the service against; default: the system CA store, or the
+    # local stack's ca_file.
+    ca_file: str | None = None
     delivery_timeout_s: float = Field(default=60.0, gt=0)  # message.timeout.ms
     request_timeout_s: float = Field(default=30.0, gt=0)  # request.timeout.ms
     linger_ms: float = Field(default=5.0, ge=0)
@@ -129,15 +138,16 @@ class _Deliveries:
         if done:
             self._resolve()
 
-    def fail(self, reason: str) -> None:
+    def fail(self, error: DirectWriteError) -> None:
         if not self.future.done():
-            self.future.set_exception(WriteFailedError(reason, writer=ZerobusKafkaWriter.name))
+            self.future.set_exception(error)
 
     def _resolve(self) -> None:
         if self.future.done():
             return
         if self.error is not None:
-            self.fail(f"Zerobus Kafka refused the batch: {self.error}")
+            reason = f"Zerobus Kafka refused the batch: {self.error}"
+            self.fail(WriteFailedError(reason, writer=ZerobusKafkaWriter.name))
         else:
             self.future.set_result(None)
 
@@ -149,7 +159,11 @@ class _TableProducer:
         self.producer = producer
         self.table = table
         self.pending: set[_Deliveries] = set()
-        self.auth_error: str | None = None
+        # Why this producer is given up (refused authentication, unreachable service): its
+        # pending batches failed with it, and the next write starts a new producer.
+        self.broken: DirectWriteError | None = None
+        self.token_refused = False  # broken by a refused SASL authentication
+        self.last_transport_error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name=f"kafka-poll-{table}", daemon=True)
 
@@ -162,7 +176,7 @@ class _TableProducer:
 
     def close(self, timeout_s: float) -> None:
         """Flush what is queued (up to `timeout_s`), drop the rest, stop polling (blocking)."""
-        if self.auth_error is None:
+        if self.broken is None:
             self.producer.flush(timeout_s)
         self.producer.purge()
         self.producer.flush(0)
@@ -184,7 +198,7 @@ class ZerobusKafkaWriter(DataWriterInterface):
     def __init__(self, targets: Targets) -> None:
         super().__init__(targets)
         self.bootstrap: str | None = self.config.bootstrap
-        self.ca_file: str | None = None  # None: the system CA store
+        self.ca_file: str | None = self.config.ca_file  # None: the system CA store
         self._http: httpx.AsyncClient | None = None
         self._tokens: TableTokens | None = None
         self._bearer: str | None = None  # the local stack's token, in auth=token mode
@@ -232,6 +246,9 @@ class ZerobusKafkaWriter(DataWriterInterface):
 
     async def _local_setup(self) -> OAuthClient | None:
         assert self._http is not None and self.targets.local_token is not None
+        if self.config.auth == "token" and self.bootstrap and self.ca_file:
+            self._bearer = self.targets.local_token.get_secret_value()
+            return None  # everything is known: no need to ask the stack
         endpoints = await local_endpoints(self.targets, self._http, writer=self.name)
         if not endpoints.get("kafka_bootstrap") or not endpoints.get("ca_file"):
             raise WriterUnavailableError(
@@ -240,7 +257,7 @@ class ZerobusKafkaWriter(DataWriterInterface):
                 writer=self.name,
             )
         self.bootstrap = self.bootstrap or endpoints["kafka_bootstrap"]
-        self.ca_file = endpoints["ca_file"]
+        self.ca_file = self.ca_file or endpoints["ca_file"]
         if self.config.auth == "token":
             self._bearer = self.targets.local_token.get_secret_value()
             return None
@@ -260,7 +277,7 @@ class ZerobusKafkaWriter(DataWriterInterface):
             client_id=credentials[0],
             client_secret=credentials[1],
             # The workspace id is the first label of the Zerobus host.
-            workspace_id=self.config.workspace_id or self.bootstrap.split(".")[0],
+            workspace_id=self.config.workspace_id or self.bootstrap.split(":")[0].split(".")[0],
         )
 
     def _producer_config(self, table: str) -> dict[str, Any]:
@@ -308,20 +325,45 @@ class ZerobusKafkaWriter(DataWriterInterface):
         """error_cb, in the poll thread: errors of the client, not of one record."""
         text = f"{err.name()}: {err.str()}"
         log.warning("zerobus_kafka_client_error", writer=self.name, table=table, error=text)
-        if err.code() == confluent_kafka.KafkaError._AUTHENTICATION:
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._auth_failed, table, text)
+        assert self._loop is not None
+        code = err.code()
+        if code == confluent_kafka.KafkaError._AUTHENTICATION:
+            self._loop.call_soon_threadsafe(self._give_up, table, code, text)
+        elif code == confluent_kafka.KafkaError._TRANSPORT:
+            self._loop.call_soon_threadsafe(self._transport_error, table, err.str())
+        elif code == confluent_kafka.KafkaError._ALL_BROKERS_DOWN:
+            self._loop.call_soon_threadsafe(self._give_up, table, code, text)
 
-    def _auth_failed(self, table: str, text: str) -> None:
+    def _transport_error(self, table: str, text: str) -> None:
         entry = self._producers.get(table)
-        if entry is None:
+        if entry is not None:
+            entry.last_transport_error = text
+
+    def _give_up(self, table: str, code: int, text: str) -> None:
+        """The producer of `table` cannot deliver (a refused token, no broker reachable):
+        its pending batches fail now, plainly, instead of at the delivery timeout."""
+        entry = self._producers.get(table)
+        if entry is None or entry.broken is not None:
             return
-        entry.auth_error = f"Zerobus Kafka refused the SASL authentication for {table}: {text}"
-        self.last_error = entry.auth_error
+        error: DirectWriteError
+        if code == confluent_kafka.KafkaError._AUTHENTICATION:
+            error = WriteFailedError(
+                f"Zerobus Kafka refused the SASL authentication for {table}: {text}",
+                writer=self.name,
+            )
+            entry.token_refused = True
+            if self._tokens is not None:
+                self._tokens.forget(table)
+        else:
+            error = WriterUnavailableError(
+                f"cannot reach the Zerobus Kafka endpoint {self.bootstrap}: "
+                f"{entry.last_transport_error or text}",
+                writer=self.name,
+            )
+        entry.broken = error
+        self.last_error = error.message
         for deliveries in list(entry.pending):
-            deliveries.fail(entry.auth_error)
-        if self._tokens is not None:
-            self._tokens.forget(table)
+            deliveries.fail(error)
 
     # -- schemas ------------------------------------------------------------------------
 
@@ -335,12 +377,13 @@ class ZerobusKafkaWriter(DataWriterInterface):
 
     async def _producer(self, table: str) -> _TableProducer:
         entry = self._producers.get(table)
-        if entry is not None and entry.auth_error is None:
+        if entry is not None and entry.broken is None:
             return entry
         async with self._locks.setdefault(table, asyncio.Lock()):
             entry = self._producers.get(table)
-            if entry is not None and entry.auth_error is not None:
-                # Refused: drop it (nothing of it was sent) and start again with a new token.
+            if entry is not None and entry.broken is not None:
+                # Given up: drop it, with what it still queues (those batches failed), and
+                # start again, with a new token.
                 del self._producers[table]
                 await asyncio.to_thread(entry.close, 0)
                 entry = None
@@ -374,34 +417,54 @@ class ZerobusKafkaWriter(DataWriterInterface):
             raise WriteFailedError(
                 f"cannot encode the batch as JSON: {exc}; nothing was sent", writer=self.name
             ) from exc
-        entry = await self._producer(table)
+        for fresh in (False, True):
+            entry = await self._producer(table)
+            try:
+                await self._deliver(entry, values)
+            except WriteFailedError as exc:
+                self.last_error = exc.message
+                if entry.token_refused and self._tokens is not None and not fresh:
+                    # A cached token the service no longer takes (it restarted, say): the
+                    # connection never authenticated, so nothing was sent. A new producer
+                    # with a new token sends the batch once more.
+                    log.warning("zerobus_kafka_token_refused", writer=self.name, table=table)
+                    continue
+                raise
+            except DirectWriteError as exc:
+                self.last_error = exc.message
+                raise
+            break
+        self.last_error = None
+        return WriteReceipt(rows=len(rows), details={"table": table, "records": len(values)})
+
+    async def _deliver(self, entry: _TableProducer, values: list[bytes]) -> None:
+        """Produce the values and wait for every delivery report (or a DirectWriteError)."""
+        assert self._loop is not None
         deliveries = _Deliveries(self._loop)
         entry.pending.add(deliveries)
         try:
             await self._produce(entry, values, deliveries)
-        except BaseException:
-            entry.pending.discard(deliveries)
-            raise
-        self.count_payload(table, sum(len(v) for v in values))
-        self.records += len(values)
-        try:
             # librdkafka reports every record within message.timeout.ms; the margin only
             # guards against a client that stopped reporting.
-            await asyncio.wait_for(
-                asyncio.shield(deliveries.future), self.config.delivery_timeout_s + 30
-            )
-        except TimeoutError as exc:
-            self.last_error = (
-                f"no delivery reports within {self.config.delivery_timeout_s + 30:g} s; the "
-                "rows are not counted as written"
-            )
-            raise WriteFailedError(self.last_error, writer=self.name) from exc
-        except WriteFailedError as exc:
-            self.last_error = exc.message
+            limit = self.config.delivery_timeout_s + 30
+            try:
+                await asyncio.wait_for(asyncio.shield(deliveries.future), limit)
+            except TimeoutError as exc:
+                raise WriteFailedError(
+                    f"no delivery reports within {limit:g} s; the rows are not counted as written",
+                    writer=self.name,
+                ) from exc
+        except DirectWriteError:
+            if not entry.token_refused:  # sent: the bytes were on the wire
+                self._count(entry.table, values)
             raise
         finally:
             entry.pending.discard(deliveries)
-        return WriteReceipt(rows=len(rows), details={"table": table, "records": len(values)})
+        self._count(entry.table, values)
+
+    def _count(self, table: str, values: list[bytes]) -> None:
+        self.count_payload(table, sum(len(v) for v in values))
+        self.records += len(values)
 
     async def _produce(
         self, entry: _TableProducer, values: list[bytes], deliveries: _Deliveries
@@ -414,8 +477,8 @@ class ZerobusKafkaWriter(DataWriterInterface):
         try:
             for value in values:
                 while True:
-                    if entry.auth_error is not None:
-                        raise WriteFailedError(entry.auth_error, writer=self.name)
+                    if entry.broken is not None:
+                        raise entry.broken
                     try:
                         produce(table, value, on_delivery=report)
                         break

@@ -29,7 +29,6 @@ from kafka.protocol.sasl import (
 from kafka.record.memory_records import MemoryRecordsBuilder
 
 from emulator.kafka import parse_oauthbearer
-from tests.conftest import run_sql
 from tests.emulator.zerobus_support import product, read_rows, to_json
 from writers.zerobus_rest import authorization_details
 
@@ -313,9 +312,8 @@ def test_librdkafka_with_acks_1_or_compression_is_refused(local_stack, products_
     assert deliver(producer(local_stack, acks=1), products_table, [value]) == [
         ("INVALID_REQUIRED_ACKS", None)
     ]
-    assert deliver(producer(local_stack, **{"compression.type": "gzip"}), products_table, [value]) == [
-        ("UNSUPPORTED_COMPRESSION_TYPE", None)
-    ]  # fmt: skip
+    gzip = producer(local_stack, **{"compression.type": "gzip"})
+    assert deliver(gzip, products_table, [value]) == [("UNSUPPORTED_COMPRESSION_TYPE", None)]
     assert read_rows(local_stack, products_table) == []
 
 
@@ -412,9 +410,11 @@ def test_a_bad_frame_closes_only_its_connection(local_stack, frame):
 def test_a_client_without_the_ca_fails_verification(local_stack):
     host, port = local_stack["kafka_bootstrap"].rsplit(":", 1)
     context = ssl.create_default_context()  # the system store: not the stack's CA
-    with socket.create_connection((host, int(port)), timeout=10) as raw:
-        with pytest.raises(ssl.SSLCertVerificationError):
-            context.wrap_socket(raw, server_hostname=host)
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
+        context.wrap_socket(raw, server_hostname=host)
 
 
 async def test_unknown_table_through_librdkafka(local_stack):
