@@ -2,10 +2,12 @@
 
 Producer APIs only, as the service offers them: ApiVersions (v0-v3), Metadata (v0-v8),
 SaslHandshake (v1) and SaslAuthenticate (v0-v1) with OAUTHBEARER, and Produce (v3-v8,
-record batches v2). Requests and responses are encoded with kafka-python's protocol
-classes (generated from Apache Kafka's message schemas, flexible versions included) and
-record batches decoded with its `kafka.record` reader; nothing of the wire format is
-hand-written here but the 4-byte frame length.
+record batches v2). Fetch v4 is listed in ApiVersions but never served (a Fetch request
+closes the connection): librdkafka writes record batches v2 only to a broker that lists
+it, and the legacy message sets otherwise. Requests and responses are encoded with
+kafka-python's protocol classes (generated from Apache Kafka's message schemas, flexible
+versions included) and record batches decoded with its `kafka.record` reader; nothing of
+the wire format is hand-written here but the 4-byte frame length.
 
 A connection is TLS from the first byte (the stack's CA, `emulator.tls`). Before SASL
 succeeds only ApiVersions, SaslHandshake and SaslAuthenticate are answered; anything else

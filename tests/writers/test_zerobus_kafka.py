@@ -318,16 +318,7 @@ async def test_sigkill_mid_batch_loses_no_acknowledged_row(tmp_path):
         "--kafka-port", endpoints["kafka_bootstrap"].rsplit(":", 1)[1],
     ]  # fmt: skip
     second = LocalStackProcess(tmp_path / "data", token=token, args=["--no-postgres", *ports])
-    # The stack's own token: OAuth grants live in the stand-in's memory and die with it.
-    writer = ZerobusKafkaWriter(
-        Targets(
-            mode="local",
-            settings=local_targets({**endpoints, "postgres_dsn": ""}).settings,
-            workspace_url=endpoints["api_url"],
-            local_token=SecretStr(token),
-            writer_settings={NAME: ZerobusKafkaSettings(auth="token", delivery_timeout_s=30)},
-        )
-    )
+    writer = ZerobusKafkaWriter(local_targets({**endpoints, "postgres_dsn": ""}, **{NAME: FAST}))
     table = products_table(endpoints, "kafka_crash")
     durable: list[str] = []
     failed: list[str] = []
@@ -355,6 +346,7 @@ async def test_sigkill_mid_batch_loses_no_acknowledged_row(tmp_path):
         for k in range(5):
             await one(200 + k)
         rows = delta_rows(endpoints, table.delta_table)
+        fetched = writer.describe()["tokens_fetched"]
     finally:
         await writer.close()
         first.kill()
@@ -369,6 +361,9 @@ async def test_sigkill_mid_batch_loses_no_acknowledged_row(tmp_path):
     assert set(batches) <= {r.batch_id for r in sent}
     duplicates = sum(n - 1 for n in ids.values())
     print(f"durable={len(durable)} failed={len(failed)} duplicates={duplicates}")
+    # The restarted stand-in does not know the first one's OAuth token: refused once, a new
+    # one is fetched and the batch sent again.
+    assert fetched == 2
     bootstrap = endpoints["kafka_bootstrap"]
     for message in failed:
         assert message.startswith(f"cannot reach the Zerobus Kafka endpoint {bootstrap}: ")
