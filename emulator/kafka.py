@@ -533,9 +533,12 @@ class _Connection:
         except asyncio.CancelledError:
             pass
         finally:
-            # The answers already queued go out; then the end marker closes the connection.
+            # The answers already queued go out; then the end marker closes the connection
+            # (unless the sender stopped first: a closed socket).
             if not sending.done():
-                await self._answers.put(_ready(None))
+                marker = asyncio.ensure_future(self._answers.put(_ready(None)))
+                await asyncio.wait([marker, sending], return_when=asyncio.FIRST_COMPLETED)
+                marker.cancel()
             with contextlib.suppress(Exception):
                 await sending
             self.abort()
