@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import confluent_kafka
@@ -211,10 +213,32 @@ def test_only_sasl_comes_before_authentication(client):
 def test_sasl_refuses_other_mechanisms_and_wrong_tokens(local_stack, client):
     plain = client.call(SaslHandshakeRequest[1](mechanism="PLAIN"), SaslHandshakeResponse)
     assert (plain.error_code, plain.mechanisms) == (33, ["OAUTHBEARER"])  # UNSUPPORTED_SASL_...
-    failed = client.authenticate("not-the-token")
+    wrong = "not-the-token-" + secrets.token_hex(8)
+    failed = client.authenticate(wrong)
     assert failed.error_code == 58  # SASL_AUTHENTICATION_FAILED
     assert failed.error_message == "authentication failed: invalid or missing bearer token"
     assert client.closed_by_server()
+    # Good or bad, no token reaches the stand-in's log.
+    ok = RawClient(local_stack)
+    try:
+        assert ok.authenticate(local_stack["token"]).error_code == 0
+    finally:
+        ok.close()
+    logged = Path(local_stack["data_dir"], "local-stack.log").read_text()
+    assert "kafka_sasl_failed" in logged
+    assert wrong not in logged and local_stack["token"] not in logged
+
+
+def test_an_idempotent_librdkafka_producer_is_told_it_is_not_supported(local_stack):
+    """No InitProducerId is offered: librdkafka stops the producer with a fatal error."""
+    p = producer(local_stack, **{"enable.idempotence": True})
+    deadline = time.monotonic() + 20
+    with pytest.raises(confluent_kafka.KafkaException) as fatal:
+        while time.monotonic() < deadline:
+            p.poll(0.1)
+    error = fatal.value.args[0]
+    assert (error.fatal(), error.name()) == (True, "_UNSUPPORTED_FEATURE")
+    assert error.str().startswith("Idempotent producer not supported by any of the 1 connected")
 
 
 def test_the_oauthbearer_client_message_is_parsed_strictly():
