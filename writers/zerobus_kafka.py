@@ -43,6 +43,7 @@ batches in flight as unavailable, and the writes after it succeed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from importlib import metadata
@@ -69,6 +70,7 @@ from writers.zerobus_rest import (
 )
 
 log = structlog.get_logger(__name__)
+_LIBRDKAFKA_LOG = logging.getLogger(f"{__name__}.librdkafka")
 
 DEFAULT_PORT = 9092
 # The stack's own token does not expire; librdkafka still wants an expiry.
@@ -304,6 +306,8 @@ class ZerobusKafkaWriter(DataWriterInterface):
             "reconnect.backoff.ms": 50,
             "reconnect.backoff.max.ms": 1000,
             "socket.nagle.disable": True,
+            # librdkafka's own log lines through logging (served by poll), not stderr.
+            "logger": _LIBRDKAFKA_LOG,
         }
         if self.ca_file:
             config["ssl.ca.location"] = self.ca_file
