@@ -174,7 +174,11 @@ class _TableProducer:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self.producer.poll(_POLL_S)
+            try:
+                self.producer.poll(_POLL_S)
+            except Exception as exc:  # a callback raised (a token not fetched) or fatal
+                log.error("zerobus_kafka_poll_failed", table=self.table, error=str(exc))
+                self._stop.wait(_POLL_S)
 
     def close(self, timeout_s: float) -> None:
         """Flush what is queued (up to `timeout_s`), drop the rest, stop polling (blocking)."""
@@ -236,8 +240,9 @@ class ZerobusKafkaWriter(DataWriterInterface):
         self._loop = asyncio.get_running_loop()
         self._http = httpx.AsyncClient(timeout=30)
         try:
-            oauth = await self._local_setup() if self.targets.mode == "local" else None
-            if self.targets.mode == "databricks":
+            if self.targets.mode == "local":
+                oauth = await self._local_setup()
+            else:
                 oauth = self._workspace_setup()
         except BaseException:
             await self._http.aclose()
