@@ -269,6 +269,8 @@ def _ports(endpoints: dict[str, Any]) -> list[str]:
         args += ["--zerobus-rest-port", str(urlsplit(endpoints["zerobus_rest_url"]).port)]
     if endpoints.get("mqtt_endpoint"):
         args += ["--mqtt-port", endpoints["mqtt_endpoint"].rsplit(":", 1)[1]]
+    if endpoints.get("kafka_bootstrap"):
+        args += ["--kafka-port", endpoints["kafka_bootstrap"].rsplit(":", 1)[1]]
     if endpoints.get("postgres_dsn"):
         args += ["--postgres-port", str(urlsplit(endpoints["postgres_dsn"]).port)]
     else:

@@ -39,6 +39,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--postgres-port", type=int, default=0, help="0 = any free port")
     p.add_argument("--mqtt-port", type=int, default=0, help="Zerobus MQTT port; 0 = any free port")
+    p.add_argument(
+        "--kafka-port", type=int, default=0, help="Zerobus Kafka (TLS) port; 0 = any free port"
+    )
     p.add_argument("--no-postgres", action="store_true", help="do not start PostgreSQL")
     p.add_argument(
         "--token",
@@ -91,6 +94,7 @@ async def _serve(args: argparse.Namespace) -> None:
             zerobus_rest_port=args.zerobus_rest_port,
             postgres_port=args.postgres_port,
             mqtt_port=args.mqtt_port,
+            kafka_port=args.kafka_port,
             postgres=not args.no_postgres,
             rotation_interval_s=args.rotation_interval,
             rotation_grace_s=args.rotation_grace,

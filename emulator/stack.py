@@ -16,6 +16,7 @@ from fastapi import Header, HTTPException
 
 from emulator.catalog import Catalog
 from emulator.flight import FlightIngestService, add_to_server
+from emulator.kafka import KafkaListener
 from emulator.mqtt import ZerobusMqttService
 from emulator.oauth import TOKEN_PATH, OAuthIssuer
 from emulator.postgres import EmbeddedPostgres
@@ -42,6 +43,7 @@ class StackConfig:
     rest_max_body_bytes: int = MAX_BODY_BYTES
     postgres_port: int = 0
     mqtt_port: int = 0
+    kafka_port: int = 0
     postgres: bool = True
     rotation_interval_s: float | None = None
     rotation_grace_s: float = 5.0
@@ -73,6 +75,7 @@ class LocalStack:
         self.tls: LocalTls | None = None
         self.mqtt: ZerobusMqttService | None = None
         self.mqtt_port = 0
+        self.kafka: KafkaListener | None = None
 
     async def start(self) -> dict[str, Any]:
         """Start every service; return what a client needs to reach them."""
@@ -139,6 +142,11 @@ class LocalStack:
         self.mqtt = ZerobusMqttService(self.catalog, self.oauth, self.wire)
         assert self.tls is not None
         self.mqtt_port = await self.mqtt.start(cfg.host, cfg.mqtt_port, self.tls.server_context())
+        # Zerobus's Kafka-compatible API: TLS with the stack's CA, SASL OAUTHBEARER.
+        self.kafka = KafkaListener(
+            self.catalog, self.oauth, self.tls, self.wire, host=cfg.host, port=cfg.kafka_port
+        )
+        await self.kafka.start()
 
         endpoints = self.endpoints()
         ownership.publish(endpoints)
@@ -159,6 +167,7 @@ class LocalStack:
             "oauth_client_secret": self.oauth.client_secret if self.oauth else None,
             "ca_file": str(self.tls.ca_file.resolve()) if self.tls else None,
             "mqtt_endpoint": f"{cfg.host}:{self.mqtt_port}" if self.mqtt else None,
+            "kafka_bootstrap": self.kafka.bootstrap if self.kafka else None,
         }
 
     async def stop(self) -> None:
@@ -171,6 +180,8 @@ class LocalStack:
             await self.flight.shutdown()
         if self.mqtt is not None:
             await self.mqtt.shutdown()
+        if self.kafka is not None:
+            await self.kafka.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         for server, task in ((self._rest_http, self._rest_task), (self._http, self._http_task)):
@@ -229,6 +240,7 @@ class LocalStack:
             "zerobus": self.zerobus.stats.as_dict(),
             "arrow_flight": flight,
             "zerobus_rest": rest,
+            "zerobus_kafka": self.kafka.stats.as_dict() if self.kafka is not None else None,
             "tables": tables,
             "zerobus_mqtt": self.mqtt.stats.as_dict() if self.mqtt is not None else None,
             "wire_bytes": self.wire.snapshot(),

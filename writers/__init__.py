@@ -21,6 +21,7 @@ WRITERS: dict[str, str] = {
     "zerobus-json": "writers.zerobus:ZerobusJsonWriter",
     "zerobus-arrow": "writers.zerobus_arrow:ZerobusArrowWriter",
     "zerobus-rest": "writers.zerobus_rest:ZerobusRestWriter",
+    "zerobus-kafka": "writers.zerobus_kafka:ZerobusKafkaWriter",
     "zerobus-mqtt": "writers.zerobus_mqtt:ZerobusMqttWriter",
     "sql": "writers.sql:SqlWriter",
     "sql-copy": "writers.sql_copy:SqlCopyWriter",

@@ -152,6 +152,23 @@ def authorization_details(table: str) -> list[dict[str, Any]]:
     ]
 
 
+def check_zerobus_json(writer: DataWriterInterface, table: TableRef) -> None:
+    """SchemaNotSupportedError for what Zerobus JSON records cannot carry (REST, Kafka and
+    MQTT values): DECIMAL, and VARIANT on the local stack."""
+    for col, dtype in table.schema.types():
+        if isinstance(dtype, DecimalType):
+            raise SchemaNotSupportedError(
+                f"{writer.label} cannot write workload {table.workload}: column {col.name} "
+                f"is {dtype.sql()}, and Zerobus documents no JSON form for DECIMAL",
+                writer=writer.name,
+            )
+        if dtype == Primitive("VARIANT") and writer.targets.mode == "local":
+            raise SchemaNotSupportedError(
+                f"column {col.name} is VARIANT, which the local stack does not store",
+                writer=writer.name,
+            )
+
+
 class TableTokens:
     """OAuth tokens by table, each fetched once and reused until shortly before expiry."""
 
@@ -187,6 +204,11 @@ class TableTokens:
     def forget(self, table: str) -> None:
         self._tokens.pop(table, None)
 
+    def valid_for(self, table: str) -> float:
+        """Seconds the cached token of `table` is still handed out (0 when there is none)."""
+        cached = self._tokens.get(table)
+        return max(0.0, cached[1] - self._clock()) if cached is not None else 0.0
+
     async def _fetch(self, table: str) -> tuple[str, float]:
         c = self.client
         form = {
@@ -221,22 +243,6 @@ class TableTokens:
         lifetime = float(answer.get("expires_in", 3600))
         log.info("zerobus_rest_token_fetched", table=table, expires_in=lifetime)
         return answer["access_token"], lifetime
-
-
-def check_zerobus_json(writer: DataWriterInterface, table: TableRef) -> None:
-    """SchemaNotSupportedError for what the Zerobus JSON interfaces (REST, MQTT) cannot carry."""
-    for col, dtype in table.schema.types():
-        if isinstance(dtype, DecimalType):
-            raise SchemaNotSupportedError(
-                f"{writer.label} cannot write workload {table.workload}: column {col.name} "
-                f"is {dtype.sql()}, and Zerobus documents no JSON form for DECIMAL",
-                writer=writer.name,
-            )
-        if dtype == Primitive("VARIANT") and writer.targets.mode == "local":
-            raise SchemaNotSupportedError(
-                f"column {col.name} is VARIANT, which the local stack does not store",
-                writer=writer.name,
-            )
 
 
 class ZerobusRestWriter(DataWriterInterface):

@@ -40,6 +40,7 @@ def _ports(endpoints: dict[str, Any]) -> list[str]:
         "--api-port", endpoints["api_url"].rsplit(":", 1)[1],
         "--zerobus-rest-port", endpoints["zerobus_rest_url"].rsplit(":", 1)[1],
         "--mqtt-port", endpoints["mqtt_endpoint"].rsplit(":", 1)[1],
+        "--kafka-port", endpoints["kafka_bootstrap"].rsplit(":", 1)[1],
         "--postgres-port", pg_port,
     ]  # fmt: skip
 
