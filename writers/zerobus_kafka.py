@@ -199,7 +199,6 @@ class ZerobusKafkaWriter(DataWriterInterface):
     client_distributions: ClassVar[tuple[str, ...]] = ("confluent-kafka",)
     settings_class = ZerobusKafkaSettings
     config: ZerobusKafkaSettings
-    # emulator.wire.ZEROBUS_KAFKA (writers do not import the emulator).
     wire_interface = ZEROBUS_KAFKA
     counts_payload = True
 
