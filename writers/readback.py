@@ -15,7 +15,7 @@ import httpx
 
 from dwbench.errors import WriteFailedError, WriterUnavailableError
 from workloads.base import TableRef
-from writers.base import Targets
+from writers.base import DataWriterInterface, Targets
 
 _PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -105,3 +105,21 @@ class WarehouseReader:
         http, self._http = self._http, None
         if http is not None:
             await http.aclose()
+
+
+class WarehouseReadBack(DataWriterInterface):
+    """A writer whose rows land in a Delta table it reads back through the SQL warehouse
+    (the Zerobus writers: none of their interfaces reads)."""
+
+    _reader: WarehouseReader | None = None
+
+    async def count_rows(self, table: TableRef, batch_id: str) -> int:
+        """Rows of the batch readable in the table, through the SQL warehouse."""
+        if self._reader is None:
+            self._reader = WarehouseReader(self.targets, self.name)
+        return await self._reader.count(table, batch_id)
+
+    async def close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()

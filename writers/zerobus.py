@@ -45,13 +45,12 @@ from workloads.types import DecimalType, Primitive
 from workloads.wire import WireValueError, json_rows
 from writers.base import (
     Availability,
-    DataWriterInterface,
     Targets,
     WriteReceipt,
     WriterSettings,
     mask,
 )
-from writers.readback import WarehouseReader
+from writers.readback import WarehouseReadBack
 
 log = structlog.get_logger(__name__)
 
@@ -184,7 +183,7 @@ class _TableStream:
         self.lock = asyncio.Lock()
 
 
-class ZerobusStreamWriter(DataWriterInterface):
+class ZerobusStreamWriter(WarehouseReadBack):
     """What every Zerobus SDK stream writer shares: one long-lived stream per table, opened
     on first use, created anew once when it fails, closed within CLOSE_TIMEOUT_S.
 
@@ -207,7 +206,6 @@ class ZerobusStreamWriter(DataWriterInterface):
         self._tables: dict[str, Any] = {}
         self.streams_created = 0
         self.last_error: str | None = None
-        self._reader: WarehouseReader | None = None
         self._event = (
             "zerobus_" + self.stream_kind.strip().lower() + "_" if self.stream_kind else "zerobus_"
         )
@@ -391,16 +389,8 @@ class ZerobusStreamWriter(DataWriterInterface):
             "last_error": self.last_error,
         }
 
-    async def count_rows(self, table: TableRef, batch_id: str) -> int:
-        """Rows of the batch readable in the table, through the SQL warehouse."""
-        if self._reader is None:
-            self._reader = WarehouseReader(self.targets, self.name)
-        return await self._reader.count(table, batch_id)
-
     async def close(self) -> None:
-        if self._reader is not None:
-            await self._reader.close()
-            self._reader = None
+        await self.close_reader()
         states, self._tables = list(self._tables.values()), {}
         for state in states:
             stream, state.stream = state.stream, None

@@ -59,8 +59,8 @@ from dwbench.errors import DirectWriteError, WriteFailedError, WriterUnavailable
 from emulator.wire import ZEROBUS_KAFKA
 from workloads.base import Rows, TableRef
 from workloads.wire import WireValueError, json_rows
-from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, WriterSettings
-from writers.readback import WarehouseReader
+from writers.base import Availability, Targets, WriteReceipt, WriterSettings
+from writers.readback import WarehouseReadBack
 from writers.zerobus import unreachable_reason, zerobus_auth_description, zerobus_auth_problem
 from writers.zerobus_rest import (
     OAuthClient,
@@ -68,6 +68,8 @@ from writers.zerobus_rest import (
     check_zerobus_json,
     local_endpoints,
     local_oauth_client,
+    workspace_oauth_client,
+    zerobus_host,
 )
 
 log = structlog.get_logger(__name__)
@@ -191,7 +193,7 @@ class _TableProducer:
         self._thread.join()
 
 
-class ZerobusKafkaWriter(DataWriterInterface):
+class ZerobusKafkaWriter(WarehouseReadBack):
     name = "zerobus-kafka"
     label = "Zerobus Ingest (Kafka, JSON)"
     family = "zerobus"
@@ -212,7 +214,6 @@ class ZerobusKafkaWriter(DataWriterInterface):
         self._producers: dict[str, _TableProducer] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._checked: dict[str, TableRef] = {}
-        self._reader: WarehouseReader | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.records = 0
         self.producers_created = 0
@@ -273,20 +274,10 @@ class ZerobusKafkaWriter(DataWriterInterface):
 
     def _workspace_setup(self) -> OAuthClient:
         if not self.bootstrap:
-            zerobus = self.targets.zerobus_endpoint
-            assert zerobus is not None
-            host = httpx.URL(zerobus if "//" in zerobus else f"https://{zerobus}").host
-            self.bootstrap = f"{host}:{DEFAULT_PORT}"
-        auth = self.targets.workspace_auth
-        credentials = auth.client_credentials() if auth else None
-        assert credentials is not None
-        return OAuthClient(
-            token_url=f"{str(self.targets.workspace_url).rstrip('/')}/oidc/v1/token",
-            client_id=credentials[0],
-            client_secret=credentials[1],
-            # The workspace id is the first label of the Zerobus host.
-            workspace_id=self.config.workspace_id or self.bootstrap.split(":")[0].split(".")[0],
-        )
+            assert self.targets.zerobus_endpoint is not None
+            self.bootstrap = f"{zerobus_host(self.targets.zerobus_endpoint)}:{DEFAULT_PORT}"
+        host = self.bootstrap.rsplit(":", 1)[0]
+        return workspace_oauth_client(self.targets, host, self.config.workspace_id)
 
     def _producer_config(self, table: str) -> dict[str, Any]:
         c = self.config
@@ -542,16 +533,8 @@ class ZerobusKafkaWriter(DataWriterInterface):
             "last_error": self.last_error,
         }
 
-    async def count_rows(self, table: TableRef, batch_id: str) -> int:
-        """Rows of the batch readable in the table, through the SQL warehouse."""
-        if self._reader is None:
-            self._reader = WarehouseReader(self.targets, self.name)
-        return await self._reader.count(table, batch_id)
-
     async def close(self) -> None:
-        if self._reader is not None:
-            await self._reader.close()
-            self._reader = None
+        await self.close_reader()
         producers, self._producers = list(self._producers.values()), {}
         for entry in producers:
             await asyncio.to_thread(entry.close, self.config.delivery_timeout_s)

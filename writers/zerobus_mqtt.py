@@ -37,7 +37,6 @@ import threading
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -53,8 +52,8 @@ from dwbench.errors import WriteFailedError, WriterUnavailableError
 from emulator.wire import ZEROBUS_MQTT
 from workloads.base import Rows, TableRef
 from workloads.wire import WireValueError, json_rows
-from writers.base import Availability, DataWriterInterface, WriteReceipt, WriterSettings, mask
-from writers.readback import WarehouseReader
+from writers.base import Availability, WriteReceipt, WriterSettings, mask
+from writers.readback import WarehouseReadBack
 from writers.zerobus import unreachable_reason, zerobus_auth_description, zerobus_auth_problem
 from writers.zerobus_rest import (
     OAuthClient,
@@ -62,6 +61,8 @@ from writers.zerobus_rest import (
     check_zerobus_json,
     local_endpoints,
     local_oauth_client,
+    workspace_oauth_client,
+    zerobus_host,
 )
 
 log = structlog.get_logger(__name__)
@@ -255,7 +256,7 @@ class _TableConnection:
         await asyncio.to_thread(self.client.loop_stop)
 
 
-class ZerobusMqttWriter(DataWriterInterface):
+class ZerobusMqttWriter(WarehouseReadBack):
     name = "zerobus-mqtt"
     label = "Zerobus Ingest (MQTT v5, JSON)"
     family = "zerobus"
@@ -276,7 +277,6 @@ class ZerobusMqttWriter(DataWriterInterface):
         self._connections: dict[str, _TableConnection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._checked: dict[str, TableRef] = {}
-        self._reader: WarehouseReader | None = None
         self._open = False
         self.connects = 0
         self.publishes = 0
@@ -337,20 +337,12 @@ class ZerobusMqttWriter(DataWriterInterface):
         return local_oauth_client(self.targets, endpoints)
 
     def _workspace_setup(self) -> OAuthClient:
-        zerobus = self.targets.zerobus_endpoint or ""
-        host = urlsplit(zerobus if "//" in zerobus else f"https://{zerobus}").hostname or ""
+        host = zerobus_host(self.targets.zerobus_endpoint or "")
         self.endpoint = self.endpoint or f"{host}:{MQTT_TLS_PORT}"
         # The system's CA store, unless a CA file is named.
         self._tls = ssl.create_default_context(cafile=self.config.ca_file)
-        auth = self.targets.workspace_auth
-        credentials = auth.client_credentials() if auth else None
-        assert credentials is not None
-        return OAuthClient(
-            token_url=f"{str(self.targets.workspace_url).rstrip('/')}/oidc/v1/token",
-            client_id=credentials[0],
-            client_secret=credentials[1],
-            # The workspace id is the first label of the Zerobus host.
-            workspace_id=self.config.workspace_id or (host or self._host_port()[0]).split(".")[0],
+        return workspace_oauth_client(
+            self.targets, host or self._host_port()[0], self.config.workspace_id
         )
 
     def _host_port(self) -> tuple[str, int]:
@@ -536,20 +528,12 @@ class ZerobusMqttWriter(DataWriterInterface):
             "last_error": self.last_error,
         }
 
-    async def count_rows(self, table: TableRef, batch_id: str) -> int:
-        """Rows of the batch readable in the table, through the SQL warehouse."""
-        if self._reader is None:
-            self._reader = WarehouseReader(self.targets, self.name)
-        return await self._reader.count(table, batch_id)
-
     async def close(self) -> None:
         self._open = False
         connections, self._connections = list(self._connections.values()), {}
         for conn in connections:
             await conn.close()
-        if self._reader is not None:
-            await self._reader.close()
-            self._reader = None
+        await self.close_reader()
         http, self._http = self._http, None
         if http is not None:
             await http.aclose()

@@ -51,7 +51,7 @@ from writers.base import (
     WriterSettings,
     mask,
 )
-from writers.readback import WarehouseReader
+from writers.readback import WarehouseReadBack
 from writers.zerobus import unreachable_reason, zerobus_auth_description, zerobus_auth_problem
 
 log = structlog.get_logger(__name__)
@@ -112,6 +112,26 @@ def local_oauth_client(targets: Targets, endpoints: dict[str, Any]) -> OAuthClie
         client_id=endpoints["oauth_client_id"],
         client_secret=endpoints["oauth_client_secret"],
         workspace_id=str(endpoints["workspace_id"]),
+    )
+
+
+def zerobus_host(address: str) -> str:
+    """The host name of a Zerobus endpoint given as a URL or host[:port]."""
+    return urlsplit(address if "//" in address else f"https://{address}").hostname or ""
+
+
+def workspace_oauth_client(targets: Targets, host: str, workspace_id: str | None) -> OAuthClient:
+    """Databricks mode: the service principal's OAuth client on the workspace's token route.
+    The token's resource names the workspace id: the first label of the Zerobus host, unless
+    `workspace_id` says otherwise."""
+    auth = targets.workspace_auth
+    credentials = auth.client_credentials() if auth else None
+    assert credentials is not None
+    return OAuthClient(
+        token_url=f"{str(targets.workspace_url).rstrip('/')}/oidc/v1/token",
+        client_id=credentials[0],
+        client_secret=credentials[1],
+        workspace_id=workspace_id or host.split(".")[0],
     )
 
 
@@ -245,7 +265,7 @@ class TableTokens:
         return answer["access_token"], lifetime
 
 
-class ZerobusRestWriter(DataWriterInterface):
+class ZerobusRestWriter(WarehouseReadBack):
     name = "zerobus-rest"
     wire_interface = ZEROBUS_REST
     counts_payload = True
@@ -267,7 +287,6 @@ class ZerobusRestWriter(DataWriterInterface):
         self._tokens: TableTokens | None = None
         self._bearer: str | None = None  # the local stack's token, in auth=token mode
         self._checked: dict[str, TableRef] = {}
-        self._reader: WarehouseReader | None = None
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.requests = 0
         self.retries = 0
@@ -341,16 +360,7 @@ class ZerobusRestWriter(DataWriterInterface):
         base = zerobus if "//" in zerobus else f"https://{zerobus}"
         parts = urlsplit(base)
         self.endpoint = f"{parts.scheme}://{parts.netloc}"
-        auth = self.targets.workspace_auth
-        credentials = auth.client_credentials() if auth else None
-        assert credentials is not None
-        return OAuthClient(
-            token_url=f"{str(self.targets.workspace_url).rstrip('/')}/oidc/v1/token",
-            client_id=credentials[0],
-            client_secret=credentials[1],
-            # The workspace id is the first label of the Zerobus host.
-            workspace_id=self.config.workspace_id or (parts.hostname or "").split(".")[0],
-        )
+        return workspace_oauth_client(self.targets, parts.hostname or "", self.config.workspace_id)
 
     # -- schemas ------------------------------------------------------------------------
 
@@ -477,16 +487,8 @@ class ZerobusRestWriter(DataWriterInterface):
             "last_error": self.last_error,
         }
 
-    async def count_rows(self, table: TableRef, batch_id: str) -> int:
-        """Rows of the batch readable in the table, through the SQL warehouse."""
-        if self._reader is None:
-            self._reader = WarehouseReader(self.targets, self.name)
-        return await self._reader.count(table, batch_id)
-
     async def close(self) -> None:
-        if self._reader is not None:
-            await self._reader.close()
-            self._reader = None
+        await self.close_reader()
         http, self._http = self._http, None
         if http is not None:
             await http.aclose()

@@ -92,11 +92,16 @@ async def test_wire_bytes_count_what_was_sent(writer):
         assert wire == payload  # the payloads themselves, or a REST body counted as sent
     else:
         # The stand-in saw the payloads plus their framing: a few bytes per message and
-        # per record (gRPC prefix, protobuf tags and lengths, Flight's offset metadata,
-        # MQTT's fixed header, topic and packet id);
+        # per record (gRPC prefix, protobuf tags and lengths, Flight's offset metadata);
         # Arrow's count is the IPC size as pyarrow frames it, and the SDK pads buffers
         # differently (up to 64 bytes per column and batch).
-        # An MQTT PUBLISH carries its topic (the table's name) with every record.
-        per_batch = 64 * (len(TABLE.schema.columns) if writer.name == "zerobus-arrow" else 1)
-        per_record = 8 + (len(TABLE.delta_table) + 8 if writer.name == "zerobus-mqtt" else 0)
+        # An MQTT PUBLISH carries its topic (the table's name) with every record; a Kafka
+        # Produce request its header, the topic and a record batch header (61 bytes) per
+        # request, a length-prefixed record header per record.
+        per_batch = {"zerobus-arrow": 64 * len(TABLE.schema.columns), "zerobus-kafka": 256}.get(
+            writer.name, 64
+        )
+        per_record = {"zerobus-mqtt": 16 + len(TABLE.delta_table), "zerobus-kafka": 16}.get(
+            writer.name, 8
+        )
         assert abs(wire - payload) <= 2 * per_batch + per_record * len(ITEMS), (wire, payload)
