@@ -46,6 +46,8 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from emulator.child_env import postgres_environment
+
 log = structlog.get_logger(__name__)
 
 SYSTEM_USER = "embedded_postgres"
@@ -702,9 +704,9 @@ class EmbeddedPostgres:
         Files, not pipes: the postmaster that ``pg_ctl start`` leaves behind could hold a
         pipe open and make the call hang.
         """
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         user = self._server_user
         extra: dict[str, Any] = {}
+        env = postgres_environment()  # an allowlist: no app secrets, no PG* of other servers
         if user is not None:
             extra = {"user": user.uid, "group": user.gid, "extra_groups": []}
             env.update(HOME="/", USER=user.name, LOGNAME=user.name)
