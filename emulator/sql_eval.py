@@ -636,6 +636,8 @@ def _fetch_limit(row_limit: int | None) -> int | None:
 
 def _duckdb_error(exc: duckdb.Error) -> SqlError:
     text = str(exc).split("\n", 1)[0]
+    if "Max expression depth" in text:  # its hint (SET max_expression_depth) cannot apply
+        return _too_deep()
     column = re.search(r'Referenced column "([^"]+)" not found', text)
     if column:
         return SqlError(

@@ -448,6 +448,7 @@ def test_the_engine_stays_locked_down_for_every_statement() -> None:
         "SELECT " + "(" * 5000 + "1" + ")" * 5000,
         "SELECT " + "NOT " * 20000 + "true",
         "SELECT " + "array(" * 3000 + "1" + ")" * 3000,
+        "SELECT " + "1 + " * 5000 + "1",
     ],
 )
 def test_deeply_nested_statements_fail_as_sql(warehouse: Warehouse, statement: str) -> None:
