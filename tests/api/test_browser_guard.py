@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 from starlette.types import Receive, Scope, Send
 
 from api.middleware import BrowserGuardMiddleware
@@ -101,3 +102,17 @@ async def test_databricks_mode_leaves_host_and_origin_to_the_apps_proxy() -> Non
         assert (await http.post("/x", json={}, headers=headers)).status_code == 200
         text = await http.post("/x", content=b"{}", headers={"content-type": "text/plain"})
         assert text.status_code == 415
+
+
+async def test_a_websocket_from_another_origin_or_host_is_refused(app_server):
+    url = app_server.url.replace("http://", "ws://") + "/ws/benchmarks/nope"
+    for headers in ({"Origin": "https://evil.example"}, {"Host": "evil.example"}):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(url, additional_headers=headers):
+                pass
+        assert refused.value.response.status_code == 403
+    # The app's own page reaches the route (which closes: no such run).
+    async with websockets.connect(url, additional_headers={"Origin": app_server.url}) as ws:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
