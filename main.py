@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from api import api_router
-from api.middleware import BodyLimitMiddleware, RequestLogMiddleware
+from api.middleware import BodyLimitMiddleware, BrowserGuardMiddleware, RequestLogMiddleware
 from api.models import ProcessRequest
 from dwbench.assets import STATIC_DIR
 from dwbench.errors import DirectWriteError
@@ -108,6 +108,7 @@ def create_app(
             )
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BrowserGuardMiddleware, local=settings.is_local)
     app.add_middleware(RequestLogMiddleware, expose_clock=settings.expose_app_clock)
     return app
 

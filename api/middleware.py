@@ -1,7 +1,9 @@
-"""ASGI middleware: request logging with a request id, and the request body limit."""
+"""ASGI middleware: request logging with a request id, the request body limit, and the guard
+against cross-site writes and DNS rebinding."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 import uuid
@@ -121,3 +123,123 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _loopback_name(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def _split_authority(authority: str) -> str:
+    """The host name of `host[:port]` (brackets of an IPv6 literal removed), lower-cased."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else ""
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+class BrowserGuardMiddleware:
+    """Keeps web pages the developer happens to open from driving the app.
+
+    Two attacks reach an app on a developer's machine from a browser:
+
+    - **Cross-site writes.** A page on any site can POST to `http://127.0.0.1:8000` with a
+      "simple" content type (`text/plain`, a form) that needs no CORS preflight. So every
+      state-changing request (POST, PUT, PATCH, DELETE) with a body must say
+      `Content-Type: application/json`, which a page can send cross-site only after a
+      preflight this app never approves (415 otherwise); and in local mode a request that
+      carries an `Origin` (browsers always send one on such requests) must come from the
+      app's own origin (403 otherwise), which covers body-less ones such as `/cancel`.
+    - **DNS rebinding.** A page on `evil.example` whose name then resolves to 127.0.0.1 is
+      same-origin with the app as far as the browser knows, and could read `/debug/*`. Its
+      requests carry `Host: evil.example`: in local mode only loopback names (`localhost`,
+      127.0.0.0/8, `::1`) are served, on every route and WebSocket (421 otherwise).
+
+    In databricks mode the app is reached only through the Databricks Apps proxy, which
+    authenticates every request and sets the Host itself; the Host and Origin checks are
+    left to it (docs/deploy.md), the content-type rule holds in both modes.
+    """
+
+    def __init__(self, app: ASGIApp, *, local: bool) -> None:
+        self.app = app
+        self.local = local
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        refusal = self._refusal(scope, headers)
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        status, error, message = refusal
+        log.warning(
+            "request_refused",
+            error=error,
+            method=scope.get("method", "WEBSOCKET"),
+            path=scope["path"],
+            host=headers.get("host", "")[:100],
+            origin=headers.get("origin", "")[:100],
+        )
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+            return
+        await _send_json(send, status, {"error": error, "message": message})
+
+    def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, str] | None:
+        host = headers.get("host", "")
+        if self.local and not _loopback_name(_split_authority(host)):
+            return (
+                421,
+                "invalid_host",
+                f"Host {host[:100]!r} is not served: the local app answers only to loopback "
+                "names (localhost, 127.0.0.1, [::1])",
+            )
+        unsafe = scope["type"] == "websocket" or scope.get("method") in _UNSAFE_METHODS
+        if not unsafe:
+            return None
+        if scope["type"] == "http":
+            content_type = headers.get("content-type")
+            media = (content_type or "").split(";", 1)[0].strip().lower()
+            has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+            if media != "application/json" and (content_type is not None or has_body):
+                return (
+                    415,
+                    "unsupported_media_type",
+                    f"{scope['method']} {scope['path']} takes Content-Type: application/json, "
+                    f"got {(content_type or 'none')[:100]!r}",
+                )
+        origin = headers.get("origin")
+        if self.local and origin is not None:
+            own = {f"http://{host}".lower(), f"https://{host}".lower()}
+            if origin.lower() not in own:
+                return (
+                    403,
+                    "cross_origin_request",
+                    f"a request from origin {origin[:100]!r} cannot change this app; "
+                    "use its own page or a client that sends no Origin",
+                )
+        return None
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -64,9 +65,22 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.host.startswith("127."):
-        p.error("--host must be a loopback address: the local stack is not meant for a network")
+    if not is_loopback_host(args.host):
+        p.error(
+            "--host must be a loopback address (an IP in 127.0.0.0/8, ::1, or localhost): "
+            f"the local stack is not meant for a network, got {args.host!r}"
+        )
     return args
+
+
+def is_loopback_host(host: str) -> bool:
+    """A loopback IP literal, or `localhost`; a name that merely starts with 127. is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _configure_logging(level: str) -> None:

@@ -15,6 +15,23 @@ A server belongs to the process that started it: ``<data dir>.owner`` names that
 alive is never stopped or replaced by another process (``PostgresInUseError``); one whose
 owner is gone is an orphan, stopped before a new one starts on the same data.
 
+Roles. The clients (the lakebase writer, the serving path) log in as the **writer role**
+(`user`, default ``dwbench``) with the given password: a plain role with LOGIN and nothing
+else (no SUPERUSER, CREATEDB, CREATEROLE, REPLICATION, BYPASSRLS, no server-file or
+server-program roles), owning the app's database, its schemas and its tables only. So a
+client holding the password (which is the local API token) cannot run ``COPY ... FROM
+PROGRAM`` or read the server's files. The cluster's superuser is ``dwbench_admin``, created
+by initdb with a random password that is never stored (it is not the token); this module
+reaches it only over the private Unix socket with trust authentication, and so can anyone
+who may use that socket (the server's OS user and root): ``superuser_conninfo``.
+
+A data directory made before the writer role existed has ``dwbench`` as its bootstrap
+superuser (the password was the token). At start such a cluster is converted: a
+``dwbench_admin`` superuser is added, the old bootstrap role is renamed
+``dwbench_bootstrap`` and loses its login and password (Postgres does not let the bootstrap
+role drop SUPERUSER), a fresh writer role takes the name, and the database and every object
+of the app in it change owner to the writer. The app's data stays as it was.
+
 We locate the wheel without importing it: importing the package runs its ``PostgresServer``
 module body, which touches a per-user runtime directory and warns when ``XDG_RUNTIME_DIR`` is
 unset.
@@ -28,6 +45,7 @@ import ipaddress
 import json
 import os
 import pwd
+import secrets
 import shlex
 import shutil
 import socket
@@ -46,9 +64,19 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from emulator.child_env import postgres_environment
+
 log = structlog.get_logger(__name__)
 
 SYSTEM_USER = "embedded_postgres"
+SUPERUSER = "dwbench_admin"
+LEGACY_BOOTSTRAP = "dwbench_bootstrap"
+# Roles whose members read or write the server's files or run programs on it.
+_SERVER_ACCESS_ROLES = (
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_execute_server_program",
+)
 # sun_path holds 108 bytes including the terminating NUL.
 _SOCKET_PATH_MAX = 107
 _START_TIMEOUT_S = 60
@@ -217,6 +245,8 @@ class EmbeddedPostgres:
         self._server_user: _ServerUser | None = None
         self._socket_dir: Path | None = None
         self._private_socket_dir: Path | None = None
+        self._admin_user = SUPERUSER
+        self._adopt_from: str | None = None
         self._started = False
         self._pid: int | None = None
         self._lock = threading.Lock()
@@ -280,6 +310,7 @@ class EmbeddedPostgres:
             try:
                 self._launch()
                 self._wait_ready(time.monotonic() + _START_TIMEOUT_S)
+                self._ensure_roles()
                 self._ensure_database()
                 self._ensure_password()
                 self._claim()
@@ -353,7 +384,8 @@ class EmbeddedPostgres:
         pwfile = Path(name)
         try:
             with os.fdopen(fd, "w") as handle:
-                handle.write(self._password + "\n")
+                # The superuser's password: random, never stored, never the API token.
+                handle.write(secrets.token_urlsafe(32) + "\n")
             if self._server_user is not None:
                 os.chown(pwfile, self._server_user.uid, self._server_user.gid)
                 _grant_traverse(pwfile.parent)
@@ -362,7 +394,7 @@ class EmbeddedPostgres:
                 "-D",
                 str(self._data_dir),
                 "-U",
-                self._user,
+                SUPERUSER,
                 f"--pwfile={pwfile}",
                 "--auth-host=scram-sha-256",
                 "--auth-local=trust",
@@ -381,7 +413,7 @@ class EmbeddedPostgres:
         log.info(
             "postgres.initdb",
             data_dir=str(self._data_dir),
-            user=self._user,
+            superuser=SUPERUSER,
             ms=round((time.monotonic() - began) * 1000),
         )
 
@@ -588,6 +620,11 @@ class EmbeddedPostgres:
                     return
             except psycopg.OperationalError as exc:
                 last_error = self._scrub(str(exc).strip())
+                if f'role "{self._admin_user}" does not exist' in last_error and (
+                    self._admin_user == SUPERUSER
+                ):
+                    self._admin_user = self._user  # made before dwbench_admin: see _ensure_roles
+                    continue
                 if "does not exist" in last_error:  # role or database: waiting will not help
                     break
             if not self._running():
@@ -599,10 +636,82 @@ class EmbeddedPostgres:
             f"--- server log {self.log_path} (tail) ---\n{self._tail(self._read_log(0))}"
         )
 
+    def _ensure_roles(self) -> None:
+        """The superuser to administer with, and the writer role with no privilege beyond LOGIN."""
+        if self._admin_user != SUPERUSER:
+            self._add_superuser()
+        with self._admin_connection() as conn:
+            row = conn.execute("SELECT rolname FROM pg_roles WHERE oid = 10").fetchone()
+        bootstrap = row[0] if row else SUPERUSER
+        if bootstrap == self._user:
+            self._retire_legacy_bootstrap()
+            bootstrap = LEGACY_BOOTSTRAP
+        # Converted (now or by an earlier start that may have stopped half-way): the app's
+        # objects still owned by the old bootstrap role go to the writer, once it exists.
+        self._adopt_from = LEGACY_BOOTSTRAP if bootstrap == LEGACY_BOOTSTRAP else None
+        writer = sql.Identifier(self._user)
+        plain = sql.SQL("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
+        with self._admin_connection() as conn:
+            found = conn.execute(
+                "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication "
+                "OR rolbypassrls OR NOT rolcanlogin FROM pg_roles WHERE rolname = %s",
+                (self._user,),
+            ).fetchone()
+            if found is None:
+                conn.execute(sql.SQL("CREATE ROLE {} {}").format(writer, plain))
+                log.info("postgres.writer_role_created", user=self._user)
+            elif found[0]:
+                conn.execute(sql.SQL("ALTER ROLE {} {}").format(writer, plain))
+                log.info("postgres.writer_role_restricted", user=self._user)
+            for role in _SERVER_ACCESS_ROLES:
+                member = conn.execute(
+                    "SELECT pg_has_role(%s, %s, 'MEMBER')", (self._user, role)
+                ).fetchone()
+                if member and member[0]:
+                    conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(role), writer))
+
+    def _add_superuser(self) -> None:
+        """A cluster made before dwbench_admin: add it, as the old bootstrap superuser."""
+        with self._admin_connection() as conn:
+            verifier = conn.pgconn.encrypt_password(
+                secrets.token_urlsafe(32).encode(), SUPERUSER.encode(), b"scram-sha-256"
+            )
+            conn.execute(
+                sql.SQL("CREATE ROLE {} SUPERUSER LOGIN PASSWORD {}").format(
+                    sql.Identifier(SUPERUSER), sql.Literal(verifier.decode())
+                )
+            )
+        self._admin_user = SUPERUSER
+
+    def _retire_legacy_bootstrap(self) -> None:
+        """Rename the old bootstrap superuser away from the writer's name; no more login.
+
+        Postgres keeps the bootstrap role a superuser whatever we do, so the writer must be
+        another role: it is created next under the freed name.
+        """
+        with self._admin_connection() as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} RENAME TO {}").format(
+                    sql.Identifier(self._user), sql.Identifier(LEGACY_BOOTSTRAP)
+                )
+            )
+            conn.execute(
+                sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(
+                    sql.Identifier(LEGACY_BOOTSTRAP)
+                )
+            )
+        log.warning(
+            "postgres.legacy_superuser_converted",
+            data_dir=str(self._data_dir),
+            writer=self._user,
+            old_bootstrap=LEGACY_BOOTSTRAP,
+        )
+
     def _ensure_database(self) -> None:
         with self._admin_connection() as conn:
             found = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (self._database,)
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+                (self._database,),
             ).fetchone()
             if found is None:
                 conn.execute(
@@ -611,6 +720,54 @@ class EmbeddedPostgres:
                     )
                 )
                 log.info("postgres.database_created", database=self._database)
+            elif found[0] != self._user:
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                        sql.Identifier(self._database), sql.Identifier(self._user)
+                    )
+                )
+                log.info("postgres.database_owner_set", database=self._database, owner=self._user)
+        if self._adopt_from is not None:
+            self._adopt_objects(self._adopt_from)
+            self._adopt_from = None
+
+    def _adopt_objects(self, old_owner: str) -> None:
+        """Give the writer the app's schemas, tables, views, sequences, functions and types
+        that `old_owner` (the converted bootstrap role) owns in the app's database."""
+        user_objects = "n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'"
+        queries = {
+            "SCHEMA": "SELECT quote_ident(n.nspname) FROM pg_namespace n "
+            f"WHERE n.nspowner = %(owner)s::regrole AND {user_objects}",
+            "TABLE": "SELECT c.oid::regclass::text FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relowner = %(owner)s::regrole AND c.relkind IN ('r', 'p', 'f', 'v', 'm') "
+            f"AND {user_objects}",
+            "SEQUENCE": "SELECT c.oid::regclass::text FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relowner = %(owner)s::regrole AND c.relkind = 'S' AND NOT EXISTS ("
+            "SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')) "
+            f"AND {user_objects}",
+            "ROUTINE": "SELECT p.oid::regprocedure::text FROM pg_proc p "
+            "JOIN pg_namespace n ON n.oid = p.pronamespace "
+            f"WHERE p.proowner = %(owner)s::regrole AND {user_objects}",
+            "TYPE": "SELECT t.oid::regtype::text FROM pg_type t "
+            "JOIN pg_namespace n ON n.oid = t.typnamespace "
+            "WHERE t.typowner = %(owner)s::regrole AND t.typtype IN ('e', 'r', 'm', 'd') "
+            f"AND {user_objects}",
+        }
+        adopted = 0
+        with self._admin_connection(self._database) as conn:
+            for kind, query in queries.items():
+                for (name,) in conn.execute(query, {"owner": old_owner}).fetchall():
+                    # Views, materialized views and foreign tables take ALTER TABLE too;
+                    # domains take ALTER TYPE.
+                    conn.execute(
+                        sql.SQL("ALTER {} {} OWNER TO {}").format(
+                            sql.SQL(kind), sql.SQL(name), sql.Identifier(self._user)
+                        )
+                    )
+                    adopted += 1
+        log.info("postgres.objects_adopted", owner=self._user, objects=adopted)
 
     def _ensure_password(self) -> None:
         """Check the password over TCP; set the role's password when it does not match."""
@@ -654,14 +811,14 @@ class EmbeddedPostgres:
         ) as conn:
             conn.execute("SELECT 1")
 
-    def _admin_connection(self) -> psycopg.Connection[Any]:
-        """Trust-authenticated connection over the private Unix socket."""
+    def _admin_connection(self, database: str = "postgres") -> psycopg.Connection[Any]:
+        """Trust-authenticated superuser connection over the private Unix socket."""
         assert self._socket_dir is not None
         return psycopg.connect(
             host=str(self._socket_dir),
             port=self._port,
-            user=self._user,
-            dbname="postgres",
+            user=self._admin_user,
+            dbname=database,
             sslmode="disable",
             gssencmode="disable",
             connect_timeout=5,
@@ -702,9 +859,9 @@ class EmbeddedPostgres:
         Files, not pipes: the postmaster that ``pg_ctl start`` leaves behind could hold a
         pipe open and make the call hang.
         """
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         user = self._server_user
         extra: dict[str, Any] = {}
+        env = postgres_environment()  # an allowlist: no app secrets, no PG* of other servers
         if user is not None:
             extra = {"user": user.uid, "group": user.gid, "extra_groups": []}
             env.update(HOME="/", USER=user.name, LOGNAME=user.name)
@@ -759,3 +916,17 @@ class EmbeddedPostgres:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._password, "***")
+
+
+def superuser_conninfo(data_dir: Path, database: str = "dwbench") -> str:
+    """libpq conninfo of the running server's superuser, over its private Unix socket.
+
+    Works only for whoever may use that socket (the server's OS user, root): the local
+    stack's clients get the writer role's DSN instead. For administration and tests.
+    """
+    lines = (Path(data_dir) / "postmaster.pid").read_text().splitlines()
+    if len(lines) < 5:
+        raise PostgresStartError(f"no running server recorded in {data_dir}/postmaster.pid")
+    return psycopg.conninfo.make_conninfo(
+        host=lines[4], port=lines[3], user=SUPERUSER, dbname=database, sslmode="disable"
+    )

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emulator.child_env import stack_environment
+
 # The directory that holds the `emulator` package (the checkout, or site-packages when
 # installed): the child imports the same copy of the code as its parent.
 _ROOT = Path(__file__).resolve().parent.parent
@@ -174,11 +176,6 @@ def owner_pid(data_dir: Path) -> int | None:
     return pid if isinstance(pid, int) else None
 
 
-_WORKSPACE_SECRETS = frozenset(
-    {"DATABRICKS_TOKEN", "DATABRICKS_CLIENT_SECRET", "DATABRICKS_PASSWORD", "PGPASSWORD"}
-)
-
-
 class LocalStackProcess:
     def __init__(
         self,
@@ -202,8 +199,7 @@ class LocalStackProcess:
     def start(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Start the stack and wait for its endpoints line."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # The stack needs no workspace credentials: none reach its environment.
-        env = {k: v for k, v in os.environ.items() if k.upper() not in _WORKSPACE_SECRETS}
+        env = stack_environment()  # an allowlist: no workspace or app secrets reach it
         if self.token:
             env["LOCAL_STACK_TOKEN"] = self.token  # not on the command line, where ps shows it
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))

@@ -12,6 +12,14 @@ the SQL text other than through sqlglot's own quoting), and turns it into an `Ac
 
 Everything here is synchronous and meant to run in a worker thread. Failures are
 `SqlError`s carrying a Databricks error class (`[TABLE_OR_VIEW_NOT_FOUND] ...`) and SQLSTATE.
+
+The statement text comes from whoever holds the local token, so DuckDB sees only what a
+warehouse would show them: the catalog's tables, registered as Arrow datasets that pyarrow
+reads. DuckDB itself is shut off from the host (`enable_external_access=false`: no files,
+no extensions, no ATTACH) and its configuration is locked, so no statement can turn that
+back on. Table functions are refused before DuckDB sees them (`range` excepted, which
+Spark has too), as a warehouse refuses the ones it does not know; nesting is bounded, so a
+deeply nested statement fails as SQL rather than as a crashed parser.
 """
 
 from __future__ import annotations
@@ -187,7 +195,7 @@ class SqlEvaluator:
     def __init__(self, catalog: Catalog, volumes: Volumes | None = None) -> None:
         self._catalog = catalog
         self._volumes = volumes
-        self._duck = duckdb.connect(":memory:")
+        self._duck = locked_duckdb()
         self._duck_lock = threading.Lock()
 
     def close(self) -> None:
@@ -202,7 +210,12 @@ class SqlEvaluator:
     ) -> Action:
         """Parse, bind and evaluate one statement; the caller applies the returned action."""
         tree = parse_statement(statement)
-        tree = bind_parameters(tree, parameters)
+        try:
+            return self._plan(bind_parameters(tree, parameters), ctx, interrupt)
+        except RecursionError:
+            raise _too_deep() from None
+
+    def _plan(self, tree: exp.Expr, ctx: StatementContext, interrupt: Interrupt) -> Action:
         if isinstance(tree, exp.Create):
             return self._plan_create(tree, ctx)
         if isinstance(tree, exp.Drop):
@@ -309,7 +322,7 @@ class SqlEvaluator:
                 node.replace(_spark_range(node))
                 continue
             if not isinstance(node.this, exp.Identifier):
-                continue
+                raise _unresolvable_function(node.this)
             if len(node.parts) == 1 and node.name.lower() in ctes:
                 continue
             table = self._lookup(node, ctx)
@@ -321,7 +334,6 @@ class SqlEvaluator:
         with self._duck_lock:
             con = self._duck.cursor()
         try:
-            con.execute("SET TimeZone = 'UTC'")
             for view, dataset in views.items():
                 con.register(view, dataset)
             interrupt.attach(con)
@@ -343,9 +355,67 @@ class SqlEvaluator:
 # -- parsing and parameters ----------------------------------------------------------------
 
 
+MAX_NESTING = 200  # parentheses deep; a warehouse's parser gives up somewhere too
+
+
+def locked_duckdb() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that cannot reach the host and whose settings are frozen.
+
+    Settings are global, so every cursor inherits them; the catalog's tables reach DuckDB
+    only as registered Arrow datasets (registration is not a setting and still works).
+    """
+    con = duckdb.connect(":memory:", config={"enable_external_access": False})
+    con.execute("SET GLOBAL TimeZone = 'UTC'")  # a warehouse's session time zone
+    con.execute("SET GLOBAL lock_configuration = true")
+    return con
+
+
+def _too_deep() -> SqlError:
+    return SqlError(
+        "PARSE_SYNTAX_ERROR",
+        f"The statement is nested too deeply; the local stack accepts up to {MAX_NESTING} "
+        "levels of parentheses and expressions.",
+        "42601",
+    )
+
+
+def _unresolvable_function(node: exp.Expr) -> SqlError:
+    if isinstance(node, exp.Anonymous):
+        name = node.name.lower()
+    elif isinstance(node, exp.Func):
+        name = node.sql_name().lower()
+    else:
+        name = node.sql(DIALECT)
+    return SqlError(
+        "UNRESOLVABLE_TABLE_VALUED_FUNCTION",
+        f"Could not resolve `{name}` to a table-valued function. The local stack reads only "
+        "the tables of its catalog (and range(...)); file and system table functions are "
+        "not available.",
+        "42883",
+    )
+
+
+def _check_nesting(statement: str) -> None:
+    depth = 0
+    try:
+        tokens = sqlglot.tokenize(statement, read=DIALECT)
+    except TokenError:
+        return  # the parser reports it
+    for token in tokens:
+        if token.token_type in (TokenType.L_PAREN, TokenType.L_BRACKET):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise _too_deep()
+        elif token.token_type in (TokenType.R_PAREN, TokenType.R_BRACKET):
+            depth -= 1
+
+
 def parse_statement(statement: str) -> exp.Expr:
+    _check_nesting(statement)
     try:
         trees = [t for t in sqlglot.parse(statement, dialect=DIALECT) if t is not None]
+    except RecursionError:
+        raise _too_deep() from None
     except ParseError as exc:
         err = exc.errors[0] if exc.errors else {}
         near = str(err.get("highlight") or "")
@@ -566,6 +636,8 @@ def _fetch_limit(row_limit: int | None) -> int | None:
 
 def _duckdb_error(exc: duckdb.Error) -> SqlError:
     text = str(exc).split("\n", 1)[0]
+    if "Max expression depth" in text:  # its hint (SET max_expression_depth) cannot apply
+        return _too_deep()
     column = re.search(r'Referenced column "([^"]+)" not found', text)
     if column:
         return SqlError(

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
+from emulator.__main__ import is_loopback_host
 from emulator.process import LocalStackProcess
 from tests.conftest import ROOT, products_ddl, run_sql
 from tests.emulator.test_zerobus_recovery import BATCH, RecordedAcks, _batch
@@ -66,9 +68,12 @@ async def test_sigterm_commits_and_acknowledges_what_it_holds(tmp_path):
     assert committed == set(range(len(committed)))
 
 
-def test_refuses_a_non_loopback_host(tmp_path):
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "127.example.invalid", "127.0.0.1.nip.io", "localhost.evil.example", "::"]
+)
+def test_refuses_a_non_loopback_host(tmp_path, host):
     result = subprocess.run(
-        [sys.executable, "-m", "emulator", "--data-dir", str(tmp_path), "--host", "0.0.0.0"],
+        [sys.executable, "-m", "emulator", "--data-dir", str(tmp_path), "--host", host],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -76,7 +81,14 @@ def test_refuses_a_non_loopback_host(tmp_path):
     )
     assert result.returncode == 2
     assert "--host must be a loopback address" in result.stderr
+    assert repr(host) in result.stderr
     assert result.stdout == ""
+    assert not any(tmp_path.iterdir()), "nothing is started or written for a refused host"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_hosts_are_accepted(host):
+    assert is_loopback_host(host)
 
 
 def test_workspace_secrets_stay_out_of_the_stacks_environment(tmp_path, monkeypatch):
@@ -89,7 +101,8 @@ def test_workspace_secrets_stay_out_of_the_stacks_environment(tmp_path, monkeypa
         assert stack.pid is not None
         environ = Path(f"/proc/{stack.pid}/environ").read_bytes().split(b"\0")
         names = {entry.split(b"=", 1)[0] for entry in environ if entry}
-        assert b"DATABRICKS_HOST" in names  # the rest of the environment is passed on
-        assert not names & {b"DATABRICKS_TOKEN", b"DATABRICKS_CLIENT_SECRET"}
+        # An allowlist (emulator.child_env): what the stack needs, no workspace variable.
+        assert b"PATH" in names and b"LOCAL_STACK_TOKEN" in names
+        assert not names & {b"DATABRICKS_HOST", b"DATABRICKS_TOKEN", b"DATABRICKS_CLIENT_SECRET"}
     finally:
         assert stack.stop() == 0

@@ -13,7 +13,7 @@ import psutil
 import psycopg
 import pytest
 
-from emulator.postgres import EmbeddedPostgres, PostgresStartError
+from emulator.postgres import EmbeddedPostgres, PostgresStartError, superuser_conninfo
 
 PASSWORD = "first-Secret-42"
 MakeServer = Callable[..., EmbeddedPostgres]
@@ -198,3 +198,136 @@ def test_port_in_use_is_a_clear_error_without_the_password(make_server: MakeServ
 def test_non_loopback_host_is_refused(data_dir: Path) -> None:
     with pytest.raises(ValueError, match="loopback"):
         EmbeddedPostgres(data_dir, host="0.0.0.0", password=PASSWORD)
+
+
+# -- roles: the writer is no superuser ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "COPY probe FROM PROGRAM 'id'",
+        "COPY probe FROM '/etc/passwd'",
+        "COPY probe TO '/tmp/dwbench-pg-probe'",
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT pg_ls_dir('.')",
+        "CREATE ROLE intruder LOGIN",
+        "ALTER ROLE dwbench SUPERUSER",
+        "CREATE DATABASE other",
+        "ALTER SYSTEM SET listen_addresses = '*'",
+        "GRANT pg_execute_server_program TO dwbench",
+        "SET ROLE dwbench_admin",
+    ],
+)
+def test_the_writer_role_cannot_reach_the_host(make_server: MakeServer, statement: str) -> None:
+    server = make_server()
+    server.start()
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS probe (line text)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
+        assert conn.execute("SELECT count(*) FROM probe").fetchone() == (0,)
+    assert not Path("/tmp/dwbench-pg-probe").exists()
+
+
+def test_the_writer_owns_the_apps_database_and_what_it_creates(make_server: MakeServer) -> None:
+    server = make_server()
+    server.start()
+    create_rows(server.dsn)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA serving")
+        conn.execute("CREATE TABLE serving.events (id bigint GENERATED ALWAYS AS IDENTITY)")
+        role = conn.execute(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls "
+            "FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+        assert role == (False, False, False, False, False)
+        owner = conn.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+        ).fetchone()
+        assert owner == ("dwbench",)
+        supers = conn.execute("SELECT rolname FROM pg_roles WHERE rolsuper").fetchall()
+        assert supers == [("dwbench_admin",)]
+
+
+def test_the_superuser_password_is_not_the_token(make_server: MakeServer, data_dir: Path) -> None:
+    server = make_server()
+    server.start()
+    admin_over_tcp = server.dsn.replace("postgresql://dwbench:", "postgresql://dwbench_admin:")
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(admin_over_tcp, connect_timeout=5)
+    # The superuser is reachable over the private socket only, by the server's OS user.
+    with psycopg.connect(superuser_conninfo(data_dir)) as conn:
+        assert conn.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        ).fetchone() == (True,)
+
+
+def test_a_cluster_whose_superuser_was_the_writer_is_converted(
+    make_server: MakeServer, data_dir: Path
+) -> None:
+    """A data dir made by an earlier version: bootstrap superuser `dwbench`, its password
+    the token. Its data stays, and the writer loses every privilege beyond its own data."""
+    legacy = make_server()
+    legacy._prepare_data_dir()
+    initdb = legacy._run(
+        "initdb",
+        "-D",
+        str(data_dir),
+        "-U",
+        "dwbench",
+        "--auth-host=scram-sha-256",
+        "--auth-local=trust",
+        "--no-locale",
+        "--encoding=UTF8",
+        timeout=120,
+    )
+    assert initdb.returncode == 0, initdb.stderr
+    options = f"-c listen_addresses='' -c unix_socket_directories={data_dir} -p 5999"
+    start = legacy._run("pg_ctl", "start", "-D", str(data_dir), "-w", "-o", options, timeout=60)
+    assert start.returncode == 0, start.stderr
+    try:
+        old = f"host={data_dir} port=5999 user=dwbench dbname=postgres"
+        with psycopg.connect(old, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE dwbench OWNER dwbench")
+        with psycopg.connect(old.replace("dbname=postgres", "dbname=dwbench")) as conn:
+            conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)")
+            conn.execute("INSERT INTO items VALUES (1, 'one'), (2, 'two'), (3, 'three')")
+            conn.execute("CREATE SCHEMA serving")
+            conn.execute("CREATE TABLE serving.events (id serial PRIMARY KEY, at timestamptz)")
+            conn.execute("CREATE SEQUENCE loose_seq")
+            conn.execute("CREATE TYPE mood AS ENUM ('ok', 'bad')")
+            conn.execute(
+                "CREATE FUNCTION notify_items() RETURNS trigger LANGUAGE plpgsql "
+                "AS $$ BEGIN RETURN NEW; END $$"
+            )
+    finally:
+        stop = legacy._run("pg_ctl", "stop", "-D", str(data_dir), "-m", "fast", "-w", timeout=60)
+        assert stop.returncode == 0, stop.stderr
+
+    server = make_server()
+    server.start()
+    assert read_rows(server.dsn) == ROWS
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = 'dwbench'"
+        ).fetchone() == (False,)
+        conn.execute("INSERT INTO items VALUES (4, 'four')")
+        conn.execute("INSERT INTO serving.events (at) VALUES (now())")
+        conn.execute("SELECT nextval('loose_seq')")
+        conn.execute("DROP FUNCTION notify_items()")
+        conn.execute("DROP TYPE mood")
+        conn.execute("DROP SCHEMA serving CASCADE")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("COPY items (name) FROM PROGRAM 'id'")
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(
+            server.dsn.replace("postgresql://dwbench:", "postgresql://dwbench_bootstrap:"),
+            connect_timeout=5,
+        )
+    # A start that stopped half-way (renamed, not all adopted) is finished by the next one.
+    with psycopg.connect(superuser_conninfo(data_dir), autocommit=True) as conn:
+        conn.execute("ALTER TABLE items OWNER TO dwbench_bootstrap")
+    server.stop()
+    server.start()
+    assert read_rows(server.dsn) == [*ROWS, (4, "four")]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 import requests
 from databricks.sdk import WorkspaceClient
@@ -26,6 +27,7 @@ from databricks.sdk.service.sql import (
 from deltalake import DeltaTable
 
 from emulator.catalog import Catalog
+from emulator.sql_eval import locked_duckdb
 from tests.emulator.statement_support import client, served_statement_app
 
 WAREHOUSE = "0123456789abcdef"
@@ -376,6 +378,82 @@ def test_failed_statements_carry_databricks_error_classes(
     table = warehouse.delta(victims)
     assert table.version() == version, "a failed statement must not commit"
     assert table.to_pyarrow_table().to_pylist() == [{"id": 1, "tiny": 1, "name": "one"}]
+
+
+@pytest.mark.parametrize(
+    ("statement", "function"),
+    [
+        ("SELECT content FROM read_text('/proc/self/environ')", "read_text"),
+        ("SELECT * FROM read_csv('/etc/passwd')", "read_csv"),
+        ("SELECT * FROM read_blob('/etc/hostname')", "read_blob"),
+        ("SELECT * FROM read_parquet('{data_dir}/tables/main/default/victims/*.parquet')", None),
+        ("SELECT * FROM glob('/etc/*')", None),
+        ("SELECT * FROM duckdb_settings()", "duckdb_settings"),
+        ("SELECT 1 AS x WHERE EXISTS (SELECT * FROM read_text('/etc/passwd'))", "read_text"),
+        ("INSERT INTO victims SELECT 9, 9, content FROM read_text('/etc/passwd')", "read_text"),
+        ("INSERT INTO victims VALUES (9, 9, (SELECT content FROM read_blob('/etc/passwd')))", None),
+    ],
+)
+def test_host_files_and_settings_are_out_of_reach(
+    warehouse: Warehouse, victims: str, statement: str, function: str | None
+) -> None:
+    """The token opens the catalog's tables, not the host's files (nor DuckDB's settings)."""
+    version = warehouse.delta(victims).version()
+    resp = warehouse.sql(statement.format(data_dir=warehouse.data_dir))
+    assert resp.status.state == StatementState.FAILED, resp.status
+    message = resp.status.error.message
+    if function is not None:
+        assert message == (
+            f"[UNRESOLVABLE_TABLE_VALUED_FUNCTION] Could not resolve `{function}` to a "
+            "table-valued function. The local stack reads only the tables of its catalog "
+            "(and range(...)); file and system table functions are not available. "
+            "SQLSTATE: 42883"
+        )
+    assert "root:" not in message and "PATH=" not in message
+    assert warehouse.delta(victims).version() == version
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SET enable_external_access = true",
+        "SET lock_configuration = false",
+        "ATTACH '/tmp/x.duckdb' AS x",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "COPY (SELECT 1) TO '/tmp/dwbench-probe.csv'",
+        "PRAGMA version",
+    ],
+)
+def test_only_supported_statements_run(warehouse: Warehouse, statement: str) -> None:
+    resp = warehouse.sql(statement)
+    assert resp.status.state == StatementState.FAILED, resp.status
+    assert resp.status.error.message.startswith(("[UNSUPPORTED_FEATURE]", "[PARSE_SYNTAX_ERROR]"))
+    assert not Path("/tmp/dwbench-probe.csv").exists()
+
+
+def test_the_engine_stays_locked_down_for_every_statement() -> None:
+    """Even a statement that reached DuckDB could neither read a file nor unlock it."""
+    engine = locked_duckdb()
+    with pytest.raises(duckdb.PermissionException, match="disabled by configuration"):
+        engine.cursor().sql("SELECT * FROM read_text('/etc/passwd')").fetchall()
+    with pytest.raises(duckdb.InvalidInputException, match="configuration has been locked"):
+        engine.cursor().execute("SET enable_external_access = true")
+    assert engine.cursor().sql("SELECT current_setting('TimeZone')").fetchall() == [("UTC",)]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT " + "(" * 5000 + "1" + ")" * 5000,
+        "SELECT " + "NOT " * 20000 + "true",
+        "SELECT " + "array(" * 3000 + "1" + ")" * 3000,
+        "SELECT " + "1 + " * 5000 + "1",
+    ],
+)
+def test_deeply_nested_statements_fail_as_sql(warehouse: Warehouse, statement: str) -> None:
+    failed(warehouse.sql(statement), "PARSE_SYNTAX_ERROR", "42601")
+    warehouse.ok("SELECT 1")
 
 
 def test_drop_table(warehouse: Warehouse) -> None:

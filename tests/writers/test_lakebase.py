@@ -29,6 +29,7 @@ from psycopg.rows import dict_row
 
 from dwbench.errors import SchemaNotSupportedError, WriteFailedError, WriterUnavailableError
 from dwbench.settings import Settings
+from emulator.postgres import superuser_conninfo
 from tests.conftest import local_targets
 from workloads import products, telemetry
 from workloads.base import Rows, TableRef, default_table
@@ -49,8 +50,10 @@ UTC = dt.UTC
 
 @pytest.fixture
 def admin(local_stack: dict[str, Any]) -> Iterator[psycopg.Connection[Any]]:
-    """The stack's own role (a superuser), for setting up and reading back."""
-    with psycopg.connect(local_stack["postgres_dsn"], autocommit=True) as conn:
+    """The stack's superuser (over its private socket; the writer role is no superuser),
+    for setting up roles and reading back."""
+    conninfo = superuser_conninfo(Path(local_stack["data_dir"]) / "postgres")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
         yield conn
 
 
