@@ -82,6 +82,9 @@ class ProcessResponse(BaseModel):
     results: list[WriterResult]
 
 
+WriterStatus = Literal["available", "unavailable", "restarting", "down"]
+
+
 class WriterInfo(BaseModel):
     name: str
     label: str
@@ -89,6 +92,11 @@ class WriterInfo(BaseModel):
     color: str | None = Field(description="the writer's colour in charts")
     stores_rows: bool = Field(description="false for the harness baseline (null)")
     available: bool
+    status: WriterStatus = Field(
+        default="available",
+        description="restarting / down: local mode, the local stack or its Postgres is being "
+        "restarted, or failed to restart so far (more attempts follow); reason says why",
+    )
     stand_in: bool = Field(
         default=False,
         description="local mode: the target is the local stack's stand-in on this machine",

@@ -8,8 +8,11 @@ one exception handler in `api/` maps them to HTTP statuses.
      ├── RequestTooLargeError     413  too many items or bytes in one request
      ├── WriterUnavailableError   503  not configured, or its target cannot be reached
      │    └── SchemaNotSupportedError  422  the writer's path cannot carry a column's type
+     ├── PoolWaitError            503  the target is up, but no connection of the writer's
+     │                                 pool came free in time (backpressure, not an outage)
      ├── WriteFailedError         502  the target refused or failed the write
-     └── BenchmarkError                benchmark runs (409 when one is already running)
+     ├── BenchmarkError                benchmark runs (409 when one is already running)
+     └── ResourceLimitError       422  a benchmark whose in-flight memory passes the budget
 
 A failed write never counts rows as written; the message says why, without secrets.
 """
@@ -69,6 +72,14 @@ class SchemaNotSupportedError(WriterUnavailableError):
     error = "schema_not_supported"
 
 
+class PoolWaitError(DirectWriteError):
+    """A write waited its time for a pooled connection and got none: the writer's own load,
+    not the target being down (which is WriterUnavailableError)."""
+
+    status_code = 503
+    error = "pool_wait"
+
+
 class WriteFailedError(DirectWriteError):
     status_code = 502
     error = "write_failed"
@@ -77,3 +88,10 @@ class WriteFailedError(DirectWriteError):
 class BenchmarkError(DirectWriteError):
     status_code = 409
     error = "conflict"
+
+
+class ResourceLimitError(DirectWriteError):
+    """A benchmark refused before it starts: what it would hold in memory passes the budget."""
+
+    status_code = 422
+    error = "over_budget"

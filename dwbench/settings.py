@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     # started on the request, so a load generator on the same machine can tell the time a
     # request waited before the app's clock started from the time the app spent on it.
     expose_app_clock: bool = False
+    # What a benchmark may hold in memory at once (bench.config.in_flight_memory: the
+    # batches in flight as Arrow and as the writers' encoded copies); a run or sweep that
+    # would hold more is refused with 422 before it starts.
+    benchmark_memory_budget_mib: int = Field(default=512, ge=1)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, validation_alias="DATABRICKS_APP_PORT")

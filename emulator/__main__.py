@@ -27,6 +27,9 @@ import structlog
 
 from emulator.process import EXIT_IN_USE, LocalStackInUseError
 from emulator.stack import LocalStack, StackConfig
+from emulator.table_writer import TableWriterConfig
+
+log = structlog.get_logger("emulator")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -62,6 +65,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--ack-only",
         action="store_true",
         help="acknowledge Zerobus messages without decoding or storing them (benchmark ceiling)",
+    )
+    p.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="UNSAFE, for measuring what durability costs only: acknowledge commits "
+        "without fsyncing them (acknowledged rows may be lost on power loss)",
     )
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
@@ -113,6 +122,7 @@ async def _serve(args: argparse.Namespace) -> None:
             rotation_interval_s=args.rotation_interval,
             rotation_grace_s=args.rotation_grace,
             ack_only=args.ack_only,
+            writer=TableWriterConfig(fsync=not args.no_fsync),
         )
     )
     stop = asyncio.Event()
@@ -124,6 +134,8 @@ async def _serve(args: argparse.Namespace) -> None:
     except BaseException:
         await stack.stop()
         raise
+    if args.no_fsync:
+        log.warning("fsync_disabled", reason="--no-fsync: acknowledged rows may be lost")
     print(json.dumps({**endpoints, "pid": os.getpid()}), flush=True)
     await stop.wait()
     await stack.stop()

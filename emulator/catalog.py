@@ -3,6 +3,8 @@
 A table `catalog.schema.table` lives at `<data_dir>/tables/<catalog>/<schema>/<table>`;
 the Delta log is the only record of it, so the catalog survives restarts by scanning
 that tree. Names are case-insensitive, as in Unity Catalog, and stored lower-case.
+Before a table is opened its log tail is checked, and repaired when a power loss tore it
+(`emulator.recovery`); what was found is in `Catalog.incidents`.
 """
 
 from __future__ import annotations
@@ -11,13 +13,23 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 from deltalake import DeltaTable
 
 from emulator.errors import SchemaMismatchError, TableExistsError, TableNotFoundError
+from emulator.recovery import recover_table, set_aside_table, short_error
 from emulator.schema import TableSchema
-from emulator.table_writer import TableWriter, TableWriterConfig, copied_files
+from emulator.table_writer import (
+    Sync,
+    TableWriter,
+    TableWriterConfig,
+    copied_files,
+    fsync_path,
+    read_commit,
+    sync_commit,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -59,16 +71,39 @@ class Table:
 
 
 class Catalog:
-    def __init__(self, data_dir: Path, writer_config: TableWriterConfig | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        writer_config: TableWriterConfig | None = None,
+        *,
+        sync: Sync = fsync_path,
+    ) -> None:
+        """`sync`: how files and directories are fsynced (tests count the calls)."""
         self.root = data_dir / "tables"
         self.root.mkdir(parents=True, exist_ok=True)
-        self._writer_config = writer_config
+        self._writer_config = writer_config or TableWriterConfig()
+        self._sync = sync
         self._tables: dict[str, Table] = {}
+        # What start-up recovery found and did (`emulator.recovery`), for the status page.
+        self.incidents: list[dict[str, Any]] = []
         for log_dir in sorted(self.root.glob("*/*/*/_delta_log")):
             path = log_dir.parent
             name = ".".join(path.relative_to(self.root).parts)
+            incident = recover_table(data_dir, path, name, sync=sync)
+            if incident is not None:
+                self.incidents.append(incident.as_dict())
+                if not log_dir.exists():
+                    continue  # nothing of the table was whole: it is in the quarantine
             try:
-                schema = TableSchema.from_delta(DeltaTable(str(path)).schema())
+                delta = DeltaTable(str(path))
+            except Exception as exc:
+                reason = short_error(exc)
+                self.incidents.append(
+                    set_aside_table(data_dir, path, name, reason, sync=sync).as_dict()
+                )
+                continue
+            try:
+                schema = TableSchema.from_delta(delta.schema())
             except Exception as exc:
                 log.warning("table_skipped", table=name, error=str(exc))
                 continue
@@ -99,6 +134,13 @@ class Catalog:
             name=canonical,
             configuration={"delta.checkpointInterval": "100"},
         )
+        if self._writer_config.fsync:
+            # The new table's first commit, and the directory entries that lead to it.
+            sync_commit(path, 0, read_commit(path, 0), self._sync)
+            for directory in (path, *path.parents):
+                self._sync(directory)
+                if directory == self.root:
+                    break
         table = Table(canonical, path, schema)
         self._tables[canonical] = table
         log.info("table_created", table=canonical, columns=len(schema.columns))
@@ -116,12 +158,25 @@ class Catalog:
         shutil.rmtree(table.path, ignore_errors=True)
         log.info("table_dropped", table=canonical)
 
+    @property
+    def writer_config(self) -> TableWriterConfig:
+        """How the stack's tables are written and kept up (compaction, vacuum, fsync)."""
+        return self._writer_config
+
+    @property
+    def sync(self) -> Sync:
+        return self._sync
+
     def writer(self, name: str) -> TableWriter:
         """The table's one writer (created on first use, inside the running event loop)."""
         table = self.get(name)
         if table._writer is None:
             table._writer = TableWriter(
-                table.name, table.path, table.schema.to_arrow(), self._writer_config
+                table.name,
+                table.path,
+                table.schema.to_arrow(),
+                self._writer_config,
+                sync=self._sync,
             )
         return table._writer
 

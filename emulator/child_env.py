@@ -64,3 +64,12 @@ def postgres_environment(
     env = {k: v for k, v in source.items() if _kept(k, ())}
     env.update(extra or {})
     return env
+
+
+def allowlisted_environment(
+    prefixes: tuple[str, ...] = (), *, parent: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The common allowlist and the variables starting with `prefixes`, for another kind
+    of child (the app's benchmark worker)."""
+    source = os.environ if parent is None else parent
+    return {k: v for k, v in source.items() if _kept(k, prefixes)}

@@ -28,7 +28,8 @@ from sqlglot import exp
 
 from emulator.catalog import Table
 from emulator.schema import Column, TableSchema
-from emulator.sql_errors import SqlError
+from emulator.sql_errors import SqlError, out_of_range
+from emulator.value_ranges import ValueOutOfRangeError, check_batch
 from emulator.volumes import FilesApiError, Volumes
 
 
@@ -237,7 +238,14 @@ def _conform(name: str, schema: TableSchema, volume_path: str, data: pa.Table) -
             continue
         _check_not_null(column, array)
         columns.append(array.cast(column.arrow_type))
-    return pa.Table.from_arrays(columns, schema=schema.to_arrow())
+    conformed = pa.Table.from_arrays(columns, schema=schema.to_arrow())
+    try:
+        check_batch(conformed, schema)
+    except ValueOutOfRangeError as exc:
+        raise out_of_range(
+            _quoted(name), exc.path, exc.problem, exc.kind, f"Row {exc.record + 1} of {volume_path}"
+        ) from None
+    return conformed
 
 
 def _check_not_null(column: Column, array: pa.ChunkedArray) -> None:

@@ -9,6 +9,8 @@
 Each front end (gRPC, HTTP) maps these to its own status codes in one place.
 """
 
+from pathlib import Path
+
 
 class EmulatorError(Exception):
     """Base class of every error the local stack raises on purpose."""
@@ -37,3 +39,16 @@ class SchemaMismatchError(EmulatorError):
 class WriterClosedError(EmulatorError):
     def __init__(self, table: str) -> None:
         super().__init__(f"table writer for {table} is closed")
+
+
+def scrub_paths(text: str, data_dir: Path) -> str:
+    """`text` with the data directory's absolute path replaced by `<data-dir>`.
+
+    Messages from delta-rs, Arrow or the OS name files by absolute path; clients get the
+    message, and the host's layout is none of theirs (the logs keep the full text).
+    """
+    forms = {str(data_dir), str(data_dir.resolve())}
+    for form in sorted(forms, key=len, reverse=True):
+        if len(form) > 1:
+            text = text.replace(form, "<data-dir>")
+    return text

@@ -38,8 +38,18 @@ from google.rpc import error_details_pb2, status_pb2
 
 from emulator.catalog import Catalog, Table
 from emulator.errors import SchemaMismatchError, TableNotFoundError
+from emulator.value_ranges import check_batch
 from emulator.wire import GRPC_PREFIX, ZEROBUS_ARROW, WireCounters
-from emulator.zerobus import TABLE_HEADER, StreamError, StreamInfo, StreamSession, _canonical
+from emulator.zerobus import (
+    TABLE_HEADER,
+    StreamError,
+    StreamInfo,
+    StreamSession,
+    Undecodable,
+    _canonical,
+    abort_stream,
+    lenient,
+)
 from proto import arrow_flight_pb2 as fpb
 from proto import arrow_flight_pb2_grpc as fpb_grpc
 
@@ -246,11 +256,10 @@ class FlightIngestService(fpb_grpc.FlightServiceServicer):
             await context.abort(
                 code, message, trailing_metadata=(("grpc-status-details-bin", details),)
             )
-        except StreamError as exc:
+        except (StreamError, UnicodeError, RecursionError) as exc:
             if session is None:
                 self.stats.streams_rejected += 1
-            log.warning("flight_stream_failed", code=exc.code.name, reason=exc.message)
-            await context.abort(exc.code, exc.message)
+            await abort_stream(context, exc, self.catalog.root.parent, "flight_stream_failed")
         finally:
             if session is not None:
                 self._sessions.discard(session)
@@ -285,6 +294,10 @@ class FlightIngestService(fpb_grpc.FlightServiceServicer):
             raise StreamError(
                 grpc.StatusCode.INVALID_ARGUMENT, "stream closed before its schema message"
             ) from None
+        if isinstance(first, Undecodable):
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"the first FlightData: {first.describe()}"
+            )
         schema = _read_schema(first)
         check_schema(schema, table.schema.to_arrow())
 
@@ -331,6 +344,7 @@ class _FlightSession(StreamSession):
     ) -> None:
         super().__init__(service, requests, context, info)
         self.schema = schema
+        self.schema_of_table = table.schema
         self.table_schema = table.schema.to_arrow()
         self.acked_records = 0
         self.rotation_ms: int | None = None
@@ -343,6 +357,10 @@ class _FlightSession(StreamSession):
     async def _read(self) -> None:
         expected = 0
         async for frame in self.requests:
+            if isinstance(frame, Undecodable):
+                raise StreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"frame {expected}: {frame.describe()}"
+                )
             offset = _offset_id(frame, expected)
             if offset != expected:
                 raise StreamError(
@@ -388,9 +406,14 @@ class _FlightSession(StreamSession):
                 grpc.StatusCode.INVALID_ARGUMENT, f"offset {offset}: the record batch has no rows"
             )
         try:
-            return conform(batch, self.table_schema)
+            conformed = conform(batch, self.table_schema)
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, f"offset {offset}: {exc}") from None
+        try:
+            check_batch(conformed, self.schema_of_table)
+        except SchemaMismatchError as exc:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, f"offset {offset}: {exc}") from None
+        return conformed
 
     async def _acknowledge(self, last: int, rows: int) -> None:
         self.acked_records += rows
@@ -413,7 +436,7 @@ def _offset_id(frame: fpb.FlightData, expected: int) -> int:
         offset = metadata["offset_id"]
         if not isinstance(offset, int) or isinstance(offset, bool):
             raise TypeError("offset_id is not an integer")
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise StreamError(
             grpc.StatusCode.INVALID_ARGUMENT,
             f'frame {expected}: app_metadata must be JSON {{"offset_id": N}} ({exc})',
@@ -423,4 +446,15 @@ def _offset_id(frame: fpb.FlightData, expected: int) -> int:
 
 def add_to_server(service: FlightIngestService, server: grpc.aio.Server) -> None:
     """Serve DoPut on `server` (the Zerobus gRPC port)."""
-    fpb_grpc.add_FlightServiceServicer_to_server(service, server)
+    # Only DoPut is served (the other Flight methods answer UNIMPLEMENTED), with a
+    # deserializer that lets the handler answer undecodable frames itself.
+    handlers = {
+        "DoPut": grpc.stream_stream_rpc_method_handler(
+            service.DoPut,
+            request_deserializer=lenient(fpb.FlightData),
+            response_serializer=fpb.PutResult.SerializeToString,
+        )
+    }
+    name = "arrow.flight.protocol.FlightService"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)

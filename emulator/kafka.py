@@ -69,7 +69,7 @@ from kafka.record.default_records import DefaultRecordBatch
 from kafka.record.memory_records import MemoryRecords
 
 from emulator.catalog import Catalog, parse_table_name
-from emulator.errors import EmulatorError, SchemaMismatchError, TableNotFoundError
+from emulator.errors import EmulatorError, SchemaMismatchError, TableNotFoundError, scrub_paths
 from emulator.oauth import OAuthIssuer, TokenRejected
 from emulator.records import JsonRecordDecoder
 from emulator.schema import TableSchema
@@ -384,7 +384,8 @@ class KafkaListener:
             return _PartitionResult(KAFKA_STORAGE_ERROR, str(exc))
         except Exception as exc:  # the commit failed: say so, claim nothing
             log.error("kafka_commit_failed", table=name, error=str(exc))
-            return _PartitionResult(UNKNOWN_SERVER_ERROR, f"the commit failed: {exc}")
+            problem = scrub_paths(str(exc), self.catalog.root.parent)
+            return _PartitionResult(UNKNOWN_SERVER_ERROR, f"the commit failed: {problem}")
         base = self._next_offset[name]
         self._next_offset[name] = base + batch.num_rows
         self.stats.rows_committed += batch.num_rows

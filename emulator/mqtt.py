@@ -45,7 +45,7 @@ import structlog
 
 from emulator import mqtt_codec as codec
 from emulator.catalog import Catalog, parse_table_name
-from emulator.errors import SchemaMismatchError, TableNotFoundError
+from emulator.errors import SchemaMismatchError, TableNotFoundError, scrub_paths
 from emulator.mqtt_codec import PacketType, Prop, Reason
 from emulator.oauth import OAuthIssuer, TokenRejected
 from emulator.records import JsonRecordDecoder
@@ -545,7 +545,8 @@ class _Connection:
             except Exception as exc:  # the commit failed: claim nothing
                 for p in good:
                     if p.error is None:
-                        p.error = (Reason.UNSPECIFIED_ERROR, f"the commit failed: {exc}")
+                        problem = scrub_paths(str(exc), service.catalog.root.parent)
+                        p.error = (Reason.UNSPECIFIED_ERROR, f"the commit failed: {problem}")
         acks = []
         for p in taken:
             if p.error is not None and p.error[0] == Reason.PAYLOAD_FORMAT_INVALID:

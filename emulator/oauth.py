@@ -84,7 +84,7 @@ def parse_authorization_details(text: str) -> frozenset[str]:
     """The tables an authorization_details value grants Zerobus writes on, or GrantError."""
     try:
         entries = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # also past Python's int-digit limit
         raise GrantError("invalid_request", f"authorization_details is not JSON: {exc}") from None
     if not isinstance(entries, list) or not entries:
         raise GrantError("invalid_request", "authorization_details must be a non-empty JSON array")

@@ -333,6 +333,22 @@ class EmbeddedPostgres:
                 ms=round((time.monotonic() - began) * 1000),
             )
 
+    def alive(self) -> bool:
+        """True while the server this instance started runs (False before start, after
+        stop, and once it died)."""
+        return self._started and self._ours_running()
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid when this instance started it."""
+        return self._pid
+
+    def restart(self) -> None:
+        """Start the server again after it died: same data dir and port (clients keep their
+        DSN; a port taken meanwhile is an error, not a move), Postgres replays its WAL."""
+        self._auto_port = False
+        self.start()
+
     def stop(self) -> None:
         """Fast shutdown (``pg_ctl stop -m fast -w``). Idempotent; a no-op if never started."""
         with self._lock:

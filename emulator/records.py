@@ -29,6 +29,7 @@ import itertools
 import json
 import math
 import operator
+import sys
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -49,6 +50,7 @@ from emulator.schema import (
     StructType,
     TableSchema,
 )
+from emulator.value_ranges import check_batch, date_problem, timestamp_problem
 
 FDP = descriptor_pb2.FieldDescriptorProto
 
@@ -107,8 +109,10 @@ def _to_batch(schema: TableSchema, columns: Sequence[Sequence[Any]], count: int)
             if arr.type != col.arrow_type:
                 arr = arr.cast(col.arrow_type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            row = _first_unfit(col, values)
+            where = f"column {col.name}" if row is None else f"record {row}: field '{col.name}'"
             raise SchemaMismatchError(
-                f"column {col.name}: value does not fit {col.type}: {exc}", col.name
+                f"{where}: value does not fit {col.type}: {exc}", col.name
             ) from None
         if not col.nullable and arr.null_count:
             row = arr.is_null().index(True).as_py()
@@ -116,7 +120,21 @@ def _to_batch(schema: TableSchema, columns: Sequence[Sequence[Any]], count: int)
                 f"column {col.name} is NOT NULL but record {row} has no value for it", col.name
             )
         arrays.append(arr)
-    return pa.RecordBatch.from_arrays(arrays, schema=schema.to_arrow())
+    batch = pa.RecordBatch.from_arrays(arrays, schema=schema.to_arrow())
+    # Arrow's types hold more than Databricks stores (DATE beyond 9999, say): such a value
+    # is refused here, before it can fail a group commit or every later read.
+    check_batch(batch, schema)
+    return batch
+
+
+def _first_unfit(col: Column, values: Sequence[Any]) -> int | None:
+    """The record whose value does not fit the column (only once the whole array did not)."""
+    for row, value in enumerate(values):
+        try:
+            pa.array([value], type=_wire_type(col)).cast(col.arrow_type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            return row
+    return None
 
 
 # -- proto ---------------------------------------------------------------------------------------
@@ -508,8 +526,8 @@ class JsonRecordDecoder:
         """A JSON array of row objects (a Zerobus REST insert body) as one batch."""
         try:
             rows = json.loads(body, parse_float=self._parse_float)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SchemaMismatchError(f"the body is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeError included
+            raise SchemaMismatchError(f"the body is not valid JSON: {json_problem(exc)}") from None
         if not isinstance(rows, list):
             raise SchemaMismatchError("the body must be a JSON array of row objects")
         if not rows:
@@ -519,8 +537,9 @@ class JsonRecordDecoder:
     def _parse(self, payload: str, i: int) -> Any:
         try:
             return json.loads(payload, parse_float=self._parse_float)
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise SchemaMismatchError(f"record {i} is not valid JSON: {exc}") from None
+        except (ValueError, TypeError, RecursionError) as exc:
+            problem = json_problem(exc)
+            raise SchemaMismatchError(f"record {i} is not valid JSON: {problem}") from None
 
     def _decode_objects(self, objects: Iterable[Any], count: int) -> pa.RecordBatch:
         width = len(self.schema.columns)
@@ -549,6 +568,17 @@ class JsonRecordDecoder:
             for slot, value in enumerate(row):
                 columns[slot].append(value)
         return _to_batch(self.schema, columns, count)
+
+
+def json_problem(exc: BaseException) -> str:
+    """What is wrong with a JSON text that did not parse, for the client."""
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply"
+    text = str(exc)
+    if "integer string conversion" in text:
+        # Python's guard against quadratic int parsing (sys.get_int_max_str_digits).
+        return f"a number has more than {sys.get_int_max_str_digits()} digits"
+    return text
 
 
 def _has_decimal(t: SqlType) -> bool:
@@ -602,8 +632,11 @@ def _json_float(t: SqlType) -> JsonConverter:
             number = float(value)
         except OverflowError:
             raise _BadValue(f"{value!r:.40} is out of range for {t}") from None
-        if math.isinf(number) and not (isinstance(value, float) and math.isinf(value)):
-            raise _BadValue(f"{value!s:.40} is out of range for {t}")
+        if math.isinf(number):
+            # A JSON number past DOUBLE's range (1e400), which Python reads as infinity, as
+            # it reads the bare Infinity that is not JSON: infinity is the string form.
+            what = "a number" if isinstance(value, float) else f"{value!s:.40}"
+            raise _BadValue(f'{what} is beyond the range of {t} (infinity is written "Infinity")')
         if single and math.isfinite(number) and abs(number) > _FLOAT32_MAX:
             raise _BadValue(f"{value!s:.40} is out of range for {t}")
         return number
@@ -644,8 +677,9 @@ def _json_date(t: SqlType) -> JsonConverter:
                 raise _BadValue(f"expected {t} (days or YYYY-MM-DD), got {value!r:.40}") from None
         if isinstance(value, bool) or not isinstance(value, int):
             raise _mismatch(t, value)
-        if not -(2**31) <= value < 2**31:
-            raise _BadValue(f"{value} is out of range for {t}")
+        problem = date_problem(value)
+        if problem is not None:
+            raise _BadValue(problem)
         return value
 
     return convert
@@ -653,6 +687,7 @@ def _json_date(t: SqlType) -> JsonConverter:
 
 def _json_timestamp(t: SqlType) -> JsonConverter:
     zoned = t == PrimitiveType("TIMESTAMP")
+    name = t.sql()
 
     def convert(value: Any) -> Any:
         if isinstance(value, str):
@@ -672,11 +707,12 @@ def _json_timestamp(t: SqlType) -> JsonConverter:
                 if stamp.tzinfo is None:
                     stamp = stamp.replace(tzinfo=dt.UTC)
                 delta = stamp - _EPOCH_UTC
-            return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-        if isinstance(value, bool) or not isinstance(value, int):
+            value = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        elif isinstance(value, bool) or not isinstance(value, int):
             raise _mismatch(t, value)
-        if not -(2**63) <= value < 2**63:
-            raise _BadValue(f"{value} is out of range for {t}")
+        problem = timestamp_problem(value, name)
+        if problem is not None:
+            raise _BadValue(problem)
         return value
 
     return convert
@@ -784,7 +820,7 @@ def _json_map_key(t: SqlType) -> JsonConverter:
 
         def convert_float(key: str) -> Any:
             try:
-                return inner(_SPECIAL_FLOATS.get(key) or float(key))
+                return inner(key if key in _SPECIAL_FLOATS else float(key))
             except ValueError:
                 raise _BadValue(f"map key {key!r:.40} is not a {t}") from None
 

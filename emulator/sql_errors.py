@@ -29,3 +29,20 @@ class SqlError(Exception):
         self.sql_state = sql_state
         self.error_code = error_code
         self.message = message
+
+
+def out_of_range(table: str, path: str, problem: str, kind: str, where: str) -> SqlError:
+    """The warehouse's error for a value its column type cannot store.
+
+    `where` says which row: "row 3 of the VALUES" or "row 3 of /Volumes/.../f.parquet".
+    """
+    text = f"{where}, column `{path}` of {table}: {problem}."
+    if kind == "datetime":
+        return SqlError("DATETIME_OVERFLOW", f"Datetime operation overflow: {text}", "22008")
+    if kind == "null":
+        return SqlError(
+            "DELTA_NOT_NULL_CONSTRAINT_VIOLATED",
+            f"NOT NULL constraint violated for column: {path} ({where}).",
+            "23502",
+        )
+    return SqlError("NUMERIC_VALUE_OUT_OF_RANGE.WITHOUT_SUGGESTION", text, "22003")

@@ -59,8 +59,9 @@ from emulator.schema import (
     column_options,
     from_sqlglot,
 )
-from emulator.sql_errors import SqlError
+from emulator.sql_errors import SqlError, out_of_range
 from emulator.sql_literals import NotLiteral, arity_error, java_float, literal_columns
+from emulator.value_ranges import ValueOutOfRangeError, check_batch
 from emulator.volumes import Volumes
 
 DIALECT = "databricks"
@@ -287,7 +288,8 @@ class SqlEvaluator:
             except NotLiteral:
                 pass  # not only literals: DuckDB evaluates it
             else:
-                return InsertRows(table.name, _build_batch(table.schema, targets, arrays))
+                batch = _build_batch(table.name, table.schema, targets, arrays)
+                return InsertRows(table.name, batch)
         rows = self._run_query(source, ctx, interrupt, limit=None)
         if rows.num_columns != len(targets):
             raise arity_error(table.name, targets, rows.num_columns)
@@ -295,7 +297,7 @@ class SqlEvaluator:
             _store_assign(table.name, rows.column(i).combine_chunks(), col)
             for i, col in enumerate(targets)
         ]
-        return InsertRows(table.name, _build_batch(table.schema, targets, arrays))
+        return InsertRows(table.name, _build_batch(table.name, table.schema, targets, arrays))
 
     # -- queries -----------------------------------------------------------------------
 
@@ -681,7 +683,7 @@ def _insert_targets(table: str, schema: TableSchema, listed: list[str] | None) -
 
 
 def _build_batch(
-    schema: TableSchema, targets: list[Column], values: list[pa.Array]
+    table: str, schema: TableSchema, targets: list[Column], values: list[pa.Array]
 ) -> pa.RecordBatch:
     """The table's batch from the arrays of the target columns (the others are NULL)."""
     position = {col.name: i for i, col in enumerate(targets)}
@@ -697,7 +699,14 @@ def _build_batch(
                 "23502",
             )
         arrays.append(array)
-    return pa.RecordBatch.from_arrays(arrays, schema=schema.to_arrow())
+    batch = pa.RecordBatch.from_arrays(arrays, schema=schema.to_arrow())
+    try:
+        check_batch(batch, schema)
+    except ValueOutOfRangeError as exc:
+        raise out_of_range(
+            _quoted(table), exc.path, exc.problem, exc.kind, f"Row {exc.record + 1} of the rows"
+        ) from None
+    return batch
 
 
 def _kind(arrow_type: pa.DataType) -> str:
@@ -753,6 +762,8 @@ def _store_assign(table: str, array: pa.Array, col: Column) -> pa.Array:
             return _parse_timestamps(array, target)
         if pa.types.is_floating(array.type) and pa.types.is_integer(target):
             _check_int_range(array, target)
+        if pa.types.is_float64(array.type) and pa.types.is_float32(target):
+            _check_float32_range(array)
         options = pc.CastOptions(
             target_type=target, allow_float_truncate=True, allow_decimal_truncate=True
         )
@@ -779,6 +790,17 @@ def _check_int_range(array: pa.Array, target: pa.DataType) -> None:
     for value in bounds.values():
         if value is not None and (math.isnan(value) or not -limit <= math.trunc(value) < limit):
             raise OverflowError(value)
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_float32_range(array: pa.Array) -> None:
+    # Arrow's cast turns a finite DOUBLE past FLOAT's range into infinity, silently.
+    bounds = pc.min_max(pc.abs(array)).as_py()
+    largest = bounds["max"]
+    if largest is not None and math.isfinite(largest) and largest > _FLOAT32_MAX:
+        raise OverflowError(largest)
 
 
 def _parse_timestamps(array: pa.Array, target: pa.DataType) -> pa.Array:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import os
+import signal
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +21,16 @@ from emulator.flight import FlightIngestService, add_to_server
 from emulator.kafka import KafkaListener
 from emulator.mqtt import ZerobusMqttService
 from emulator.oauth import TOKEN_PATH, OAuthIssuer
-from emulator.postgres import EmbeddedPostgres
-from emulator.process import StackOwnership
+from emulator.postgres import EmbeddedPostgres, PostgresStartError
+from emulator.process import (
+    PARENT_PID_ENV,
+    Backoff,
+    StackOwnership,
+    SupervisorStatus,
+    shortened,
+)
 from emulator.statements import create_statement_app
+from emulator.synced_tables import PipelineServices
 from emulator.table_writer import TableWriterConfig
 from emulator.tls import LocalTls
 from emulator.volumes import Volumes
@@ -52,6 +61,10 @@ class StackConfig:
 
 
 class LocalStack:
+    # Supervision (see `_supervise`): how often it looks, how it backs off between restarts.
+    supervise_interval_s = 0.25
+    postgres_backoff = Backoff()
+
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.catalog: Catalog | None = None
@@ -76,6 +89,10 @@ class LocalStack:
         self.mqtt: ZerobusMqttService | None = None
         self.mqtt_port = 0
         self.kafka: KafkaListener | None = None
+        self.pipeline: PipelineServices | None = None  # the serving path's copy and syncs
+        self.postgres_status = SupervisorStatus(state="stopped")
+        self._supervisor: asyncio.Task[None] | None = None
+        self._parent_pid = _parent_pid()
 
     async def start(self) -> dict[str, Any]:
         """Start every service; return what a client needs to reach them."""
@@ -96,6 +113,7 @@ class LocalStack:
                 password=cfg.token,
             )
             await asyncio.to_thread(self.postgres.start)
+            self.postgres_status = SupervisorStatus(pid=self.postgres.pid)
         self.catalog = Catalog(cfg.data_dir, cfg.writer)
         # The CA clients verify the TLS listeners against; kept across restarts.
         self.tls = await asyncio.to_thread(LocalTls.ensure, cfg.data_dir / "tls", cfg.host)
@@ -130,6 +148,8 @@ class LocalStack:
         app.add_api_route("/api/local/wire-bytes", self._wire_bytes, methods=["GET"])
         assert self.oauth is not None
         app.add_api_route(TOKEN_PATH, self.oauth.token_route, methods=["POST"])
+        self.pipeline = PipelineServices(self.catalog, self.postgres, cfg.data_dir)
+        self.pipeline.add_routes(app, self._authorize)
         self._http, self._http_task, self.api_port = await _serve_http(app, cfg.host, cfg.api_port)
         # Zerobus REST on a port of its own: the service answers it on the Zerobus host.
         self.rest = ZerobusRestService(
@@ -147,10 +167,53 @@ class LocalStack:
             self.catalog, self.oauth, self.tls, self.wire, host=cfg.host, port=cfg.kafka_port
         )
         await self.kafka.start()
+        await self.pipeline.restore()
 
         endpoints = self.endpoints()
         ownership.publish(endpoints)
+        self._supervisor = asyncio.create_task(self._supervise(), name="stack-supervisor")
         return endpoints
+
+    async def _supervise(self) -> None:
+        """Restart Postgres when it dies (it is a daemon: nobody else would), and stop the
+        whole stack cleanly when the process that started it is gone (an orphan)."""
+        while True:
+            await asyncio.sleep(self.supervise_interval_s)
+            if self._parent_pid is not None and os.getppid() != self._parent_pid:
+                log.warning("local_stack_parent_gone", parent_pid=self._parent_pid)
+                self._parent_pid = None
+                os.kill(os.getpid(), signal.SIGTERM)  # the clean stop `python -m emulator` does
+                return
+            postgres = self.postgres
+            if postgres is not None and not await asyncio.to_thread(postgres.alive):
+                await self._restart_postgres(postgres)
+
+    async def _restart_postgres(self, postgres: EmbeddedPostgres) -> None:
+        status = self.postgres_status
+        status.last_exit = f"the postmaster (pid {status.pid}) is gone"
+        status.state, status.attempt = "restarting", 0
+        status.reason = f"Postgres is restarting: {status.last_exit}"
+        log.error("postgres.died", pid=status.pid, data_dir=str(self.config.data_dir))
+        while True:
+            status.attempt += 1
+            delay = self.postgres_backoff.delay(status.attempt)
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                # Shielded: a stop() meanwhile lets the start end, then stops the server.
+                await asyncio.shield(asyncio.to_thread(postgres.restart))
+            except PostgresStartError as exc:
+                status.state = "down"
+                status.reason = (
+                    f"Postgres is down: {status.last_exit}, and restart attempt "
+                    f"{status.attempt} failed: {shortened(str(exc))}; trying again"
+                )
+                log.error("postgres.restart_failed", attempt=status.attempt, reason=str(exc))
+                continue
+            status.restarts += 1
+            status.state, status.reason, status.pid = "running", None, postgres.pid
+            log.warning("postgres.restarted", pid=postgres.pid, restarts=status.restarts)
+            return
 
     def endpoints(self) -> dict[str, Any]:
         cfg = self.config
@@ -174,6 +237,11 @@ class LocalStack:
         """Stop accepting, commit and acknowledge what is held, then stop every service."""
         if self._ownership is None:
             return  # nothing started: another live stack owns the data, or start never ran
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
         if self.zerobus is not None:
             await self.zerobus.shutdown()
         if self.flight is not None:
@@ -188,12 +256,15 @@ class LocalStack:
             if server is not None and task is not None:
                 server.should_exit = True
                 await task
+        if self.pipeline is not None:
+            await self.pipeline.close()
         if self._statements is not None:
             await self._statements.close()
         if self.catalog is not None:
             await self.catalog.close()
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
+            self.postgres_status.state, self.postgres_status.reason = "stopped", None
         if self._ownership is not None:
             self._ownership.release()
             self._ownership = None
@@ -229,6 +300,8 @@ class LocalStack:
                 "commits": writer.stats.commits if writer else 0,
                 "rows_committed": writer.stats.rows if writer else 0,
                 "compactions": writer.stats.compactions if writer else 0,
+                "vacuumed_files": writer.stats.vacuumed_files if writer else 0,
+                "fsync_ms": round(writer.stats.fsync_ms, 3) if writer else 0.0,
             }
         rest = (
             {"requests": self.rest.requests, "rows_committed": self.rest.rows_committed}
@@ -242,9 +315,19 @@ class LocalStack:
             "zerobus_rest": rest,
             "zerobus_kafka": self.kafka.stats.as_dict() if self.kafka is not None else None,
             "tables": tables,
+            # Torn Delta log tails recovered at start (`emulator.recovery`).
+            "incidents": self.catalog.incidents,
+            "fsync": self.config.writer.fsync,
             "zerobus_mqtt": self.mqtt.stats.as_dict() if self.mqtt is not None else None,
             "wire_bytes": self.wire.snapshot(),
+            "postgres": self.postgres_status.as_dict() if self.postgres is not None else None,
         }
+
+
+def _parent_pid() -> int | None:
+    """The pid of the process that started this stack and wants it to end with it."""
+    value = os.environ.get(PARENT_PID_ENV, "")
+    return int(value) if value.isdigit() else None
 
 
 async def _serve_http(

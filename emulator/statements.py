@@ -44,6 +44,7 @@ from emulator.errors import (
     TableExistsError,
     TableNotFoundError,
     WriterClosedError,
+    scrub_paths,
 )
 from emulator.sql_eval import (
     Action,
@@ -392,6 +393,7 @@ class StatementService:
     def _fail(
         self, statement: Statement, error_code: str, message: str, sql_state: str | None
     ) -> None:
+        message = scrub_paths(message, self._catalog.root.parent)
         statement.error = {"error_code": error_code, "message": message}
         statement.sql_state = sql_state
         statement.state = State.FAILED
@@ -513,7 +515,7 @@ async def _read_json(request: Request, limit: int) -> Any:
         raise _bad_request(f"The request body is larger than {limit // MiB} MiB.")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, int digits
         raise _bad_request("Malformed request: the body is not valid JSON.") from None
 
 
@@ -691,12 +693,14 @@ def create_statement_app(
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         headers = {"Retry-After": "1"} if exc.status == 429 else None
-        content = {"error_code": exc.error_code, "message": exc.message}
+        message = scrub_paths(exc.message, catalog.root.parent)
+        content = {"error_code": exc.error_code, "message": message}
         return JSONResponse(content, status_code=exc.status, headers=headers)
 
     @app.exception_handler(FilesApiError)
     async def files_error(_: Request, exc: FilesApiError) -> JSONResponse:
-        content = {"error_code": exc.error_code, "message": exc.message}
+        message = scrub_paths(exc.message, catalog.root.parent)
+        content = {"error_code": exc.error_code, "message": message}
         return JSONResponse(content, status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)

@@ -17,16 +17,18 @@ import asyncio
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pyarrow as pa
 import structlog
+from google.protobuf import message
 
 from emulator.catalog import Catalog, parse_table_name
-from emulator.errors import EmulatorError, SchemaMismatchError, TableNotFoundError
+from emulator.errors import EmulatorError, SchemaMismatchError, TableNotFoundError, scrub_paths
 from emulator.oauth import OAuthIssuer, TokenRejected
 from emulator.records import JsonRecordDecoder, ProtoRecordDecoder
 from emulator.wire import GRPC_PREFIX, ZEROBUS_JSON, ZEROBUS_PROTO, WireCounters
@@ -86,6 +88,58 @@ class ZerobusStats:
 _DONE = object()
 
 
+class Undecodable:
+    """A request message whose bytes do not parse as its type. grpcio would end the call
+    with UNKNOWN on a deserializer's exception; the handler refuses this with
+    INVALID_ARGUMENT instead."""
+
+    def __init__(self, type_name: str, problem: str) -> None:
+        self.type_name = type_name
+        self.problem = problem
+
+    def describe(self) -> str:
+        return f"it is not a valid {self.type_name} message ({self.problem})"
+
+
+def lenient(message_type: Any) -> Callable[[bytes], Any]:
+    """A request deserializer that gives Undecodable where FromString would raise."""
+    name = message_type.DESCRIPTOR.name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except (message.DecodeError, RecursionError, ValueError) as exc:
+            return Undecodable(name, str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+def text_field(msg: Any, field_name: str, where: str) -> str:
+    """A proto2 string field, or StreamError if its bytes are not UTF-8 (proto2 parsing
+    does not check them, and then the field reads as bytes)."""
+    value = getattr(msg, field_name)
+    if not isinstance(value, str):
+        raise StreamError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{where}.{field_name} is not valid UTF-8"
+        )
+    return value
+
+
+async def abort_stream(
+    context: Any, exc: StreamError | UnicodeError | RecursionError, data_root: Path, event: str
+) -> None:
+    """End a stream that failed on what the client sent, with the reason (paths under
+    `data_root` scrubbed). UnicodeError and RecursionError are input no check foresaw:
+    still the client's fault, not the service's."""
+    if isinstance(exc, StreamError):
+        code, reason, message = exc.code, exc.message, scrub_paths(exc.message, data_root)
+    else:
+        code, reason = grpc.StatusCode.INVALID_ARGUMENT, type(exc).__name__
+        message = f"the request is malformed: {reason}"
+    log.warning(event, code=code.name, reason=reason)
+    await context.abort(code, message)
+
+
 class ZerobusService(pb_grpc.ZerobusServicer):
     def __init__(
         self,
@@ -121,11 +175,10 @@ class ZerobusService(pb_grpc.ZerobusServicer):
             session = await self._open(request_iterator, context)
             self._sessions.add(session)
             await session.run()
-        except StreamError as exc:
+        except (StreamError, UnicodeError, RecursionError) as exc:
             if session is None:
                 self.stats.streams_rejected += 1
-            log.warning("stream_failed", code=exc.code.name, reason=exc.message)
-            await context.abort(exc.code, exc.message)
+            await abort_stream(context, exc, self.catalog.root.parent, "stream_failed")
         finally:
             if session is not None:
                 self._sessions.discard(session)
@@ -154,22 +207,27 @@ class ZerobusService(pb_grpc.ZerobusServicer):
             raise StreamError(
                 grpc.StatusCode.INVALID_ARGUMENT, "stream closed before create_stream"
             ) from None
+        if isinstance(first, Undecodable):
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"the first message: {first.describe()}"
+            )
         if first.WhichOneof("payload") != "create_stream":
             raise StreamError(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message must be create_stream"
             )
         create = first.create_stream
-        if not create.table_name:
+        table_name = text_field(create, "table_name", "create_stream")
+        if not table_name:
             raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "create_stream has no table_name")
         try:
-            table = self.catalog.get(create.table_name)
+            table = self.catalog.get(table_name)
             header = metadata.get(TABLE_HEADER)
             if header is None:
                 raise StreamError(grpc.StatusCode.UNAUTHENTICATED, f"missing {TABLE_HEADER} header")
             if _canonical(header) != table.name:
                 raise StreamError(
                     grpc.StatusCode.PERMISSION_DENIED,
-                    f"{TABLE_HEADER} names {header}, the stream targets {create.table_name}",
+                    f"{TABLE_HEADER} names {header}, the stream targets {table_name}",
                 )
             if self.oauth is not None:
                 self.oauth.authorize_write(authorization, table.name)
@@ -351,6 +409,11 @@ class _Session(StreamSession):
     async def _read(self) -> None:
         expected = 0
         async for request in self.requests:
+            if isinstance(request, Undecodable):
+                raise StreamError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"offset {expected}: {request.describe()}",
+                )
             kind = request.WhichOneof("payload")
             if kind == "ingest_record":
                 body = request.ingest_record
@@ -429,7 +492,19 @@ def build_server(service: ZerobusService, host: str, port: int) -> tuple[grpc.ai
             ("grpc.so_reuseport", 0),
         ]
     )
-    pb_grpc.add_ZerobusServicer_to_server(service, server)
+    # The generated registration, with a deserializer that lets the handler answer
+    # undecodable messages itself.
+    handlers = {
+        "EphemeralStream": grpc.stream_stream_rpc_method_handler(
+            service.EphemeralStream,
+            request_deserializer=lenient(pb.EphemeralStreamRequest),
+            response_serializer=pb.EphemeralStreamResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("databricks.zerobus.Zerobus", handlers),)
+    )
+    server.add_registered_method_handlers("databricks.zerobus.Zerobus", handlers)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind the Zerobus service to {host}:{port}")

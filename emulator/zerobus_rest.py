@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from emulator.catalog import Catalog, parse_table_name
-from emulator.errors import EmulatorError, SchemaMismatchError, TableNotFoundError
+from emulator.errors import EmulatorError, SchemaMismatchError, TableNotFoundError, scrub_paths
 from emulator.oauth import OAuthIssuer, TokenRejected
 from emulator.records import JsonRecordDecoder
 from emulator.schema import TableSchema
@@ -85,7 +85,8 @@ class ZerobusRestService:
             rows = await self._insert(table, request)
         except RestError as exc:
             log.info("rest_insert_refused", table=table, status=exc.status, code=exc.error_code)
-            return _error(exc.status, exc.error_code, exc.message)
+            message = scrub_paths(exc.message, self.catalog.root.parent)
+            return _error(exc.status, exc.error_code, message)
         self.rows_committed += rows
         return JSONResponse({})
 

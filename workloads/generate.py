@@ -14,6 +14,7 @@ import functools
 import math
 import string
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -301,10 +302,20 @@ def generated_source(
     table: TableRef, *, time_column: str | None = None
 ) -> Callable[..., BatchMaker]:
     """A source that generates the pool from the schema's generator specs."""
+    return _GeneratedSource(table, time_column)
 
-    def source(
-        *, seed: int = 0, record_bytes: int = 0, pad_column: str | None = None, **_: Any
+
+@dataclass(frozen=True)
+class _GeneratedSource:
+    # A class, not a closure: a workload travels by pickle to the app's benchmark worker
+    # process (bench.worker_process).
+    table: TableRef
+    time_column: str | None
+
+    def __call__(
+        self, *, seed: int = 0, record_bytes: int = 0, pad_column: str | None = None, **_: Any
     ) -> BatchMaker:
+        table = self.table
         rng = np.random.default_rng(seed)
         arrays = [
             _with_nulls(
@@ -321,7 +332,5 @@ def generated_source(
             seed=seed,
             record_bytes=record_bytes,
             pad_column=pad_column,
-            time_column=time_column,
+            time_column=self.time_column,
         )
-
-    return source

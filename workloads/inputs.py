@@ -44,10 +44,13 @@ from workloads.types import (
     StructType,
 )
 
+NUL_RULE = "text may not contain NUL characters (U+0000): Postgres (lakebase) cannot store them"
+
 
 def _no_nul(value: str) -> str:
+    # Refused for every writer alike, not only where Postgres would fail the write.
     if "\0" in value:
-        raise ValueError("text may not contain NUL characters")
+        raise ValueError(NUL_RULE)
     return value
 
 

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from dwbench.errors import InvalidSchemaError
 from workloads.base import BatchMaker, TableRef
 from workloads.generate import PooledRows
+from workloads.inputs import NUL_RULE
 from workloads.schema import Column, TableSchema
 from workloads.types import MapType
 
@@ -70,8 +72,11 @@ def _read_jsonl(path: Path, schema: TableSchema) -> pa.Table:
                 continue
             try:
                 raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidSchemaError(f"{path.name} line {number}: not JSON: {exc}") from None
+            except (ValueError, RecursionError) as exc:  # a number past the digit limit, too
+                problem = "nested too deeply" if isinstance(exc, RecursionError) else exc
+                raise InvalidSchemaError(
+                    f"{path.name} line {number}: not JSON: {problem}"
+                ) from None
             try:
                 item = model.model_validate(raw)
             except ValidationError as exc:
@@ -138,6 +143,7 @@ def _cast_text(path: Path, col: Column, values: list[str | None]) -> pa.Array:
                 ) from None
         raise
     _check_nulls(path, col, array, first_line=2)
+    _check_nul_characters(path, col, array, first_line=2)
     return array
 
 
@@ -148,6 +154,21 @@ def _check_nulls(
         row = array.is_null().index(True).as_py()
         raise InvalidSchemaError(
             f"{path.name} line {row + first_line}: column {col.name} is NOT NULL but has no value",
+            column=col.name,
+        )
+
+
+def _check_nul_characters(
+    path: Path, col: Column, array: pa.Array | pa.ChunkedArray, first_line: int
+) -> None:
+    """The input model's rule for STRING columns (`workloads.inputs.NUL_RULE`), here too."""
+    if not pa.types.is_string(array.type) or not len(array):
+        return
+    found = pc.match_substring(array, "\0")
+    if pc.any(found).as_py():
+        row = pc.index(found, True).as_py()
+        raise InvalidSchemaError(
+            f"{path.name} line {row + first_line}: column {col.name}: {NUL_RULE}",
             column=col.name,
         )
 
@@ -178,6 +199,7 @@ def _read_parquet(path: Path, schema: TableSchema) -> pa.Table:
                     column=col.name,
                 ) from None
         _check_nulls(path, col, array, first_line=1)
+        _check_nul_characters(path, col, array, first_line=1)
         arrays.append(array)
     return pa.Table.from_arrays(arrays, schema=schema.arrow())
 

@@ -115,24 +115,28 @@ def writer_config(targets: Targets, name: str) -> WriterSettings | None:
 
 
 class WriterSet:
-    """One long-lived instance per writer name, opened on first use and shared."""
+    """One long-lived instance per writer name and stream, opened on first use and shared.
+    Stream 0 is the writer the app and the Write view use; a benchmark with --streams N
+    also takes streams 1..N-1, each an instance of its own (its own SDK stream, producer,
+    connection or pool)."""
 
     def __init__(self, targets: Targets) -> None:
         self.targets = targets
-        self._writers: dict[str, DataWriterInterface] = {}
-        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._writers: dict[tuple[str, int], DataWriterInterface] = {}
+        self._locks: dict[tuple[str, int], asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    async def get(self, name: str) -> DataWriterInterface:
-        writer = self._writers.get(name)
+    async def get(self, name: str, stream: int = 0) -> DataWriterInterface:
+        key = (name, stream)
+        writer = self._writers.get(key)
         if writer is not None:
             return writer
         cls = writer_class(name)
-        async with self._locks[name]:
-            writer = self._writers.get(name)
+        async with self._locks[key]:
+            writer = self._writers.get(key)
             if writer is None:
                 writer = cls(self.targets)
                 await writer.open()
-                self._writers[name] = writer
+                self._writers[key] = writer
         return writer
 
     async def close(self) -> None:

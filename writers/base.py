@@ -18,7 +18,7 @@ environment. The app's shared settings (mode, workspace, credentials) are `self.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
@@ -183,6 +183,11 @@ class DataWriterInterface(ABC):
         """Get ready to write into the table (create it where the writer owns it)."""
         self.check(table)
 
+    async def reserve(self, concurrency: int) -> str | None:
+        """Get ready for `concurrency` writes at once (a pool sized to it); a note for the
+        run's warnings when it cannot be. Most writers need nothing."""
+        return None
+
     @abstractmethod
     async def write(self, rows: Rows) -> WriteReceipt:
         """Write the rows durably; return only once the target acknowledged them."""
@@ -225,6 +230,34 @@ async def local_wire_bytes(targets: Targets) -> dict[str, dict[str, int]]:
         raise WriterUnavailableError(f"the local stack answered HTTP {resp.status_code} at {url}")
     counters: dict[str, dict[str, int]] = resp.json()
     return counters
+
+
+class RecordTooLargeError(ValueError):
+    """One record alone is past a message limit (`size_parts`)."""
+
+    def __init__(self, index: int, length: int) -> None:
+        super().__init__(f"record {index} is {length} bytes")
+        self.index = index
+        self.length = length
+
+
+def size_parts(lengths: Sequence[int], limit: int, *, separator: int = 0) -> list[range]:
+    """Split records of these encoded lengths, in order, into runs whose total (with
+    `separator` bytes between neighbours) stays within `limit`: the messages a batch is
+    sent as where a service caps a message. RecordTooLargeError for a record that alone
+    is past the limit, before any run is formed (so nothing is sent)."""
+    parts: list[range] = []
+    start, total = 0, 0
+    for i, length in enumerate(lengths):
+        if length > limit:
+            raise RecordTooLargeError(i, length)
+        if i > start and total + separator + length > limit:
+            parts.append(range(start, i))
+            start, total = i, 0
+        total += length + (separator if i > start else 0)
+    if lengths:
+        parts.append(range(start, len(lengths)))
+    return parts
 
 
 def mask(secret: str | None, keep: int = 4) -> str | None:

@@ -27,6 +27,7 @@ import contextlib
 import datetime as dt
 import json
 import re
+import select
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,11 +43,13 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from dwbench.errors import (
     DirectWriteError,
+    PoolWaitError,
     SchemaNotSupportedError,
     WriteFailedError,
     WriterUnavailableError,
@@ -58,6 +61,10 @@ from workloads.wire import python_columns
 from writers.base import Availability, DataWriterInterface, Targets, WriteReceipt, WriterSettings
 
 log = structlog.get_logger(__name__)
+# Batches of at least this many Arrow bytes are converted to Postgres values in a thread.
+_CONVERT_OFF_LOOP_BYTES = 512 * 1024
+# COPY yields to the event loop after this many rows.
+_COPY_ROWS_PER_YIELD = 2_000
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]{0,62}")
 _MAX_IDENTIFIER_BYTES = 63  # Postgres truncates longer names (NAMEDATALEN - 1)
@@ -67,7 +74,15 @@ OPEN_TIMEOUT_S = 10.0
 POOL_TIMEOUT_S = 30.0  # how long a write waits for a pooled connection
 AVAILABILITY_TIMEOUT_S = 2.0
 MAX_LIFETIME_S = 45 * 60.0  # OAuth tokens live an hour; retire connections well before
-POOL_MAX_SIZE = 16
+POOL_MAX_SIZE = 16  # the pool's size until a benchmark asks for more (`reserve`)
+# Connections of Postgres' max_connections a resized pool leaves to other clients.
+POOL_HEADROOM = 2
+_ROOM_SQL = (
+    "SELECT current_setting('max_connections')::int"
+    " - current_setting('superuser_reserved_connections')::int"
+    " - coalesce(current_setting('reserved_connections', true)::int, 0),"
+    " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+)
 CREDENTIAL_REUSE_S = 5 * 60.0
 CREDENTIAL_EXPIRY_MARGIN_S = 5 * 60.0
 # SQLSTATEs that say the server or the session is out of reach rather than the data wrong.
@@ -111,6 +126,9 @@ class LakebaseSettings(WriterSettings):
     write_mode: Literal["copy", "insert"] = "copy"
     # A batch's transaction that has not committed in this time is cancelled and fails.
     write_timeout_s: float = Field(default=120.0, gt=0)
+    # The most connections the pool opens (a benchmark sizes it to its concurrency, up to
+    # this and to what the server's max_connections leaves free).
+    pool_max_size: int = Field(default=128, ge=1)
 
 
 class StaticPassword:
@@ -338,6 +356,20 @@ def _may_hold_nul(array: pa.Array) -> bool:
     return end > start and not np.frombuffer(data, np.uint8, end - start, start).all()
 
 
+def missing_workspace_settings(pg: LakebaseSettings) -> list[str]:
+    """The variables a Lakebase connection on a workspace needs that are not set."""
+    return [
+        var
+        for var, value in (
+            ("PGHOST", pg.host),
+            ("PGDATABASE", pg.database),
+            ("PGUSER", pg.user),
+            ("LAKEBASE_INSTANCE_NAME", pg.instance_name),
+        )
+        if not value
+    ]
+
+
 class LakebaseWriter(DataWriterInterface):
     name = "lakebase"
     label = "Lakebase (Postgres)"
@@ -362,7 +394,8 @@ class LakebaseWriter(DataWriterInterface):
         self.write_timeout_s = self.config.write_timeout_s
         self._password_provider = password_provider
         self._max_lifetime_s = max_lifetime_s
-        self._pool_max_size = pool_max_size
+        self._pool_max_size = min(pool_max_size, self.config.pool_max_size)
+        self._in_use = 0  # connections handed out by `_connection` (pool waits vs outages)
         self._params: dict[str, Any] = {}
         self._auth = "not configured"
         self._secrets: collections.deque[str] = collections.deque(maxlen=4)
@@ -376,16 +409,7 @@ class LakebaseWriter(DataWriterInterface):
         """Connection parameters (no password) and the password provider, by mode."""
         pg = self.config
         if self.targets.mode == "databricks":
-            missing = [
-                var
-                for var, value in (
-                    ("PGHOST", pg.host),
-                    ("PGDATABASE", pg.database),
-                    ("PGUSER", pg.user),
-                    ("LAKEBASE_INSTANCE_NAME", pg.instance_name),
-                )
-                if not value
-            ]
+            missing = missing_workspace_settings(pg)
             if missing:
                 raise WriterUnavailableError(f"{', '.join(missing)} not set", writer=self.name)
             no_auth = self.targets.auth_missing()
@@ -467,7 +491,7 @@ class LakebaseWriter(DataWriterInterface):
                 # where the pool would retry quietly until its timeout.
                 conn = await psycopg.AsyncConnection.connect(**await self._connect_kwargs())
                 await conn.close()
-                pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+                pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = _ReconnectingPool(
                     kwargs=self._connect_kwargs,
                     min_size=1,
                     max_size=self._pool_max_size,
@@ -475,6 +499,7 @@ class LakebaseWriter(DataWriterInterface):
                     name="lakebase",
                     timeout=POOL_TIMEOUT_S,
                     max_lifetime=self._max_lifetime_s,
+                    check=check_pooled_connection,
                 )
                 try:
                     await pool.open(wait=True, timeout=OPEN_TIMEOUT_S)
@@ -499,6 +524,49 @@ class LakebaseWriter(DataWriterInterface):
             plan.ready = False  # a reopened writer looks at its tables again
         if pool is not None:
             await pool.close()
+
+    async def reserve(self, concurrency: int) -> str | None:
+        """Size the pool to `concurrency` batches in flight, and one connection more for the
+        visibility sampler, up to LAKEBASE_POOL_MAX_SIZE and what the server's
+        max_connections leaves free; a note when that is fewer than `concurrency`."""
+        pool = self._pool
+        if pool is None:
+            return None
+        wanted = max(POOL_MAX_SIZE, concurrency + 1)
+        size, bound = min(wanted, self.config.pool_max_size), "LAKEBASE_POOL_MAX_SIZE"
+        room, problem = await self._server_room(pool)
+        if room is not None and room < size:
+            size, bound = max(room, 1), "the server's free max_connections"
+        if size != pool.max_size:
+            await pool.resize(min_size=min(pool.min_size, size), max_size=size)
+            self._pool_max_size = size
+            log.info("lakebase.pool_resized", writer=self.name, max_size=size, bound=bound)
+        if size >= concurrency:
+            return problem
+        return (
+            f"pool of {size} connections ({bound}) for concurrency {concurrency}: up to "
+            f"{concurrency - size} batches wait for a connection, and one that waits over "
+            f"{POOL_TIMEOUT_S:g} s fails as a pool wait" + (f"; {problem}" if problem else "")
+        )
+
+    async def _server_room(
+        self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]
+    ) -> tuple[int | None, str | None]:
+        """Connections this pool may hold: its own and the server's free ones, less a few
+        for other clients; None (and why) when the server did not say."""
+        try:
+            async with (
+                asyncio.timeout(AVAILABILITY_TIMEOUT_S),
+                self._connection("pool sizing", wait_s=AVAILABILITY_TIMEOUT_S) as conn,
+            ):
+                row = await (await conn.execute(_ROOM_SQL)).fetchone()
+        except (DirectWriteError, TimeoutError) as exc:
+            reason = exc.message if isinstance(exc, DirectWriteError) else "no answer"
+            return None, f"max_connections not read ({reason}); the pool was not bounded by it"
+        assert row is not None
+        limit, used = int(row[0]), int(row[1])
+        own = int(pool.get_stats().get("pool_size", 0))
+        return limit - used + own - POOL_HEADROOM, None
 
     # -- tables -----------------------------------------------------------------------------
 
@@ -619,7 +687,12 @@ class LakebaseWriter(DataWriterInterface):
         plan = self._plan(rows.table)
         if not plan.ready:
             await self.prepare(rows.table)
-        columns = self._values(plan, rows)
+        if rows.data.nbytes >= _CONVERT_OFF_LOOP_BYTES:
+            # A big batch's conversion takes long enough (about 1 s per 100,000 products
+            # rows) to hold up every other request: done in a thread.
+            columns = await asyncio.to_thread(self._values, plan, rows)
+        else:
+            columns = self._values(plan, rows)
         began = time.monotonic()
         progress: dict[str, str] = {}
         try:
@@ -693,8 +766,12 @@ class LakebaseWriter(DataWriterInterface):
         # and no text parsing on the server (15-35% more rows/s than text COPY here).
         async with cur.copy(plan.copy_sql) as copy:
             copy.set_types(plan.copy_types)
-            for row in zip(*columns, strict=True):
+            for i, row in enumerate(zip(*columns, strict=True), 1):
                 await copy.write_row(row)
+                if i % _COPY_ROWS_PER_YIELD == 0:
+                    # write_row suspends only when psycopg's buffer is full: let the rest
+                    # of the app run between slices of a big batch.
+                    await asyncio.sleep(0)
         return cur.rowcount
 
     async def _insert(
@@ -732,7 +809,11 @@ class LakebaseWriter(DataWriterInterface):
         if self._pool is None:
             raise WriterUnavailableError("the Lakebase writer is not open", writer=self.name)
         async with self._translated(action, table, progress), self._pool.connection(wait_s) as conn:
-            yield conn
+            self._in_use += 1
+            try:
+                yield conn
+            finally:
+                self._in_use -= 1
 
     @contextlib.asynccontextmanager
     async def _translated(
@@ -744,6 +825,16 @@ class LakebaseWriter(DataWriterInterface):
         except DirectWriteError:
             raise
         except PoolTimeout as exc:
+            pool = self._pool
+            if pool is not None and self._in_use >= pool.max_size:
+                # Every connection is out on this writer's own work: the server is up and
+                # the wait is backpressure (more batches in flight than connections).
+                raise PoolWaitError(
+                    f"{action} waited for a pooled connection: all {pool.max_size} of the "
+                    f"pool's connections to {self._where()} were in use (more batches in "
+                    f"flight than connections), and it {self._scrub(str(exc))}; nothing written",
+                    writer=self.name,
+                ) from exc
             raise WriterUnavailableError(
                 f"{action}: no Postgres connection from the pool ({self._where()}): "
                 f"{self._scrub(str(exc))}",
@@ -799,6 +890,66 @@ class LakebaseWriter(DataWriterInterface):
             "auth": self._auth,
             "pool": {"max_size": self._pool_max_size, "max_lifetime_s": self._max_lifetime_s},
         }
+
+
+RECONNECT_MAX_DELAY_S = 2.0
+
+
+class _CappedBackoff(AttemptWithBackoff):
+    """psycopg_pool's reconnect backoff (1 s, doubling), capped: after an outage of a
+    minute its next attempt would come half a minute after the server is back, and writes
+    would wait for it."""
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, RECONNECT_MAX_DELAY_S)
+
+
+class _ReconnectingPool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
+    """The pool, trying to reconnect at least every RECONNECT_MAX_DELAY_S while the server
+    is away (psycopg_pool 3.3 takes the backoff object in `_add_connection`)."""
+
+    async def _add_connection(
+        self, attempt: AttemptWithBackoff | None, growing: bool = False
+    ) -> None:
+        if attempt is None:
+            attempt = _CappedBackoff(timeout=self.reconnect_timeout)
+        await super()._add_connection(attempt, growing)
+
+    async def _getconn_with_check_loop(self, deadline: float) -> psycopg.AsyncConnection[Any]:
+        # psycopg_pool's loop backs off 1, 2, 4, 8 s... between failed checks: after a
+        # restart every idle connection fails its check, and the fifth in a row would wait
+        # past the pool timeout. A failed check discards its connection, so drawing the
+        # next one at once cannot spin on the same one.
+        while True:
+            conn = await self._getconn_unchecked(deadline - time.monotonic())
+            try:
+                await self._check_connection(conn)
+            except BaseException as exc:
+                await self._putconn(conn, from_getconn=True)
+                if not isinstance(exc, Exception):
+                    raise  # cancelled: the connection goes back, no further try
+            else:
+                return conn
+            if time.monotonic() >= deadline:
+                raise PoolTimeout("no pooled connection passed its check in time")
+            await asyncio.sleep(0)
+
+
+async def check_pooled_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The pool's check before it hands out a connection: raises when the connection is
+    broken, so that the pool discards it and draws another (or connects anew).
+
+    A server that restarted (or ended the session: 57P01 admin_shutdown) has sent its
+    FATAL message and closed the socket while the connection sat idle, and the first write
+    on it would fail. An idle connection in autocommit has nothing to read, so a readable
+    socket means the server said something: then one empty query finds out whether the
+    connection still works (it also consumes a harmless notice). Otherwise no round trip."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the pooled connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        await AsyncConnectionPool.check_connection(conn)
 
 
 def _is_connection_error(exc: psycopg.Error) -> bool:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+import httpx
 import requests
 import structlog
 from databricks.sdk import WorkspaceClient
@@ -76,6 +77,7 @@ STATEMENT_BUDGET_BYTES = 15 * MiB  # rows are packed up to this, a margin under 
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_]+\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+")
 _DONE = (StatementState.SUCCEEDED, StatementState.FAILED, StatementState.CANCELED)
 _VARIANT = Primitive("VARIANT")
+AVAILABILITY_TIMEOUT_S = 2.0  # an availability check answers within this, whatever the server
 # The size of text inside a JSON string as the SDK sends it (non-ASCII as \uXXXX), which is
 # never less than its UTF-8 size: one measure for the request and the statement limit.
 _json_escaped = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
@@ -220,6 +222,7 @@ class SqlWriter(DataWriterInterface):
         self._token = targets.local_token.get_secret_value() if targets.local_token else ""
         self._secrets = [x for x in (self._token, *_auth_secrets(targets)) if x]
         self._client: WorkspaceClient | None = None
+        self.availability_timeout_s = AVAILABILITY_TIMEOUT_S
         self._reader: WarehouseReader | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -264,6 +267,47 @@ class SqlWriter(DataWriterInterface):
         assert auth is not None
         return auth.workspace_client()
 
+    async def _probe_warehouse(self) -> tuple[str | None, str]:
+        """The warehouse's name and state. Locally one plain request, no retries (the
+        SDK's retry loop would outlast the availability timeout on a refused connection);
+        on a workspace the SDK's client, bounded by the caller's timeout."""
+        if not self.local:
+            assert self._client is not None
+            warehouse = await self._call(self._client.warehouses.get, self.warehouse_id or "")
+            return warehouse.name, warehouse.state.value if warehouse.state else "UNKNOWN"
+        url = f"{str(self.host).rstrip('/')}/api/2.0/sql/warehouses/{self.warehouse_id}"
+        try:
+            async with httpx.AsyncClient(timeout=self.availability_timeout_s) as client:
+                resp = await client.get(url, headers={"Authorization": f"Bearer {self._token}"})
+        except httpx.TimeoutException:
+            raise TimeoutError from None
+        except httpx.HTTPError as exc:
+            root: BaseException = exc  # httpx's text is generic; the OSError under it says why
+            while (inner := root.__cause__ or root.__context__) is not None:
+                root = inner
+            if isinstance(root, ConnectionRefusedError):
+                root = ConnectionRefusedError("connection refused")
+            raise WriterUnavailableError(
+                f"cannot reach the SQL API at {self.host}: {_network(root) or type(root).__name__}",
+                writer=self.name,
+            ) from exc
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        message = self._clean(str(body.get("message") or resp.text[:300]))
+        if resp.status_code == 401:
+            raise WriterUnavailableError(
+                f"{self.host} rejected the credentials (HTTP 401): {message}", writer=self.name
+            )
+        if resp.status_code != 200:
+            raise WriterUnavailableError(
+                f"the SQL API at {self.host} answered HTTP {resp.status_code}: {message}",
+                writer=self.name,
+            )
+        return body.get("name"), str(body.get("state") or "UNKNOWN")
+
     async def close(self) -> None:
         self._client = None
         if self._reader is not None:
@@ -288,12 +332,19 @@ class SqlWriter(DataWriterInterface):
             return Availability(False, problem, details)
         if self._client is None:
             return Availability(False, "the SQL writer is not open", details)
+        timeout = self.availability_timeout_s
         try:
-            warehouse = await self._call(self._client.warehouses.get, self.warehouse_id or "")
+            name, state = await asyncio.wait_for(self._probe_warehouse(), timeout)
         except DirectWriteError as exc:
             return Availability(False, exc.message, details)
-        state = warehouse.state.value if warehouse.state else "UNKNOWN"
-        details.update(warehouse_name=warehouse.name, warehouse_state=state)
+        except TimeoutError:
+            return Availability(
+                False,
+                f"the SQL API at {self.host} did not answer within {timeout:g} s "
+                f"(warehouses.get {self.warehouse_id})",
+                details,
+            )
+        details.update(warehouse_name=name, warehouse_state=state)
         if state == "RUNNING":
             return Availability(True, None, details)
         if state in ("STARTING", "STOPPED", "STOPPING"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -45,10 +46,12 @@ from workloads.types import DecimalType, Primitive
 from workloads.wire import WireValueError, json_rows
 from writers.base import (
     Availability,
+    RecordTooLargeError,
     Targets,
     WriteReceipt,
     WriterSettings,
     mask,
+    size_parts,
 )
 from writers.readback import WarehouseReadBack
 
@@ -57,6 +60,10 @@ log = structlog.get_logger(__name__)
 # Closing a stream waits for its pending acknowledgements; a service that stopped answering
 # would hold a failed write (or shutdown) for the SDK's own 60 s ack timeout.
 CLOSE_TIMEOUT_S = 5.0
+# The SDK refuses a message whose records sum past this many bytes ("Ingest payload too
+# large: N bytes exceeds the configured limit of 10420224 bytes", SDK 1.10.0), below the
+# app's 16 MiB request limit: a larger batch is sent as several messages (`_split`).
+SDK_MAX_MESSAGE_BYTES = 10_420_224
 # How the SDK renders gRPC codes that mean "the target is not there for us" at stream creation.
 _UNAVAILABLE_CODES = (
     "The service is currently unavailable",
@@ -147,13 +154,16 @@ def zerobus_error(
 
 async def unreachable_reason(endpoint: str, what: str) -> str | None:
     """None when something listens on the endpoint's host and port (a TCP connect within
-    3 s, nothing sent); otherwise why not, naming `what`."""
+    2 s, nothing sent); otherwise why not, naming `what`."""
     parts = urlsplit(endpoint if "//" in endpoint else f"https://{endpoint}")
     host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    timeout_s = 2.0
     try:
-        await asyncio.wait_for(asyncio.to_thread(_tcp_check, host, port), 3.0)
-    except (OSError, TimeoutError) as exc:
-        return f"cannot reach {what} {host}:{port}: {exc or 'timed out'}"
+        await asyncio.wait_for(asyncio.to_thread(_tcp_check, host, port), timeout_s)
+    except TimeoutError:  # its text is empty: say what it means
+        return f"cannot reach {what} {host}:{port}: no answer within {timeout_s:g} s"
+    except OSError as exc:
+        return f"cannot reach {what} {host}:{port}: {str(exc) or type(exc).__name__}"
     return None
 
 
@@ -172,20 +182,42 @@ class LocalBearerToken(HeadersProvider):
         ]
 
 
-class _TableStream:
+# A stream quiet this long is replaced by a new one before its next batch. The SDK's
+# receiver times each read of the response stream with its server-lack-of-ack timeout
+# (60 s, unchanged here) and, while nothing is pending, starts a new window each time one
+# ends: a batch sent near the end of a quiet window and acknowledged after it ends is
+# taken for unacknowledged, the stream recovered and the batch sent again, so it is
+# committed twice (databricks/zerobus-sdk#639 describes the per-read timer; 1.10.0 has it).
+# A new stream's window starts when it opens, leaving the batch the whole timeout.
+QUIET_STREAM_RENEW_S = 45.0
+
+
+class StreamState:
+    """One table's SDK stream, the lock that opens it, and when it was last heard from."""
+
+    def __init__(self, table: TableRef) -> None:
+        self.table = table
+        self.stream: Any = None
+        self.lock = asyncio.Lock()
+        # The clock's time of the stream's opening or its last acknowledgement.
+        self.heard = 0.0
+        # Messages sent on the stream and not yet acknowledged or failed.
+        self.sending = 0
+
+
+class _TableStream(StreamState):
     """One table's stream, its record form and its encoder (built once per table)."""
 
     def __init__(self, table: TableRef, form: ProtoForm | None) -> None:
-        self.table = table
+        super().__init__(table)
         self.form = form
         self.encode = form.encoder(table.schema) if form is not None else None
-        self.stream: Any = None
-        self.lock = asyncio.Lock()
 
 
 class ZerobusStreamWriter(WarehouseReadBack):
     """What every Zerobus SDK stream writer shares: one long-lived stream per table, opened
-    on first use, created anew once when it fails, closed within CLOSE_TIMEOUT_S.
+    on first use, created anew once when it fails or has been quiet QUIET_STREAM_RENEW_S,
+    closed within CLOSE_TIMEOUT_S. `clock` (monotonic seconds) times the quiet.
 
     A subclass says how a table's state is built (`_new_state`, which also refuses a schema
     its path cannot carry), how a stream is created (`_create`), how a batch is encoded
@@ -197,8 +229,9 @@ class ZerobusStreamWriter(WarehouseReadBack):
     stream_kind: ClassVar[str] = ""
     config: ZerobusSettings
 
-    def __init__(self, targets: Targets) -> None:
+    def __init__(self, targets: Targets, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(targets)
+        self.clock = clock
         self.table = self.config.table
         self.ack_timeout_s = self.config.ack_timeout_s
         self.endpoint = targets.zerobus_endpoint or self.config.endpoint
@@ -215,8 +248,13 @@ class ZerobusStreamWriter(WarehouseReadBack):
         if problem:
             raise WriterUnavailableError(problem, writer=self.name)
         assert self.endpoint is not None
+        # A dedicated gRPC connection per stream (the SDK's default, said here): a benchmark
+        # with --streams N opens N writers, each its own SDK, stream and connection.
         self._sdk = ZerobusSdk(
-            self.endpoint, self.targets.workspace_url or "", application_name="direct-write-bench"
+            self.endpoint,
+            self.targets.workspace_url or "",
+            application_name="direct-write-bench",
+            connection_per_stream=True,
         )
         if self.targets.mode == "local":
             await self._sdk._inner.set_use_tls(False)  # the local stack speaks plaintext gRPC
@@ -245,6 +283,10 @@ class ZerobusStreamWriter(WarehouseReadBack):
 
     async def _send(self, stream: Any, payload: Any) -> int:
         raise NotImplementedError
+
+    def _split(self, payload: Any, size: int, rows: int) -> list[tuple[Any, int, int]]:
+        """The payload as the messages it is sent in: (part, bytes, rows) each."""
+        return [(payload, size, rows)]
 
     def _format(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -288,10 +330,21 @@ class ZerobusStreamWriter(WarehouseReadBack):
         assert credentials is not None
         return credentials
 
-    async def _current_stream(self, state: Any) -> Any:
+    async def _current_stream(self, state: StreamState) -> Any:
         async with state.lock:
+            quiet = self.clock() - state.heard
+            if state.stream is not None and not state.sending and quiet >= QUIET_STREAM_RENEW_S:
+                stale, state.stream = state.stream, None
+                log.info(
+                    self._event + "stream_renewed",
+                    writer=self.name,
+                    table=state.table.delta_table,
+                    quiet_s=round(quiet, 1),
+                )
+                await self._close_within(stale)
             if state.stream is None:
                 state.stream = await self._open_stream(state)
+                state.heard = self.clock()
             return state.stream
 
     async def _discard(self, state: Any, stream: Any) -> None:
@@ -322,6 +375,37 @@ class ZerobusStreamWriter(WarehouseReadBack):
         if not len(rows):
             return WriteReceipt(rows=0, details={"offset": None})
         payload, size = self._encode(state, rows)
+        parts = self._split(payload, size, len(rows))
+        acknowledged = 0
+        offset = -1
+        for index, (part, part_size, part_rows) in enumerate(parts):
+            try:
+                offset = await self._send_part(state, table, part, part_size)
+            except DirectWriteError as exc:
+                if acknowledged:
+                    # Each message commits on its own: say which rows did.
+                    exc.message += (
+                        f"; {acknowledged} of the batch's {len(rows)} rows, in the first "
+                        f"{index} of its {len(parts)} messages, were acknowledged and are "
+                        "written"
+                    )
+                    exc.args = (exc.message,)
+                raise
+            acknowledged += part_rows
+        self.last_error = None
+        details: dict[str, Any] = {
+            "offset": offset,
+            "stream": self.streams_created,
+            **self._format(),
+            "table": table,
+        }
+        if len(parts) > 1:
+            details["messages"] = len(parts)
+        return WriteReceipt(rows=len(rows), details=details)
+
+    async def _send_part(self, state: Any, table: str, payload: Any, size: int) -> int:
+        """Send one message; its offset once acknowledged. Sent again once on a new stream
+        if the stream failed, never if the service refused it or did not answer in time."""
         for attempt in (1, 2):
             stream = await self._current_stream(state)
             self.count_payload(table, size)
@@ -329,8 +413,14 @@ class ZerobusStreamWriter(WarehouseReadBack):
                 # The send is inside the deadline too: with the SDK's in-flight limit
                 # reached, it waits for acknowledgements. (asyncio.timeout, not wait_for:
                 # on Python 3.11 wait_for runs the wait as a task of its own.)
-                async with asyncio.timeout(self.ack_timeout_s):
-                    offset = await self._send(stream, payload)
+                state.sending += 1
+                try:
+                    async with asyncio.timeout(self.ack_timeout_s):
+                        offset = await self._send(stream, payload)
+                finally:
+                    state.sending -= 1
+                state.heard = self.clock()
+                return offset
             except (ZerobusException, TimeoutError) as exc:
                 await self._discard(state, stream)
                 error = self._translate(exc, table, opening=False)
@@ -343,17 +433,6 @@ class ZerobusStreamWriter(WarehouseReadBack):
                 log.warning(
                     self._event + "stream_recreated", writer=self.name, reason=error.message
                 )
-                continue
-            self.last_error = None
-            return WriteReceipt(
-                rows=len(rows),
-                details={
-                    "offset": offset,
-                    "stream": self.streams_created,
-                    **self._format(),
-                    "table": table,
-                },
-            )
         raise AssertionError("unreachable")
 
     def _translate(self, exc: BaseException, table: str, *, opening: bool) -> DirectWriteError:
@@ -367,9 +446,8 @@ class ZerobusStreamWriter(WarehouseReadBack):
         problem = self._config_problem()
         if problem:
             return Availability(False, problem, details)
-        if any(state.stream is not None for state in self._tables.values()):
-            return Availability(True, None, details)
-        # No stream yet: check that something listens, without opening a stream.
+        # Check that something listens, without opening a stream: an open stream alone
+        # says nothing (the SDK keeps it while it reconnects to a server that is gone).
         assert self.endpoint is not None
         unreachable = await unreachable_reason(self.endpoint, "the Zerobus endpoint")
         return Availability(unreachable is None, unreachable, details)
@@ -414,8 +492,8 @@ class ZerobusWriter(ZerobusStreamWriter):
     record_format = "proto"
     settings_class = ZerobusSettings
 
-    def __init__(self, targets: Targets) -> None:
-        super().__init__(targets)
+    def __init__(self, targets: Targets, *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(targets, clock=clock)
         if type(self) is ZerobusWriter:  # ZEROBUS_RECORD_FORMAT picks the default's format
             self.record_format = self.config.record_format
 
@@ -478,6 +556,23 @@ class ZerobusWriter(ZerobusStreamWriter):
             ) from exc
         size = sum(len(p) if isinstance(p, bytes) else len(p.encode()) for p in payloads)
         return payloads, size
+
+    def _split(self, payload: list[Any], size: int, rows: int) -> list[tuple[list[Any], int, int]]:
+        """Messages of at most SDK_MAX_MESSAGE_BYTES, in row order. A split batch is not
+        atomic as one message is (each commits on its own); a row too large for any
+        message is refused before anything is sent."""
+        if size <= SDK_MAX_MESSAGE_BYTES:
+            return [(payload, size, rows)]
+        lengths = [len(r) if isinstance(r, bytes) else len(r.encode()) for r in payload]
+        try:
+            parts = size_parts(lengths, SDK_MAX_MESSAGE_BYTES)
+        except RecordTooLargeError as exc:
+            raise WriteFailedError(
+                f"row {exc.index} encodes to {exc.length:,} bytes; the Zerobus SDK takes at "
+                f"most {SDK_MAX_MESSAGE_BYTES:,} bytes per message: nothing was sent",
+                writer=self.name,
+            ) from None
+        return [(payload[p.start : p.stop], sum(lengths[i] for i in p), len(p)) for p in parts]
 
     async def _send(self, stream: ZerobusStream, payload: list[Any]) -> int:
         offset = await stream.ingest_records_offset(payload)

@@ -17,7 +17,8 @@ batches (VARIANT as JSON text) do not hold.
 
 from __future__ import annotations
 
-import asyncio
+import time
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -37,6 +38,7 @@ from workloads.schema import TableSchema
 from workloads.types import ArrayType, DataType, DecimalType, MapType, Primitive, StructType
 from writers.base import Targets
 from writers.zerobus import (
+    StreamState,
     ZerobusSettings,
     ZerobusStreamWriter,
 )
@@ -114,14 +116,12 @@ def zerobus_arrow_schema(schema: TableSchema) -> pa.Schema:
     )
 
 
-class _ArrowTable:
+class _ArrowTable(StreamState):
     """One table's Arrow schema and stream."""
 
     def __init__(self, table: TableRef, schema: pa.Schema) -> None:
-        self.table = table
+        super().__init__(table)
         self.schema = schema
-        self.stream: ZerobusArrowStream | None = None
-        self.lock = asyncio.Lock()
 
 
 def ipc_wire_size(batch: pa.RecordBatch) -> int:
@@ -151,8 +151,8 @@ class ZerobusArrowWriter(ZerobusStreamWriter):
     stream_kind = "Arrow "
     config: ZerobusArrowSettings
 
-    def __init__(self, targets: Targets) -> None:
-        super().__init__(targets)
+    def __init__(self, targets: Targets, *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(targets, clock=clock)
         self.compression = self.config.arrow_compression
 
     def _new_state(self, table: TableRef) -> _ArrowTable:

@@ -47,30 +47,18 @@ import logging
 import threading
 import time
 from importlib import metadata
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import confluent_kafka
-import httpx
 import structlog
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from dwbench.errors import DirectWriteError, WriteFailedError, WriterUnavailableError
 from emulator.wire import ZEROBUS_KAFKA
-from workloads.base import Rows, TableRef
-from workloads.wire import WireValueError, json_rows
-from writers.base import Availability, Targets, WriteReceipt, WriterSettings
-from writers.readback import WarehouseReadBack
-from writers.zerobus import unreachable_reason, zerobus_auth_description, zerobus_auth_problem
-from writers.zerobus_rest import (
-    OAuthClient,
-    TableTokens,
-    check_zerobus_json,
-    local_endpoints,
-    local_oauth_client,
-    workspace_oauth_client,
-    zerobus_host,
-)
+from workloads.base import Rows
+from writers.base import Targets, WriteReceipt
+from writers.zerobus_oauth import ZerobusOAuthSettings, ZerobusOAuthWriter, zerobus_host
 
 log = structlog.get_logger(__name__)
 _LIBRDKAFKA_LOG = logging.getLogger(f"{__name__}.librdkafka")
@@ -78,25 +66,24 @@ _LIBRDKAFKA_LOG = logging.getLogger(f"{__name__}.librdkafka")
 DEFAULT_PORT = 9092
 # The stack's own token does not expire; librdkafka still wants an expiry.
 _FIXED_TOKEN_LIFETIME_S = 3600.0
+# librdkafka's bound of a v2 record's framing (length, attributes, timestamp and offset
+# deltas, key and value lengths, header count as varints), added to the value when it
+# checks a record against message.max.bytes.
+_RECORD_OVERHEAD = 36
 # How long the poll thread waits in poll(); also how fast it notices a stop.
 _POLL_S = 0.05
 
 
-class ZerobusKafkaSettings(WriterSettings):
+class ZerobusKafkaSettings(ZerobusOAuthSettings):
     """ZEROBUS_KAFKA_BOOTSTRAP, _AUTH, _WORKSPACE_ID, _CA_FILE, _DELIVERY_TIMEOUT_S,
     _REQUEST_TIMEOUT_S, _LINGER_MS, _BATCH_BYTES, _BATCH_MESSAGES, _MAX_IN_FLIGHT,
-    _QUEUE_MAX_MESSAGES."""
+    _QUEUE_MAX_MESSAGES, _MAX_MESSAGE_BYTES."""
 
     model_config = SettingsConfigDict(env_prefix="ZEROBUS_KAFKA_")
 
     # host:port; default: the Zerobus host (ZEROBUS_ENDPOINT) on 9092, or the local
     # stack's kafka_bootstrap.
     bootstrap: str | None = None
-    # oauth: the M2M grant with table-scoped authorization_details; token: the local
-    # stack's bearer token (local mode only).
-    auth: Literal["oauth", "token"] = "oauth"
-    # The workspace id the token's resource names; default: the first label of the host.
-    workspace_id: str | None = None
     # A CA file to verify the service against; default: the system CA store, or the
     # local stack's ca_file.
     ca_file: str | None = None
@@ -104,6 +91,8 @@ class ZerobusKafkaSettings(WriterSettings):
     request_timeout_s: float = Field(default=30.0, gt=0)  # request.timeout.ms
     linger_ms: float = Field(default=5.0, ge=0)
     batch_bytes: int = Field(default=1_000_000, ge=1024)  # batch.size
+    # message.max.bytes: the service's default; a record past it is refused up front.
+    max_message_bytes: int = Field(default=1_000_000, ge=1024)
     batch_messages: int = Field(default=10_000, ge=1)  # batch.num.messages
     max_in_flight: int = Field(default=5, ge=1)  # max.in.flight.requests.per.connection
     queue_max_messages: int = Field(default=1_000_000, ge=1)  # queue.buffering.max.messages
@@ -193,91 +182,61 @@ class _TableProducer:
         self._thread.join()
 
 
-class ZerobusKafkaWriter(WarehouseReadBack):
+class ZerobusKafkaWriter(ZerobusOAuthWriter):
     name = "zerobus-kafka"
     label = "Zerobus Ingest (Kafka, JSON)"
-    family = "zerobus"
     color = "#a61e4d"
     client_distributions: ClassVar[tuple[str, ...]] = ("confluent-kafka",)
     settings_class = ZerobusKafkaSettings
     config: ZerobusKafkaSettings
     wire_interface = ZEROBUS_KAFKA
-    counts_payload = True
+    interface = "Kafka"
+    local_endpoint_keys = ("kafka_bootstrap", "ca_file")
+    auth_transport = "SASL OAUTHBEARER"
 
     def __init__(self, targets: Targets) -> None:
         super().__init__(targets)
         self.bootstrap: str | None = self.config.bootstrap
         self.ca_file: str | None = self.config.ca_file  # None: the system CA store
-        self._http: httpx.AsyncClient | None = None
-        self._tokens: TableTokens | None = None
-        self._bearer: str | None = None  # the local stack's token, in auth=token mode
         self._producers: dict[str, _TableProducer] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._checked: dict[str, TableRef] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.records = 0
         self.producers_created = 0
-        self.last_error: str | None = None
 
     # -- setup --------------------------------------------------------------------------
 
-    def _config_problem(self) -> str | None:
-        if self.targets.mode == "databricks":
-            if self.config.auth != "oauth":
-                return "ZEROBUS_KAFKA_AUTH=token is for the local stack; a workspace needs oauth"
-            if not (self.bootstrap or self.targets.zerobus_endpoint):
-                return (
-                    "neither ZEROBUS_KAFKA_BOOTSTRAP nor ZEROBUS_ENDPOINT is set (the "
-                    "workspace's Zerobus Ingest endpoint)"
-                )
-            return zerobus_auth_problem(self.targets)
-        if self.targets.local_token is None or not self.targets.workspace_url:
-            return "the local stack's API URL and token are not known"
-        return None
+    def _endpoint(self) -> str | None:
+        return self.bootstrap
 
-    async def open(self) -> None:
-        problem = self._config_problem()
-        if problem:
-            raise WriterUnavailableError(problem, writer=self.name)
-        self._loop = asyncio.get_running_loop()
-        self._http = httpx.AsyncClient(timeout=30)
-        try:
-            if self.targets.mode == "local":
-                oauth = await self._local_setup()
-            else:
-                oauth = self._workspace_setup()
-        except BaseException:
-            await self._http.aclose()
-            self._http = None
-            raise
-        if oauth is not None:
-            self._tokens = TableTokens(oauth, self._http, writer=self.name)
+    def _missing_endpoint(self) -> str:
+        return (
+            "neither ZEROBUS_KAFKA_BOOTSTRAP nor ZEROBUS_ENDPOINT is set (the workspace's "
+            "Zerobus Ingest endpoint)"
+        )
 
-    async def _local_setup(self) -> OAuthClient | None:
-        assert self._http is not None and self.targets.local_token is not None
-        if self.config.auth == "token" and self.bootstrap and self.ca_file:
-            self._bearer = self.targets.local_token.get_secret_value()
-            return None  # everything is known: no need to ask the stack
-        endpoints = await local_endpoints(self.targets, self._http, writer=self.name)
-        if not endpoints.get("kafka_bootstrap") or not endpoints.get("ca_file"):
-            raise WriterUnavailableError(
-                "the local stack does not serve Zerobus Kafka (no kafka_bootstrap or ca_file "
-                "in its endpoints)",
-                writer=self.name,
-            )
+    def _knows_local_endpoints(self) -> bool:
+        return bool(self.bootstrap and self.ca_file)
+
+    def _use_local_endpoints(self, endpoints: dict[str, Any]) -> None:
         self.bootstrap = self.bootstrap or endpoints["kafka_bootstrap"]
         self.ca_file = self.ca_file or endpoints["ca_file"]
-        if self.config.auth == "token":
-            self._bearer = self.targets.local_token.get_secret_value()
-            return None
-        return local_oauth_client(self.targets, endpoints)
 
-    def _workspace_setup(self) -> OAuthClient:
+    def _use_workspace(self) -> str:
         if not self.bootstrap:
             assert self.targets.zerobus_endpoint is not None
             self.bootstrap = f"{zerobus_host(self.targets.zerobus_endpoint)}:{DEFAULT_PORT}"
-        host = self.bootstrap.rsplit(":", 1)[0]
-        return workspace_oauth_client(self.targets, host, self.config.workspace_id)
+        return self.bootstrap.rsplit(":", 1)[0]
+
+    async def _open_transport(self) -> None:
+        # Producers open per table on first use; librdkafka's threads call back into this loop.
+        self._loop = asyncio.get_running_loop()
+
+    async def _close_transport(self) -> None:
+        producers, self._producers = list(self._producers.values()), {}
+        for entry in producers:
+            await asyncio.to_thread(entry.close, self.config.delivery_timeout_s)
+        self._loop = None
 
     def _producer_config(self, table: str) -> dict[str, Any]:
         c = self.config
@@ -293,6 +252,7 @@ class ZerobusKafkaWriter(WarehouseReadBack):
             "compression.type": "none",
             "linger.ms": c.linger_ms,
             "batch.size": c.batch_bytes,
+            "message.max.bytes": c.max_message_bytes,
             "batch.num.messages": c.batch_messages,
             "max.in.flight.requests.per.connection": c.max_in_flight,
             "queue.buffering.max.messages": c.queue_max_messages,
@@ -366,14 +326,6 @@ class ZerobusKafkaWriter(WarehouseReadBack):
         for deliveries in list(entry.pending):
             deliveries.fail(error)
 
-    # -- schemas ------------------------------------------------------------------------
-
-    def check(self, table: TableRef) -> None:
-        if self._checked.get(table.delta_table) == table:
-            return
-        check_zerobus_json(self, table)
-        self._checked[table.delta_table] = table
-
     # -- writing ------------------------------------------------------------------------
 
     async def _producer(self, table: str) -> _TableProducer:
@@ -412,12 +364,17 @@ class ZerobusKafkaWriter(WarehouseReadBack):
         table = rows.table.delta_table
         if not len(rows):
             return WriteReceipt(rows=0, details={"table": table})
-        try:
-            values = [v.encode() for v in json_rows(rows.data, rows.table.schema)]
-        except (WireValueError, ValueError, TypeError) as exc:
-            raise WriteFailedError(
-                f"cannot encode the batch as JSON: {exc}; nothing was sent", writer=self.name
-            ) from exc
+        values = self._json_records(rows)
+        limit = self.config.max_message_bytes - _RECORD_OVERHEAD
+        for i, value in enumerate(values):
+            if len(value) > limit:
+                # librdkafka would fail it alone (MSG_SIZE_TOO_LARGE) after sending the rest.
+                raise WriteFailedError(
+                    f"row {i} encodes to {len(value):,} bytes of JSON; a Kafka record takes at "
+                    f"most {limit:,} (message.max.bytes {self.config.max_message_bytes:,} less "
+                    "the record's framing): nothing was sent",
+                    writer=self.name,
+                )
         for fresh in (False, True):
             entry = await self._producer(table)
             try:
@@ -496,29 +453,11 @@ class ZerobusKafkaWriter(WarehouseReadBack):
 
     # -- status -------------------------------------------------------------------------
 
-    async def availability(self) -> Availability:
-        details = self.describe()
-        problem = self._config_problem()
-        if problem:
-            return Availability(False, problem, details)
-        if self._loop is None or self.bootstrap is None:
-            return Availability(False, "writer is not open", details)
-        unreachable = await unreachable_reason(self.bootstrap, "the Zerobus Kafka endpoint")
-        return Availability(unreachable is None, unreachable, details)
-
     def describe(self) -> dict[str, Any]:
-        if self._tokens is not None:
-            auth = "oauth-m2m, SASL OAUTHBEARER"
-        elif self.targets.mode == "local" and self.config.auth == "token":
-            auth = "bearer token (local stack), SASL OAUTHBEARER"
-        elif self.targets.mode == "local":
-            auth = "oauth-m2m (the local stack's client), SASL OAUTHBEARER"
-        else:
-            auth = zerobus_auth_description(self.targets)
         c = self.config
         return {
             "bootstrap": self.bootstrap,
-            "auth_mode": auth,
+            "auth_mode": self.auth_mode(),
             "ca": self.ca_file or "system CA store",
             "confluent_kafka_version": metadata.version("confluent-kafka"),
             "librdkafka_version": confluent_kafka.libversion()[0],
@@ -529,17 +468,5 @@ class ZerobusKafkaWriter(WarehouseReadBack):
             "producers": len(self._producers),
             "producers_created": self.producers_created,
             "records": self.records,
-            "tokens_fetched": self._tokens.fetched if self._tokens else 0,
-            "last_error": self.last_error,
+            **self.auth_counters(),
         }
-
-    async def close(self) -> None:
-        await self.close_reader()
-        producers, self._producers = list(self._producers.values()), {}
-        for entry in producers:
-            await asyncio.to_thread(entry.close, self.config.delivery_timeout_s)
-        http, self._http = self._http, None
-        if http is not None:
-            await http.aclose()
-        self._tokens = None
-        self._loop = None

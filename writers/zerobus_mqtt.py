@@ -36,9 +36,8 @@ import ssl
 import threading
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-import httpx
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -50,20 +49,9 @@ from pydantic_settings import SettingsConfigDict
 
 from dwbench.errors import WriteFailedError, WriterUnavailableError
 from emulator.wire import ZEROBUS_MQTT
-from workloads.base import Rows, TableRef
-from workloads.wire import WireValueError, json_rows
-from writers.base import Availability, WriteReceipt, WriterSettings, mask
-from writers.readback import WarehouseReadBack
-from writers.zerobus import unreachable_reason, zerobus_auth_description, zerobus_auth_problem
-from writers.zerobus_rest import (
-    OAuthClient,
-    TableTokens,
-    check_zerobus_json,
-    local_endpoints,
-    local_oauth_client,
-    workspace_oauth_client,
-    zerobus_host,
-)
+from workloads.base import Rows
+from writers.base import Targets, WriteReceipt
+from writers.zerobus_oauth import ZerobusOAuthSettings, ZerobusOAuthWriter, zerobus_host
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +62,7 @@ NOT_AUTHORIZED = 0x87
 DEFAULT_RECEIVE_MAXIMUM = 65_535
 
 
-class ZerobusMqttSettings(WriterSettings):
+class ZerobusMqttSettings(ZerobusOAuthSettings):
     """ZEROBUS_MQTT_ENDPOINT, _AUTH, _WORKSPACE_ID, _CA_FILE, _CONNECT_TIMEOUT_S,
     _ACK_TIMEOUT_S, _KEEPALIVE_S."""
 
@@ -83,11 +71,6 @@ class ZerobusMqttSettings(WriterSettings):
     # host:port of the MQTT listener; default: the Zerobus host (ZEROBUS_ENDPOINT) on
     # port 8883, or the local stack's mqtt_endpoint.
     endpoint: str | None = None
-    # oauth: the M2M grant with table-scoped authorization_details; token: the local
-    # stack's bearer token (local mode only).
-    auth: Literal["oauth", "token"] = "oauth"
-    # The workspace id the token's resource names; default: the first label of the host.
-    workspace_id: str | None = None
     # A CA file to verify the endpoint against; default: the local stack's CA in local
     # mode, the system's CA store in databricks mode.
     ca_file: str | None = None
@@ -256,94 +239,53 @@ class _TableConnection:
         await asyncio.to_thread(self.client.loop_stop)
 
 
-class ZerobusMqttWriter(WarehouseReadBack):
+class ZerobusMqttWriter(ZerobusOAuthWriter):
     name = "zerobus-mqtt"
     label = "Zerobus Ingest (MQTT v5, JSON)"
-    family = "zerobus"
     color = "#5f3dc4"
     client_distributions: ClassVar[tuple[str, ...]] = ("paho-mqtt",)
     settings_class = ZerobusMqttSettings
     config: ZerobusMqttSettings
     wire_interface = ZEROBUS_MQTT
-    counts_payload = True
+    interface = "MQTT"
+    local_endpoint_keys = ("mqtt_endpoint", "ca_file")
 
-    def __init__(self, targets: Any) -> None:
+    def __init__(self, targets: Targets) -> None:
         super().__init__(targets)
         self.endpoint: str | None = self.config.endpoint
-        self._http: httpx.AsyncClient | None = None
-        self._tokens: TableTokens | None = None
-        self._bearer: str | None = None  # the local stack's token, in auth=token mode
+        # A CA file to verify the endpoint against; None: the system's CA store.
+        self.ca_file: str | None = self.config.ca_file
         self._tls: ssl.SSLContext | None = None
         self._connections: dict[str, _TableConnection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._checked: dict[str, TableRef] = {}
-        self._open = False
         self.connects = 0
         self.publishes = 0
-        self.last_error: str | None = None
 
     # -- setup --------------------------------------------------------------------------
 
-    def _config_problem(self) -> str | None:
-        if self.targets.mode == "databricks":
-            if self.config.auth != "oauth":
-                return "ZEROBUS_MQTT_AUTH=token is for the local stack; a workspace needs oauth"
-            if not (self.endpoint or self.targets.zerobus_endpoint):
-                return "ZEROBUS_ENDPOINT is not set (the workspace's Zerobus Ingest endpoint)"
-            return zerobus_auth_problem(self.targets)
-        if self.targets.local_token is None or not self.targets.workspace_url:
-            return "the local stack's API URL and token are not known"
-        return None
+    def _endpoint(self) -> str | None:
+        return self.endpoint
 
-    async def open(self) -> None:
-        problem = self._config_problem()
-        if problem:
-            raise WriterUnavailableError(problem, writer=self.name)
-        self._http = httpx.AsyncClient(timeout=30)
-        try:
-            oauth = (
-                await self._local_setup()
-                if self.targets.mode == "local"
-                else self._workspace_setup()
-            )
-        except BaseException:
-            await self._http.aclose()
-            self._http = None
-            raise
-        if oauth is not None:
-            self._tokens = TableTokens(oauth, self._http, writer=self.name)
-        self._open = True
+    def _knows_local_endpoints(self) -> bool:
+        return bool(self.endpoint and self.ca_file)
 
-    async def _local_setup(self) -> OAuthClient | None:
-        """The local stack's MQTT endpoint, CA and OAuth client, from its endpoints."""
-        assert self._http is not None and self.targets.local_token is not None
-        token = self.targets.local_token.get_secret_value()
-        ca_file = self.config.ca_file
-        endpoints: dict[str, Any] = {}
-        if not (self.config.auth == "token" and self.endpoint and ca_file):
-            endpoints = await local_endpoints(self.targets, self._http, writer=self.name)
-            if not endpoints.get("mqtt_endpoint") or not endpoints.get("ca_file"):
-                raise WriterUnavailableError(
-                    "the local stack does not serve Zerobus MQTT (no mqtt_endpoint and ca_file "
-                    "in its endpoints)",
-                    writer=self.name,
-                )
-            self.endpoint = self.endpoint or endpoints["mqtt_endpoint"]
-            ca_file = ca_file or endpoints["ca_file"]
-        self._tls = await asyncio.to_thread(ssl.create_default_context, cafile=ca_file)
-        if self.config.auth == "token":
-            self._bearer = token
-            return None
-        return local_oauth_client(self.targets, endpoints)
+    def _use_local_endpoints(self, endpoints: dict[str, Any]) -> None:
+        self.endpoint = self.endpoint or endpoints["mqtt_endpoint"]
+        self.ca_file = self.ca_file or endpoints["ca_file"]
 
-    def _workspace_setup(self) -> OAuthClient:
+    def _use_workspace(self) -> str:
         host = zerobus_host(self.targets.zerobus_endpoint or "")
         self.endpoint = self.endpoint or f"{host}:{MQTT_TLS_PORT}"
-        # The system's CA store, unless a CA file is named.
-        self._tls = ssl.create_default_context(cafile=self.config.ca_file)
-        return workspace_oauth_client(
-            self.targets, host or self._host_port()[0], self.config.workspace_id
-        )
+        return host or self._host_port()[0]
+
+    async def _open_transport(self) -> None:
+        # Connections open per table on first use, all verified against this context.
+        self._tls = await asyncio.to_thread(ssl.create_default_context, cafile=self.ca_file)
+
+    async def _close_transport(self) -> None:
+        connections, self._connections = list(self._connections.values()), {}
+        for conn in connections:
+            await conn.close()
 
     def _host_port(self) -> tuple[str, int]:
         assert self.endpoint is not None
@@ -377,12 +319,6 @@ class ZerobusMqttWriter(WarehouseReadBack):
                 log.warning("zerobus_mqtt_token_refused", writer=self.name, table=table)
             assert self.last_error is not None
             raise WriterUnavailableError(self.last_error, writer=self.name)
-
-    async def _token(self, table: str) -> str:
-        if self._tokens is not None:
-            return await self._tokens.get(table)
-        assert self._bearer is not None
-        return self._bearer
 
     async def _connect(self, table: str, token: str) -> tuple[_TableConnection | None, int]:
         """A connected table connection, or None and the CONNACK reason (0 if none came)."""
@@ -426,14 +362,6 @@ class ZerobusMqttWriter(WarehouseReadBack):
         log.info("zerobus_mqtt_connected", writer=self.name, table=table, receive_maximum=receive)
         return conn, code
 
-    # -- schemas ------------------------------------------------------------------------
-
-    def check(self, table: TableRef) -> None:
-        if self._checked.get(table.delta_table) == table:
-            return
-        check_zerobus_json(self, table)
-        self._checked[table.delta_table] = table
-
     # -- writing ------------------------------------------------------------------------
 
     async def write(self, rows: Rows) -> WriteReceipt:
@@ -443,12 +371,7 @@ class ZerobusMqttWriter(WarehouseReadBack):
         table = rows.table.delta_table
         if not len(rows):
             return WriteReceipt(rows=0, details={"table": table})
-        try:
-            payloads = [p.encode() for p in json_rows(rows.data, rows.table.schema)]
-        except (WireValueError, ValueError, TypeError) as exc:
-            raise WriteFailedError(
-                f"cannot encode the batch as JSON: {exc}; nothing was sent", writer=self.name
-            ) from exc
+        payloads = self._json_records(rows)
         conn = await self._connection(table)
         batch = _Batch(asyncio.get_running_loop(), len(payloads))
         timeout_s = self.config.ack_timeout_s
@@ -494,29 +417,11 @@ class ZerobusMqttWriter(WarehouseReadBack):
 
     # -- status -------------------------------------------------------------------------
 
-    async def availability(self) -> Availability:
-        details = self.describe()
-        problem = self._config_problem()
-        if problem:
-            return Availability(False, problem, details)
-        if not self._open or self.endpoint is None:
-            return Availability(False, "writer is not open", details)
-        unreachable = await unreachable_reason(self.endpoint, "the Zerobus MQTT endpoint")
-        return Availability(unreachable is None, unreachable, details)
-
     def describe(self) -> dict[str, Any]:
-        if self._tokens is not None:
-            auth = f"oauth-m2m (client_id={mask(self._tokens.client.client_id)})"
-        elif self.targets.mode == "local" and self.config.auth == "token":
-            auth = "bearer token (local stack)"
-        elif self.targets.mode == "local":
-            auth = "oauth-m2m (the local stack's client)"
-        else:
-            auth = zerobus_auth_description(self.targets)
         live = [c for c in self._connections.values() if c.lost is None]
         return {
             "endpoint": self.endpoint,
-            "auth_mode": auth,
+            "auth_mode": self.auth_mode(),
             "paho_mqtt_version": metadata.version("paho-mqtt"),
             "tls_ca": self.config.ca_file
             or ("the local stack's CA" if self.targets.mode == "local" else "the system CA store"),
@@ -524,17 +429,5 @@ class ZerobusMqttWriter(WarehouseReadBack):
             "receive_maximum": max((c.receive_maximum for c in live), default=None),
             "connects": self.connects,
             "publishes": self.publishes,
-            "tokens_fetched": self._tokens.fetched if self._tokens else 0,
-            "last_error": self.last_error,
+            **self.auth_counters(),
         }
-
-    async def close(self) -> None:
-        self._open = False
-        connections, self._connections = list(self._connections.values()), {}
-        for conn in connections:
-            await conn.close()
-        await self.close_reader()
-        http, self._http = self._http, None
-        if http is not None:
-            await http.aclose()
-        self._tokens = None

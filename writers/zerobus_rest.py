@@ -25,12 +25,9 @@ counted as written.
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -38,30 +35,22 @@ import structlog
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from dwbench.errors import SchemaNotSupportedError, WriteFailedError, WriterUnavailableError
+from dwbench.errors import WriteFailedError, WriterUnavailableError
 from emulator.wire import ZEROBUS_REST
-from workloads.base import Rows, TableRef
-from workloads.types import DecimalType, Primitive
-from workloads.wire import WireValueError, json_rows
-from writers.base import (
-    Availability,
-    DataWriterInterface,
-    Targets,
-    WriteReceipt,
-    WriterSettings,
-    mask,
-)
-from writers.readback import WarehouseReadBack
-from writers.zerobus import unreachable_reason, zerobus_auth_description, zerobus_auth_problem
+from workloads.base import Rows
+from writers.base import RecordTooLargeError, Targets, WriteReceipt, size_parts
+from writers.zerobus_oauth import ZerobusOAuthSettings, ZerobusOAuthWriter
 
 log = structlog.get_logger(__name__)
 
-# A token is fetched anew this long before it expires (or at half its life, if shorter).
-TOKEN_REFRESH_MARGIN_S = 60.0
 _RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+# The largest request body the Zerobus REST insert takes (the gRPC path's 10 MiB per
+# message; larger bodies are 413 REQUEST_LIMIT_EXCEEDED): a larger batch is sent as
+# several requests, in row order, each committed before the next is sent.
+REST_MAX_BODY_BYTES = 10 * 1024 * 1024
 
 
-class ZerobusRestSettings(WriterSettings):
+class ZerobusRestSettings(ZerobusOAuthSettings):
     """ZEROBUS_REST_ENDPOINT, _AUTH, _WORKSPACE_ID, _TIMEOUT_S, _MAX_ATTEMPTS, _BACKOFF_S,
     _MAX_BACKOFF_S, _MAX_CONNECTIONS."""
 
@@ -70,12 +59,6 @@ class ZerobusRestSettings(WriterSettings):
     # The REST base URL; default: the Zerobus endpoint (ZEROBUS_ENDPOINT) over https, or
     # the local stack's zerobus_rest_url.
     endpoint: str | None = None
-    # oauth: the M2M grant with table-scoped authorization_details; token: the local
-    # stack's bearer token (local mode only).
-    auth: Literal["oauth", "token"] = "oauth"
-    # The workspace id the token's resource names; default: the first label of the
-    # Zerobus host (set it for an endpoint whose host does not start with it).
-    workspace_id: str | None = None
     timeout_s: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=4, ge=1, le=10)
     backoff_s: float = Field(default=0.2, ge=0)
@@ -83,198 +66,16 @@ class ZerobusRestSettings(WriterSettings):
     max_connections: int = Field(default=256, ge=1)
 
 
-async def local_endpoints(
-    targets: Targets, http: httpx.AsyncClient, *, writer: str
-) -> dict[str, Any]:
-    """The local stack's endpoints (`/api/local/endpoints`), asked with its token."""
-    assert targets.local_token is not None
-    token = targets.local_token.get_secret_value()
-    url = f"{str(targets.workspace_url).rstrip('/')}/api/local/endpoints"
-    try:
-        resp = await http.get(url, headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError as exc:
-        raise WriterUnavailableError(
-            f"the local stack does not answer at {url}: {str(exc) or type(exc).__name__}",
-            writer=writer,
-        ) from exc
-    if resp.status_code != 200:
-        raise WriterUnavailableError(
-            f"the local stack answered HTTP {resp.status_code} at {url}", writer=writer
-        )
-    endpoints: dict[str, Any] = resp.json()
-    return endpoints
-
-
-def local_oauth_client(targets: Targets, endpoints: dict[str, Any]) -> OAuthClient:
-    """The local stack's OAuth client (its id and secret, its own token route)."""
-    return OAuthClient(
-        token_url=f"{str(targets.workspace_url).rstrip('/')}/oidc/v1/token",
-        client_id=endpoints["oauth_client_id"],
-        client_secret=endpoints["oauth_client_secret"],
-        workspace_id=str(endpoints["workspace_id"]),
-    )
-
-
-def zerobus_host(address: str) -> str:
-    """The host name of a Zerobus endpoint given as a URL or host[:port]."""
-    return urlsplit(address if "//" in address else f"https://{address}").hostname or ""
-
-
-def workspace_oauth_client(targets: Targets, host: str, workspace_id: str | None) -> OAuthClient:
-    """Databricks mode: the service principal's OAuth client on the workspace's token route.
-    The token's resource names the workspace id: the first label of the Zerobus host, unless
-    `workspace_id` says otherwise."""
-    auth = targets.workspace_auth
-    credentials = auth.client_credentials() if auth else None
-    assert credentials is not None
-    return OAuthClient(
-        token_url=f"{str(targets.workspace_url).rstrip('/')}/oidc/v1/token",
-        client_id=credentials[0],
-        client_secret=credentials[1],
-        workspace_id=workspace_id or host.split(".")[0],
-    )
-
-
-@dataclass(frozen=True)
-class OAuthClient:
-    token_url: str
-    client_id: str
-    client_secret: str  # never logged; kept out of repr below
-    workspace_id: str
-
-    def __repr__(self) -> str:
-        return f"OAuthClient(token_url={self.token_url!r}, client_id={mask(self.client_id)!r})"
-
-
-def authorization_details(table: str) -> list[dict[str, Any]]:
-    """The least privileges a Zerobus write into `table` needs, as the SDKs request them."""
-    catalog, schema, _ = table.split(".")
-    return [
-        {
-            "type": "unity_catalog_privileges",
-            "privileges": ["USE CATALOG"],
-            "object_type": "CATALOG",
-            "object_full_path": catalog,
-        },
-        {
-            "type": "unity_catalog_privileges",
-            "privileges": ["USE SCHEMA"],
-            "object_type": "SCHEMA",
-            "object_full_path": f"{catalog}.{schema}",
-        },
-        {
-            "type": "unity_catalog_privileges",
-            "privileges": ["SELECT", "MODIFY"],
-            "object_type": "TABLE",
-            "object_full_path": table,
-            "operations": ["zerobuswrite"],
-        },
-    ]
-
-
-def check_zerobus_json(writer: DataWriterInterface, table: TableRef) -> None:
-    """SchemaNotSupportedError for what Zerobus JSON records cannot carry (REST, Kafka and
-    MQTT values): DECIMAL, and VARIANT on the local stack."""
-    for col, dtype in table.schema.types():
-        if isinstance(dtype, DecimalType):
-            raise SchemaNotSupportedError(
-                f"{writer.label} cannot write workload {table.workload}: column {col.name} "
-                f"is {dtype.sql()}, and Zerobus documents no JSON form for DECIMAL",
-                writer=writer.name,
-            )
-        if dtype == Primitive("VARIANT") and writer.targets.mode == "local":
-            raise SchemaNotSupportedError(
-                f"column {col.name} is VARIANT, which the local stack does not store",
-                writer=writer.name,
-            )
-
-
-class TableTokens:
-    """OAuth tokens by table, each fetched once and reused until shortly before expiry."""
-
-    def __init__(
-        self,
-        client: OAuthClient,
-        http: httpx.AsyncClient,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        writer: str | None = None,
-    ) -> None:
-        self.client = client
-        self.writer = writer
-        self._http = http
-        self._clock = clock
-        self._tokens: dict[str, tuple[str, float]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self.fetched = 0
-
-    async def get(self, table: str) -> str:
-        cached = self._tokens.get(table)
-        if cached is not None and cached[1] > self._clock():
-            return cached[0]
-        async with self._locks.setdefault(table, asyncio.Lock()):
-            cached = self._tokens.get(table)
-            if cached is not None and cached[1] > self._clock():
-                return cached[0]
-            token, lifetime = await self._fetch(table)
-            margin = min(TOKEN_REFRESH_MARGIN_S, lifetime / 2)
-            self._tokens[table] = (token, self._clock() + lifetime - margin)
-            return token
-
-    def forget(self, table: str) -> None:
-        self._tokens.pop(table, None)
-
-    def valid_for(self, table: str) -> float:
-        """Seconds the cached token of `table` is still handed out (0 when there is none)."""
-        cached = self._tokens.get(table)
-        return max(0.0, cached[1] - self._clock()) if cached is not None else 0.0
-
-    async def _fetch(self, table: str) -> tuple[str, float]:
-        c = self.client
-        form = {
-            "grant_type": "client_credentials",
-            "scope": "all-apis",
-            "resource": f"api://databricks/workspaces/{c.workspace_id}/zerobusDirectWriteApi",
-            "authorization_details": json.dumps(authorization_details(table)),
-        }
-        try:
-            resp = await self._http.post(
-                c.token_url, data=form, auth=httpx.BasicAuth(c.client_id, c.client_secret)
-            )
-        except httpx.HTTPError as exc:
-            raise WriterUnavailableError(
-                f"cannot reach the OAuth token endpoint {c.token_url}: "
-                f"{str(exc) or type(exc).__name__}",
-                writer=self.writer,
-            ) from exc
-        try:
-            answer = resp.json()
-        except ValueError:
-            answer = {}
-        if resp.status_code != 200 or not isinstance(answer.get("access_token"), str):
-            error = answer.get("error", "no error code") if isinstance(answer, dict) else ""
-            why = answer.get("error_description", "") if isinstance(answer, dict) else ""
-            raise WriterUnavailableError(
-                f"the OAuth token endpoint {c.token_url} refused client {mask(c.client_id)} for "
-                f"{table}: HTTP {resp.status_code} {error}: {why}".rstrip(": "),
-                writer=self.writer,
-            )
-        self.fetched += 1
-        lifetime = float(answer.get("expires_in", 3600))
-        log.info("zerobus_rest_token_fetched", table=table, expires_in=lifetime)
-        return answer["access_token"], lifetime
-
-
-class ZerobusRestWriter(WarehouseReadBack):
+class ZerobusRestWriter(ZerobusOAuthWriter):
     name = "zerobus-rest"
     wire_interface = ZEROBUS_REST
-    counts_payload = True
     label = "Zerobus Ingest (REST, JSON)"
-    family = "zerobus"
     color = "#d9480f"
     client_distributions: ClassVar[tuple[str, ...]] = ("httpx",)
     settings_class = ZerobusRestSettings
     config: ZerobusRestSettings
+    interface = "REST"
+    local_endpoint_keys = ("zerobus_rest_url",)
     # A transport for the REST client instead of the network (tests of retries use
     # httpx.MockTransport); set before open().
     transport: httpx.AsyncBaseTransport | None = None
@@ -283,44 +84,27 @@ class ZerobusRestWriter(WarehouseReadBack):
         super().__init__(targets)
         self.endpoint: str | None = self.config.endpoint
         self._http: httpx.AsyncClient | None = None
-        self._auth_http: httpx.AsyncClient | None = None
-        self._tokens: TableTokens | None = None
-        self._bearer: str | None = None  # the local stack's token, in auth=token mode
-        self._checked: dict[str, TableRef] = {}
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.requests = 0
         self.retries = 0
-        self.last_error: str | None = None
 
     # -- setup --------------------------------------------------------------------------
 
-    def _config_problem(self) -> str | None:
-        if self.targets.mode == "databricks":
-            if self.config.auth != "oauth":
-                return "ZEROBUS_REST_AUTH=token is for the local stack; a workspace needs oauth"
-            if not (self.endpoint or self.targets.zerobus_endpoint):
-                return "ZEROBUS_ENDPOINT is not set (the workspace's Zerobus Ingest endpoint)"
-            return zerobus_auth_problem(self.targets)  # a service principal, as the SDK's
-        elif self.targets.local_token is None or not self.targets.workspace_url:
-            return "the local stack's API URL and token are not known"
-        return None
+    def _endpoint(self) -> str | None:
+        return self.endpoint
 
-    async def open(self) -> None:
-        problem = self._config_problem()
-        if problem:
-            raise WriterUnavailableError(problem, writer=self.name)
-        self._auth_http = httpx.AsyncClient(timeout=30)
-        try:
-            if self.targets.mode == "local":
-                oauth = await self._local_setup()
-            else:
-                oauth = self._workspace_setup()
-        except BaseException:
-            await self._auth_http.aclose()
-            self._auth_http = None
-            raise
-        if oauth is not None:
-            self._tokens = TableTokens(oauth, self._auth_http, writer=self.name)
+    def _use_local_endpoints(self, endpoints: dict[str, Any]) -> None:
+        self.endpoint = self.endpoint or endpoints["zerobus_rest_url"]
+
+    def _use_workspace(self) -> str:
+        zerobus = self.endpoint or self.targets.zerobus_endpoint
+        assert zerobus is not None
+        base = zerobus if "//" in zerobus else f"https://{zerobus}"
+        parts = urlsplit(base)
+        self.endpoint = f"{parts.scheme}://{parts.netloc}"
+        return parts.hostname or ""
+
+    async def _open_transport(self) -> None:
         n = self.config.max_connections
         assert self.endpoint is not None
         self._http = httpx.AsyncClient(
@@ -334,49 +118,15 @@ class ZerobusRestWriter(WarehouseReadBack):
             transport=self.transport,
         )
 
-    async def _local_setup(self) -> OAuthClient | None:
-        """The local stack's REST URL and OAuth client, from its endpoints."""
-        assert self._auth_http is not None and self.targets.local_token is not None
-        token = self.targets.local_token.get_secret_value()
-        if self.config.auth == "token" and self.endpoint:
-            self._bearer = token  # everything is known: no need to ask the stack
-            return None
-        endpoints = await local_endpoints(self.targets, self._auth_http, writer=self.name)
-        if not endpoints.get("zerobus_rest_url"):
-            raise WriterUnavailableError(
-                "the local stack does not serve Zerobus REST (no zerobus_rest_url in its "
-                "endpoints)",
-                writer=self.name,
-            )
-        self.endpoint = self.endpoint or endpoints["zerobus_rest_url"]
-        if self.config.auth == "token":
-            self._bearer = token
-            return None
-        return local_oauth_client(self.targets, endpoints)
-
-    def _workspace_setup(self) -> OAuthClient:
-        zerobus = self.endpoint or self.targets.zerobus_endpoint
-        assert zerobus is not None
-        base = zerobus if "//" in zerobus else f"https://{zerobus}"
-        parts = urlsplit(base)
-        self.endpoint = f"{parts.scheme}://{parts.netloc}"
-        return workspace_oauth_client(self.targets, parts.hostname or "", self.config.workspace_id)
-
-    # -- schemas ------------------------------------------------------------------------
-
-    def check(self, table: TableRef) -> None:
-        if self._checked.get(table.delta_table) == table:
-            return
-        check_zerobus_json(self, table)
-        self._checked[table.delta_table] = table
+    async def _close_transport(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
 
     # -- writing ------------------------------------------------------------------------
 
     async def _authorization(self, table: str) -> str:
-        if self._tokens is not None:
-            return f"Bearer {await self._tokens.get(table)}"
-        assert self._bearer is not None
-        return f"Bearer {self._bearer}"
+        return f"Bearer {await self._token(table)}"
 
     async def write(self, rows: Rows) -> WriteReceipt:
         if self._http is None:
@@ -385,13 +135,47 @@ class ZerobusRestWriter(WarehouseReadBack):
         table = rows.table.delta_table
         if not len(rows):
             return WriteReceipt(rows=0, details={"table": table})
+        records = self._json_records(rows)
+        # A body is "[" + records joined by "," + "]": the limit less the brackets, one comma
+        # between records.
         try:
-            body = ("[" + ",".join(json_rows(rows.data, rows.table.schema)) + "]").encode()
-        except (WireValueError, ValueError, TypeError) as exc:
+            parts = size_parts([len(r) for r in records], REST_MAX_BODY_BYTES - 2, separator=1)
+        except RecordTooLargeError as exc:
             raise WriteFailedError(
-                f"cannot encode the batch as JSON: {exc}; nothing was sent", writer=self.name
-            ) from exc
+                f"row {exc.index} encodes to {exc.length:,} bytes of JSON; a Zerobus REST "
+                f"request carries at most {REST_MAX_BODY_BYTES:,} bytes: nothing was sent",
+                writer=self.name,
+            ) from None
         path = f"/zerobus/v1/tables/{quote(table, safe='.')}/insert"
+        attempts = sent = sent_bytes = 0
+        for part in parts:
+            body = b"[" + b",".join(records[part.start : part.stop]) + b"]"
+            try:
+                attempts += await self._insert(path, body, table)
+            except (WriteFailedError, WriterUnavailableError) as exc:
+                if not sent:
+                    raise
+                # Requests commit one by one: say what of the batch is already in.
+                self.last_error = (
+                    f"{exc.message} ({sent:,} of the batch's {len(rows):,} rows were written "
+                    "by its earlier requests)"
+                )
+                raise type(exc)(self.last_error, writer=self.name) from exc
+            sent += len(part)
+            sent_bytes += len(body)
+        self.last_error = None
+        return WriteReceipt(
+            rows=len(rows),
+            details={
+                "table": table,
+                "attempts": attempts,
+                "requests": len(parts),
+                "bytes": sent_bytes,  # the bodies, as sent
+            },
+        )
+
+    async def _insert(self, path: str, body: bytes, table: str) -> int:
+        """One insert request, tried again on what is safe to retry; returns the tries."""
         attempts = self.config.max_attempts
         for attempt in range(1, attempts + 1):
             try:
@@ -414,11 +198,7 @@ class ZerobusRestWriter(WarehouseReadBack):
                 self.last_error = f"the request failed: {str(exc) or type(exc).__name__}"
                 raise WriteFailedError(self.last_error, writer=self.name) from exc
             if resp.status_code == 200:
-                self.last_error = None
-                return WriteReceipt(
-                    rows=len(rows),
-                    details={"table": table, "attempts": attempt, "bytes": len(body)},
-                )
+                return attempt
             code, message = _service_error(resp)
             problem = f"Zerobus REST answered HTTP {resp.status_code} {code}: {message}"
             if resp.status_code in _RETRIED_STATUSES and attempt < attempts:
@@ -456,46 +236,17 @@ class ZerobusRestWriter(WarehouseReadBack):
 
     # -- status -------------------------------------------------------------------------
 
-    async def availability(self) -> Availability:
-        details = self.describe()
-        problem = self._config_problem()
-        if problem:
-            return Availability(False, problem, details)
-        if self._http is None or self.endpoint is None:
-            return Availability(False, "writer is not open", details)
-        unreachable = await unreachable_reason(self.endpoint, "the Zerobus REST endpoint")
-        return Availability(unreachable is None, unreachable, details)
-
     def describe(self) -> dict[str, Any]:
-        if self._tokens is not None:
-            auth = f"oauth-m2m (client_id={mask(self._tokens.client.client_id)})"
-        elif self.targets.mode == "local" and self.config.auth == "token":
-            auth = "bearer token (local stack)"
-        elif self.targets.mode == "local":
-            auth = "oauth-m2m (the local stack's client)"
-        else:
-            auth = zerobus_auth_description(self.targets)
         return {
             "endpoint": self.endpoint,
-            "auth_mode": auth,
+            "auth_mode": self.auth_mode(),
             "httpx_version": metadata.version("httpx"),
             "max_connections": self.config.max_connections,
             "max_attempts": self.config.max_attempts,
             "requests": self.requests,
             "retries": self.retries,
-            "tokens_fetched": self._tokens.fetched if self._tokens else 0,
-            "last_error": self.last_error,
+            **self.auth_counters(),
         }
-
-    async def close(self) -> None:
-        await self.close_reader()
-        http, self._http = self._http, None
-        if http is not None:
-            await http.aclose()
-        auth_http, self._auth_http = self._auth_http, None
-        if auth_http is not None:
-            await auth_http.aclose()
-        self._tokens = None
 
 
 def _service_error(resp: httpx.Response) -> tuple[str, str]:

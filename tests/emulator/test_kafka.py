@@ -32,7 +32,7 @@ from kafka.record.memory_records import MemoryRecordsBuilder
 
 from emulator.kafka import parse_oauthbearer
 from tests.emulator.zerobus_support import product, read_rows, to_json
-from writers.zerobus_rest import authorization_details
+from writers.zerobus_oauth import authorization_details
 
 INVALID_RECORD = 87
 UNSUPPORTED_VERSION = 35

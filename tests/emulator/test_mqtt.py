@@ -29,7 +29,7 @@ from emulator.tls import LocalTls
 from emulator.wire import ZEROBUS_MQTT, WireCounters
 from tests.conftest import run_sql
 from tests.emulator.zerobus_support import product, read_rows, to_json
-from writers.zerobus_rest import authorization_details
+from writers.zerobus_oauth import authorization_details
 
 WAIT_S = 20.0
 

@@ -14,7 +14,7 @@ from emulator.oauth import OAuthIssuer, TokenRejected
 from tests.conftest import run_sql
 from tests.emulator.test_rest_route import body_of, insert_url
 from tests.emulator.zerobus_support import product, read_rows
-from writers.zerobus_rest import authorization_details
+from writers.zerobus_oauth import authorization_details
 
 
 def token_url(endpoints: dict[str, Any]) -> str:

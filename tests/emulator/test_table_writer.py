@@ -56,7 +56,7 @@ async def test_append_returns_only_after_rows_are_readable(tmp_path):
 
 
 async def test_compaction_runs_beside_appends(tmp_path):
-    config = TableWriterConfig(linger_s=0, compact_every_commits=10)
+    config = TableWriterConfig(linger_s=0, compact_min_files=10)
     catalog = Catalog(tmp_path, config)
     table = catalog.create_table("main.s.t", SCHEMA)
     writer = catalog.writer("main.s.t")

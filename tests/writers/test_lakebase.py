@@ -20,6 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import psycopg
 import pyarrow as pa
 import pytest
@@ -770,20 +771,58 @@ async def open_role_writer(
     return await open_writer(targets, pool_max_size=pool_max_size), password
 
 
-async def test_a_dropped_connection_fails_the_write_then_the_pool_recovers(
+async def test_a_pooled_connection_the_server_ended_is_replaced_before_the_write(
+    local_stack, admin, login_role
+):
+    """The server ends the writer's idle sessions (57P01, as a restart does): the pool's
+    check sees it and connects anew, so the next write does not fail."""
+    role = login_role
+    ref = products_in(f"{role}.products")
+    writer, _ = await open_role_writer(local_stack, admin, role)
+    try:
+        first, second = product_rows(ref, 20, seed=1), product_rows(ref, 20, seed=2)
+        await writer.write(first)
+        ended = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s", [role]
+        ).fetchall()
+        assert ended, "the writer holds no pooled connection"
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role]
+        )
+        for _ in range(100):  # until the backends have exited (their FATAL sent)
+            pids = {r[0] for r in ended}
+            if not any(psutil.pid_exists(p) for p in pids):
+                break
+            await asyncio.sleep(0.05)
+        assert (await writer.write(second)).rows == 20
+        assert (await writer.availability()).available
+        assert await writer.count_rows(ref, first.batch_id) == 20
+        assert await writer.count_rows(ref, second.batch_id) == 20
+    finally:
+        await writer.close()
+
+
+async def test_a_connection_lost_mid_write_fails_the_write_then_the_pool_recovers(
     local_stack, admin, login_role
 ):
     role = login_role
     ref = products_in(f"{role}.products")
-    writer, password = await open_role_writer(local_stack, admin, role)
+    writer, password = await open_role_writer(local_stack, admin, role, pool_max_size=1)
     try:
         first, second = product_rows(ref, 20, seed=1), product_rows(ref, 20, seed=2)
         await writer.write(first)
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role]
-        )
+        # Its one connection, in use by a write, ended by the server mid-transaction.
+        (backend,) = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s", [role]
+        ).fetchone() or (None,)
+        assert backend is not None
+        os.kill(backend, signal.SIGSTOP)
+        write = asyncio.create_task(writer.write(second))
+        await asyncio.sleep(0.3)
+        admin.execute("SELECT pg_terminate_backend(%s)", [backend])
+        os.kill(backend, signal.SIGCONT)
         with pytest.raises(WriterUnavailableError, match="did not commit") as caught:
-            await writer.write(second)
+            await write
         assert password not in caught.value.message
         assert (await writer.availability()).available
         assert (await writer.write(second)).rows == 20
@@ -882,3 +921,37 @@ async def test_a_failing_credential_call_is_unavailable():
     provider = DatabaseCredentialProvider(SimpleNamespace(database=Refusing()), "inst")
     with pytest.raises(WriterUnavailableError, match="PERMISSION_DENIED"):
         await provider()
+
+
+class ConversionWatcher(LakebaseWriter):
+    """Converts a batch only once the event loop has run a callback meanwhile: converting
+    on the loop itself would wait for that callback in vain."""
+
+    async def watch(self) -> None:
+        import threading
+
+        self.loop_ran = threading.Event()
+        loop = asyncio.get_running_loop()
+        self._tick = loop.call_later(0.01, self.loop_ran.set)
+
+    def _values(self, plan: Any, rows: Rows) -> list[list[Any]]:
+        if not self.loop_ran.wait(10):
+            raise AssertionError("the batch was converted on the event loop")
+        return super()._values(plan, rows)
+
+
+async def test_a_big_batch_is_converted_off_the_event_loop(local_stack, admin, table):
+    writer = ConversionWatcher(
+        local_targets(local_stack, lakebase=LakebaseSettings(write_mode="copy"))
+    )
+    await writer.open()
+    try:
+        ref = products_in(table)
+        await writer.prepare(ref)
+        rows = product_rows(ref, 600, description_bytes=1_000)  # past 512 KiB as Arrow
+        assert rows.data.nbytes >= 512 * 1024
+        await writer.watch()
+        assert (await writer.write(rows)).rows == 600
+        assert len(read_back(admin, ref, rows.batch_id)) == 600
+    finally:
+        await writer.close()

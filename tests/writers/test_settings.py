@@ -70,6 +70,7 @@ DEFAULTS: dict[type[WriterSettings], dict[str, Any]] = {
         "table": "public.products",
         "write_mode": "copy",
         "write_timeout_s": 120.0,
+        "pool_max_size": 128,
     },
 }
 

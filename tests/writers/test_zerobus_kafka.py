@@ -13,23 +13,19 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
 from pydantic import SecretStr
 
-from dwbench.errors import SchemaNotSupportedError, WriteFailedError, WriterUnavailableError
+from dwbench.errors import WriteFailedError, WriterUnavailableError
 from dwbench.settings import Settings
 from emulator.process import LocalStackProcess
 from tests.conftest import local_targets, run_sql
+from tests.writers import zerobus_json_support as support
 from tests.writers.exact_values import exact
-from tests.writers.test_workloads import NESTED_DDL, NESTED_ROWS, expected, unique_table
-from tests.writers.test_zerobus_rest import workspace_targets
+from tests.writers.test_workloads import unique_table
+from tests.writers.zerobus_json_support import batch_rows, delta_rows, workspace_targets
 from workloads import products
 from workloads.base import Rows, TableRef
-from workloads.inputs import build_rows, new_batch_id
-from workloads.products import sample_items
 from workloads.schema import TableSchema
-from workloads.telemetry import TABLE as TELEMETRY
-from workloads.telemetry import Fleet, FleetRows
 from writers import writer_class, writer_metadata
 from writers.base import Targets
 from writers.zerobus_kafka import ZerobusKafkaSettings, ZerobusKafkaWriter
@@ -39,32 +35,16 @@ NAME = "zerobus-kafka"
 FAST = ZerobusKafkaSettings(delivery_timeout_s=10, request_timeout_s=5)
 
 
-def delta_rows(endpoints: dict[str, Any], table: str) -> list[dict[str, Any]]:
-    path = Path(endpoints["data_dir"], "tables", *table.split("."))
-    return DeltaTable(str(path)).to_pyarrow_table().to_pylist()
-
-
-def batch_rows(endpoints, table: TableRef, batch_id: str) -> list[dict[str, Any]]:
-    mine = [r for r in delta_rows(endpoints, table.delta_table) if r["batch_id"] == batch_id]
-    return sorted(mine, key=lambda r: next(iter(r.values())))
-
-
 def delta_rows_missing(endpoints: dict[str, Any], table: str) -> bool:
     return not Path(endpoints["data_dir"], "tables", *table.split(".")).exists()
 
 
 def products_table(endpoints: dict[str, Any], prefix: str = "kafka_products") -> TableRef:
-    name = f"main.default.{prefix}_{secrets.token_hex(3)}"
-    table = products.WORKLOAD.table.with_tables(delta_table=name)
-    run_sql(endpoints, table.schema.delta_ddl(name))
-    return table
+    return support.products_table(endpoints, prefix)
 
 
 def products_rows(table: TableRef, n: int, *, seed: int = 7) -> Rows:
-    rows = build_rows(
-        products.WORKLOAD, sample_items(n, seed=seed), batch_id=new_batch_id(), source=NAME
-    )
-    return Rows(table, rows.data, rows.batch_id)
+    return support.products_rows(table, n, NAME, seed=seed)
 
 
 def status(endpoints: dict[str, Any]) -> dict[str, Any]:
@@ -116,53 +96,26 @@ async def test_products_read_back_exactly_and_bytes_are_counted(local_stack, wri
     await writer.write(products_rows(table, 5, seed=8))
     details = writer.describe()
     assert (details["tokens_fetched"], details["producers_created"]) == (1, 1)
-    assert details["auth_mode"] == "oauth-m2m, SASL OAUTHBEARER"
+    assert details["auth_mode"].startswith("oauth-m2m (client_id=loca")
+    assert details["auth_mode"].endswith("), SASL OAUTHBEARER")
     assert details["ca"] == local_stack["ca_file"]
 
 
 async def test_telemetry_reads_back_exactly(local_stack, writer):
-    name = f"main.default.kafka_telemetry_{secrets.token_hex(3)}"
-    table = TELEMETRY.with_tables(name, "public.unused")
-    run_sql(local_stack, table.schema.delta_ddl(name))
-    clock = {"now": 1_790_000_000_123_456}
-    rows = FleetRows(table, Fleet(30, seed=5), clock=lambda: clock["now"])
-    batches = []
-    for k in range(3):
-        clock["now"] += 1_000_000
-        data = rows(k, 200, new_batch_id(), NAME)
-        batches.append(Rows(table, data, data.column("batch_id")[0].as_py()))
+    batches = support.telemetry_batches(local_stack, "kafka", NAME)
     # Concurrent batches of one table share its producer (and the stand-in's commits).
     receipts = await asyncio.gather(*(writer.write(b) for b in batches))
     assert [r.rows for r in receipts] == [200, 200, 200]
     for b in batches:
-        assert exact(batch_rows(local_stack, table, b.batch_id)) == exact(
-            expected(NAME, table, b.data)
-        )
+        support.assert_read_back(local_stack, b, NAME)
 
 
 async def test_nested_types_and_nulls_read_back_exactly(local_stack, writer):
-    schema = TableSchema.from_ddl(NESTED_DDL)
-    table = unique_table("kafka_nested", schema, id_column="id")
-    run_sql(local_stack, schema.delta_ddl(table.delta_table))
-    batch_id = new_batch_id()
-    data = pa.RecordBatch.from_pylist(
-        [{**r, "batch_id": batch_id, "source": NAME} for r in NESTED_ROWS], schema=schema.arrow()
-    )
-    await writer.write(Rows(table, data, batch_id))
-    back = batch_rows(local_stack, table, batch_id)
-    maps = [dict(r, attrs=dict(r["attrs"]) if r["attrs"] is not None else None) for r in back]
-    assert exact(maps) == exact(expected(NAME, table, data))
+    await support.check_nested_types(local_stack, writer, "kafka")
 
 
 async def test_decimal_is_refused_before_writing(local_stack, writer):
-    schema = TableSchema.from_ddl("id BIGINT NOT NULL, price DECIMAL(10,2), batch_id STRING")
-    table = unique_table("kafka_prices", schema)
-    with pytest.raises(SchemaNotSupportedError) as refused:
-        await writer.prepare(table)
-    assert refused.value.message == (
-        f"Zerobus Ingest (Kafka, JSON) cannot write workload {table.workload}: column price is "
-        "DECIMAL(10,2), and Zerobus documents no JSON form for DECIMAL"
-    )
+    await support.check_decimal_refused(local_stack, writer, "kafka")
     assert writer.records == 0
 
 
@@ -373,3 +326,7 @@ async def test_the_api_lists_it(client):
     listed = {w["name"]: w for w in client.get("/api/v1/writers").json()}
     assert (listed[NAME]["available"], listed[NAME]["reason"]) == (True, None)
     assert listed[NAME]["details"]["bootstrap"].startswith("127.0.0.1:")
+
+
+async def test_a_value_json_cannot_carry_fails_the_batch_before_sending(local_stack, writer):
+    await support.check_nan_refused(local_stack, writer, "kafka")

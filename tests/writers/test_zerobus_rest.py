@@ -6,57 +6,37 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
 from pydantic import SecretStr
 
-from dwbench.auth import WorkspaceAuth
-from dwbench.errors import SchemaNotSupportedError, WriteFailedError, WriterUnavailableError
+from dwbench.errors import WriteFailedError, WriterUnavailableError
 from dwbench.settings import Settings
 from tests.conftest import local_targets, run_sql
+from tests.writers import zerobus_json_support as support
 from tests.writers.exact_values import exact
-from tests.writers.test_workloads import NESTED_DDL, NESTED_ROWS, expected, unique_table
+from tests.writers.test_workloads import unique_table
+from tests.writers.zerobus_json_support import batch_rows, delta_rows, workspace_targets
 from workloads import products
 from workloads.base import Rows, TableRef
-from workloads.inputs import build_rows, new_batch_id
-from workloads.products import sample_items
 from workloads.schema import TableSchema
-from workloads.telemetry import TABLE as TELEMETRY
-from workloads.telemetry import Fleet, FleetRows
 from writers import writer_class, writer_metadata
 from writers.base import Targets
-from writers.zerobus_rest import TableTokens, ZerobusRestSettings, ZerobusRestWriter
+from writers.zerobus_oauth import TableTokens
+from writers.zerobus_rest import ZerobusRestSettings, ZerobusRestWriter
 
 NAME = "zerobus-rest"
 
 
-def delta_rows(endpoints: dict[str, Any], table: str) -> list[dict[str, Any]]:
-    path = Path(endpoints["data_dir"], "tables", *table.split("."))
-    return DeltaTable(str(path)).to_pyarrow_table().to_pylist()
-
-
-def batch_rows(endpoints, table: TableRef, batch_id: str) -> list[dict[str, Any]]:
-    mine = [r for r in delta_rows(endpoints, table.delta_table) if r["batch_id"] == batch_id]
-    return sorted(mine, key=lambda r: next(iter(r.values())))
-
-
-def products_table(endpoints: dict[str, Any]) -> TableRef:
-    name = f"main.default.rest_products_{secrets.token_hex(3)}"
-    table = products.WORKLOAD.table.with_tables(delta_table=name)
-    run_sql(endpoints, table.schema.delta_ddl(name))
-    return table
+def products_table(endpoints: dict[str, Any], prefix: str = "rest_products") -> TableRef:
+    return support.products_table(endpoints, prefix)
 
 
 def products_rows(table: TableRef, n: int, *, seed: int = 7) -> Rows:
-    workload = products.WORKLOAD
-    rows = build_rows(workload, sample_items(n, seed=seed), batch_id=new_batch_id(), source=NAME)
-    return Rows(table, rows.data, rows.batch_id)
+    return support.products_rows(table, n, NAME, seed=seed)
 
 
 @pytest.fixture
@@ -65,33 +45,6 @@ async def writer(local_stack):
     await instance.open()
     yield instance
     await instance.close()
-
-
-def workspace_targets(endpoints: dict[str, Any], secret: str) -> Targets:
-    """Databricks mode, with the local stack standing in for the workspace and Zerobus."""
-    settings = Settings(
-        app_mode="databricks",
-        databricks_host=endpoints["api_url"],
-        databricks_client_id=endpoints["oauth_client_id"],
-        databricks_client_secret=SecretStr(secret),
-    )
-    # The service principal as unified auth resolves it; only its client credentials are
-    # read by this writer, so the SDK's Config (which would authenticate at once) is left out.
-    auth = WorkspaceAuth(
-        config=SimpleNamespace(client_id=endpoints["oauth_client_id"], client_secret=secret),
-        host=endpoints["api_url"],
-        auth_type="oauth-m2m",
-        profile=None,
-        source="DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET",
-    )
-    return Targets(
-        mode="databricks",
-        settings=settings,
-        zerobus_endpoint=endpoints["zerobus_rest_url"],
-        workspace_url=endpoints["api_url"],
-        warehouse_id="local",
-        workspace_auth=auth,
-    )
 
 
 def test_registered_with_its_metadata():
@@ -123,44 +76,18 @@ async def test_products_read_back_exactly(local_stack, writer):
 
 
 async def test_telemetry_reads_back_exactly(local_stack, writer):
-    name = f"main.default.rest_telemetry_{secrets.token_hex(3)}"
-    table = TELEMETRY.with_tables(name, "public.unused")
-    run_sql(local_stack, table.schema.delta_ddl(name))
-    clock = {"now": 1_790_000_000_123_456}
-    rows = FleetRows(table, Fleet(30, seed=5), clock=lambda: clock["now"])
-    for k in range(3):
-        clock["now"] += 1_000_000
-        data = rows(k, 200, new_batch_id(), NAME)
-        batch_id = data.column("batch_id")[0].as_py()
-        assert (await writer.write(Rows(table, data, batch_id))).rows == 200
-        assert exact(batch_rows(local_stack, table, batch_id)) == exact(expected(NAME, table, data))
+    for batch in support.telemetry_batches(local_stack, "rest", NAME):
+        assert (await writer.write(batch)).rows == 200
+        support.assert_read_back(local_stack, batch, NAME)
 
 
 async def test_nested_types_and_nulls_read_back_exactly(local_stack, writer):
-    schema = TableSchema.from_ddl(NESTED_DDL)
-    table = unique_table("rest_nested", schema, id_column="id")
-    run_sql(local_stack, schema.delta_ddl(table.delta_table))
-    batch_id = new_batch_id()
-    data = pa.RecordBatch.from_pylist(
-        [{**r, "batch_id": batch_id, "source": NAME} for r in NESTED_ROWS], schema=schema.arrow()
-    )
-    await writer.write(Rows(table, data, batch_id))
-    back = batch_rows(local_stack, table, batch_id)
-    maps = [dict(r, attrs=dict(r["attrs"]) if r["attrs"] is not None else None) for r in back]
-    assert exact(maps) == exact(expected(NAME, table, data))
+    await support.check_nested_types(local_stack, writer, "rest")
 
 
 async def test_decimal_is_refused_before_writing(local_stack, writer):
-    schema = TableSchema.from_ddl("id BIGINT NOT NULL, price DECIMAL(10,2), batch_id STRING")
-    table = unique_table("rest_prices", schema)
-    run_sql(local_stack, schema.delta_ddl(table.delta_table))
-    with pytest.raises(SchemaNotSupportedError) as refused:
-        await writer.prepare(table)
-    assert refused.value.message == (
-        f"Zerobus Ingest (REST, JSON) cannot write workload {table.workload}: column price is "
-        "DECIMAL(10,2), and Zerobus documents no JSON form for DECIMAL"
-    )
-    assert writer.requests == 0 and delta_rows(local_stack, table.delta_table) == []
+    await support.check_decimal_refused(local_stack, writer, "rest")
+    assert writer.requests == 0
 
 
 async def test_a_wrong_token_fails_with_the_service_error(local_stack):
@@ -431,3 +358,7 @@ async def test_a_refused_cached_token_is_fetched_anew_once(local_stack):
         assert len(always.requests) == 2 and slept == []
     finally:
         await writer.close()
+
+
+async def test_a_value_json_cannot_carry_fails_the_batch_before_sending(local_stack, writer):
+    await support.check_nan_refused(local_stack, writer, "rest")
