@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from api.routes import benchmarks, debug, health, ingest, reports, sweeps, workloads, writers
+from api.routes import pipeline as pipeline_routes
 
 api_router = APIRouter()
 api_router.include_router(ingest.router)
@@ -13,3 +14,4 @@ api_router.include_router(health.router)
 api_router.include_router(benchmarks.router)
 api_router.include_router(reports.router)
 api_router.include_router(sweeps.router)
+api_router.include_router(pipeline_routes.router)

@@ -9,12 +9,15 @@ const WORKLOADS_URL = "api/v1/workloads";
 const SPARE_COLORS = ["#7c3aed", "#be123c", "#0e7490", "#a16207", "#1d4ed8", "#047857"];
 
 let workloads = [];
+let loaded = false;
 let loading = null;
 const listeners = new Set();
 
-/** Calls `listener(workloads, {added})` whenever the list is (re)loaded. */
+/** Calls `listener(workloads, {added})` whenever the list is (re)loaded, and at once when it
+ * is loaded already: a view that starts after the first load still gets the list. */
 export function onWorkloads(listener) {
   listeners.add(listener);
+  if (loaded) listener(workloads, { added: null });
 }
 
 export function currentWorkloads() {
@@ -31,6 +34,7 @@ export function loadWorkloads({ refresh = false, added = null } = {}) {
   loading = requestJson(WORKLOADS_URL).then(({ ok, status, body }) => {
     if (!ok || !Array.isArray(body)) throw new Error(errorMessage(status, body));
     workloads = body;
+    loaded = true;
     for (const listener of listeners) listener(workloads, { added });
     return workloads;
   });

@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,12 @@ def postgres(app: RunningApp) -> Any:
         password=app.token,
         connect_timeout=10,
     )
+
+
+def js_integer(value: float) -> str:
+    """A number as the UI's Intl.NumberFormat("en-US", {maximumFractionDigits: 0}) shows it:
+    halves round away from zero (Python's round() rounds them to even)."""
+    return f"{int(Decimal(value).quantize(Decimal(1), rounding=ROUND_HALF_UP)):,}"
 
 
 def free_port() -> int:

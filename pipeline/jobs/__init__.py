@@ -1,0 +1,1 @@
+"""Sources of the serving path's bundle jobs (databricks.yml): run on a workspace's cluster."""
