@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint format proto proto-check local-stack chromium clean
+.PHONY: run test bench lint format proto proto-check local-stack chromium java clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ run: $(STAMP)
 	$(BIN)/python -m uvicorn main:app --host 127.0.0.1 --port 8000
 
 ## test: lint, type-check, check generated code, then the whole test suite
-test: lint proto-check chromium
+test: lint proto-check chromium java
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## chromium: Debian's Chromium for the browser tests (never a downloaded browser build)
@@ -33,12 +33,27 @@ chromium:
 	fi
 	@/usr/bin/chromium --version
 
+## java: Debian's OpenJDK for the spark executor's tests (pyspark runs Spark on a JVM)
+java:
+	@if ! command -v java >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		echo "installing Debian's OpenJDK for the spark executor"; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
+	fi
+	@java -version 2>&1 | head -1
+
 ## bench: benchmarks; results go to results/
 bench: $(STAMP)
 	$(BIN)/python -m bench.stack_bench --out results
 	$(BIN)/python -m bench.app_bench --out results
 	$(BIN)/python -m bench.harness_bench --out results
 	$(BIN)/python -m bench.writers_bench --out results
+	$(BIN)/python -m bench.durability_bench --out results
+	$(BIN)/python -m bench.recovery_bench --out results
+	$(BIN)/python -m bench.pipeline_bench --out results
+	$(BIN)/python -m bench.loop_bench --out results
+	$(BIN)/python -m bench.scale_bench --out results
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,26 +2,117 @@
 
 Progress goes to subscribers (the WebSocket route) once a second as plain dicts:
 `{"type": "progress", ...}` while running and a last `{"type": "finished", ...}`.
+
+Given `worker` targets (the app's), each run goes to a worker process of its own
+(`bench.worker_process`): a run that keeps a CPU busy (the null writer) would otherwise
+hold the app's event loop, and /health, cancel and a second start would wait on it. A
+manager given only a WriterSource (tests' fakes) runs the benchmark on its own loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from bench.config import BenchmarkConfig
+from bench.clients import ClientsRun
+from bench.config import BenchmarkConfig, check_memory
 from bench.results import RunResult
 from bench.runner import BenchmarkRun, WriterSource
+from bench.spark_driver import SparkRun
 from bench.store import ResultStore, summary
+from bench.worker_process import RunElsewhere, WorkerJob, WorkerProcess, exit_reason, make_job
 from dwbench.errors import BenchmarkError, DirectWriteError
 from workloads.base import Workload
 from workloads.registry import WorkloadRegistry
+from writers.base import Targets
 
 log = structlog.get_logger(__name__)
+
+# How long a cancelled worker has to return its partial result before it is killed.
+CANCEL_GRACE_S = 5.0
+
+
+class Run(Protocol):
+    """What the app reads of the run going on, inline or in a worker process."""
+
+    @property
+    def id(self) -> str: ...
+
+    def progress(self) -> dict[str, Any]: ...
+
+    def result(self) -> RunResult: ...
+
+    def cancel(self) -> None: ...
+
+
+class RemoteRun(RunElsewhere):
+    """A run in a worker process, as the app sees it: the latest result the worker sent
+    (until its first message, the result of the run as built here)."""
+
+    def __init__(self, template: BenchmarkRun) -> None:
+        super().__init__(template)
+        self._result_json: str | None = None
+        self._progress: dict[str, Any] | None = None
+        self.worker: WorkerProcess | None = None
+
+    @property
+    def worker_pid(self) -> int | None:
+        return self.worker.pid if self.worker is not None else None
+
+    def keep(self, result_json: str, progress: dict[str, Any] | None = None) -> None:
+        self._template = None  # its row sources are the worker's now; let them go
+        self._result_json = result_json
+        if progress is not None:
+            self._progress = progress
+
+    def result(self) -> RunResult:
+        if self._result_json is not None:
+            return RunResult.model_validate_json(self._result_json)
+        assert self._template is not None
+        return self._template.result()
+
+    def progress(self) -> dict[str, Any]:
+        if self._progress is not None:
+            return {**self._progress, "worker_pid": self.worker_pid}
+        if self._template is not None:
+            return {**self._template.progress(), "worker_pid": self.worker_pid}
+        result = self.result()
+        writers = [{"writer": w.writer, "status": w.status, "rows": w.rows} for w in result.writers]
+        return {"run_id": self.id, "status": result.status, "writers": writers}
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.worker is not None:
+            self.worker.send({"type": "cancel"})
+
+    def kill(self) -> None:
+        if self.worker is not None:
+            self.worker.kill()
+
+    def lost(self, reason: str) -> RunResult:
+        """The result of a run whose worker ended without returning one: what its last
+        progress showed, failed, with the reason first among the warnings."""
+        result = self.result()
+        writers = [
+            w.model_copy(update={"status": "failed", "error": reason})
+            if w.status in ("pending", "running")
+            else w
+            for w in result.writers
+        ]
+        return result.model_copy(
+            update={
+                "status": "failed",
+                "partial": True,
+                "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+                "writers": writers,
+                "warnings": [f"the run stopped on an error: {reason}", *result.warnings],
+            }
+        )
 
 
 class BenchmarkManager:
@@ -33,13 +124,19 @@ class BenchmarkManager:
         *,
         workloads: WorkloadRegistry | None = None,
         prepare: Callable[[Workload], Awaitable[None]] | None = None,
+        worker: Targets | None = None,
     ) -> None:
+        """`worker`: the targets a worker process builds its writers from; runs go to
+        worker processes then (`source` still serves the sweeps)."""
         self.source = source
+        self.worker = worker
+        self.cancel_grace_s = CANCEL_GRACE_S
+        self._reapers: set[asyncio.Task[None]] = set()
         self.store = store
         self.environment = environment
         self.workloads = workloads or WorkloadRegistry()
         self.prepare = prepare
-        self._run: BenchmarkRun | None = None
+        self._run: Run | None = None
         self._task: asyncio.Task[RunResult] | None = None
         self._subscribers: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
         # Whatever else holds the targets (a sweep: bench.sweep_manager), as the reason a
@@ -47,13 +144,60 @@ class BenchmarkManager:
         self.busy: Callable[[], str | None] = lambda: None
 
     @property
-    def running(self) -> BenchmarkRun | None:
+    def running(self) -> Run | None:
         if self._run is not None and self._task is not None and not self._task.done():
             return self._run
         return None
 
-    def start(self, config: BenchmarkConfig) -> BenchmarkRun:
-        """Start a run in the background; BenchmarkError (409) while another one runs."""
+    @property
+    def worker_pid(self) -> int | None:
+        """The pid of the worker process of the run going on (None: none, or inline)."""
+        current = self.running
+        return current.worker_pid if isinstance(current, RemoteRun | ClientsRun) else None
+
+    async def start(self, config: BenchmarkConfig, *, memory_budget_mib: int | None = None) -> Run:
+        """Start a run in the background; BenchmarkError (409) while another one runs,
+        ResourceLimitError (422) when its in-flight memory passes `memory_budget_mib`."""
+        self._check_free()
+        environment = self.environment()
+
+        def build() -> BenchmarkRun:
+            run = BenchmarkRun(config, environment=environment, workloads=self.workloads)
+            if memory_budget_mib is not None:
+                footprint = run.parts[0].factory.footprint()
+                check_memory([config], footprint, memory_budget_mib)
+            return run
+
+        # In a thread: each writer's row source is built (~0.1-0.5 s for a run), and the
+        # estimate builds a sample batch; the app answers meanwhile.
+        built = await asyncio.to_thread(build)
+        self._check_free()  # another start may have won while this one was built
+        run: Run
+        if config.clients > 1 or config.executor == "spark":
+            if self.worker is None:
+                raise BenchmarkError(
+                    f"{config.clients} clients run in worker processes, which this app does not "
+                    "start (it runs benchmarks in its own process)"
+                )
+            clients = SparkRun(built) if config.executor == "spark" else ClientsRun(built)
+            run = clients
+            self._task = asyncio.create_task(
+                self._execute_clients(clients, self.worker), name=f"benchmark-{clients.id}"
+            )
+        elif self.worker is not None:
+            remote = RemoteRun(built)
+            run = remote
+            self._task = asyncio.create_task(
+                self._execute_remote(remote, self.worker), name=f"benchmark-{remote.id}"
+            )
+        else:
+            run = built
+            self._task = asyncio.create_task(self._execute(built), name=f"benchmark-{run.id}")
+        self._run = run
+        log.info("benchmark_started", run_id=run.id, writers=",".join(config.writers))
+        return run
+
+    def _check_free(self) -> None:
         current = self.running
         if current is not None:
             raise BenchmarkError(
@@ -61,11 +205,6 @@ class BenchmarkManager:
             )
         if (reason := self.busy()) is not None:
             raise BenchmarkError(reason)
-        run = BenchmarkRun(config, environment=self.environment(), workloads=self.workloads)
-        self._run = run
-        self._task = asyncio.create_task(self._execute(run), name=f"benchmark-{run.id}")
-        log.info("benchmark_started", run_id=run.id, writers=",".join(config.writers))
-        return run
 
     async def _execute(self, run: BenchmarkRun) -> RunResult:
         if self.prepare is not None:
@@ -74,12 +213,81 @@ class BenchmarkManager:
             except DirectWriteError as exc:
                 run.error = f"the workload's tables could not be prepared: {exc.message}"
         result = await run.execute(self.source, on_progress=self._publish)
+        return self._finish(result)
+
+    async def _job(self, run: RemoteRun | ClientsRun, targets: Targets) -> WorkerJob:
+        """The job a worker gets, once the workload's tables are prepared."""
+        if self.prepare is not None:
+            try:
+                await self.prepare(run.workload)
+            except DirectWriteError as exc:
+                run.error = f"the workload's tables could not be prepared: {exc.message}"
+        return await asyncio.to_thread(make_job, run, targets)
+
+    async def _execute_clients(self, run: ClientsRun, targets: Targets) -> RunResult:
+        job = await self._job(run, targets)
+        return self._finish(await run.execute(job, self._publish))
+
+    async def _execute_remote(self, run: RemoteRun, targets: Targets) -> RunResult:
+        job = await self._job(run, targets)
+        try:
+            worker = await WorkerProcess.start(job)
+        except OSError as exc:
+            return self._finish(run.lost(f"the benchmark worker could not be started: {exc}"))
+        run.worker = worker
+        if run.cancelled:  # cancelled while the worker was being started
+            worker.send({"type": "cancel"})
+        result: RunResult | None = None
+        try:
+            while result is None:
+                try:
+                    message = await worker.receive()
+                except EOFError:
+                    break
+                kind = message["type"]
+                if kind == "result":
+                    result = RunResult.model_validate_json(message["result"])
+                elif kind == "progress":
+                    progress = message["progress"]
+                    # The last progress comes with the run's final status: the run is
+                    # over once its result is here and saved, not before.
+                    if progress["status"] == "running":
+                        run.keep(message["result"], progress)
+                    self._publish({**progress, "worker_pid": worker.pid})
+                elif kind == "started":
+                    run.keep(message["result"])
+        finally:
+            if result is None:
+                # Gone without a result (killed, crashed) or the manager is closing: make
+                # sure it is gone, then say how it ended.
+                worker.kill()
+                code = await worker.wait()
+        if result is None:
+            result = run.lost(run.stop_reason or exit_reason(worker.pid, code))
+        else:
+            # The result is final: the run ends now, the worker exits meanwhile.
+            reaper = asyncio.create_task(self._reap(run.id, worker))
+            self._reapers.add(reaper)
+            reaper.add_done_callback(self._reapers.discard)
+        return self._finish(result)
+
+    async def _reap(self, run_id: str, worker: WorkerProcess) -> None:
+        try:
+            code = await asyncio.wait_for(worker.wait(), self.cancel_grace_s)
+        except TimeoutError:
+            log.warning("benchmark_worker_lingered", run_id=run_id, pid=worker.pid)
+            worker.kill()
+            code = await worker.wait()
+        if code != 0:
+            log.warning("benchmark_worker_exit", run_id=run_id, pid=worker.pid, exit_code=code)
+
+    def _finish(self, result: RunResult) -> RunResult:
         try:
             self.store.save(result)
         except OSError as exc:
-            log.error("benchmark_not_saved", run_id=run.id, error=str(exc))
-        self._broadcast(run.id, {"type": "finished", "run": summary(result)})
-        log.info("benchmark_finished", run_id=run.id, status=result.status)
+            log.error("benchmark_not_saved", run_id=result.id, error=str(exc))
+        self._broadcast(result.id, {"type": "finished", "run": summary(result)})
+        log.info("benchmark_finished", run_id=result.id, status=result.status)
         return result
 
     def _publish(self, progress: dict[str, Any]) -> None:
@@ -132,7 +340,26 @@ class BenchmarkManager:
             return self.store.load(run_id)  # finished already: nothing to cancel
         current.cancel()
         assert self._task is not None
+        if isinstance(current, RemoteRun | ClientsRun):
+            return await self._stop_worker(current, self._task)
         return await self._task
+
+    async def _stop_worker(
+        self, run: RemoteRun | ClientsRun, task: asyncio.Task[RunResult]
+    ) -> RunResult:
+        """A cancelled worker returns its partial result within the grace, or is killed and
+        the run kept as its last progress showed it, failed, saying why."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.cancel_grace_s)
+        except TimeoutError:
+            pid = run.worker_pid
+            run.stop_reason = (
+                f"the benchmark worker (pid {pid}) did not stop within "
+                f"{self.cancel_grace_s:g} s of the cancel and was killed"
+            )
+            log.warning("benchmark_worker_unresponsive", run_id=run.id, pid=pid)
+            run.kill()
+            return await task
 
     def history(self) -> list[dict[str, Any]]:
         runs = self.store.history()
@@ -146,4 +373,9 @@ class BenchmarkManager:
         if current is not None and self._task is not None:
             current.cancel()
             with contextlib.suppress(Exception):
-                await self._task
+                if isinstance(current, RemoteRun | ClientsRun):
+                    await self._stop_worker(current, self._task)
+                else:
+                    await self._task
+        if self._reapers:
+            await asyncio.gather(*self._reapers, return_exceptions=True)

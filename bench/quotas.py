@@ -48,6 +48,9 @@ class QuotaProjection(BaseModel):
         description="streams (or REST clients) at the ceiling that a table's 10 GB/s would take",
     )
     note: str = Field(default=f"a projection from the {SOURCE}, not a measurement")
+    # What the projection was made from, so a merge of clients can make it again.
+    interface: str | None = None
+    batch_rows: int | None = None
 
 
 def project(
@@ -79,4 +82,6 @@ def project(
         bytes_per_row=round(bytes_per_row, 1),
         measured_share=round(rows_per_s / ceiling, 4) if rows_per_s > 0 else None,
         units_to_fill_table=math.ceil(by_table / ceiling),
+        interface=interface,
+        batch_rows=batch_rows,
     )

@@ -238,10 +238,16 @@ def config_text(config: BenchmarkConfig) -> str:
         config.workload,
         amount,
         f"batch {config.batch_size:,}",
-        f"concurrency {config.concurrency}",
+        f"concurrency {config.concurrency}" + (" per stream" if config.streams > 1 else ""),
         f"{config.record_bytes:,} B/row",
         pace,
     ]
+    if config.streams > 1 or config.clients > 1:
+        parts.append(
+            f"{config.streams} stream{'s' if config.streams > 1 else ''} x "
+            f"{config.clients} client{'s' if config.clients > 1 else ''} "
+            f"({config.executor})"
+        )
     if config.warmup_s:
         parts.append(f"warm-up {config.warmup_s:g} s")
     if config.parallel:

@@ -120,6 +120,83 @@ class SecondStats(BaseModel):
     errors: int
     p50_ms: float | None
     p99_ms: float | None
+    # The wall-clock series (WriterResult.wall_seconds) fills these; per_second leaves them None.
+    epoch_s: int | None = Field(
+        default=None,
+        description="wall_seconds only: the UTC epoch second this entry covers, [epoch_s, "
+        "epoch_s + 1), so workers on different machines line up by absolute second",
+    )
+    bytes: int | None = Field(default=None, description="wall_seconds only: exact bytes")
+    histogram: str | None = Field(
+        default=None,
+        description="wall_seconds only: the service latencies acked in this second, an "
+        "HdrHistogram (compressed base64, microseconds; bench.stats has its range)",
+    )
+
+
+class WorkerStats(BaseModel):
+    """One worker's own figures in a merged result (bench.merge)."""
+
+    worker: str
+    status: WriterStatus
+    rows: int = 0
+    batches: int = 0
+    failed_batches: int = 0
+    errors: dict[str, int] = Field(default_factory=dict)
+    elapsed_s: float = 0.0
+    rows_per_s: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    start_offset_s: float | None = Field(
+        default=None,
+        description="when this worker began measuring, in seconds after the first worker did "
+        "(wall clock); None for a worker with no wall-clock base",
+    )
+
+
+class WorkerSkew(BaseModel):
+    """How far apart the workers of a merged result were (bench.merge)."""
+
+    workers: int
+    start_s: float | None = Field(
+        default=None, description="latest - earliest measure start (wall clock), seconds"
+    )
+    end_s: float | None = Field(
+        default=None, description="latest - earliest measure end (wall clock), seconds"
+    )
+    rows_per_s_min: float = 0.0
+    rows_per_s_max: float = 0.0
+    rows_per_s_spread: float | None = Field(
+        default=None,
+        description="(max - min) / mean of the workers' rows/s; None when the mean is 0",
+    )
+
+
+class StreamStats(BaseModel):
+    """One stream of one client (bench.runner: each a writer instance of its own)."""
+
+    client: int = 0
+    stream: int
+    rows: int = 0
+    bytes: int = 0
+    batches: int = 0
+    failed_batches: int = 0
+    rows_per_s: float = Field(default=0.0, description="over the writer's measured window")
+    mb_per_s: float = Field(
+        default=0.0,
+        description="10^6 bytes/s of rows (the row size the source reports), as the per-stream "
+        "quotas are published",
+    )
+
+
+class WireCount(BaseModel):
+    """The raw byte counter readings behind wire_bytes_per_row, so results of clients that
+    ran at once can be merged: a stand-in's counter is shared by every client of the
+    interface (the merge spans the readings), a payload count is each client's own (summed)."""
+
+    start: int
+    end: int
+    rows_sent: int
 
 
 class WriterResult(BaseModel):
@@ -190,6 +267,34 @@ class WriterResult(BaseModel):
         "visibility_p95_ms): the median with its 95 % confidence interval",
     )
     warnings: list[str] = Field(default_factory=list)
+    # Mergeable across workers (bench.merge). Optional: results stored before have none.
+    wall_start_s: float | None = Field(
+        default=None,
+        description="UTC epoch seconds (time.time()) when measuring began: the wall-clock base "
+        "of wall_seconds, read once with the run's perf_counter start",
+    )
+    wall_seconds: list[SecondStats] | None = Field(
+        default=None,
+        description="the measured window by absolute wall-clock second: entry t covers "
+        "[floor(wall_start_s) + t, +1) in UTC epoch seconds (epoch_s), with its latency "
+        "histogram; the first and last are partial (span_s). p50/p99 here are read from the "
+        "histograms (HDR, 3 significant digits); per_second's are exact",
+    )
+    workers: list[WorkerStats] | None = Field(
+        default=None, description="a merged result only: each worker's own figures"
+    )
+    streams: int = Field(default=1, description="streams per client (the run's --streams)")
+    clients: int = Field(default=1, description="clients (the run's --clients)")
+    per_stream: list[StreamStats] = Field(
+        default_factory=list,
+        description="each stream of each client: rows and rows/s, next to the per-stream quotas",
+    )
+    wire_count: WireCount | None = Field(
+        default=None, description="the counter readings wire_bytes_per_row was computed from"
+    )
+    skew: WorkerSkew | None = Field(
+        default=None, description="a merged result only: how far apart the workers were"
+    )
 
 
 class RunResult(BaseModel):
@@ -240,12 +345,22 @@ CSV_COLUMNS = (
     "send_delay_p99_ms",
     "visibility_p95_ms",
     "failed_batches",
+    # failed_batches by kind: a wait for a pooled connection (the writer's own backpressure),
+    # the target unreachable, and every other error (refused, too large, unexpected)
+    "failed_pool_wait",
+    "failed_unavailable",
+    "failed_error",
     "target_rows_per_s",
     "rate_ratio",
     "unsupported_percentiles",
     "client_cpu_s_per_million_rows",
     "wire_bytes_per_row",
     "quota_rows_per_s",
+    # streams per client, clients, and what one stream carried on average (the quotas are
+    # per stream)
+    "streams",
+    "clients",
+    "rows_per_s_per_stream",
 )
 INSUFFICIENT = "insufficient sample"
 
@@ -289,6 +404,9 @@ def to_csv(run: RunResult) -> str:
                 pct(w.send_delay_ms, "p99"),
                 w.visibility.p95_ms if w.visibility else "",
                 w.failed_batches,
+                w.errors.get("pool_wait", 0),
+                w.errors.get("unavailable", 0),
+                w.failed_batches - w.errors.get("pool_wait", 0) - w.errors.get("unavailable", 0),
                 w.target_rows_per_s or "",
                 w.rate_ratio if w.rate_ratio is not None else "",
                 " ".join(lat.unsupported) if lat else "",
@@ -297,6 +415,9 @@ def to_csv(run: RunResult) -> str:
                 else "",
                 w.wire_bytes_per_row if w.wire_bytes_per_row is not None else "",
                 w.quota_projection.rows_per_s if w.quota_projection else "",
+                w.streams,
+                w.clients,
+                round(w.rows_per_s / (w.streams * w.clients), 1),
             ]
         )
     return out.getvalue()

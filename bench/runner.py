@@ -20,9 +20,9 @@ import gc
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 
@@ -35,20 +35,31 @@ from bench.results import (
     RepeatStats,
     RunResult,
     SecondStats,
+    StreamStats,
     VisibilitySummary,
+    WireCount,
     WriterResult,
 )
 from bench.stats import Latencies, exact_percentile, min_batches, unsupported_percentiles
 from bench.workload import BatchFactory
-from dwbench.errors import DirectWriteError, RequestTooLargeError, WriterUnavailableError
+from dwbench.errors import (
+    DirectWriteError,
+    PoolWaitError,
+    RequestTooLargeError,
+    WriterUnavailableError,
+)
 from workloads.base import Workload
 from workloads.registry import WorkloadRegistry
-from writers.base import DataWriterInterface, WireReading
+from writers.base import WIRE_STAND_IN, DataWriterInterface, WireReading
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 ProgressCallback = Callable[[dict[str, Any]], None]
+# Awaited by a writer's part once its writers are open and prepared, before its clock starts:
+# the clients of a run start measuring together (bench.clients).
+Gate = Callable[[str], Awaitable[None]]
 VISIBILITY_TIMEOUT_S = 30.0
 MAX_ERROR_SAMPLES = 5
 # A writer that stores rows is warned about when its sample is small: fewer batches than
@@ -70,10 +81,15 @@ def bucket_width(elapsed: float) -> float:
 
 
 class WriterSource(Protocol):
-    async def get(self, name: str) -> DataWriterInterface: ...
+    async def get(self, name: str, stream: int = 0) -> DataWriterInterface:
+        """The writer `name` for stream `stream`: one instance (its own SDK stream,
+        connection or pool) per stream, the same instance for the same stream."""
+        ...
 
 
 def _kind(exc: BaseException) -> str:
+    if isinstance(exc, PoolWaitError):  # the writer's own backpressure, not an outage
+        return "pool_wait"
     if isinstance(exc, WriterUnavailableError):
         return "unavailable"
     if isinstance(exc, RequestTooLargeError):
@@ -92,6 +108,33 @@ class _Second:
     latencies_ms: list[float] = field(default_factory=list)
 
 
+@dataclass
+class _StreamCount:
+    """What one stream had acknowledged (measured batches only)."""
+
+    rows: int = 0
+    bytes: int = 0
+    batches: int = 0
+    failed: int = 0
+
+    def add(self, rows: int, size: int) -> None:
+        self.rows += rows
+        self.bytes += size
+        self.batches += 1
+
+    def stats(self, client: int, stream: int, elapsed: float) -> StreamStats:
+        return StreamStats(
+            client=client,
+            stream=stream,
+            rows=self.rows,
+            bytes=self.bytes,
+            batches=self.batches,
+            failed_batches=self.failed,
+            rows_per_s=round(self.rows / elapsed, 1) if elapsed > 0 else 0.0,
+            mb_per_s=round(self.bytes / 1e6 / elapsed, 4) if elapsed > 0 else 0.0,
+        )
+
+
 def _within(buckets: dict[int, _Second], elapsed: float, width: float) -> dict[int, _Second]:
     """The buckets of a window `elapsed` long, as copies: an ack on its very end (an index
     past the last bucket) counts in the last, so no bucket of zero span is reported."""
@@ -104,6 +147,127 @@ def _within(buckets: dict[int, _Second], elapsed: float, width: float) -> dict[i
         into.batches += b.batches
         into.errors += b.errors
         into.latencies_ms.extend(b.latencies_ms)
+    return out
+
+
+@dataclass
+class _WallSecond:
+    rows: int = 0
+    bytes: int = 0
+    batches: int = 0
+    errors: int = 0
+    hist: Latencies | None = None  # while this second is the open one
+    encoded: str | None = None  # once closed (None: no ack in it)
+
+
+class _WallSeconds:
+    """Acks and failures by absolute wall-clock second (UTC epoch), each second's service
+    latencies in an HDR histogram, so two workers' seconds can be added (bench.merge).
+
+    Acks come in clock order, so one second is open at a time; it is encoded when an ack
+    lands in another (a live histogram per second of a long run would not fit in memory:
+    each is ~190 KB). An ack for a closed second, should the clock step back, reopens it."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[int, _WallSecond] = {}
+        self._open: int | None = None
+
+    def ack(self, epoch: int, rows: int, size: int, latency_s: float) -> None:
+        second = self.seconds.setdefault(epoch, _WallSecond())
+        if epoch != self._open:
+            self._close()
+            self._open = epoch
+            second.hist = Latencies.decode(second.encoded) if second.encoded else Latencies()
+            second.encoded = None
+        assert second.hist is not None
+        second.rows += rows
+        second.bytes += size
+        second.batches += 1
+        second.hist.record(latency_s)
+
+    def error(self, epoch: int) -> None:
+        self.seconds.setdefault(epoch, _WallSecond()).errors += 1
+
+    def _close(self) -> None:
+        if self._open is not None:
+            second = self.seconds[self._open]
+            assert second.hist is not None
+            second.encoded, second.hist = second.hist.encode(), None
+        self._open = None
+
+    def _latencies(self, second: _WallSecond) -> Latencies | None:
+        if second.hist is not None:
+            return second.hist
+        return Latencies.decode(second.encoded) if second.encoded else None
+
+    def series(self, start: float, elapsed: float) -> list[SecondStats]:
+        """Every second of the window [start, start + elapsed) (epoch seconds); see
+        wall_series."""
+        return wall_series(
+            start,
+            elapsed,
+            (
+                WallCount(epoch, s.rows, s.bytes, s.batches, s.errors, self._latencies(s))
+                for epoch, s in self.seconds.items()
+            ),
+        )
+
+
+class WallCount(NamedTuple):
+    """One absolute second's counts and latencies (None: no ack in it)."""
+
+    epoch: int
+    rows: int
+    bytes: int
+    batches: int
+    errors: int
+    hist: Latencies | None
+
+
+def wall_series(start: float, elapsed: float, counts: Iterable[WallCount]) -> list[SecondStats]:
+    """Counts added up by absolute second over the window [start, start + elapsed) (epoch
+    seconds), every second of it listed, those without an ack at 0 rows; t counts from
+    floor(start). A count outside the window goes to its nearest second (an ack on the
+    window's very end counts in its last second, as in per_second)."""
+    if elapsed <= 0:
+        return []
+    first = math.floor(start)
+    end = start + elapsed
+    last = max(first, math.ceil(end) - 1)
+    folded: dict[int, _WallSecond] = {}
+    for count in counts:
+        into = folded.setdefault(min(max(count.epoch, first), last), _WallSecond())
+        into.rows += count.rows
+        into.bytes += count.bytes
+        into.batches += count.batches
+        into.errors += count.errors
+        if count.hist is not None:
+            if into.hist is None:
+                into.hist = Latencies()
+            into.hist.merge(count.hist)
+    out = []
+    for epoch in range(first, last + 1):
+        second = folded.get(epoch) or _WallSecond()
+        hist = second.hist if second.hist is not None and second.hist.count else None
+        span = min(epoch + 1, end) - max(epoch, start)
+        span = span if span > 0 else 1.0
+        out.append(
+            SecondStats(
+                t=epoch - first,
+                at_s=float(epoch - first),
+                span_s=round(span, 6),
+                rows_per_s=round(second.rows / span, 1),
+                rows=second.rows,
+                mib=round(second.bytes / 1048576, 4),
+                batches=second.batches,
+                errors=second.errors,
+                p50_ms=round(hist.percentile_ms(50), 3) if hist else None,
+                p99_ms=round(hist.percentile_ms(99), 3) if hist else None,
+                epoch_s=epoch,
+                bytes=second.bytes,
+                histogram=hist.encode() if hist else None,
+            )
+        )
     return out
 
 
@@ -120,16 +284,31 @@ class _WriterRun:
         cancel: asyncio.Event,
         repeat: int = 0,
         cpu_clock: Clock = time.process_time,
+        wall_clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+        client: int = 0,
+        gate: Gate | None = None,
     ) -> None:
         self.name = name
+        self.client = client
+        self.gate = gate
+        self.wall_clock = wall_clock
+        self.sleep = sleep
+        # The wall clock read once, with `started`: the perf clock times everything, and this
+        # maps its instants to UTC epoch seconds (workers on different hosts line up by it).
+        self.wall_started: float | None = None
+        self.wall = _WallSeconds()
         self.cpu_clock = cpu_clock
         self.repeat = repeat
         self.config = config
         self.clock = clock
         self.cancel = cancel
-        self.factory = BatchFactory(config, workload, run_id=run_id, source=name)
+        self.factory = BatchFactory(config, workload, run_id=run_id, source=name, client=client)
         self.table = self.factory.table
+        # One writer instance per stream; `writer` is stream 0's (labels, visibility reads).
         self.writer: DataWriterInterface | None = None
+        self.writers: list[DataWriterInterface] = []
+        self.per_stream = [_StreamCount() for _ in range(config.streams)]
         self.status = "pending"
         self.phase = "pending"
         self.error: str | None = None
@@ -144,11 +323,13 @@ class _WriterRun:
         self.failed_at: list[float] = []
         self.errors: dict[str, int] = {}
         self.error_samples: list[str] = []
+        self.notes: list[str] = []  # the writer's, on how it could get ready (`reserve`)
         self.rows = 0
         self.bytes = 0
         self.batches = 0
         self.failed = 0
         self.warmup_rows = 0
+        self.warmup_failed = 0
         self.in_flight = 0
         self.started = 0.0
         self.measure_start = math.inf
@@ -171,19 +352,35 @@ class _WriterRun:
 
     async def run(self, source: WriterSource) -> None:
         try:
-            self.writer = await source.get(self.name)
-            # Refused here, before anything is written: a path that cannot carry a type.
-            await self.writer.prepare(self.table)
+            for stream in range(self.config.streams):
+                writer = await source.get(self.name, stream)
+                if not self.writers:
+                    self.writer = writer
+                self.writers.append(writer)
+                # Refused here, before anything is written: a path that cannot carry a type.
+                await writer.prepare(self.table)
+                # A pool sized to the concurrency, where the writer has one.
+                note = await writer.reserve(self.config.concurrency)
+                if note is not None and note not in self.notes:
+                    self.notes.append(note)
         except DirectWriteError as exc:
             self.status, self.error = "unavailable", exc.message
+            if self.gate is not None:
+                await self.gate(self.name)  # the other clients need not wait for this one
             return
-        self.status = "running"
         self.wire_start = await self._wire_reading()
         # Objects alive now (the app, the batch pool) need no more garbage collection: a
         # full collection over them mid-run would show up as a latency spike.
         gc.collect()
         gc.freeze()
+        if self.gate is not None:
+            # Every client's writers are ready: they start together (bench.clients), the
+            # collection above done, so the start spread is the barrier's own.
+            self.phase = "ready"
+            await self.gate(self.name)
+        self.status = "running"
         self.started = self.clock()
+        self.wall_started = self.wall_clock()
         self.measure_start = self.started + self.config.warmup_s
         self.phase = "warmup" if self.config.warmup_s > 0 else "measuring"
         self.cpu_start = self.cpu_clock()
@@ -193,6 +390,7 @@ class _WriterRun:
             else:
                 await self._open_loop()
         finally:
+            self.factory.close()
             if self._sampler is not None:
                 await self._sampler
             wall = max(self.clock() - self.started, 1e-9)
@@ -207,16 +405,30 @@ class _WriterRun:
             self.status = "cancelled"
         elif self.failed and not self.rows:
             self.status, self.error = "failed", "every measured batch failed"
+        elif self.warmup_failed and not self.rows and not self.batches:
+            # Batches slower than warm-up and window together (a target that blocks, then
+            # fails) are all unmeasured: nothing was written, which is no completed run.
+            self.status = "failed"
+            self.error = (
+                f"every batch failed ({self.warmup_failed:,} in the warm-up, none measured)"
+            )
         else:
             self.status = "completed"
 
     async def _wire_reading(self) -> WireReading | None:
+        """The streams' byte count: a stand-in's counter sees every stream (read once), a
+        payload count is each writer instance's own (added up)."""
         assert self.writer is not None
         try:
-            return await self.writer.wire_bytes(self.table)
+            first = await self.writer.wire_bytes(self.table)
+            if first is None or first.source == WIRE_STAND_IN or len(self.writers) == 1:
+                return first
+            others = [await w.wire_bytes(self.table) for w in self.writers[1:]]
         except DirectWriteError as exc:
             self.wire_problem = f"wire bytes not measured: {exc.message}"
             return None
+        total = first.bytes + sum(r.bytes for r in others if r is not None)
+        return WireReading(total, first.source)
 
     def wire_bytes(self) -> tuple[int, int, str] | None:
         """(bytes, rows sent, source) over the whole run; None when not measured."""
@@ -224,6 +436,12 @@ class _WriterRun:
         if start is None or end is None or not self.rows_sent:
             return None
         return end.bytes - start.bytes, self.rows_sent, end.source
+
+    def wire_count(self) -> WireCount | None:
+        start, end = self.wire_start, self.wire_end
+        if start is None or end is None or not self.rows_sent:
+            return None
+        return WireCount(start=start.bytes, end=end.bytes, rows_sent=self.rows_sent)
 
     def _budget_left(self, now: float, measured_batches: int) -> bool:
         if self.cancel.is_set():
@@ -236,7 +454,7 @@ class _WriterRun:
     async def _closed_loop(self) -> None:
         counter = {"measured": 0, "k": 0}
 
-        async def lane() -> None:
+        async def lane(stream: int) -> None:
             while True:
                 now = self.clock()
                 if not self._budget_left(now, counter["measured"]):
@@ -246,14 +464,17 @@ class _WriterRun:
                     counter["measured"] += 1
                 k = counter["k"]
                 counter["k"] += 1
-                batch = self.factory.batch(k, last=self._is_last(measured, counter["measured"]))
-                await self._send(batch, intended=None, measured=measured)
+                last = self._is_last(measured, counter["measured"])
+                batch = await self.factory.build(k, last=last)
+                await self._send(batch, intended=None, measured=measured, stream=stream)
                 if k % YIELD_EVERY_BATCHES == YIELD_EVERY_BATCHES - 1:
                     # A writer that never suspends (null) would hold the event loop for the
                     # whole run: progress, the app's requests and cancel all wait on it.
                     await asyncio.sleep(0)
 
-        await asyncio.gather(*(lane() for _ in range(self.config.concurrency)))
+        # `concurrency` lanes per stream.
+        streams = range(self.config.streams)
+        await asyncio.gather(*(lane(s) for s in streams for _ in range(self.config.concurrency)))
 
     def _is_last(self, measured: bool, measured_batches: int) -> bool:
         return (
@@ -263,55 +484,76 @@ class _WriterRun:
         )
 
     async def _open_loop(self) -> None:
-        assert self.config.rate is not None
-        interval = self.config.batch_size / self.config.rate
-        slots = asyncio.Semaphore(self.config.concurrency)
+        """The run's schedule has batch g due at t0 + g x batch_size / rate; this client sends
+        its batches g = k x clients + client, batch k on stream k mod streams, so the target
+        rate is split exactly over clients and streams. Whether a batch is measured, and
+        whether it is within the duration, is decided on its number (g x batch_size against
+        seconds x rate), not on float clock sums, so the clients' shares add up exactly."""
+        cfg = self.config
+        assert cfg.rate is not None
+        interval = cfg.batch_size / cfg.rate
+        slots = [asyncio.Semaphore(cfg.concurrency) for _ in range(cfg.streams)]
         tasks: set[asyncio.Task[None]] = set()
         t0 = self.clock()
-        self.measure_start = t0 + self.config.warmup_s
+        self.measure_start = t0 + cfg.warmup_s
+        warmup_rows = cfg.warmup_s * cfg.rate
+        end_rows = (cfg.warmup_s + cfg.duration_s) * cfg.rate if cfg.duration_s else math.inf
         measured_batches = 0
         k = 0
         while True:
-            intended = t0 + k * interval
-            measured = intended >= self.measure_start
-            if not self._budget_left(intended, measured_batches):
+            g = k * cfg.clients + self.client
+            intended = t0 + g * interval
+            measured = g * cfg.batch_size >= warmup_rows
+            if self.cancel.is_set() or not (
+                g * cfg.batch_size < end_rows
+                if cfg.duration_s is not None
+                else measured_batches < self.factory.measured_batches
+            ):
                 break
             if measured:
                 measured_batches += 1
-            batch = self.factory.batch(k, last=self._is_last(measured, measured_batches))
+            batch = await self.factory.build(k, last=self._is_last(measured, measured_batches))
+            stream = k % cfg.streams
             k += 1
             # Short naps rather than waiting on the cancel event: a wait_for per batch costs a
             # task, and a nap of at most 0.25 s keeps cancel responsive.
-            while (delay := intended - self.clock()) > 0 and not self.cancel.is_set():  # noqa: ASYNC110
-                await asyncio.sleep(min(delay, 0.25))
+            while (delay := intended - self.clock()) > 0 and not self.cancel.is_set():
+                await self.sleep(min(delay, 0.25))
             if self.cancel.is_set():
                 break
-            await slots.acquire()  # late only when `concurrency` batches are in flight
-            task = asyncio.create_task(self._send(batch, intended=intended, measured=measured))
+            slot = slots[stream]
+            await slot.acquire()  # late only when `concurrency` batches are in flight
+            task = asyncio.create_task(
+                self._send(batch, intended=intended, measured=measured, stream=stream)
+            )
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-            task.add_done_callback(lambda _: slots.release())
+            task.add_done_callback(_releaser(slot))
         if tasks:
             await asyncio.gather(*tasks)
-        # The schedule covers measured_batches whole intervals: the rate is over that window
-        # (or longer, when the writer finished late).
+        # The schedule covers the run's measured batches, this client's every clients-th:
+        # the rate is over that window (or longer, when the writer finished late).
         self.last_completion = max(
-            self.last_completion, self.measure_start + measured_batches * interval
+            self.last_completion, self.measure_start + measured_batches * cfg.clients * interval
         )
 
-    async def _send(self, batch: Any, *, intended: float | None, measured: bool) -> None:
-        assert self.writer is not None
+    async def _send(
+        self, batch: Any, *, intended: float | None, measured: bool, stream: int = 0
+    ) -> None:
+        writer = self.writers[stream]
         if measured and self.cpu_measured_from is None:
             self.cpu_measured_from = self.cpu_clock()
         self.in_flight += 1
         self.rows_sent += batch.count
         start = self.clock()
         try:
-            await self.writer.write(batch.rows)
+            await writer.write(batch.rows)
         except Exception as exc:  # every failure is counted, none stops the run
             self.in_flight -= 1
             message = exc.message if isinstance(exc, DirectWriteError) else repr(exc)
             self._failure(_kind(exc), message, batch.count, measured, intended)
+            if measured:
+                self.per_stream[stream].failed += 1
             return
         end = self.clock()
         self.in_flight -= 1
@@ -323,6 +565,7 @@ class _WriterRun:
         self.rows += batch.count
         self.bytes += batch.bytes
         self.batches += 1
+        self.per_stream[stream].add(batch.count, batch.bytes)
         self.last_completion = max(self.last_completion, end)
         self.service.record(end - start)
         if intended is not None:
@@ -334,7 +577,8 @@ class _WriterRun:
         second.bytes += batch.bytes
         second.batches += 1
         second.latencies_ms.append((end - start) * 1000)
-        if self.config.visibility and self.writer.stores_rows:
+        self.wall.ack(self._epoch(end), batch.count, batch.bytes, end - start)
+        if self.config.visibility and writer.stores_rows:
             self._maybe_sample_visibility(batch.batch_id, batch.count, end)
 
     def _keep_ack(self, offset: float, rows: int, size: int, latency_ms: float) -> None:
@@ -344,6 +588,14 @@ class _WriterRun:
             self.acks = None  # not a short window (or too many to keep): whole seconds
             return
         self.acks.append((offset, rows, size, latency_ms))
+
+    def _wall(self, at: float) -> float:
+        """The UTC epoch time of clock instant `at`."""
+        assert self.wall_started is not None
+        return self.wall_started + (at - self.started)
+
+    def _epoch(self, at: float) -> int:
+        return math.floor(self._wall(at))
 
     def _second(self, at: float) -> _Second:
         index = max(0, int(at - self.measure_start))
@@ -356,6 +608,9 @@ class _WriterRun:
         self, kind: str, message: str, rows: int, measured: bool, intended: float | None
     ) -> None:
         if not measured:
+            self.warmup_failed += 1
+            if not self.error_samples:  # why, should no measured batch ever say so
+                self.error_samples.append(f"{kind}: {message}"[:500])
             return
         self.failed += 1
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -363,7 +618,9 @@ class _WriterRun:
             self.failed_at.append(self.clock() - self.measure_start)
         if len(self.error_samples) < MAX_ERROR_SAMPLES:
             self.error_samples.append(f"{kind}: {message}"[:500])
-        self._second(self.clock()).errors += 1
+        now = self.clock()
+        self._second(now).errors += 1
+        self.wall.error(self._epoch(now))
 
     # -- visibility ------------------------------------------------------------------
 
@@ -469,14 +726,19 @@ class _WriterRun:
         elapsed = self.elapsed()
         per_second, bucket = self.series(elapsed, fine=fine)
         rows_per_s = self.rows / elapsed if elapsed > 0 else 0.0
-        warnings: list[str] = []
+        warnings: list[str] = list(self.notes)
         rate_ratio = None
         if self.config.rate is not None and self.rows:
-            rate_ratio = round(rows_per_s / self.config.rate, 4)
+            # One client of several is held to its share of the writer's target.
+            share = self.config.rate / self.config.clients
+            rate_ratio = round(rows_per_s / share, 4)
             if rate_ratio < 0.95:
+                of = ""
+                if self.config.clients > 1:
+                    of = f" (this client's share of {self.config.rate:,})"
                 warnings.append(
                     f"target rate not sustained: {rows_per_s:,.0f} of "
-                    f"{self.config.rate:,} rows/s ({rate_ratio:.0%})"
+                    f"{share:,.0f} rows/s{of} ({rate_ratio:.0%})"
                 )
         if self.failed:
             kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.errors.items()))
@@ -499,6 +761,11 @@ class _WriterRun:
         if self.visibility.count:
             histograms["visibility"] = self.visibility.encode()
         curve_source = self.from_intended if self.from_intended.count else self.service
+        wall_start = (
+            self._wall(self.measure_start)
+            if self.wall_started is not None and self.measure_start != math.inf
+            else None
+        )
         return WriterResult(
             writer=self.name,
             label=label,
@@ -529,6 +796,16 @@ class _WriterRun:
             client_cpu_s_per_million_rows=self.cpu_per_million_rows(),
             **_wire_fields([self], rows_per_s, self.config.batch_size),
             warnings=warnings,
+            streams=self.config.streams,
+            clients=self.config.clients,
+            per_stream=[
+                count.stats(self.client, i, elapsed) for i, count in enumerate(self.per_stream)
+            ]
+            if self.measure_start != math.inf
+            else [],
+            wire_count=self.wire_count(),
+            wall_start_s=round(wall_start, 6) if wall_start is not None else None,
+            wall_seconds=self.wall.series(wall_start, elapsed) if wall_start is not None else None,
         )
 
     def cpu_per_million_rows(self) -> float | None:
@@ -650,8 +927,19 @@ class BenchmarkRun:
         workloads: WorkloadRegistry | None = None,
         host_probe: Callable[[], dict[str, Any]] = host_sample,
         cpu_clock: Clock = time.process_time,
+        wall_clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+        client: int = 0,
+        gate: Gate | None = None,
+        tick: Sleep = asyncio.sleep,
     ) -> None:
+        """`client`: which of the config's clients this run is (the others run elsewhere:
+        bench.clients); it writes its share of the batches and of the rate. `gate`: awaited
+        by each writer's part when ready to start (the clients' start barrier). `tick`: how
+        the progress reporter waits its second (tests inject one on their clock)."""
+        self.tick = tick
         self.config = config
+        self.client = client
         self.host_probe = host_probe
         self.host_load: dict[str, Any] | None = None
         self.workload = (workloads or WorkloadRegistry()).get(config.workload)
@@ -677,6 +965,10 @@ class BenchmarkRun:
                     self.cancel_event,
                     r,
                     cpu_clock,
+                    wall_clock,
+                    sleep,
+                    client,
+                    gate,
                 )
                 for name in _rotated(config.writers, r)
             ]
@@ -739,7 +1031,7 @@ class BenchmarkRun:
 
     async def _tick(self, on_progress: ProgressCallback) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await self.tick(1.0)
             on_progress(self.progress())
 
     def _parts_of(self, name: str) -> list[_WriterRun]:
@@ -771,7 +1063,7 @@ class BenchmarkRun:
     def result(self) -> RunResult:
         writers = []
         for name in self.config.writers:
-            label, stores = self._labels.get(name) or _registry_label(name)
+            label, stores = self._labels.get(name) or registry_label(name)
             parts = self._parts_of(name)
             if len(parts) == 1:
                 one = parts[0].result(label, stores)
@@ -804,6 +1096,13 @@ class BenchmarkRun:
             writers=writers,
             warnings=warnings,
         )
+
+
+def _releaser(slot: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
+    def release(_: asyncio.Task[None]) -> None:
+        slot.release()
+
+    return release
 
 
 def _rotated(names: list[str], r: int) -> list[str]:
@@ -929,10 +1228,12 @@ def _wire_fields(parts: list[_WriterRun], rows_per_s: float, batch_rows: int) ->
     per_row = sum(m[0] for m in measured) / sent
     writer = parts[0].writer
     interface = writer.wire_interface if writer is not None else None
+    # The quotas are per stream: what one of this client's streams carried, on average.
+    per_stream = rows_per_s / parts[0].config.streams
     return {
         "wire_bytes_per_row": round(per_row, 1),
         "wire_bytes_source": measured[-1][2],
-        "quota_projection": project(interface, per_row, batch_rows, rows_per_s),
+        "quota_projection": project(interface, per_row, batch_rows, per_stream),
     }
 
 
@@ -944,7 +1245,7 @@ def _cpu_per_million(parts: list[_WriterRun]) -> float | None:
     return round(sum(spent) / rows * 1e6, 4)
 
 
-def _registry_label(name: str) -> tuple[str, bool]:
+def registry_label(name: str) -> tuple[str, bool]:
     """The label of a writer that never opened (unavailable): from the registry."""
     from writers import WRITERS, writer_metadata
 
@@ -978,9 +1279,19 @@ async def run_benchmark(
     clock: Clock = time.perf_counter,
     workloads: WorkloadRegistry | None = None,
     host_probe: Callable[[], dict[str, Any]] = host_sample,
+    wall_clock: Clock = time.time,
+    sleep: Sleep = asyncio.sleep,
 ) -> RunResult:
-    """Run the workload through each writer and return the measured result."""
+    """Run the workload through each writer and return the measured result. `clock` times
+    everything; `wall_clock` (read once per writer) places it in UTC epoch seconds; `sleep`
+    is how the open loop waits for a batch's due time (all three injected by tests)."""
     run = BenchmarkRun(
-        config, environment=environment, clock=clock, workloads=workloads, host_probe=host_probe
+        config,
+        environment=environment,
+        clock=clock,
+        workloads=workloads,
+        host_probe=host_probe,
+        wall_clock=wall_clock,
+        sleep=sleep,
     )
     return await run.execute(source, on_progress)

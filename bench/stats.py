@@ -39,13 +39,19 @@ def unsupported_percentiles(count: int) -> dict[str, str]:
     }
 
 
+# The one range and precision of every latency histogram in a result (overall and per
+# second), so any two can be added: 1 µs to one hour, 3 significant digits (a value is stored
+# to within 0.1 %). Values outside the range are clamped to it.
 _LOWEST_US = 1
 _HIGHEST_US = 3_600_000_000  # one hour
 _DIGITS = 3
 
 
 class Latencies:
-    """An HDR histogram of durations given in seconds, stored in microseconds."""
+    """An HDR histogram of durations given in seconds, stored in microseconds.
+
+    Every latency summary of a result (latency_ms, ...) is read from one of these; only
+    per_second's p50/p99 are exact (bench.stats.exact_percentile over that second's list)."""
 
     def __init__(self) -> None:
         self.hist = HdrHistogram(_LOWEST_US, _HIGHEST_US, _DIGITS)

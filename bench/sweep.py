@@ -63,7 +63,8 @@ SCHEMA_VERSION = 1
 # but the two it varies and `repeat` (a sweep runs each point once); the tests hold the
 # field list to that.
 VARIED = ("batch_size", "concurrency")
-NOT_IN_SWEEPS = ("repeat",)
+# A sweep runs in the app's process (one client): its points are not spread over clients.
+NOT_IN_SWEEPS = ("repeat", "clients", "executor")
 
 
 def _shared(name: str) -> Any:
@@ -99,6 +100,7 @@ class SweepConfig(BaseModel):
     drivers: int | None = _shared("drivers")
     pad_column: str | None = _shared("pad_column")
     rate: int | None = _shared("rate")
+    streams: int = _shared("streams")
     parallel: bool = _shared("parallel")
     visibility: bool = _shared("visibility")
     visibility_poll_ms: int = _shared("visibility_poll_ms")
@@ -157,7 +159,7 @@ class SweepConfig(BaseModel):
         """The benchmark of one point (every point was validated with the sweep)."""
         values = self.model_dump(exclude={"batch_sizes", "concurrencies"})
         return BenchmarkConfig.model_construct(
-            **values, batch_size=batch_size, concurrency=concurrency
+            **values, batch_size=batch_size, concurrency=concurrency, executor="inline"
         )
 
 
@@ -499,7 +501,10 @@ class SweepRun:
                     point.status = "cancelled"
                     continue
                 self.index = index
-                run = BenchmarkRun(
+                # In a thread: building each writer's row source takes a while (~0.1-0.5 s),
+                # and the event loop has requests to answer.
+                run = await asyncio.to_thread(
+                    BenchmarkRun,
                     self.config.point_config(point.batch_size, point.concurrency),
                     run_id=f"{self.id}-b{point.batch_size}-c{point.concurrency}",
                     environment=self.environment,

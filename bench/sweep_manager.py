@@ -16,6 +16,7 @@ import structlog
 from bench.manager import BenchmarkManager
 from bench.results import RunResult
 from bench.sweep import SweepConfig, SweepPoint, SweepResult, SweepRun, SweepStore, sweep_summary
+from bench.workload import memory_check
 from dwbench.errors import BenchmarkError, DirectWriteError
 
 log = structlog.get_logger(__name__)
@@ -43,23 +44,30 @@ class SweepManager:
             return None
         return f"sweep {current.id} is running; cancel it or wait for it to finish"
 
-    def start(self, config: SweepConfig) -> SweepRun:
-        """Start a sweep in the background; BenchmarkError (409) while a run or sweep goes on."""
+    async def start(self, config: SweepConfig, *, memory_budget_mib: int | None = None) -> SweepRun:
+        """Start a sweep in the background; BenchmarkError (409) while a run or sweep goes on,
+        ResourceLimitError (422) when a point's in-flight memory passes `memory_budget_mib`."""
+        self._check_free()
+        workloads = self.benchmarks.workloads
+        run = SweepRun(config, environment=self.benchmarks.environment(), workloads=workloads)
+        if memory_budget_mib is not None:
+            points = [config.point_config(b, c) for b, c in config.grid()]
+            # In a thread: the estimate builds the workload's row source and a sample batch.
+            workload = workloads.get(config.workload)
+            await asyncio.to_thread(memory_check, points, workload, memory_budget_mib)
+            self._check_free()  # another start may have won meanwhile
+        self._run, self._progress = run, run.progress()
+        self._task = asyncio.create_task(self._execute(run), name=f"sweep-{run.id}")
+        log.info("sweep_started", sweep_id=run.id, points=len(run.points))
+        return run
+
+    def _check_free(self) -> None:
         reason = self._busy()
         bench = self.benchmarks.running
         if bench is not None:
             reason = f"benchmark {bench.id} is running; cancel it or wait for it to finish"
         if reason is not None:
             raise BenchmarkError(reason)
-        run = SweepRun(
-            config,
-            environment=self.benchmarks.environment(),
-            workloads=self.benchmarks.workloads,
-        )
-        self._run, self._progress = run, run.progress()
-        self._task = asyncio.create_task(self._execute(run), name=f"sweep-{run.id}")
-        log.info("sweep_started", sweep_id=run.id, points=len(run.points))
-        return run
 
     async def _execute(self, run: SweepRun) -> SweepResult:
         prepare = self.benchmarks.prepare

@@ -56,24 +56,38 @@ def run_workload(
     workload: str, writers: list[str], duration: float, warmup: float, out: Path
 ) -> RunResult:
     """One `dwbench run` of every writer on `workload`, on a local stack of its own."""
+    args = [
+        "--workload", workload,
+        "--writers", ",".join(writers),
+        "--duration", f"{duration}s",
+        "--warmup", f"{warmup}s",
+        "--batch-size", str(BATCH_ROWS),
+        "--record-bytes", str(RECORD_BYTES),
+    ]  # fmt: skip
+    return cli_run(args, out, f"writers-{workload}")
+
+
+def cli_run(
+    args: list[str], out: Path, name: str, stack: dict[str, str] | None = None
+) -> RunResult:
+    """`dwbench run ARGS` in a process of its own, on a local stack of its own (a fresh
+    data directory) or the one `stack` names (its api_url, token, data_dir), its result
+    saved as <out>/<name>-<timestamp>.json and returned."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = out / f"writers-{workload}-{stamp}.json"
+    target = out / f"{name}-{stamp}.json"
     with tempfile.TemporaryDirectory(prefix="dwbench-bench-") as data_dir:
         env = {**os.environ, "APP_MODE": "local", "DATA_DIR": data_dir}
-        cmd = [
-            sys.executable, "-m", "dwbench.cli", "run",
-            "--workload", workload,
-            "--writers", ",".join(writers),
-            "--duration", f"{duration}s",
-            "--warmup", f"{warmup}s",
-            "--batch-size", str(BATCH_ROWS),
-            "--record-bytes", str(RECORD_BYTES),
-            "--out", str(target),
-        ]  # fmt: skip
+        if stack is not None:
+            env.update(
+                LOCAL_STACK_URL=stack["api_url"],
+                LOCAL_STACK_TOKEN=stack["token"],
+                DATA_DIR=stack["data_dir"],
+            )
+        cmd = [sys.executable, "-m", "dwbench.cli", "run", *args, "--out", str(target)]
         print(f"$ {' '.join(cmd[2:])}", flush=True)
         done = subprocess.run(cmd, env=env, check=False)
     if not target.exists():
-        raise SystemExit(f"the {workload} run wrote no result (exit {done.returncode})")
+        raise SystemExit(f"the {name} run wrote no result (exit {done.returncode})")
     return RunResult.model_validate_json(target.read_text())
 
 

@@ -48,7 +48,7 @@ from bench.store import (
     load_result,
     only_in,
 )
-from dwbench.errors import DirectWriteError, InvalidSchemaError
+from dwbench.errors import DirectWriteError, InvalidSchemaError, ResourceLimitError
 from workloads.base import Workload
 from workloads.registry import WorkloadRegistry
 from writers import WRITERS
@@ -97,6 +97,9 @@ _OPTION = {
     "rate": "--rate",
     "parallel": "--parallel",
     "repeat": "--repeat",
+    "streams": "--streams",
+    "clients": "--clients",
+    "executor": "--executor",
     "visibility": "--no-visibility",
     "visibility_poll_ms": "--poll-interval",
     "visibility_sample_ms": "--sample-every",
@@ -123,6 +126,9 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         "rate": args.rate,
         "parallel": args.parallel,
         "repeat": args.repeat,
+        "streams": args.streams,
+        "clients": args.clients,
+        "executor": args.executor,
         "visibility": not args.no_visibility,
         "visibility_poll_ms": round(args.poll_interval * 1000),
         "visibility_sample_ms": round(args.sample_every * 1000),
@@ -706,6 +712,11 @@ async def _run_benchmark(
         if custom is not None:
             config = config.model_copy(update={"workload": custom.name})
         workload = runtime.workloads.get(config.workload)
+        if custom is not None and early is None:  # read from --table: not checked before
+            from bench.workload import memory_check
+
+            budget = settings.benchmark_memory_budget_mib
+            await asyncio.to_thread(memory_check, [config], workload, budget)
         await runtime.ensure_tables(workload)
         run = BenchmarkRun(
             config,
@@ -724,6 +735,20 @@ async def _run_benchmark(
             _say(auth_line(runtime.targets.workspace_auth, runtime.targets.auth_problem))
         _say("Ctrl-C cancels the run and keeps what was measured")
         # The local stack runs in its own session, so the terminal's Ctrl-C reaches only us.
+        if config.executor in ("processes", "spark"):
+            # Each client in a worker process (or a Spark task) of its own, merged here.
+            from bench.clients import ClientsRun
+            from bench.worker_process import make_job
+
+            clients = ClientsRun(run)
+            if config.executor == "spark":
+                from bench.spark_driver import SparkRun
+
+                clients = SparkRun(run)
+            interrupts.cancel_run = clients.cancel
+            job = await asyncio.to_thread(make_job, run, runtime.targets)
+            display.update(clients.progress())
+            return await clients.execute(job, display.update)
         display.update(run.progress())  # the bars from the start, then once a second
         return await run.execute(runtime.writers, display.update)
 
@@ -790,15 +815,22 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             check_profile(settings)  # a typo is exit 2, before anything starts
         except DirectWriteError as exc:
             parser.error(exc.message)
-    results_dir = args.results_dir or settings.data_dir / "results"
+    # Before the budget check: it imports the writers, and the Zerobus SDK reads RUST_LOG
+    # once, when it is imported.
     _configure_logging(args.log_level)
+    if early is not None or args.table is None:
+        try:  # before anything starts; a workload read from --table is checked once read
+            budget_check(config, early or WorkloadRegistry().get(config.workload), settings)
+        except ResourceLimitError as exc:
+            parser.error(exc.message)
+    results_dir = args.results_dir or settings.data_dir / "results"
     display = ProgressDisplay(sys.stderr, tty=sys.stderr.isatty(), duration_s=config.duration_s)
     try:
         run = asyncio.run(_run_benchmark(config, settings, display, args, early))
     except (KeyboardInterrupt, asyncio.CancelledError):
         _say("aborted; nothing saved")
         return EXIT_CANCELLED
-    except InvalidSchemaError as exc:
+    except (InvalidSchemaError, ResourceLimitError) as exc:
         _say(f"dwbench run: {exc.message}")
         return EXIT_USAGE
     except Exception as exc:
@@ -818,6 +850,16 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for path in paths:
         print(f"saved {path}")
     return _exit_code(run)
+
+
+def budget_check(
+    config: BenchmarkConfig | Sequence[BenchmarkConfig], workload: Workload, settings: Settings
+) -> None:
+    """ResourceLimitError when the run (or a sweep's points) would pass the memory budget."""
+    from bench.workload import memory_check
+
+    configs = [config] if isinstance(config, BenchmarkConfig) else list(config)
+    memory_check(configs, workload, settings.benchmark_memory_budget_mib)
 
 
 def _configure_logging(level: str) -> None:
@@ -967,7 +1009,29 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"time measured per writer (default: {DEFAULT_DURATION_S:g}s, after the warm-up)",
     )
     run.add_argument("--batch-size", type=int, default=1000, help="default: %(default)s")
-    run.add_argument("--concurrency", type=int, default=4, help="batches in flight")
+    run.add_argument("--concurrency", type=int, default=4, help="batches in flight (per stream)")
+    run.add_argument(
+        "--streams",
+        type=int,
+        default=1,
+        metavar="N",
+        help="independent streams per writer in each client (SDK streams, producers, "
+        "connections, request lanes), batches spread round-robin",
+    )
+    run.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        metavar="M",
+        help="client processes, each with its own writers; --records and --rate are totals",
+    )
+    run.add_argument(
+        "--executor",
+        choices=["inline", "processes", "spark"],
+        help="where clients run: inline (this process, one client), processes (one worker "
+        "process per client; the default for --clients above 1) or spark (one Spark task per "
+        "client, local[clients]; needs pyspark and Java)",
+    )
     run.add_argument(
         "--rate",
         type=int,
@@ -1093,6 +1157,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dwbench.cli_sweep import add_sweep_parser  # it imports this module's helpers
 
     add_sweep_parser(commands)
+    from dwbench.cli_pipeline import add_pipeline_parser  # it imports this module's helpers
+
+    add_pipeline_parser(commands)
     return parser
 
 

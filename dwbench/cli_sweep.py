@@ -31,6 +31,7 @@ from dwbench.cli import (
     _Interrupts,
     _say,
     _settings,
+    budget_check,
     fmt_int,
     fmt_ms,
     parse_duration,
@@ -38,7 +39,7 @@ from dwbench.cli import (
     render_table,
     with_runtime,
 )
-from dwbench.errors import DirectWriteError
+from dwbench.errors import DirectWriteError, ResourceLimitError
 from workloads.registry import WorkloadRegistry
 from writers import WRITERS
 
@@ -48,9 +49,9 @@ if TYPE_CHECKING:
 
 BEST, KNEE = "*", "!"
 _SWEEP_OPTION = {"batch_sizes": "--batch-size", "concurrencies": "--concurrency"}
-STREAMS_MISSING = (
-    "--streams: no writer has a stream-count setting yet (streams per client come with the "
-    "scale work); sweep --batch-size and --concurrency for now"
+STREAMS_AXIS = (
+    "--streams: one stream count for every point (streams as a grid axis is not built yet); "
+    "sweep --batch-size and --concurrency"
 )
 
 
@@ -78,6 +79,8 @@ def sweep_config_from_args(args: argparse.Namespace) -> SweepConfig:
         "parallel": args.parallel,
         "visibility": not args.no_visibility,
     }
+    if args.streams is not None:
+        (values["streams"],) = args.streams
     for name, value in (
         ("writers", args.writers),
         ("workload", args.workload),
@@ -237,19 +240,23 @@ async def _run_sweep(
 
 
 def cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    if args.streams is not None:
-        parser.error(STREAMS_MISSING)
+    if args.streams is not None and len(args.streams) != 1:
+        parser.error(STREAMS_AXIS)
     try:
         config = sweep_config_from_args(args)
     except ValidationError as exc:
         parser.error(sweep_validation_message(exc))
     try:
-        WorkloadRegistry().get(config.workload)
+        workload = WorkloadRegistry().get(config.workload)
     except DirectWriteError as exc:
         parser.error(exc.message)
     settings = _settings(parser)
+    _configure_logging(args.log_level)  # before the writers are imported (RUST_LOG)
+    try:  # every point, before anything starts
+        budget_check([config.point_config(b, c) for b, c in config.grid()], workload, settings)
+    except ResourceLimitError as exc:
+        parser.error(exc.message)
     store = SweepStore(args.results_dir or settings.data_dir / "results")
-    _configure_logging(args.log_level)
     display = ProgressDisplay(sys.stderr, tty=sys.stderr.isatty(), duration_s=config.duration_s)
     try:
         sweep = asyncio.run(_run_sweep(config, settings, display, store))
@@ -306,7 +313,12 @@ def add_sweep_parser(commands: Any) -> None:
         metavar="N1,N2",
         help="batches in flight",
     )
-    sweep.add_argument("--streams", metavar="N1,N2", help=argparse.SUPPRESS)
+    sweep.add_argument(
+        "--streams",
+        type=parse_int_list,
+        metavar="N",
+        help="streams per writer at every point (dwbench run --streams)",
+    )
     amount = sweep.add_mutually_exclusive_group()
     amount.add_argument("--records", type=int, help="rows per writer and point")
     amount.add_argument(

@@ -15,7 +15,6 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -28,22 +27,29 @@ from bench.sweep_manager import SweepManager
 from dwbench.errors import InvalidSchemaError, WriterUnavailableError
 from dwbench.settings import Settings
 from emulator.process import (
+    Backoff,
     LocalStackInUseError,
     LocalStackProcess,
     LocalStackStartError,
     RunningStack,
+    StackSupervisor,
     find_running_stack,
+    ports_args,
 )
 from workloads import products
 from workloads.base import Workload
 from workloads.registry import WorkloadRegistry
 from workloads.schema import TableSchema, split_table_name
 from writers import WriterSet
-from writers.base import Targets, WriterSettings
+from writers.base import Availability, Targets, WriterSettings
 
 log = structlog.get_logger(__name__)
 
 _FOLLOW_INTERVAL_S = 0.5  # how often a runtime sharing another's stack checks its owner
+# How long one writer's availability check may take before it answers "no answer" (the
+# writers' own checks have shorter timeouts still; this bounds any that has none).
+AVAILABILITY_TIMEOUT_S = 2.5
+_STACK_STATUS_TIMEOUT_S = 1.0
 
 
 class Runtime:
@@ -64,6 +70,13 @@ class Runtime:
         self._tables_ready: set[str] = set()
         self._tables_lock = asyncio.Lock()
         self._follower: asyncio.Task[None] | None = None
+        # Supervision of the stack this runtime started (local mode): how often it looks,
+        # how it backs off; tests set them before start().
+        self.supervisor: StackSupervisor | None = None
+        self.stack_poll_interval_s = 0.2
+        self.stack_backoff = Backoff()
+        self.availability_timeout_s = AVAILABILITY_TIMEOUT_S
+        self._checks: dict[str, asyncio.Task[Availability]] = {}
         self.benchmarks = BenchmarkManager(
             self.writers,
             ResultStore(settings.data_dir / "results"),
@@ -98,6 +111,8 @@ class Runtime:
             environment=lambda: capture_environment(self.targets),
             workloads=self.workloads,
             prepare=self.ensure_tables,
+            # Each run in a worker process of its own, off the app's event loop.
+            worker=self.targets,
         )
         self.sweeps = SweepManager(self.benchmarks)
         auth = self.targets.workspace_auth
@@ -114,6 +129,12 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
+        if self.supervisor is not None:
+            await self.supervisor.stop()  # a restart under way ends first; stopped below
+        checks, self._checks = list(self._checks.values()), {}
+        for check in checks:
+            check.cancel()
+        await asyncio.gather(*checks, return_exceptions=True)
         await self.sweeps.close()
         await self.benchmarks.close()
         await self.writers.close()
@@ -138,7 +159,7 @@ class Runtime:
                 if s.local_stack_token
                 else secrets.token_urlsafe(24)
             )
-            stack = LocalStackProcess(data_dir, token=token)
+            stack = LocalStackProcess(data_dir, token=token, exit_with_parent=True)
             try:
                 endpoints = await asyncio.to_thread(stack.start)
             except LocalStackInUseError:
@@ -147,7 +168,7 @@ class Runtime:
                 if running is None:
                     raise
             else:
-                self.stack = stack
+                self._supervise(stack)
                 log.info(
                     "local_stack_started",
                     zerobus=endpoints["zerobus_endpoint"],
@@ -171,7 +192,9 @@ class Runtime:
                 continue
             if running is not None:
                 continue
-            stack = LocalStackProcess(data_dir, token=endpoints["token"], args=_ports(endpoints))
+            stack = LocalStackProcess(
+                data_dir, token=endpoints["token"], args=_ports(endpoints), exit_with_parent=True
+            )
             started = asyncio.ensure_future(asyncio.to_thread(stack.start))
             try:
                 await asyncio.shield(started)
@@ -179,7 +202,7 @@ class Runtime:
                 # Stopping meanwhile: let the start finish, so that stop() stops it.
                 with contextlib.suppress(Exception):
                     await started
-                    self.stack = stack
+                    self._supervise(stack)
                 raise
             except LocalStackInUseError:
                 continue  # another process that shared it took it over first
@@ -187,9 +210,79 @@ class Runtime:
                 log.error("local_stack_take_over_failed", reason=str(exc))
                 await asyncio.sleep(_FOLLOW_INTERVAL_S * 10)
                 continue
-            self.stack = stack
+            self._supervise(stack)
             log.warning("local_stack_taken_over", pid=stack.pid, api=endpoints["api_url"])
             return
+
+    def _supervise(self, stack: LocalStackProcess) -> None:
+        """Ours now: restarted when it dies, stopped by stop()."""
+        self.stack = stack
+        self.supervisor = StackSupervisor(
+            stack,
+            poll_interval_s=self.stack_poll_interval_s,
+            backoff=self.stack_backoff,
+            on_shared=lambda: self._share_again(stack),
+        )
+        self.supervisor.start()
+
+    def _share_again(self, stack: LocalStackProcess) -> None:
+        """Ours died and another process's stack serves its data and ports now: use that
+        one, and take it over again when its owner stops it."""
+        if self.stack is stack:
+            self.stack, self.supervisor = None, None
+        data_dir, endpoints = stack.data_dir, dict(stack.endpoints)
+        self._follower = asyncio.create_task(self._follow_shared_stack(data_dir, endpoints))
+
+    def local_stack_status(self) -> dict[str, Any] | None:
+        """Local mode: the state of the local stack as this runtime knows it (None in
+        databricks mode). `state` is running, restarting, down or stopped for a stack this
+        runtime supervises; `owner` says whose it is."""
+        if not self.settings.is_local or not self.endpoints:
+            return None
+        if self.supervisor is not None:
+            return {"owner": "this process", **self.supervisor.status.as_dict()}
+        owner = "LOCAL_STACK_URL" if self.settings.local_stack_url else "another process"
+        return {"owner": owner, "state": "running", "reason": None}
+
+    async def stack_services(self) -> dict[str, Any] | None:
+        """The local stack's own status of its services (its Postgres), or None when it
+        does not answer within a second."""
+        if not self.settings.is_local or not self.endpoints:
+            return None
+        try:
+            async with httpx.AsyncClient(timeout=_STACK_STATUS_TIMEOUT_S) as client:
+                resp = await client.get(
+                    f"{self.endpoints['api_url']}/api/local/status",
+                    headers={"Authorization": f"Bearer {self.endpoints['token']}"},
+                )
+        except httpx.HTTPError:
+            return None
+        if resp.status_code != 200:
+            return None
+        doc: dict[str, Any] = resp.json()
+        return doc
+
+    async def writer_availability(self, name: str) -> Availability:
+        """Whether writer `name` can write now, within `availability_timeout_s`.
+
+        A check still running from an earlier call is awaited, not started again, and one
+        that times out goes on in the background (a writer's open is not cut half-way)."""
+        task = self._checks.get(name)
+        if task is None or task.done():
+            task = asyncio.create_task(self._check_writer(name), name=f"availability-{name}")
+            self._checks[name] = task
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.availability_timeout_s)
+        except TimeoutError:
+            limit = self.availability_timeout_s
+            return Availability(False, f"no answer to the availability check within {limit:g} s")
+
+    async def _check_writer(self, name: str) -> Availability:
+        try:
+            writer = await self.writers.get(name)
+        except WriterUnavailableError as exc:
+            return Availability(False, exc.message)
+        return await writer.availability()
 
     async def ensure_tables(self, workload: Workload) -> None:
         """Local mode: create the workload's Delta table on the local stack when missing.
@@ -257,25 +350,8 @@ class Runtime:
             )
 
 
-def _ports(endpoints: dict[str, Any]) -> list[str]:
-    """The arguments that start a stack on the ports `endpoints` name."""
-    args = [
-        "--zerobus-port",
-        str(urlsplit(endpoints["zerobus_endpoint"]).port),
-        "--api-port",
-        str(urlsplit(endpoints["api_url"]).port),
-    ]
-    if endpoints.get("zerobus_rest_url"):
-        args += ["--zerobus-rest-port", str(urlsplit(endpoints["zerobus_rest_url"]).port)]
-    if endpoints.get("mqtt_endpoint"):
-        args += ["--mqtt-port", endpoints["mqtt_endpoint"].rsplit(":", 1)[1]]
-    if endpoints.get("kafka_bootstrap"):
-        args += ["--kafka-port", endpoints["kafka_bootstrap"].rsplit(":", 1)[1]]
-    if endpoints.get("postgres_dsn"):
-        args += ["--postgres-port", str(urlsplit(endpoints["postgres_dsn"]).port)]
-    else:
-        args.append("--no-postgres")
-    return args
+# The arguments that start a stack on the ports an endpoints document names.
+_ports = ports_args
 
 
 async def _stack_endpoints(url: str, token: str) -> dict[str, Any]:

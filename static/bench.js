@@ -20,6 +20,9 @@ const FIELDS = [
   "duration_s",
   "batch_size",
   "concurrency",
+  "streams",
+  "clients",
+  "executor",
   "record_bytes",
   "warmup_s",
   "seed",
@@ -38,6 +41,9 @@ const FIELD_LABELS = {
   duration_s: "Seconds per writer",
   batch_size: "Batch size",
   concurrency: "Concurrency",
+  streams: "Streams",
+  clients: "Clients",
+  executor: "Executor",
   record_bytes: "Record size",
   warmup_s: "Warm-up",
   seed: "Seed",
@@ -116,6 +122,17 @@ const BASE_COLUMNS = [
     get: (w) => (typeof w.wire_bytes_per_row === "number" ? w.wire_bytes_per_row : null),
     format: formatNumber,
     cellTitle: (w) => w.wire_bytes_source || null,
+  },
+  {
+    key: "stream_rows_per_s",
+    label: "Per stream",
+    unit: "rows/s",
+    title:
+      "rows/s over the writer's streams × clients: what one stream carried on average (the published quotas are per stream)",
+    better: null,
+    get: (w) => (typeof w.rows_per_s === "number" && w.batches > 0 ? w.rows_per_s / shardsOf(w) : null),
+    format: formatNumber,
+    cellTitle: (w) => `${plural(w.streams || 1, "stream")} × ${plural(w.clients || 1, "client")}`,
   },
   {
     key: "quota_rows_per_s",
@@ -219,6 +236,7 @@ const ui = {
   compareTable: $("bench-compare-table"),
   compareNotes: $("bench-compare-notes"),
   intervals: $("bench-intervals"),
+  scale: $("bench-scale"),
 };
 
 /** The run being watched: {id, config, writers, xs, ys, socket, timers, finished}. */
@@ -303,7 +321,12 @@ function describeWorkload(cfg) {
   if (typeof cfg.duration_s === "number") parts.push(`${formatCount(cfg.duration_s)} s per writer`);
   else if (typeof cfg.records === "number") parts.push(`${formatNumber(cfg.records)} records per writer`);
   if (typeof cfg.batch_size === "number") parts.push(`batches of ${formatNumber(cfg.batch_size)}`);
-  if (typeof cfg.concurrency === "number") parts.push(`${cfg.concurrency} in flight`);
+  if (typeof cfg.concurrency === "number")
+    parts.push(`${cfg.concurrency} in flight${cfg.streams > 1 ? " per stream" : ""}`);
+  const streams = typeof cfg.streams === "number" ? cfg.streams : 1;
+  const clients = typeof cfg.clients === "number" ? cfg.clients : 1;
+  if (streams > 1 || clients > 1)
+    parts.push(`${plural(streams, "stream")} × ${plural(clients, "client")}${cfg.executor ? ` (${cfg.executor})` : ""}`);
   if (typeof cfg.record_bytes === "number")
     parts.push(cfg.record_bytes > 0 ? `${formatNumber(cfg.record_bytes)} B records` : "records unpadded");
   if (typeof cfg.drivers === "number") parts.push(`${formatNumber(cfg.drivers)} drivers`);
@@ -351,6 +374,8 @@ function readConfig() {
     duration_s: byDuration ? numberOrNull("bench-duration_s") : null,
     batch_size: numberOrNull("bench-batch_size"),
     concurrency: numberOrNull("bench-concurrency"),
+    streams: numberOrNull("bench-streams") ?? 1,
+    clients: numberOrNull("bench-clients") ?? 1,
     record_bytes: numberOrNull("bench-record_bytes"),
     warmup_s: numberOrNull("bench-warmup_s"),
     seed: numberOrNull("bench-seed"),
@@ -360,6 +385,7 @@ function readConfig() {
     visibility: $("bench-visibility").checked,
     visibility_poll_ms: numberOrNull("bench-visibility_poll_ms"),
   };
+  if ($("bench-executor").value) config.executor = $("bench-executor").value;
   if (workload) config.workload = workload;
   if (parametersOf(workload).includes("drivers")) config.drivers = numberOrNull("bench-drivers");
   if (ui.padColumn.value) config.pad_column = ui.padColumn.value;
@@ -769,6 +795,7 @@ function progressItem(w, config) {
   if (typeof w.target_rows_per_s === "number") facts.push(`target ${formatNumber(w.target_rows_per_s)} rows/s`);
   if (w.failed_batches)
     facts.push(`${formatNumber(w.failed_batches)} failed batch${w.failed_batches === 1 ? "" : "es"}`);
+  const clients = Array.isArray(w.clients) && w.clients.length > 1 ? w.clients : [];
   const phase = w.status === "running" ? w.phase || "running" : w.status || "pending";
   const label = writerLabel(w.writer);
   return el(
@@ -787,6 +814,18 @@ function progressItem(w, config) {
       ]),
       el("progress", { max: String(max), value: String(value), "aria-label": `${label} progress` }),
       el("p", { className: "progress-facts small", text: facts.join(" · ") }),
+      clients.length
+        ? el(
+            "ul",
+            { className: "progress-clients small muted", "aria-label": `${label} by client` },
+            clients.map((c) =>
+              el("li", {
+                "data-client": String(c.client),
+                text: `client ${c.client}: ${c.lost ? `lost — ${c.lost}` : c.status === "running" ? c.phase || "running" : c.status} · ${formatNumber(c.rows)} rows · ${formatNumber(c.rows_per_s_last_second ?? 0)} rows/s last second`,
+              }),
+            ),
+          )
+        : null,
     ],
   );
 }
@@ -1187,6 +1226,10 @@ const resizer =
 // ---------------------------------------------------------------------------------------
 // A run's result: the side-by-side table, warnings, downloads, charts
 
+function shardsOf(w) {
+  return (w.streams || 1) * (w.clients || 1);
+}
+
 function columnsFor(run) {
   const fixedRate =
     (run.config && typeof run.config.rate === "number") ||
@@ -1311,8 +1354,85 @@ function renderResult(run) {
   ui.warnings.replaceChildren(...notes.filter(Boolean));
   renderTable(run);
   renderIntervals(run);
+  renderScale(run);
   drawPercentileChart(run);
   drawThroughputChart(run);
+}
+
+/** Writers run on more than one stream or client: each client's figures, the skew between
+ * them, and each stream's rows/s and MB/s next to the per-stream quota ceiling. */
+function renderScale(run) {
+  const writers = (run.writers || []).filter((w) => shardsOf(w) > 1 && (w.per_stream || []).length);
+  ui.scale.hidden = writers.length === 0;
+  if (!writers.length) {
+    ui.scale.replaceChildren();
+    return;
+  }
+  const clientTables = writers
+    .filter((w) => (w.workers || []).length > 1)
+    .map((w) => {
+      const skew = w.skew || {};
+      return el("div", { className: "table-wrap", "data-writer": w.writer, "data-part": "clients" }, [
+        el("table", { className: "data-table small" }, [
+          el("caption", {
+            text: `${writerLabel(w.writer, w.label)}: ${plural(w.workers.length, "client")} — start spread ${typeof skew.start_s === "number" ? `${formatMsValue(skew.start_s * 1000)} ms` : "—"}, rows/s spread ${typeof skew.rows_per_s_spread === "number" ? `${(skew.rows_per_s_spread * 100).toFixed(1)}%` : "—"}`,
+          }),
+          el("thead", {}, [
+            el("tr", {}, ["Client", "Status", "Rows", "Rows/s", "p50 ms", "p99 ms", "Started at"].map((t) => el("th", { scope: "col", text: t }))),
+          ]),
+          el(
+            "tbody",
+            {},
+            w.workers.map((c) =>
+              el("tr", { "data-client": c.worker }, [
+                el("th", { scope: "row", text: c.worker }),
+                el("td", {}, [badge(c.status)]),
+                el("td", { className: "num", text: formatNumber(c.rows) }),
+                el("td", { className: "num", text: formatNumber(c.rows_per_s) }),
+                el("td", { className: "num", text: formatMsValue(c.p50_ms) }),
+                el("td", { className: "num", text: formatMsValue(c.p99_ms) }),
+                el("td", { className: "num", text: typeof c.start_offset_s === "number" ? `+${formatMsValue(c.start_offset_s * 1000)} ms` : "—" }),
+              ]),
+            ),
+          ),
+        ]),
+      ]);
+    });
+  const streamRows = writers.flatMap((w) =>
+    w.per_stream.map((p) => {
+      const quota = w.quota_projection;
+      const share = quota && quota.rows_per_s > 0 ? `${((p.rows_per_s / quota.rows_per_s) * 100).toFixed(1)}%` : "—";
+      return el("tr", { "data-writer": w.writer, "data-client": String(p.client), "data-stream": String(p.stream) }, [
+        el("th", { scope: "row", text: writerLabel(w.writer, w.label) }),
+        el("td", { className: "num", text: String(p.client) }),
+        el("td", { className: "num", text: String(p.stream) }),
+        el("td", { className: "num", text: formatNumber(p.rows) }),
+        el("td", { className: "num", "data-col": "rows_per_s", text: formatNumber(p.rows_per_s) }),
+        el("td", { className: "num", text: p.mb_per_s.toFixed(2) }),
+        el("td", { className: "num", text: quota ? formatNumber(quota.rows_per_s) : "—", title: quota ? `limited by ${quota.limited_by}; ${quota.note}` : null }),
+        el("td", { className: "num", "data-col": "quota_share", text: share }),
+      ]);
+    }),
+  );
+  ui.scale.replaceChildren(
+    el("h4", { text: "Streams and clients" }),
+    ...clientTables,
+    el("div", { className: "table-wrap", "data-part": "streams" }, [
+      el("table", { className: "data-table small" }, [
+        el("caption", { text: "Each stream: what it carried, next to the published per-stream quota (a projection)" }),
+        el("thead", {}, [
+          el(
+            "tr",
+            {},
+            ["Writer", "Client", "Stream", "Rows", "Rows/s", "MB/s", "Quota rows/s", "Share of quota"].map((t) =>
+              el("th", { scope: "col", text: t }),
+            ),
+          ),
+        ]),
+        el("tbody", {}, streamRows),
+      ]),
+    ]),
+  );
 }
 
 const INTERVAL_METRICS = [

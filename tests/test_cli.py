@@ -222,6 +222,12 @@ def test_an_unavailable_writer_exits_1_with_the_table_and_the_reason(tmp_path):
         (["--batch-size", "0"], "--batch-size: Input should be greater than or equal to 1"),
         (["--duration", "5x"], "argument --duration: invalid duration '5x'"),
         (["--records", "10", "--duration", "5s"], "not allowed with argument --records"),
+        (
+            ["--clients", "2", "--executor", "inline"],
+            "2 clients need an executor that runs them apart: executor processes",
+        ),
+        (["--streams", "0"], "--streams: Input should be greater than or equal to 1"),
+        (["--executor", "dask"], "argument --executor: invalid choice: 'dask'"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_problem(args, message, capsys):
@@ -527,3 +533,21 @@ def test_measured_seconds_keep_their_digits_when_short():
         "0.580",
         "12.35",
     ]
+
+
+def test_clients_and_streams_run_as_worker_processes_merged_into_one_result(local_stack, tmp_path):
+    out = tmp_path / "scale.json"
+    proc = dwbench(
+        "run", "--writers", "zerobus", "--clients", "2", "--streams", "2", *SMALL_RUN,
+        "--out", out, env=stack_env(local_stack),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "2 streams x 2 clients (processes)" in proc.stdout
+    assert table_rows(proc.stdout)["rows"] == ["2,000"]
+    run = RunResult.model_validate_json(out.read_text())
+    (w,) = run.writers
+    assert (w.rows, w.failed_batches, w.streams, w.clients) == (2_000, 0, 2, 2)
+    assert [c.worker for c in w.workers or []] == ["client 0", "client 1"]
+    assert [c.rows for c in w.workers or []] == [1_000, 1_000]  # 10 batches, 5 each
+    assert [(p.client, p.stream) for p in w.per_stream] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert run.environment["executor"] == "processes"

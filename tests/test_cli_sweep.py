@@ -103,7 +103,8 @@ def test_the_html_report_is_self_contained(small_sweep):
             "arguments: the grid has 9 batch sizes x 8 concurrencies = 72 points; at most 64",
         ),
         (("--batch-size", "ten"), "invalid list 'ten': give whole numbers separated by commas"),
-        (("--streams", "1,4"), "--streams: no writer has a stream-count setting yet"),
+        (("--streams", "1,4"), "--streams: one stream count for every point (streams as a grid"),
+        (("--streams", "0"), "--streams: Input should be greater than or equal to 1"),
         (("--writers", "nosuch"), "--writers: unknown writer(s) nosuch"),
     ],
 )
@@ -111,3 +112,15 @@ def test_bad_grids_are_usage_errors(args, message):
     proc = dwbench("sweep", "--writers", "null", *args, env=base_env(APP_MODE="local"))
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+def test_streams_apply_to_every_point_of_the_sweep():
+    from dwbench.cli import build_parser
+    from dwbench.cli_sweep import sweep_config_from_args
+
+    args = build_parser().parse_args(
+        ["sweep", "--writers", "null", "--streams", "3", "--batch-size", "10,100"]
+    )
+    config = sweep_config_from_args(args)
+    assert config.streams == 3
+    assert [config.point_config(b, c).streams for b, c in config.grid()] == [3] * len(config.grid())

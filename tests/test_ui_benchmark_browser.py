@@ -24,6 +24,7 @@ from tests.browser_support import (
     PHONE,
     RunningApp,
     chromium,
+    js_integer,
     running_app,
     screenshot,
     watched_pages,
@@ -49,6 +50,7 @@ COLUMNS = (
     "visibility_p95",
     "cpu_per_m_rows",
     "wire_bytes_per_row",
+    "stream_rows_per_s",
     "quota_rows_per_s",
 )
 RATE_COLUMNS = ("corrected_p99", "send_delay_p99")
@@ -169,6 +171,7 @@ def column_values(run: dict[str, Any]) -> dict[str, dict[str, float | None]]:
         out["visibility_p95"][name] = w["visibility"]["p95_ms"] if w.get("visibility") else None
         out["cpu_per_m_rows"][name] = w["client_cpu_s_per_million_rows"]
         out["wire_bytes_per_row"][name] = None  # facts about the path, not ranked
+        out["stream_rows_per_s"][name] = None
         out["quota_rows_per_s"][name] = None
         out["corrected_p99"][name] = lat(w, "p99", "latency_from_intended_ms")
         out["send_delay_p99"][name] = lat(w, "p99", "send_delay_ms")
@@ -296,10 +299,10 @@ def test_fixed_rate_run_through_every_writer(open_bench: Any, app: RunningApp) -
     # Wire bytes per row from the stand-in's counter, and Zerobus's quota ceiling with what
     # binds in its tooltip; neither for the null baseline.
     zb = next(x for x in run["writers"] if x["writer"] == "zerobus")
-    assert cells["zerobus"]["wire_bytes_per_row"]["text"] == f"{round(zb['wire_bytes_per_row']):,}"
+    assert cells["zerobus"]["wire_bytes_per_row"]["text"] == js_integer(zb["wire_bytes_per_row"])
     assert cells["zerobus"]["wire_bytes_per_row"]["title"] == zb["wire_bytes_source"]
     quota = zb["quota_projection"]
-    assert cells["zerobus"]["quota_rows_per_s"]["text"] == f"{round(quota['rows_per_s']):,}"
+    assert cells["zerobus"]["quota_rows_per_s"]["text"] == js_integer(quota["rows_per_s"])
     assert quota["limited_by"] in cells["zerobus"]["quota_rows_per_s"]["title"]
     assert "not a measurement" in cells["zerobus"]["quota_rows_per_s"]["title"]
     assert cells["null"]["wire_bytes_per_row"]["text"] == cells["null"]["quota_rows_per_s"]["text"]
@@ -638,3 +641,52 @@ def test_repeats_show_medians_with_their_intervals(open_bench: Any, app: Running
         span = sum(s["span_s"] if s else 1 for s in window)
         expected.append(rows / span)
     assert [v for v in series if v is not None] == pytest.approx(expected)
+
+
+def test_streams_and_clients_show_each_client_and_stream(open_bench: Any, app: RunningApp) -> None:
+    page = open_bench()
+    assert page.input_value("#bench-streams") == "1" and page.input_value("#bench-clients") == "1"
+    fill_form(page, writers=("zerobus",), records=2_000, batch_size=50, concurrency=1)
+    page.fill("#bench-streams", "2")
+    page.fill("#bench-clients", "2")
+    page.click("#bench-start")
+    page.wait_for_selector("#bench-live:not([hidden])")
+    run_id = page.get_attribute("#bench-live", "data-run-id")
+    wait_for_result(page, run_id)
+    run = get_json(app, f"/api/v1/benchmarks/{run_id}")
+    assert run["status"] == "completed", run["warnings"]
+    cfg = run["config"]
+    assert (cfg["streams"], cfg["clients"], cfg["executor"]) == (2, 2, "processes")
+    (zerobus,) = run["writers"]
+    assert zerobus["rows"] == 2_000 and len(zerobus["per_stream"]) == 4
+    assert "2 streams \u00d7 2 clients (processes)" in page.text_content("#bench-result-meta")
+    assert table(page)["zerobus"]["stream_rows_per_s"]["text"] == js_integer(
+        zerobus["rows_per_s"] / 4
+    )
+
+    page.wait_for_selector("#bench-scale:not([hidden])")
+    clients = page.eval_on_selector_all(
+        "#bench-scale [data-part='clients'] tbody tr",
+        "rows => rows.map(r => [r.dataset.client, r.cells[2].textContent])",
+    )
+    assert clients == [[w["worker"], f"{w['rows']:,}"] for w in zerobus["workers"]]
+    streams = page.eval_on_selector_all(
+        "#bench-scale [data-part='streams'] tbody tr",
+        """rows => rows.map(r => [r.dataset.client, r.dataset.stream,
+            r.querySelector('[data-col=rows_per_s]').textContent,
+            r.querySelector('[data-col=quota_share]').textContent])""",
+    )
+    quota = zerobus["quota_projection"]["rows_per_s"]
+    assert [s[:3] for s in streams] == [
+        [
+            str(p["client"]),
+            str(p["stream"]),
+            js_integer(p["rows_per_s"]) if p["rows_per_s"] >= 100 else str(p["rows_per_s"]),
+        ]
+        for p in zerobus["per_stream"]
+    ]
+    for shown, p in zip(streams, zerobus["per_stream"], strict=True):
+        # one decimal of a percentage (toFixed(1)): within its rounding
+        assert shown[3].endswith("%")
+        assert abs(float(shown[3][:-1]) - p["rows_per_s"] / quota * 100) <= 0.05 + 1e-9
+    screenshot(page, "bench-streams-clients")

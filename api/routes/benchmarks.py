@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from api.deps import RuntimeDep
+from api.deps import RuntimeDep, SettingsDep
 from api.models import ErrorBody
 from bench.config import BenchmarkConfig
 from bench.manager import BenchmarkManager
@@ -133,10 +133,15 @@ def _links(run_id: str) -> RunLinks:
     responses={409: {"model": ErrorBody, "description": "another run is going on"}},
 )
 async def start_benchmark(
-    config: BenchmarkConfig, runtime: RuntimeDep, response: Response
+    config: BenchmarkConfig, runtime: RuntimeDep, settings: SettingsDep, response: Response
 ) -> StartedRun:
-    """Start a run in the background; watch it over the WebSocket or poll its result."""
-    run = runtime.benchmarks.start(config)
+    """Start a run in the background; watch it over the WebSocket or poll its result.
+
+    Refused (422, `over_budget`) when the batches it would hold at once pass the memory
+    budget: concurrency x batch_size x (Arrow + encoded bytes per row), per writer running
+    at once (`bench.config.in_flight_memory`)."""
+    budget = settings.benchmark_memory_budget_mib
+    run = await runtime.benchmarks.start(config, memory_budget_mib=budget)
     response.headers["Location"] = f"{PREFIX}/{run.id}"
     return StartedRun.model_validate({**summary(run.result()), "links": _links(run.id)})
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from api.deps import RuntimeDep
+from api.deps import RuntimeDep, SettingsDep
 from api.models import ErrorBody
 from bench.sweep import SweepConfig, SweepResult, SweepStatus
 from bench.sweep_report import render_sweep_html
@@ -78,9 +78,15 @@ def _not_found(sweep_id: str) -> JSONResponse:
     status_code=202,
     responses={409: {"model": ErrorBody, "description": "a run or another sweep is going on"}},
 )
-async def start_sweep(config: SweepConfig, runtime: RuntimeDep, response: Response) -> StartedSweep:
-    """Start a sweep in the background: every grid point a full run of every writer."""
-    run = runtime.sweeps.start(config)
+async def start_sweep(
+    config: SweepConfig, runtime: RuntimeDep, settings: SettingsDep, response: Response
+) -> StartedSweep:
+    """Start a sweep in the background: every grid point a full run of every writer.
+
+    Refused (422, `over_budget`) when a point's in-flight memory passes the budget, as a
+    benchmark run would be."""
+    budget = settings.benchmark_memory_budget_mib
+    run = await runtime.sweeps.start(config, memory_budget_mib=budget)
     response.headers["Location"] = f"{PREFIX}/{run.id}"
     return StartedSweep(
         id=run.id,

@@ -6,9 +6,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from api.deps import RuntimeDep
-from api.models import ModeInfo, WriterInfo
+from api.models import ModeInfo, WriterInfo, WriterStatus
 from bench.environment import capture_environment, mode_notice
-from dwbench.errors import WriterUnavailableError
 from dwbench.runtime import Runtime
 from workloads.products import CATEGORIES, sample_items
 from writers import WRITERS, ingest_writers, writer_metadata
@@ -17,20 +16,52 @@ router = APIRouter(tags=["writers"])
 
 
 async def writer_info(runtime: Runtime, name: str) -> WriterInfo:
+    """A writer's availability now, within the runtime's availability timeout. `status` is
+    available, unavailable, or (local mode) restarting / down when the local stack or its
+    Postgres is being restarted or failed to restart; `reason` then says why."""
     meta = writer_metadata(name)
     common = {k: meta[k] for k in ("name", "label", "family", "color", "stores_rows")}
     common["stand_in"] = runtime.targets.mode == "local" and bool(meta["stores_rows"])
-    try:
-        writer = await runtime.writers.get(name)
-    except WriterUnavailableError as exc:
-        return WriterInfo(**common, available=False, reason=exc.message, details={})
-    availability = await writer.availability()
+    stack = runtime.local_stack_status()
+    if stack is not None and meta["stores_rows"] and stack["state"] in ("restarting", "down"):
+        # Every stand-in lives in the stack: no need to ask a writer that cannot answer.
+        return WriterInfo(
+            **common,
+            available=False,
+            status=stack["state"],
+            reason=stack["reason"] or f"the local stack is {stack['state']}",
+            details={"local_stack": stack},
+        )
+    if meta["family"] == "lakebase" and stack is not None:
+        # The stand-in's Postgres is the stack's: the stack knows when it restarts it.
+        postgres = await _postgres_health(runtime)
+        state = postgres.get("state") if postgres is not None else None
+        if postgres is not None and (state == "restarting" or state == "down"):
+            return WriterInfo(
+                **common,
+                available=False,
+                status=state,
+                reason=postgres.get("reason") or f"Postgres is {state}",
+                details={"local_stack": stack, "postgres": postgres},
+            )
+    availability = await runtime.writer_availability(name)
+    details = dict(availability.details)
+    status: WriterStatus = "available" if availability.available else "unavailable"
+    reason = availability.reason
+    if not availability.available:
+        reason = reason or "unavailable, and the writer gave no reason"
+    if stack is not None:
+        details.setdefault("local_stack", stack)
     return WriterInfo(
-        **common,
-        available=availability.available,
-        reason=availability.reason,
-        details=availability.details,
+        **common, available=availability.available, status=status, reason=reason, details=details
     )
+
+
+async def _postgres_health(runtime: Runtime) -> dict[str, Any] | None:
+    """What the local stack says of its Postgres (None: it does not say)."""
+    services = await runtime.stack_services()
+    postgres = services.get("postgres") if services else None
+    return postgres if isinstance(postgres, dict) else None
 
 
 @router.get("/api/v1/writers")

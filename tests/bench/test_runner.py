@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import pytest
 
 from bench.config import BenchmarkConfig
-from bench.results import RunResult
+from bench.results import LatencySummary, RunResult
 from bench.runner import BenchmarkRun, run_benchmark
-from bench.stats import Latencies
+from bench.stats import Latencies, unsupported_percentiles
 from bench.store import ResultStore, compare, load_result
 from dwbench.errors import WriterUnavailableError
 from dwbench.settings import Settings
-from tests.bench.fake_writers import FailingEveryNthWriter, FixedSource, StallingWriter
+from tests.bench.fake_writers import (
+    FailingEveryNthWriter,
+    FixedSource,
+    RecordingWriter,
+    ScriptedWriter,
+    StallingWriter,
+    StepClock,
+)
 from tests.conftest import local_targets, products_ddl, run_sql
 from writers import WriterSet
 from writers.base import Targets
@@ -28,19 +36,57 @@ def config(writers: list[str], **fields: Any) -> BenchmarkConfig:
     return base.model_copy(update={"writers": writers})
 
 
+def _open_loop_schedule(
+    durations: list[float], t0: float, interval: float
+) -> tuple[Latencies, Latencies, Latencies]:
+    """One batch in flight, batch k due at t0 + k * interval: it starts when due or when the
+    one before ends, whichever is later. Service time, latency from due, send delay."""
+    service, from_due, delay = Latencies(), Latencies(), Latencies()
+    end = -math.inf
+    for k, d in enumerate(durations):
+        due = t0 + k * interval
+        start = max(due, end)
+        end = start + d
+        service.record(d)
+        from_due.record(end - due)
+        delay.record(max(0.0, start - due))
+    return service, from_due, delay
+
+
+def _summary_of(latencies: Latencies) -> LatencySummary:
+    return LatencySummary.model_validate(
+        {**(latencies.summary() or {}), "unsupported": unsupported_percentiles(latencies.count)}
+    )
+
+
 async def test_stall_moves_corrected_p99_not_service_time_p99():
-    writer = StallingWriter(TARGETS, normal_s=0.002, stall_at=20, stall_s=0.3)
-    cfg = config(["stalling"], records=2000, batch_size=10, rate=1000, concurrency=1)
-    result = await run_benchmark(cfg, FixedSource(writer))
+    # Time is the step clock: writes move it by their duration, the schedule's naps by theirs,
+    # so the figures are the same on a loaded host as on an idle one.
+    clock = StepClock()
+    durations = [0.002] * 200
+    durations[19] = 0.3  # the 20th batch stalls for 300 ms
+    writer = ScriptedWriter(TARGETS, clock, durations)
+    cfg = config(
+        ["scripted"], records=2000, batch_size=10, rate=1000, concurrency=1, visibility=False
+    )
+    result = await run_benchmark(cfg, FixedSource(writer), clock=clock, sleep=clock.sleep)
     (w,) = result.writers
     assert w.status == "completed" and w.rows == 2000 and w.failed_batches == 0
+    assert w.elapsed_s == 2.0 and w.rows_per_s == 1000.0
+    service, from_due, delay = _open_loop_schedule(durations, 1000.0, 0.01)
+    assert w.latency_ms == _summary_of(service)
+    assert w.latency_from_intended_ms == _summary_of(from_due)
+    assert w.send_delay_ms == _summary_of(delay)
     assert w.latency_ms and w.latency_from_intended_ms and w.send_delay_ms
     # One slow batch out of 200: service time's p99 does not see it ...
-    assert w.latency_ms.p99 < 50
-    assert w.latency_ms.max >= 300
-    # ... but the ~30 batches due during the stall waited for it, and say so.
-    assert w.latency_from_intended_ms.p99 > 150
-    assert w.send_delay_ms.p99 > 100
+    assert w.latency_ms.p99 == 2.0
+    assert w.latency_ms.max == Latencies.decode(w.histograms["latency"]).hist.get_max_value() / 1000
+    assert 300 <= w.latency_ms.max < 300.3  # HDR: 3 significant digits
+    # ... but the 37 batches due during and after the stall (the 21st to the 57th) waited for
+    # it, and say so: the 21st was sent 290 ms late; from the 58th on, each goes on time.
+    assert w.latency_from_intended_ms.p99 > 250
+    assert w.send_delay_ms.p99 > 250
+    assert w.send_delay_ms.p50 == 0.001  # half the batches went on time (0 is stored as 1 µs)
 
 
 async def test_closed_loop_writes_exactly_the_records_asked_for():
@@ -59,12 +105,15 @@ async def test_closed_loop_writes_exactly_the_records_asked_for():
 
 
 async def test_warmup_is_written_but_not_measured():
-    writer = StallingWriter(TARGETS, normal_s=0.005, stall_at=-1, stall_s=0)
-    cfg = config(["stalling"], records=500, batch_size=50, concurrency=1, warmup_s=0.2)
-    (w,) = (await run_benchmark(cfg, FixedSource(writer))).writers
-    assert w.rows == 500
-    assert w.warmup_rows > 0
-    assert sum(writer.rows.values()) == 500 + w.warmup_rows
+    clock = StepClock()
+    writer = RecordingWriter(TARGETS, clock, [0.05])
+    cfg = config(
+        ["recording"], visibility=False, records=500, batch_size=50, concurrency=1, warmup_s=0.225
+    )
+    (w,) = (await run_benchmark(cfg, FixedSource(writer), clock=clock)).writers
+    # Batches start at 0, 0.05, ... 0.2 s in the warm-up, then 10 are measured.
+    assert (w.warmup_rows, w.rows, w.batches) == (250, 500, 10)
+    assert len(writer.row_ids) == 750
 
 
 async def test_failures_are_counted_by_kind_and_do_not_stop_the_run():
@@ -81,10 +130,10 @@ async def test_failures_are_counted_by_kind_and_do_not_stop_the_run():
 
 
 class SourceWithAnUnavailableWriter(FixedSource):
-    async def get(self, name: str):
+    async def get(self, name: str, stream: int = 0):
         if name == "down":
             raise WriterUnavailableError("cannot reach it", writer=name)
-        return await super().get(name)
+        return await super().get(name, stream)
 
 
 @pytest.mark.parametrize("parallel", [False, True])
@@ -98,39 +147,73 @@ async def test_one_writer_failing_does_not_stop_the_others(parallel):
     assert result.status == "partial" and result.partial
 
 
-async def test_fixed_rate_holds_against_the_null_writer():
-    source = WriterSet(TARGETS)
-    cfg = BenchmarkConfig(
-        writers=["null"], duration_s=2, warmup_s=0, batch_size=100, rate=20_000, concurrency=8
+async def test_fixed_rate_holds_against_a_writer_faster_than_the_schedule():
+    clock = StepClock()
+    writer = RecordingWriter(TARGETS, clock, [0.001])  # 1 ms a batch, one due every 5 ms
+    cfg = config(
+        ["recording"], visibility=False, duration_s=2, batch_size=100, rate=20_000, concurrency=1
     )
-    (w,) = (await run_benchmark(cfg, source)).writers
-    # The schedule decides the count: 2 s x 20,000 rows/s.
-    assert w.rows == 40_000
-    assert w.rate_ratio is not None and w.rate_ratio >= 0.95
-    assert w.send_delay_ms is not None
+    run = run_benchmark(cfg, FixedSource(writer), clock=clock, sleep=clock.sleep)
+    (w,) = (await run).writers
+    # The schedule decides the count: 2 s x 20,000 rows/s, each batch sent when due.
+    assert (w.rows, w.batches, w.rate_ratio) == (40_000, 400, 1.0)
+    # Never late: 0 s of delay, which the histogram holds as its lowest value, 1 us.
+    assert w.send_delay_ms is not None and w.send_delay_ms.max == 0.001
+    assert w.latency_from_intended_ms is not None
+    assert w.latency_from_intended_ms.max == pytest.approx(1.0, abs=1e-6)
+
+
+class CancellingWriter(RecordingWriter):
+    """Cancels its run once it has written `after` batches (the user's Cancel, on cue)."""
+
+    def __init__(self, clock: StepClock, after: int) -> None:
+        super().__init__(TARGETS, clock, [0.001])
+        self.after = after
+        self.run: BenchmarkRun | None = None
+
+    async def write(self, rows: Any) -> Any:
+        receipt = await super().write(rows)
+        if len(self.batch_ids) == self.after and self.run is not None:
+            self.run.cancel()
+        return receipt
 
 
 async def test_cancel_keeps_partial_results_marked_as_such():
-    run = BenchmarkRun(
-        BenchmarkConfig(writers=["null"], duration_s=30, warmup_s=0, batch_size=100, rate=2000)
+    clock = StepClock()
+    writer = CancellingWriter(clock, after=12)
+    cfg = config(
+        ["recording"], visibility=False, duration_s=30, batch_size=100, rate=2_000, concurrency=1
     )
-    task = asyncio.create_task(run.execute(WriterSet(TARGETS)))
-    await asyncio.sleep(0.6)
-    run.cancel()
-    result = await asyncio.wait_for(task, 5)
+    run = BenchmarkRun(cfg, clock=clock, sleep=clock.sleep)
+    writer.run = run
+    result = await run.execute(FixedSource(writer))
     (w,) = result.writers
     assert result.status == "cancelled" and result.partial
-    assert w.status == "cancelled" and 0 < w.rows < 60_000
+    # The batch that saw the cancel was acked and counted; none was sent after it.
+    assert w.status == "cancelled" and (w.rows, w.batches) == (1_200, 12)
+    assert len(writer.batch_ids) == 12
 
 
 async def test_progress_reports_once_a_second():
+    clock = StepClock()
+    writer = RecordingWriter(TARGETS, clock, [0.001])
+
+    async def second_of_the_clock(seconds: float) -> None:
+        """The reporter's wait, on the run's clock: until it has moved on `seconds`."""
+        until = clock.now + seconds
+        while clock.now < until:  # noqa: ASYNC110 - the clock moves in the writer, no event to wait on
+            await asyncio.sleep(0)
+
     messages: list[dict[str, Any]] = []
-    cfg = BenchmarkConfig(writers=["null"], duration_s=2.5, warmup_s=0, batch_size=100, rate=5000)
-    await run_benchmark(cfg, WriterSet(TARGETS), on_progress=messages.append)
-    assert 2 <= len(messages) <= 4
-    assert messages[-1]["status"] == "completed"
-    assert messages[0]["writers"][0]["writer"] == "null"
-    assert messages[-1]["writers"][0]["rows"] == 12_500
+    cfg = config(
+        ["recording"], visibility=False, duration_s=2.5, batch_size=100, rate=5_000, concurrency=1
+    )
+    run = BenchmarkRun(cfg, clock=clock, sleep=clock.sleep, tick=second_of_the_clock)
+    await run.execute(FixedSource(writer), on_progress=messages.append)
+    # At 1 s and 2 s of the run's clock, then the last one with the final status.
+    assert [m["status"] for m in messages] == ["running", "running", "completed"]
+    assert [m["writers"][0]["rows"] for m in messages] == [5_000, 10_000, 12_500]
+    assert messages[0]["writers"][0]["writer"] == "recording"
 
 
 async def test_every_real_writer_small_run_produces_complete_result_files(local_stack, tmp_path):

@@ -240,7 +240,8 @@ class NamedSource:
     def __init__(self, **writers: DataWriterInterface) -> None:
         self.writers = writers
 
-    async def get(self, name: str) -> DataWriterInterface:
+    async def get(self, name: str, stream: int = 0) -> DataWriterInterface:
+        assert stream == 0, "a sweep's points here run one stream"
         return self.writers[name]
 
 
@@ -314,3 +315,4 @@ async def test_a_cancelled_sweep_skips_the_points_left():
     result = await run.execute(NamedSource(null=writer), on_point=stop_after_first)
     assert result.status == "cancelled"
     assert [p.status for p in result.points] == ["completed", "cancelled"]
+

@@ -64,6 +64,8 @@ async def test_bytes_per_row_cover_every_batch_sent_and_project_the_stream_quota
         bytes_per_row=1_976.2,
         measured_share=round(800 / (100e6 / 1_976.24), 4),
         units_to_fill_table=100,
+        interface="zerobus-grpc-proto",
+        batch_rows=100,
     )
     assert w_sql.wire_bytes_per_row == 700.2 and w_sql.quota_projection is None
 

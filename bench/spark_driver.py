@@ -1,0 +1,304 @@
+"""The `spark` executor: a run's clients as the tasks of Spark jobs (pyspark).
+
+`SparkRun` (the coordinator, in the app or the CLI) starts `python -m bench.spark_driver FD`
+with an allowlisted environment (as a benchmark worker is started: no secret in it; the
+JVM and Spark's Python workers inherit it) and sends it the job over a private socket pair.
+The driver opens a SparkSession (`--spark-master`, default `local[M]`: M task slots on this
+machine), and runs each phase (one writer, or all when `parallel`) as one job of M tasks in
+barrier mode (`RDD.barrier()`): task c is client c, runs the client's BenchmarkRun in the
+Spark Python worker with its own writers and SDK instances, and returns its result as
+JSON, which Spark hands back to the driver (`collect`). The tasks' start barrier is
+`BarrierTaskContext.allGather()`: every client has opened and prepared its writers, then all
+start at one wall-clock instant agreed from their arrival times. The coordinator merges the
+clients' results as for the `processes` executor (`bench.clients`).
+
+What Spark changes: a barrier stage runs all of its tasks or none, so a task that dies fails
+the phase for every client (the phase's clients are reported lost with Spark's reason;
+earlier phases keep their results); live progress is the phase's start and end (a task
+reports only when it returns); cancel cancels the Spark jobs, which stops the tasks without
+their figures.
+
+    driver <- coordinator: SparkJob, then {"type": "cancel"}
+    driver -> coordinator: {"type": "started", "pid", "spark": version, "master"},
+                           {"type": "phase", "index", "results": [json per client]},
+                           {"type": "phase", "index", "error": text}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import pickle
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from bench.clients import ClientsRun, _Client, _Phase
+from bench.worker_process import (
+    WorkerJob,
+    WorkerProcess,
+    client_run,
+    encode,
+    execute_client,
+    exit_reason,
+    read_message_from,
+    worker_environment,
+)
+from emulator.child_env import allowlisted_environment
+
+log = structlog.get_logger(__name__)
+
+# After the tasks' start barrier, how long after the last task arrived they all start.
+SPARK_START_DELAY_S = 1.5
+# The driver's environment besides the worker's: Java's and Spark's own settings.
+_DRIVER_PREFIXES = ("PYTHON", "GRPC_", "COVERAGE_", "RUST_LOG", "JAVA_", "SPARK_", "PYSPARK_")
+
+
+@dataclass(frozen=True)
+class SparkJob:
+    """What the driver runs: the run's job, its phases (writers each), and where."""
+
+    run_id: str
+    job: WorkerJob
+    phases: list[list[str]]
+    clients: int
+    master: str
+
+
+def spark_problem() -> str | None:
+    """Why the spark executor cannot run here (pyspark or Java missing), or None."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("pyspark") is None:
+        return "the spark executor needs pyspark (pip install -r requirements.txt)"
+    java_home = os.environ.get("JAVA_HOME")
+    java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
+    if java is None or not os.path.exists(java):
+        return (
+            "the spark executor needs Java 17 or later (Debian: apt-get install "
+            "openjdk-17-jre-headless; make test installs it)"
+        )
+    return None
+
+
+def driver_environment() -> dict[str, str]:
+    env = allowlisted_environment(_DRIVER_PREFIXES)
+    env["PYTHONPATH"] = worker_environment()["PYTHONPATH"]
+    # Spark's Python workers run this interpreter; Spark binds to loopback only.
+    env["PYSPARK_PYTHON"] = sys.executable
+    env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env["SPARK_LOCAL_IP"] = "127.0.0.1"
+    return env
+
+
+class SparkRun(ClientsRun):
+    """A clients run whose clients are Spark tasks (bench.clients.ClientsRun's merge)."""
+
+    executor = "spark"
+
+    def __init__(self, template: Any, master: str | None = None) -> None:
+        super().__init__(template)
+        self.master = master or f"local[{self.config.clients}]"
+        self.driver: WorkerProcess | None = None
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [self.driver.pid] if self.driver is not None else []
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.driver is not None:
+            self.driver.send({"type": "cancel"})
+
+    def kill(self) -> None:
+        if self.driver is not None:
+            self.driver.kill()
+
+    def _writer_progress(self, phase: _Phase, name: str) -> dict[str, Any]:
+        entry = super()._writer_progress(phase, name)
+        if self.driver is not None and phase.clients and not phase.finished:
+            # Spark tasks report when they return: the phase going on, as far as it is known.
+            started = all(p.finished for p in self.phases[: self.phases.index(phase)])
+            if started:
+                entry = {**entry, "status": "running", "phase": "running as Spark tasks"}
+        return entry
+
+    async def _run_phases(self, job: WorkerJob) -> None:
+        if (problem := spark_problem()) is not None:
+            self.error = problem
+            return
+        spark_job = SparkJob(
+            run_id=self.id,
+            job=job,
+            phases=[p.writers for p in self.phases],
+            clients=self.config.clients,
+            master=self.master,
+        )
+        try:
+            driver = await WorkerProcess.start(
+                spark_job, module="bench.spark_driver", env=driver_environment()
+            )
+        except OSError as exc:
+            self.error = f"the Spark driver could not be started: {exc}"
+            return
+        self.driver = driver
+        if self.cancelled:
+            driver.send({"type": "cancel"})
+        for phase in self.phases:
+            phase.clients = [_Client(c) for c in range(self.config.clients)]
+        got_all = False
+        try:
+            while not got_all:
+                try:
+                    message = await driver.receive()
+                except EOFError:
+                    break
+                if message["type"] == "started":
+                    self.environment = {
+                        **self.environment,
+                        "spark": {"version": message["spark"], "master": message["master"]},
+                    }
+                elif message["type"] == "phase":
+                    self._phase_done(self.phases[message["index"]], message)
+                    got_all = all(p.finished for p in self.phases)
+        finally:
+            if not got_all:
+                driver.kill()
+            code = await driver.wait()
+        for phase in self.phases:
+            if not phase.finished:
+                # The driver ended before this phase did.
+                reason = self.stop_reason or exit_reason(driver.pid, code).replace(
+                    "benchmark worker", "Spark driver"
+                )
+                self._phase_done(phase, {"error": reason})
+
+    def _phase_done(self, phase: _Phase, message: dict[str, Any]) -> None:
+        phase.finished = True
+        if "results" in message:
+            for client, result_json in zip(phase.clients, message["results"], strict=True):
+                client.result_json = result_json
+                client.done = True
+            return
+        reason = "cancelled" if self.cancelled and "error" not in message else message["error"]
+        for client in phase.clients:
+            client.lost = reason
+            client.done = True
+
+
+# -- the driver process ----------------------------------------------------------------------
+
+
+def _task(payload: bytes) -> Any:
+    """The function each barrier task runs over its one-element partition (the client)."""
+
+    def run(partition: Iterator[int]) -> Iterator[str]:
+        from pyspark import BarrierTaskContext
+
+        context = BarrierTaskContext.get()
+        client = next(iter(partition))
+        job: WorkerJob = pickle.loads(payload)
+        lock = threading.Lock()
+
+        def barrier() -> None:
+            # Every task says when it arrived; all start at an instant agreed from that.
+            # (Spark hands a barrier's release to its tasks up to about a second apart,
+            # so releasing on the barrier alone spread the clients' starts by up to 1 s.)
+            with lock:  # one barrier call at a time per task (writers run in parallel)
+                arrived = context.allGather(repr(time.time()))
+            start_at = max(float(t) for t in arrived) + SPARK_START_DELAY_S
+            if (delay := start_at - time.time()) > 0:
+                time.sleep(delay)
+
+        async def gate(_name: str) -> None:
+            await asyncio.to_thread(barrier)
+
+        run_ = client_run(job, client, gate)
+        result = asyncio.run(execute_client(job, run_))
+        yield result.model_dump_json()
+
+    return run
+
+
+def _drive(spark_job: SparkJob, sock: socket.socket) -> None:
+    from pyspark import __version__ as spark_version
+    from pyspark.sql import SparkSession
+
+    def send(message: dict[str, Any]) -> None:
+        sock.sendall(encode(message))
+
+    spark = (
+        SparkSession.builder.master(spark_job.master)
+        .appName(f"dwbench-{spark_job.run_id}")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.python.worker.reuse", "false")
+        .getOrCreate()
+    )
+    sc = spark.sparkContext
+    sc.setLogLevel("WARN")
+    cancelled = threading.Event()
+
+    def control() -> None:
+        reader = sock.makefile("rb")
+        while True:
+            try:
+                message = read_message_from(reader)
+            except EOFError:
+                message = {"type": "cancel"}  # the coordinator is gone
+            if message.get("type") == "cancel":
+                cancelled.set()
+                sc.cancelAllJobs()
+                return
+
+    threading.Thread(target=control, daemon=True).start()
+    send({"type": "started", "pid": os.getpid(), "spark": spark_version, "master": sc.master})
+    try:
+        for index, writers in enumerate(spark_job.phases):
+            if cancelled.is_set():
+                send({"type": "phase", "index": index, "error": "cancelled before it started"})
+                continue
+            config = spark_job.job.config.model_copy(update={"writers": writers})
+            job = dataclasses.replace(spark_job.job, config=config)
+            rdd = sc.parallelize(range(spark_job.clients), spark_job.clients)
+            try:
+                results = rdd.barrier().mapPartitions(_task(pickle.dumps(job))).collect()
+            except Exception as exc:  # a task failed, or the job was cancelled
+                reason = "cancelled" if cancelled.is_set() else _spark_reason(exc)
+                send({"type": "phase", "index": index, "error": reason})
+                continue
+            send({"type": "phase", "index": index, "results": list(results)})
+    finally:
+        spark.stop()
+
+
+def _spark_reason(exc: BaseException) -> str:
+    """Spark's reason for a failed job, first line (its Java stack traces stay in the log)."""
+    text = str(exc).strip().splitlines()
+    first = next((line for line in text if "Exception" in line or "Error" in line), None)
+    line = (first or (text[0] if text else repr(exc))).lstrip(": ")
+    return f"the Spark job failed: {line[:400]}"
+
+
+def main(argv: list[str]) -> int:
+    from dwbench.log import configure_logging
+
+    configure_logging()
+    sock = socket.socket(fileno=int(argv[1]))
+    reader = sock.makefile("rb")
+    spark_job: SparkJob = read_message_from(reader)
+    _drive(spark_job, sock)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

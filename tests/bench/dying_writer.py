@@ -1,0 +1,28 @@
+"""A writer whose process dies (SIGKILL) when it is handed batch 21 or a later odd batch:
+with two clients, client 1's process dies mid-run and client 0's never does (the run's
+batches are dealt c, c + 2, ...). Registered by tests through DWBENCH_EXTRA_WRITERS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from workloads.base import Rows
+from writers.base import WriteReceipt
+from writers.null import NullWriter
+
+TARGET = "tests.bench.dying_writer:DyingWriter"
+
+
+class DyingWriter(NullWriter):
+    name = "dying"
+    label = "Dying writer (test-only)"
+    family = "test"
+
+    async def write(self, rows: Rows) -> WriteReceipt:
+        batch = int(rows.batch_id.rsplit("-", 1)[1])
+        if batch >= 21 and batch % 2 == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        await asyncio.sleep(0.001)
+        return WriteReceipt(rows=len(rows))
