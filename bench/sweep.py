@@ -503,15 +503,10 @@ class SweepRun:
                 self.index = index
                 # In a thread: building each writer's row source takes a while (~0.1-0.5 s),
                 # and the event loop has requests to answer.
-                run = await asyncio.to_thread(
-                    BenchmarkRun,
-                    self.config.point_config(point.batch_size, point.concurrency),
-                    run_id=f"{self.id}-b{point.batch_size}-c{point.concurrency}",
-                    environment=self.environment,
-                    clock=self.clock,
-                    workloads=self.workloads,
-                    host_probe=self.host_probe,
-                )
+                run = await asyncio.to_thread(self._point_run, point)
+                if self._cancelled:  # cancelled while the run was built: nothing to stop yet
+                    point.status = "cancelled"
+                    continue
                 self.current = run
                 point.status = "running"
                 point.run_id = run.id
@@ -537,6 +532,16 @@ class SweepRun:
             self.current = None
             self.finished_at = _now()
         return self.result()
+
+    def _point_run(self, point: SweepPoint) -> BenchmarkRun:
+        return BenchmarkRun(
+            self.config.point_config(point.batch_size, point.concurrency),
+            run_id=f"{self.id}-b{point.batch_size}-c{point.concurrency}",
+            environment=self.environment,
+            clock=self.clock,
+            workloads=self.workloads,
+            host_probe=self.host_probe,
+        )
 
     def _forward(self, report: ProgressCallback) -> ProgressCallback:
         """A point's run progress, passed on wrapped in the sweep's."""

@@ -316,3 +316,23 @@ async def test_a_cancelled_sweep_skips_the_points_left():
     assert result.status == "cancelled"
     assert [p.status for p in result.points] == ["completed", "cancelled"]
 
+
+class CancelledWhileBuilt(SweepRun):
+    """A cancel that lands while a point's run is still being built (in its thread)."""
+
+    def _point_run(self, point: Any) -> Any:
+        run = super()._point_run(point)
+        self.cancel()
+        return run
+
+
+async def test_a_cancel_while_a_point_is_being_built_runs_nothing():
+    clock = StepClock()
+    writer = ClockedWriter(TARGETS, clock, step_s=0.001)
+    cfg = clocked_sweep(writers=["null"], batch_sizes=[1, 2], concurrencies=[1])
+    run = CancelledWhileBuilt(cfg, clock=clock, host_probe=dict)
+    points: list[Any] = []
+    result = await run.execute(NamedSource(null=writer), on_point=lambda p, r: points.append(p))
+    assert result.status == "cancelled"
+    assert [p.status for p in result.points] == ["cancelled", "cancelled"]
+    assert points == [] and clock.now == 1000.0  # no write moved the clock
