@@ -15,14 +15,14 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from bench.clients import ClientsRun
 from bench.config import BenchmarkConfig, check_memory
 from bench.results import RunResult
-from bench.runner import BenchmarkRun, WriterSource
+from bench.runner import BenchmarkRun, ProgressCallback, WriterSource
 from bench.spark_driver import SparkRun
 from bench.store import ResultStore, summary
 from bench.worker_process import RunElsewhere, WorkerJob, WorkerProcess, exit_reason, make_job
@@ -32,6 +32,8 @@ from workloads.registry import WorkloadRegistry
 from writers.base import Targets
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 # How long a cancelled worker has to return its partial result before it is killed.
 CANCEL_GRACE_S = 5.0
@@ -230,10 +232,17 @@ class BenchmarkManager:
 
     async def _execute_remote(self, run: RemoteRun, targets: Targets) -> RunResult:
         job = await self._job(run, targets)
+        return self._finish(await self.run_in_worker(run, job, self._publish))
+
+    async def run_in_worker(
+        self, run: RemoteRun, job: WorkerJob, publish: ProgressCallback
+    ) -> RunResult:
+        """Run `job` in a worker process of its own, its progress to `publish` (with the
+        worker's pid): the worker's result, or, when it ended without one, `run.lost`."""
         try:
             worker = await WorkerProcess.start(job)
         except OSError as exc:
-            return self._finish(run.lost(f"the benchmark worker could not be started: {exc}"))
+            return run.lost(f"the benchmark worker could not be started: {exc}")
         run.worker = worker
         if run.cancelled:  # cancelled while the worker was being started
             worker.send({"type": "cancel"})
@@ -253,7 +262,7 @@ class BenchmarkManager:
                     # over once its result is here and saved, not before.
                     if progress["status"] == "running":
                         run.keep(message["result"], progress)
-                    self._publish({**progress, "worker_pid": worker.pid})
+                    publish({**progress, "worker_pid": worker.pid})
                 elif kind == "started":
                     run.keep(message["result"])
         finally:
@@ -269,7 +278,7 @@ class BenchmarkManager:
             reaper = asyncio.create_task(self._reap(run.id, worker))
             self._reapers.add(reaper)
             reaper.add_done_callback(self._reapers.discard)
-        return self._finish(result)
+        return result
 
     async def _reap(self, run_id: str, worker: WorkerProcess) -> None:
         try:
@@ -341,14 +350,13 @@ class BenchmarkManager:
         current.cancel()
         assert self._task is not None
         if isinstance(current, RemoteRun | ClientsRun):
-            return await self._stop_worker(current, self._task)
+            return await self.stop_worker(current, self._task)
         return await self._task
 
-    async def _stop_worker(
-        self, run: RemoteRun | ClientsRun, task: asyncio.Task[RunResult]
-    ) -> RunResult:
+    async def stop_worker(self, run: RemoteRun | ClientsRun, task: asyncio.Task[T]) -> T:
         """A cancelled worker returns its partial result within the grace, or is killed and
-        the run kept as its last progress showed it, failed, saying why."""
+        the run kept as its last progress showed it, failed, saying why. `task`: what
+        waits on the worker (the run's, or a sweep's whose point it runs)."""
         try:
             return await asyncio.wait_for(asyncio.shield(task), self.cancel_grace_s)
         except TimeoutError:
@@ -374,7 +382,7 @@ class BenchmarkManager:
             current.cancel()
             with contextlib.suppress(Exception):
                 if isinstance(current, RemoteRun | ClientsRun):
-                    await self._stop_worker(current, self._task)
+                    await self.stop_worker(current, self._task)
                 else:
                     await self._task
         if self._reapers:

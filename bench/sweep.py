@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Protocol, Self
 
 from pydantic import (
     BaseModel,
@@ -454,6 +454,18 @@ def _now() -> str:
 PointCallback = Callable[[SweepPoint, RunResult], None]
 
 
+class PointElsewhere(Protocol):
+    """A point's run executing elsewhere (the app: a worker process of its own)."""
+
+    def cancel(self) -> None: ...
+
+    async def execute(self, on_progress: ProgressCallback | None) -> RunResult: ...
+
+
+# Given a point's run as built here, where it runs instead.
+Elsewhere = Callable[[BenchmarkRun], PointElsewhere]
+
+
 class SweepRun:
     """A sweep in progress: every grid point a BenchmarkRun, one after another."""
 
@@ -478,7 +490,7 @@ class SweepRun:
         self.started_at = _now()
         self.finished_at: str | None = None
         self.status: SweepStatus = "running"
-        self.current: BenchmarkRun | None = None
+        self.current: BenchmarkRun | PointElsewhere | None = None
         self.index = -1
         self._cancelled = False
         self._labels: dict[str, str] = {}
@@ -494,7 +506,11 @@ class SweepRun:
         source: WriterSource,
         on_progress: ProgressCallback | None = None,
         on_point: PointCallback | None = None,
+        *,
+        elsewhere: Elsewhere | None = None,
     ) -> SweepResult:
+        """Every point in turn, each run by `source`'s writers here, or, given `elsewhere`,
+        where that puts it."""
         try:
             for index, point in enumerate(self.points):
                 if self._cancelled:
@@ -507,11 +523,15 @@ class SweepRun:
                 if self._cancelled:  # cancelled while the run was built: nothing to stop yet
                     point.status = "cancelled"
                     continue
-                self.current = run
                 point.status = "running"
                 point.run_id = run.id
                 forward = self._forward(on_progress) if on_progress is not None else None
-                result = await run.execute(source, forward)
+                if elsewhere is None:
+                    self.current = run
+                    result = await run.execute(source, forward)
+                else:
+                    away = self.current = elsewhere(run)
+                    result = await away.execute(forward)
                 result = result.model_copy(
                     update={
                         "label": f"sweep {self.id}: batch size {point.batch_size:,} x "

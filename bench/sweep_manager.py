@@ -3,6 +3,11 @@
 A sweep holds the same targets as a benchmark run, so the app runs one of either at a time:
 the SweepManager refuses to start while the BenchmarkManager has a run, and hooks itself
 into that manager (`busy`) so a run is refused while a sweep goes on (both 409).
+
+When the benchmark manager runs its benchmarks in worker processes (the app), each point
+does too, one worker per point: the app's event loop only relays progress, so it answers
+while a point keeps a core busy, and a cancel reaches the point's worker at once (killed
+after the manager's grace if it does not stop).
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ from typing import Any
 
 import structlog
 
-from bench.manager import BenchmarkManager
+from bench.manager import BenchmarkManager, RemoteRun
 from bench.results import RunResult
+from bench.runner import BenchmarkRun, ProgressCallback
 from bench.sweep import SweepConfig, SweepPoint, SweepResult, SweepRun, SweepStore, sweep_summary
+from bench.worker_process import make_job
 from bench.workload import memory_check
 from dwbench.errors import BenchmarkError, DirectWriteError
+from writers.base import Targets
 
 log = structlog.get_logger(__name__)
 
@@ -83,13 +91,20 @@ class SweepManager:
             except OSError as exc:
                 log.error("sweep_point_not_saved", sweep_id=run.id, error=str(exc))
 
-        result = await run.execute(self.benchmarks.source, self._keep_progress, keep)
+        elsewhere = self._in_worker if self.benchmarks.worker is not None else None
+        result = await run.execute(
+            self.benchmarks.source, self._keep_progress, keep, elsewhere=elsewhere
+        )
         try:
             self.store.save(result)
         except OSError as exc:
             log.error("sweep_not_saved", sweep_id=run.id, error=str(exc))
         log.info("sweep_finished", sweep_id=run.id, status=result.status)
         return result
+
+    def _in_worker(self, run: BenchmarkRun) -> _PointInWorker:
+        assert self.benchmarks.worker is not None
+        return _PointInWorker(self.benchmarks, RemoteRun(run), self.benchmarks.worker)
 
     def _keep_progress(self, progress: dict[str, Any]) -> None:
         self._progress = progress
@@ -124,11 +139,36 @@ class SweepManager:
             return self.store.load(sweep_id)
         current.cancel()
         assert self._task is not None
-        return await self._task
+        return await self._stopped(current, self._task)
+
+    async def _stopped(self, run: SweepRun, task: asyncio.Task[SweepResult]) -> SweepResult:
+        point = run.current
+        if isinstance(point, _PointInWorker):
+            return await self.benchmarks.stop_worker(point.remote, task)
+        return await task
 
     async def close(self) -> None:
         current = self.running
         if current is not None and self._task is not None:
             current.cancel()
             with contextlib.suppress(Exception):
-                await self._task
+                await self._stopped(current, self._task)
+
+
+class _PointInWorker:
+    """A sweep point's run in a worker process of its own, as a benchmark run goes."""
+
+    def __init__(self, benchmarks: BenchmarkManager, remote: RemoteRun, targets: Targets) -> None:
+        self.benchmarks, self.remote, self.targets = benchmarks, remote, targets
+
+    def cancel(self) -> None:
+        self.remote.cancel()
+
+    async def execute(self, on_progress: ProgressCallback | None) -> RunResult:
+        job = await asyncio.to_thread(make_job, self.remote, self.targets)
+        publish = on_progress if on_progress is not None else _ignore
+        return await self.benchmarks.run_in_worker(self.remote, job, publish)
+
+
+def _ignore(progress: dict[str, Any]) -> None:
+    pass

@@ -213,6 +213,110 @@ def test_a_worker_that_does_not_stop_after_cancel_is_killed(
     assert wait_finished(http, again)["status"] == "completed"
 
 
+# -- sweeps: each point in a worker process of its own ------------------------------------
+
+
+def sweep_point_in_worker(http: httpx.Client, sweep_id: str, rows: bool) -> dict[str, Any]:
+    """The sweep's progress once its first point runs in a worker (and, with `rows`, has
+    measured rows)."""
+    deadline = time.monotonic() + 30
+    while True:
+        resp = http.get(f"/api/v1/sweeps/{sweep_id}")
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["status"] == "running", body
+        run = (body["progress"] or {}).get("run") or {}
+        writers = run.get("writers") or [{}]
+        if run.get("worker_pid") and (not rows or writers[0].get("rows", 0) > 0):
+            progress: dict[str, Any] = body["progress"]
+            return progress
+        assert time.monotonic() < deadline, "the sweep's point did not start in a worker"
+        time.sleep(0.1)
+
+
+def test_a_sweep_runs_its_points_in_workers_and_the_app_answers_meanwhile(
+    http: httpx.Client, worker_app: AppServer
+):
+    # Closed loop: each point's null writer keeps its process's core busy.
+    config = {"writers": ["null"], "batch_sizes": [100], "concurrencies": [1, 4]}
+    resp = http.post(
+        "/api/v1/sweeps", json=config | {"duration_s": 30, "warmup_s": 0, "visibility": False}
+    )
+    assert resp.status_code == 202, resp.text
+    sweep = resp.json()
+    progress = sweep_point_in_worker(http, sweep["id"], rows=True)
+    assert (progress["point"], progress["points"], progress["concurrency"]) == (1, 2, 1)
+    pid = progress["run"]["worker_pid"]
+    assert pid != os.getpid()
+    assert b"bench.worker_process" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+    for _ in range(20):
+        health = http.get("/health", timeout=5)
+        assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+    run = http.post("/api/v1/benchmarks", json={"writers": ["null"], "records": 10})
+    assert run.status_code == 409, run.text
+    assert run.json()["message"] == (
+        f"sweep {sweep['id']} is running; cancel it or wait for it to finish"
+    )
+
+    resp = http.post(sweep["links"]["cancel"])
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["status"] == "cancelled"
+    first, second = body["points"]
+    assert first["status"] == "cancelled" and first["run_id"] == progress["run"]["run_id"]
+    (writer,) = first["writers"]
+    assert writer["rows"] > 0 and writer["rows"] == writer["batches"] * 100
+    assert second["status"] == "cancelled" and second["writers"] == []
+    # The point's run, as its worker returned it, is stored with the sweep.
+    stored = http.get(f"/api/v1/sweeps/{sweep['id']}")
+    assert stored.json()["points"][0]["writers"][0]["rows"] == writer["rows"]
+    assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid) is False
+
+
+def test_a_sweep_point_whose_worker_does_not_stop_after_cancel_is_killed(
+    http: httpx.Client, worker_app: AppServer
+):
+    manager = manager_of(worker_app)
+    manager.cancel_grace_s = 1.0
+    try:
+        resp = http.post(
+            "/api/v1/sweeps",
+            json={
+                "writers": ["stuck"],
+                "batch_sizes": [10],
+                "concurrencies": [1],
+                "duration_s": 30,
+                "warmup_s": 0,
+                "visibility": False,
+            },
+        )
+        assert resp.status_code == 202, resp.text
+        sweep = resp.json()
+        deadline = time.monotonic() + 30
+        while True:
+            progress = sweep_point_in_worker(http, sweep["id"], rows=False)
+            if progress["run"]["writers"][0]["status"] == "running":
+                break  # its first write is blocked now
+            assert time.monotonic() < deadline, "the writer did not start"
+            time.sleep(0.05)
+        pid = progress["run"]["worker_pid"]
+        resp = http.post(sweep["links"]["cancel"])
+    finally:
+        manager.cancel_grace_s = 5.0
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    reason = (
+        f"the benchmark worker (pid {pid}) did not stop within 1 s of the cancel and was killed"
+    )
+    assert body["status"] == "cancelled"
+    (point,) = body["points"]
+    assert point["status"] == "failed"
+    assert point["writers"][0]["error"] == reason
+    again = start(http, writers=["null"], records=100, batch_size=10)
+    assert wait_finished(http, again)["status"] == "completed"
+
+
 # -- clients: one worker process each, merged --------------------------------------------
 
 
