@@ -8,6 +8,7 @@ processes. No wall-time assertions: time only bounds the waits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -185,12 +186,26 @@ def test_a_worker_killed_mid_run_fails_the_run_and_frees_the_slot(
     assert wait_finished(http, again)["status"] == "completed"
 
 
+@contextlib.contextmanager
+def short_cancel_grace(app: AppServer) -> Iterator[None]:
+    """A 1 s grace for cancelled workers (a setting, as the runtime's poll intervals are)."""
+    manager = manager_of(app)
+    manager.cancel_grace_s = 1.0
+    try:
+        yield
+    finally:
+        manager.cancel_grace_s = 5.0
+
+
+def killed_after_grace(pid: int) -> str:
+    return f"the benchmark worker (pid {pid}) did not stop within 1 s of the cancel and was killed"
+
+
 def test_a_worker_that_does_not_stop_after_cancel_is_killed(
     http: httpx.Client, worker_app: AppServer
 ):
     manager = manager_of(worker_app)
-    manager.cancel_grace_s = 1.0  # a setting, as the runtime's poll intervals are
-    try:
+    with short_cancel_grace(worker_app):
         run_id = start(http, writers=["stuck"], duration_s=30, batch_size=10, concurrency=1)
         deadline = time.monotonic() + 30
         # Until its progress shows the writer running: its first write is blocked then.
@@ -198,14 +213,11 @@ def test_a_worker_that_does_not_stop_after_cancel_is_killed(
             assert time.monotonic() < deadline, "the writer did not start"
             time.sleep(0.05)
         pid = manager.worker_pid
+        assert pid is not None
         resp = http.post(f"/api/v1/benchmarks/{run_id}/cancel")
-    finally:
-        manager.cancel_grace_s = 5.0
     assert resp.status_code == 200, resp.text
     run = resp.json()
-    reason = (
-        f"the benchmark worker (pid {pid}) did not stop within 1 s of the cancel and was killed"
-    )
+    reason = killed_after_grace(pid)
     assert run["status"] == "failed" and run["partial"] is True
     assert run["warnings"][0] == f"the run stopped on an error: {reason}"
     assert result_of(http, run_id)["status"] == "failed"
@@ -277,9 +289,7 @@ def test_a_sweep_runs_its_points_in_workers_and_the_app_answers_meanwhile(
 def test_a_sweep_point_whose_worker_does_not_stop_after_cancel_is_killed(
     http: httpx.Client, worker_app: AppServer
 ):
-    manager = manager_of(worker_app)
-    manager.cancel_grace_s = 1.0
-    try:
+    with short_cancel_grace(worker_app):
         resp = http.post(
             "/api/v1/sweeps",
             json={
@@ -302,13 +312,9 @@ def test_a_sweep_point_whose_worker_does_not_stop_after_cancel_is_killed(
             time.sleep(0.05)
         pid = progress["run"]["worker_pid"]
         resp = http.post(sweep["links"]["cancel"])
-    finally:
-        manager.cancel_grace_s = 5.0
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    reason = (
-        f"the benchmark worker (pid {pid}) did not stop within 1 s of the cancel and was killed"
-    )
+    reason = killed_after_grace(pid)
     assert body["status"] == "cancelled"
     (point,) = body["points"]
     assert point["status"] == "failed"
