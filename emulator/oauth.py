@@ -40,6 +40,7 @@ from emulator.errors import SchemaMismatchError
 log = structlog.get_logger(__name__)
 
 TOKEN_PATH = "/oidc/v1/token"
+DISCOVERY_PATH = "/oidc/.well-known/oauth-authorization-server"
 TOKEN_LIFETIME_S = 3600
 _MAX_FORM_BYTES = 64 * 1024
 _PRIVILEGES = {
@@ -227,6 +228,30 @@ class OAuthIssuer:
             self._grants.pop(presented, None)
             raise TokenRejected(401, "the OAuth token has expired")
         return grant
+
+    def allows_apis(self, authorization: str) -> bool:
+        """Whether the bearer token may call the workspace's REST APIs (SQL, Unity Catalog,
+        Files): the stack's own, or an OAuth token without authorization_details (scope
+        all-apis, as the SDK's oauth-m2m asks for). A token scoped to tables is for Zerobus
+        writes only."""
+        try:
+            grant = self.authenticate(authorization)
+        except TokenRejected:
+            return False
+        return grant is None or grant.tables is None
+
+    async def discovery_route(self, request: Request) -> JSONResponse:
+        """The workspace's OAuth metadata (`/oidc/.well-known/oauth-authorization-server`),
+        which the SDK reads to find the token endpoint; public, as on a workspace."""
+        base = str(request.base_url).rstrip("/")
+        return JSONResponse(
+            {
+                "issuer": f"{base}/oidc",
+                "authorization_endpoint": f"{base}/oidc/v1/authorize",
+                "token_endpoint": f"{base}{TOKEN_PATH}",
+                "grant_types_supported": ["client_credentials"],
+            }
+        )
 
     def authorize_write(self, authorization: str, table: str) -> None:
         """Whether the bearer token may write into `table` (canonical); TokenRejected if not."""

@@ -20,7 +20,7 @@ from emulator.catalog import Catalog
 from emulator.flight import FlightIngestService, add_to_server
 from emulator.kafka import KafkaListener
 from emulator.mqtt import ZerobusMqttService
-from emulator.oauth import TOKEN_PATH, OAuthIssuer
+from emulator.oauth import DISCOVERY_PATH, TOKEN_PATH, OAuthIssuer
 from emulator.postgres import EmbeddedPostgres, PostgresStartError
 from emulator.process import (
     PARENT_PID_ENV,
@@ -141,13 +141,16 @@ class LocalStack:
         add_to_server(self.flight, self._grpc)
         await self._grpc.start()
 
-        app = create_statement_app(self.catalog, cfg.token, volumes=Volumes(cfg.data_dir))
+        app = create_statement_app(
+            self.catalog, cfg.token, volumes=Volumes(cfg.data_dir), oauth=self.oauth
+        )
         self._statements = app.state.statement_service
         app.add_api_route("/api/local/status", self._status, methods=["GET"])
         app.add_api_route("/api/local/endpoints", self._endpoints, methods=["GET"])
         app.add_api_route("/api/local/wire-bytes", self._wire_bytes, methods=["GET"])
         assert self.oauth is not None
         app.add_api_route(TOKEN_PATH, self.oauth.token_route, methods=["POST"])
+        app.add_api_route(DISCOVERY_PATH, self.oauth.discovery_route, methods=["GET"])
         self.pipeline = PipelineServices(self.catalog, self.postgres, cfg.data_dir)
         self.pipeline.add_routes(app, self._authorize)
         self._http, self._http_task, self.api_port = await _serve_http(app, cfg.host, cfg.api_port)

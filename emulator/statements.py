@@ -8,12 +8,15 @@
     GET  /api/2.1/unity-catalog/tables/{full_name}[/exists]     a table's metadata (TableInfo)
     GET  /api/2.1/unity-catalog/tables?catalog_name=&schema_name=   the tables of a schema
     GET  /.well-known/databricks-config                         host metadata the SDK probes
+                                                                (where OAuth is: oidc_endpoint)
     PUT/DELETE/HEAD /api/2.0/fs/files/Volumes/...               the Files API (emulator.volumes)
 
 Every statement runs in its own asyncio task; parsing and DuckDB work happen in a worker
 thread (`emulator.sql_eval`), catalog changes and inserts in the event loop that owns the
 table writers. A statement that fails as SQL answers HTTP 200 with state FAILED, as a real
 warehouse does; a malformed request answers HTTP 4xx with `{"error_code", "message"}`.
+Every route takes the stack's token, or an all-apis OAuth token the stack issued (one
+without authorization_details: a table-scoped token is for Zerobus writes only).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from emulator.errors import (
     WriterClosedError,
     scrub_paths,
 )
+from emulator.oauth import OAuthIssuer
 from emulator.sql_eval import (
     Action,
     CreateTable,
@@ -522,14 +526,16 @@ async def _read_json(request: Request, limit: int) -> Any:
 # -- the app -------------------------------------------------------------------------------------
 
 
-def _authorizer(token: str) -> Callable[[Request], Awaitable[None]]:
+def _authorizer(token: str, oauth: OAuthIssuer | None) -> Callable[[Request], Awaitable[None]]:
     expected = f"Bearer {token}".encode()
 
     async def authorize(request: Request) -> None:
         header = request.headers.get("authorization")
         if header is None:
             raise ApiError(401, "UNAUTHENTICATED", "No access token was sent with the request.")
-        if not hmac.compare_digest(header.encode(), expected):
+        if hmac.compare_digest(header.encode(), expected):
+            return
+        if oauth is None or not oauth.allows_apis(header):
             raise ApiError(401, "UNAUTHENTICATED", "Invalid access token.")
 
     return authorize
@@ -567,8 +573,8 @@ def _warehouse_info(warehouse_id: str, request: Request) -> dict[str, Any]:
     }
 
 
-def _unity_catalog_router(catalog: Catalog, token: str) -> APIRouter:
-    uc = APIRouter(prefix="/api/2.1/unity-catalog", dependencies=[Depends(_authorizer(token))])
+def _unity_catalog_router(catalog: Catalog, guard: Callable[..., Awaitable[None]]) -> APIRouter:
+    uc = APIRouter(prefix="/api/2.1/unity-catalog", dependencies=[Depends(guard)])
 
     def lookup(full_name: str) -> Any:
         try:
@@ -619,8 +625,10 @@ def create_statement_app(
     warehouse_id: str = "local",
     limits: StatementLimits | None = None,
     volumes: Volumes | None = None,
+    oauth: OAuthIssuer | None = None,
 ) -> FastAPI:
-    """The Statement Execution API over `catalog`, guarded by `token`.
+    """The Statement Execution API over `catalog`, guarded by `token` (and, given `oauth`,
+    the all-apis OAuth tokens it issues).
 
     The service is at `app.state.statement_service`; the app's lifespan closes it (call
     `close()` yourself when mounting this app inside another one).
@@ -635,7 +643,8 @@ def create_statement_app(
 
     app = FastAPI(title="Local Statement Execution API", lifespan=lifespan)
     app.state.statement_service = service
-    api = APIRouter(prefix="/api/2.0/sql", dependencies=[Depends(_authorizer(token))])
+    guard = _authorizer(token, oauth)
+    api = APIRouter(prefix="/api/2.0/sql", dependencies=[Depends(guard)])
 
     def check_warehouse(requested: Any) -> None:
         if not isinstance(requested, str) or not requested:
@@ -681,14 +690,19 @@ def create_statement_app(
         return _warehouse_info(warehouse_id, request)
 
     app.include_router(api)
-    app.include_router(_unity_catalog_router(catalog, token))
+    app.include_router(_unity_catalog_router(catalog, guard))
     if volumes is not None:
-        app.include_router(files_router(volumes, token))
+        app.include_router(files_router(volumes, token, oauth))
 
     @app.get("/.well-known/databricks-config")
-    async def host_metadata() -> dict[str, Any]:
-        """Host metadata, which the SDK asks for whenever it builds a client (none here)."""
-        return {}
+    async def host_metadata(request: Request) -> dict[str, Any]:
+        """Host metadata, which the SDK asks for whenever it builds a client: where the
+        workspace's OAuth is (its discovery document under `oidc_endpoint`), when the stack
+        issues OAuth tokens."""
+        if oauth is None:
+            return {}
+        base = str(request.base_url).rstrip("/")
+        return {"oidc_endpoint": f"{base}/oidc", "workspace_id": oauth.workspace_id}
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:

@@ -29,6 +29,8 @@ from pathlib import Path
 import structlog
 from fastapi import APIRouter, Depends, Request, Response
 
+from emulator.oauth import OAuthIssuer
+
 log = structlog.get_logger(__name__)
 
 MiB = 1024 * 1024
@@ -183,14 +185,16 @@ class Volumes:
         )
 
 
-def _authorizer(token: str) -> Callable[[Request], Awaitable[None]]:
+def _authorizer(token: str, oauth: OAuthIssuer | None) -> Callable[[Request], Awaitable[None]]:
     expected = f"Bearer {token}".encode()
 
     async def authorize(request: Request) -> None:
         header = request.headers.get("authorization")
         if header is None:
             raise FilesApiError(401, "UNAUTHENTICATED", "No access token was sent.")
-        if not hmac.compare_digest(header.encode(), expected):
+        if hmac.compare_digest(header.encode(), expected):
+            return
+        if oauth is None or not oauth.allows_apis(header):
             raise FilesApiError(401, "UNAUTHENTICATED", "Invalid access token.")
 
     return authorize
@@ -205,9 +209,11 @@ def _flag(value: str | None, name: str, *, default: bool) -> bool:
     return lowered == "true"
 
 
-def files_router(volumes: Volumes, token: str) -> APIRouter:
-    """The Files API over `volumes`, guarded by `token` (add the exception handler too)."""
-    router = APIRouter(prefix="/api/2.0/fs", dependencies=[Depends(_authorizer(token))])
+def files_router(volumes: Volumes, token: str, oauth: OAuthIssuer | None = None) -> APIRouter:
+    """The Files API over `volumes`, guarded by `token` and the all-apis OAuth tokens of
+    `oauth` (add the exception handler too)."""
+    guard = _authorizer(token, oauth)
+    router = APIRouter(prefix="/api/2.0/fs", dependencies=[Depends(guard)])
 
     @router.put("/files{file_path:path}")
     async def upload(file_path: str, request: Request) -> Response:

@@ -1,10 +1,11 @@
 """Databricks mode end to end, as far as the local stack allows: `dwbench run` with
-APP_MODE=databricks and a personal access token for the local stack's API. The CLI resolves
+APP_MODE=databricks and a personal access token for the local stack's API, or its OAuth
+client as a service principal (OAuth M2M: the SDK finds the token endpoint from the host's
+metadata and signs in with client credentials). The CLI resolves
 the workspace credentials with the SDK's unified auth and reads the warehouse
 (`warehouses.get`); its clients, in worker processes or Spark tasks, get the job without
 those credentials and resolve them again from the same settings, then write through the
-Statement Execution API. The stack stands in for the workspace: no OAuth discovery here
-(the stack serves `/oidc/v1/token` for Zerobus, not the workspace's OAuth metadata)."""
+Statement Execution API."""
 
 from __future__ import annotations
 
@@ -34,35 +35,48 @@ def table(local_stack: dict[str, Any]) -> str:
     return TABLE
 
 
-def databricks_env(stack: dict[str, Any], data_dir: Path) -> dict[str, str]:
+def databricks_env(stack: dict[str, Any], data_dir: Path, auth: str = "pat") -> dict[str, str]:
+    """Databricks mode on the stack, as a user (a token) or a service principal (OAuth M2M
+    with the stack's client)."""
+    if auth == "pat":
+        credentials = {"DATABRICKS_TOKEN": stack["token"]}
+    else:
+        credentials = {
+            "DATABRICKS_CLIENT_ID": stack["oauth_client_id"],
+            "DATABRICKS_CLIENT_SECRET": stack["oauth_client_secret"],
+        }
     return base_env(
         APP_MODE="databricks",
         DATABRICKS_HOST=stack["api_url"],
-        DATABRICKS_TOKEN=stack["token"],
         DATABRICKS_WAREHOUSE_ID=stack["warehouse_id"],
         ZEROBUS_TABLE=TABLE,
         DATA_DIR=str(data_dir),
+        **credentials,
     )
 
 
-@pytest.mark.parametrize("executor", ["processes", "spark"])
+@pytest.mark.parametrize(
+    ("executor", "auth"),
+    [("processes", "pat"), ("processes", "oauth-m2m"), ("spark", "oauth-m2m")],
+)
 def test_clients_resolve_the_workspace_credentials_again_and_write_through_the_warehouse(
-    local_stack: dict[str, Any], table: str, tmp_path: Path, executor: str
+    local_stack: dict[str, Any], table: str, tmp_path: Path, executor: str, auth: str
 ) -> None:
     out = tmp_path / "run.json"
     proc = dwbench(
         "run", "--writers", "sql", "--clients", "2", "--executor", executor,
         "--records", "2000", "--batch-size", "200", "--concurrency", "2", "--warmup", "0",
-        "--out", out, env=databricks_env(local_stack, tmp_path),
+        "--out", out, env=databricks_env(local_stack, tmp_path, auth),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert f"1 stream x 2 clients ({executor})" in proc.stdout
     text = out.read_text()
-    assert local_stack["token"] not in text
+    for secret in (local_stack["token"], local_stack["oauth_client_secret"]):
+        assert secret not in text
     run = RunResult.model_validate_json(text)
     assert run.status == "completed", run.warnings
     assert run.environment["mode"] == "databricks"
-    assert run.environment["auth"]["auth_type"] == "pat"
+    assert run.environment["auth"]["auth_type"] == auth
     assert run.environment["workspace"]["warehouse"]["id"] == local_stack["warehouse_id"]
     (w,) = run.writers
     assert (w.writer, w.rows, w.failed_batches) == ("sql", 2_000, 0)

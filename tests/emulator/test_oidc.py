@@ -334,3 +334,70 @@ async def test_grpc_refuses_a_token_scoped_to_another_table(local_stack, two_tab
     assert f"the OAuth token does not grant writes on {table_b}" in str(refused.value)
     assert token not in str(refused.value)
     assert read_rows(local_stack, table_b) == []
+
+
+# -- the workspace APIs: the SDK's oauth-m2m --------------------------------------------------
+
+
+def test_the_oauth_metadata_names_the_token_endpoint(local_stack):
+    meta = httpx.get(f"{local_stack['api_url']}/.well-known/databricks-config", timeout=30)
+    assert meta.json() == {
+        "oidc_endpoint": f"{local_stack['api_url']}/oidc",
+        "workspace_id": local_stack["workspace_id"],
+    }
+    resp = httpx.get(
+        f"{local_stack['api_url']}/oidc/.well-known/oauth-authorization-server", timeout=30
+    )
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["token_endpoint"] == token_url(local_stack)
+    assert body["authorization_endpoint"] == f"{local_stack['api_url']}/oidc/v1/authorize"
+
+
+def api_calls(endpoints: dict[str, Any], token: str) -> list[httpx.Response]:
+    """One call each to the SQL, Unity Catalog and Files APIs with `token`."""
+    headers = {"Authorization": f"Bearer {token}"}
+    base = endpoints["api_url"]
+    return [
+        httpx.get(f"{base}/api/2.0/sql/warehouses/{endpoints['warehouse_id']}", headers=headers),
+        httpx.get(f"{base}/api/2.1/unity-catalog/tables/main.default.nothing_here/exists",
+                  headers=headers),
+        httpx.head(f"{base}/api/2.0/fs/files/Volumes/main/default/none/f", headers=headers),
+    ]  # fmt: skip
+
+
+def test_an_unscoped_token_calls_the_workspace_apis(local_stack):
+    token = grant(local_stack).json()["access_token"]
+    sql, uc, files = api_calls(local_stack, token)
+    assert sql.status_code == 200 and sql.json()["id"] == local_stack["warehouse_id"]
+    assert uc.status_code == 200 and uc.json() == {"table_exists": False}
+    assert files.status_code == 404  # past the token check: no such file
+
+
+def test_a_table_scoped_or_unknown_token_is_refused_by_the_workspace_apis(local_stack, two_tables):
+    table_a, _ = two_tables
+    scoped = grant(local_stack, details=authorization_details(table_a)).json()["access_token"]
+    for token in (scoped, "not-a-token"):
+        for resp in api_calls(local_stack, token):
+            assert resp.status_code == 401, resp.text
+            if resp.request.method != "HEAD":
+                assert resp.json() == {
+                    "error_code": "UNAUTHENTICATED",
+                    "message": "Invalid access token.",
+                }
+
+
+def test_the_sdk_signs_in_with_the_stack_client_and_runs_a_statement(local_stack):
+    from databricks.sdk import WorkspaceClient
+
+    w = WorkspaceClient(
+        host=local_stack["api_url"],
+        client_id=local_stack["oauth_client_id"],
+        client_secret=local_stack["oauth_client_secret"],
+        auth_type="oauth-m2m",
+    )
+    assert w.config.auth_type == "oauth-m2m"
+    answer = w.statement_execution.execute_statement(
+        "SELECT 41 + 1", warehouse_id=local_stack["warehouse_id"], wait_timeout="30s"
+    )
+    assert answer.result is not None and answer.result.data_array == [["42"]]
