@@ -28,8 +28,7 @@ from sqlglot import exp
 
 from emulator.catalog import Table
 from emulator.schema import Column, TableSchema
-from emulator.sql_errors import SqlError, out_of_range
-from emulator.value_ranges import ValueOutOfRangeError, check_batch
+from emulator.sql_errors import SqlError, check_values
 from emulator.volumes import FilesApiError, Volumes
 
 
@@ -239,12 +238,7 @@ def _conform(name: str, schema: TableSchema, volume_path: str, data: pa.Table) -
         _check_not_null(column, array)
         columns.append(array.cast(column.arrow_type))
     conformed = pa.Table.from_arrays(columns, schema=schema.to_arrow())
-    try:
-        check_batch(conformed, schema)
-    except ValueOutOfRangeError as exc:
-        raise out_of_range(
-            _quoted(name), exc.path, exc.problem, exc.kind, f"Row {exc.record + 1} of {volume_path}"
-        ) from None
+    check_values(conformed, schema, _quoted(name), f"of {volume_path}")
     return conformed
 
 

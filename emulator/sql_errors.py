@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
+
+from emulator.schema import TableSchema
+from emulator.value_ranges import ValueOutOfRangeError, check_batch
+
 
 class SqlError(Exception):
     """A statement that fails the way a warehouse fails it: HTTP 200, state FAILED.
@@ -46,3 +51,15 @@ def out_of_range(table: str, path: str, problem: str, kind: str, where: str) -> 
             "23502",
         )
     return SqlError("NUMERIC_VALUE_OUT_OF_RANGE.WITHOUT_SUGGESTION", text, "22003")
+
+
+def check_values(
+    batch: pa.RecordBatch | pa.Table, schema: TableSchema, table: str, rows: str
+) -> None:
+    """`check_batch`, failing as the warehouse does (`out_of_range`); `rows` names the rows
+    the batch came from ("of the rows", "of /Volumes/.../f.parquet")."""
+    try:
+        check_batch(batch, schema)
+    except ValueOutOfRangeError as exc:
+        where = f"Row {exc.record + 1} {rows}"
+        raise out_of_range(table, exc.path, exc.problem, exc.kind, where) from None

@@ -59,9 +59,8 @@ from emulator.schema import (
     column_options,
     from_sqlglot,
 )
-from emulator.sql_errors import SqlError, out_of_range
+from emulator.sql_errors import SqlError, check_values
 from emulator.sql_literals import NotLiteral, arity_error, java_float, literal_columns
-from emulator.value_ranges import ValueOutOfRangeError, check_batch
 from emulator.volumes import Volumes
 
 DIALECT = "databricks"
@@ -700,12 +699,7 @@ def _build_batch(
             )
         arrays.append(array)
     batch = pa.RecordBatch.from_arrays(arrays, schema=schema.to_arrow())
-    try:
-        check_batch(batch, schema)
-    except ValueOutOfRangeError as exc:
-        raise out_of_range(
-            _quoted(table), exc.path, exc.problem, exc.kind, f"Row {exc.record + 1} of the rows"
-        ) from None
+    check_values(batch, schema, _quoted(table), "of the rows")
     return batch
 
 

@@ -44,14 +44,18 @@ def table(local_stack: dict[str, Any]) -> str:
 
 
 async def raw_stream(
-    endpoints: dict[str, Any], table: str, messages: list[bytes]
+    endpoints: dict[str, Any],
+    table: str,
+    messages: list[bytes],
+    method: str = "/databricks.zerobus.Zerobus/EphemeralStream",
 ) -> grpc.aio.AioRpcError:
-    """Send serialized request messages as they are; the error the call ends with."""
+    """Send serialized request messages of `method` (a stream on the Zerobus port) as they
+    are; the error the call ends with."""
     async with grpc.aio.insecure_channel(urlsplit(endpoints["zerobus_endpoint"]).netloc) as ch:
         call = ch.stream_stream(
-            "/databricks.zerobus.Zerobus/EphemeralStream",
+            method,
             request_serializer=lambda data: data,
-            response_deserializer=pb.EphemeralStreamResponse.FromString,
+            response_deserializer=lambda data: data,
         )(
             metadata=(
                 ("authorization", f"Bearer {endpoints['token']}"),
@@ -168,28 +172,11 @@ async def test_flight_undecodable_frames_and_metadata(local_stack):
         ),
     ]
     for frames, start in cases:
-        target = urlsplit(local_stack["zerobus_endpoint"]).netloc
-        async with grpc.aio.insecure_channel(target) as ch:
-            call = ch.stream_stream(
-                "/arrow.flight.protocol.FlightService/DoPut",
-                request_serializer=lambda data: data,
-                response_deserializer=lambda data: data,
-            )(
-                metadata=(
-                    ("authorization", f"Bearer {local_stack['token']}"),
-                    ("x-databricks-zerobus-table-name", name),
-                )
-            )
-            for data in frames:
-                try:
-                    await call.write(data)
-                except grpc.aio.AioRpcError:
-                    break
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
-                while await asyncio.wait_for(call.read(), 10) is not grpc.aio.EOF:
-                    pass
-        assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT, failed.value.details()
-        assert (failed.value.details() or "").startswith(start), failed.value.details()
+        failed = await raw_stream(
+            local_stack, name, frames, "/arrow.flight.protocol.FlightService/DoPut"
+        )
+        assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT, failed.details()
+        assert (failed.details() or "").startswith(start), failed.details()
     assert flight.stored(local_stack, name) == []
 
 
