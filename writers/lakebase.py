@@ -83,6 +83,8 @@ _ROOM_SQL = (
     " - coalesce(current_setting('reserved_connections', true)::int, 0),"
     " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
 )
+# A transaction's lock on one table name while it may create the table (released at commit).
+_CREATE_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('dwbench.create:' || %s, 0))"
 CREDENTIAL_REUSE_S = 5 * 60.0
 CREDENTIAL_EXPIRY_MARGIN_S = 5 * 60.0
 # SQLSTATEs that say the server or the session is out of reach rather than the data wrong.
@@ -603,15 +605,17 @@ class LakebaseWriter(DataWriterInterface):
             plan.ready = True
 
     async def _ensure_table(self, conn: psycopg.AsyncConnection[Any], plan: _TablePlan) -> None:
-        cur = await conn.execute("SELECT to_regclass(%s)::oid", [plan.ident.as_string(conn)])
-        row = await cur.fetchone()
-        if row is not None and row[0] is not None:
-            # No DDL: it needs CREATE on the schema, which a writer may not have.
-            await self._check_columns(conn, plan, row[0])
-            return
+        if await self._checked_existing(conn, plan):
+            return  # no DDL: it needs CREATE on the schema, which a writer may not have
         table = plan.table
         ddl = table.schema.postgres_ddl(plan.name, primary_key=table.id_column)
         async with conn.transaction():
+            # Clients of a run (other processes, other hosts) prepare the same table at once:
+            # CREATE TABLE IF NOT EXISTS is no guard against that (the loser fails on the
+            # catalog's unique index), so the creators take turns and look again in turn.
+            await conn.execute(_CREATE_LOCK_SQL, [plan.name])
+            if await self._checked_existing(conn, plan):
+                return
             await conn.execute(sql.SQL(ddl))  # derived from the schema, not input
             if table.batch_column is not None:
                 index = sql.Identifier(f"{plan.name.split('.')[1]}_{table.batch_column}_idx"[:63])
@@ -621,6 +625,15 @@ class LakebaseWriter(DataWriterInterface):
                     )
                 )
         log.info("lakebase.table_created", writer=self.name, table=plan.name)
+
+    async def _checked_existing(self, conn: psycopg.AsyncConnection[Any], plan: _TablePlan) -> bool:
+        """Whether the table exists (its columns then checked against the plan's)."""
+        cur = await conn.execute("SELECT to_regclass(%s)::oid", [plan.ident.as_string(conn)])
+        row = await cur.fetchone()
+        if row is None or row[0] is None:
+            return False
+        await self._check_columns(conn, plan, row[0])
+        return True
 
     async def _check_columns(
         self, conn: psycopg.AsyncConnection[Any], plan: _TablePlan, oid: int

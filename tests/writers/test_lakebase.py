@@ -239,6 +239,27 @@ async def test_concurrent_first_writes_create_the_table_once(writer, admin, tabl
     assert [await writer.count_rows(ref, rows.batch_id) for rows in batches] == [20] * 6
 
 
+async def test_writers_of_several_clients_create_a_fresh_table_once(local_stack, admin, table):
+    # Each writer has its own pool, as each client of a run does in its own process: their
+    # CREATE TABLEs meet in the server, where IF NOT EXISTS alone lets all but one fail.
+    ref = products_in(table)
+    writers = [await open_writer(local_targets(local_stack)) for _ in range(4)]
+    try:
+        outcomes = await asyncio.gather(*(w.prepare(ref) for w in writers), return_exceptions=True)
+        assert outcomes == [None] * 4
+        batches = [product_rows(ref, 10, seed=i) for i in range(4)]
+        receipts = await asyncio.gather(
+            *(w.write(b) for w, b in zip(writers, batches, strict=True))
+        )
+        assert [r.rows for r in receipts] == [10] * 4
+    finally:
+        for w in writers:
+            await w.close()
+    (count,) = admin.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[misc]
+    assert count == 40
+    assert len(indexes_of(admin, table)) == 2  # the primary key and the batch index, once
+
+
 async def test_table_and_column_names_are_checked(writer):
     assert parse_table("Public.Products") == ("public", "products")
     for bad in ("products", "a.b.c", "public.products; drop table x", 'public."x"', "1a.b"):
