@@ -358,6 +358,8 @@ class ClientsRun(RunElsewhere):
                 }
 
     def _outcome(self) -> str:
+        """completed when every client of every writer completed; partial when some writer
+        completed in some client; failed when none did."""
         if self.error:
             return "failed"
         if self.cancelled:
@@ -365,7 +367,9 @@ class ClientsRun(RunElsewhere):
         lost = any(c.lost for p in self.phases for c in p.clients)
         merged = self.result().writers
         ran = [w.status == "completed" for w in merged]
-        if all(ran) and not lost:
+        # A writer some of whose clients failed measured the others only: not the run asked.
+        whole = all(c.status == "completed" for w in merged for c in w.workers or [])
+        if all(ran) and whole and not lost:
             return "completed"
         return "partial" if any(ran) else "failed"
 

@@ -24,7 +24,9 @@ import pytest
 from bench.environment import LOCAL_NOTICE
 from bench.results import RunResult
 from dwbench.cli import ProgressDisplay, main
+from tests.bench.dying_writer import REFUSING
 from tests.conftest import ROOT
+from writers import WRITERS
 
 TABLE = "main.default.cli_bench"
 SMALL_RUN = ("--records", "2000", "--batch-size", "200", "--concurrency", "2", "--warmup", "0")
@@ -533,6 +535,28 @@ def test_measured_seconds_keep_their_digits_when_short():
         "0.580",
         "12.35",
     ]
+
+
+def test_a_client_whose_writer_failed_leaves_the_run_partial(local_stack, tmp_path, monkeypatch):
+    # Client 1 lives and every batch of it fails: the writer measured client 0 only, and the
+    # run says so rather than reporting the half it wrote as the run asked for.
+    monkeypatch.setitem(WRITERS, "refusing", REFUSING)  # to read the result here
+    out = tmp_path / "refused.json"
+    env = {**stack_env(local_stack), "DWBENCH_EXTRA_WRITERS": f"refusing={REFUSING}"}
+    proc = dwbench(
+        "run", "--writers", "refusing", "--clients", "2", "--records", "1000",
+        "--batch-size", "100", "--concurrency", "1", "--warmup", "0", "--out", out, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    run = RunResult.model_validate_json(out.read_text())
+    assert run.status == "partial" and run.partial is True
+    (w,) = run.writers
+    assert (w.status, w.rows, w.failed_batches) == ("completed", 500, 5)
+    assert [(c.worker, c.status, c.rows) for c in w.workers or []] == [
+        ("client 0", "completed", 500),
+        ("client 1", "failed", 0),
+    ]
+    assert "worker client 1 failed: every measured batch failed" in w.warnings
 
 
 def test_clients_and_streams_run_as_worker_processes_merged_into_one_result(local_stack, tmp_path):

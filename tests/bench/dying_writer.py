@@ -1,6 +1,8 @@
-"""A writer whose process dies (SIGKILL) when it is handed batch 21 or a later odd batch:
-with two clients, client 1's process dies mid-run and client 0's never does (the run's
-batches are dealt c, c + 2, ...). Registered by tests through DWBENCH_EXTRA_WRITERS."""
+"""Writers that fail one client of two (the run's batches are dealt c, c + 2, ...):
+`DyingWriter`'s process dies (SIGKILL) when it is handed batch 21 or a later odd batch, so
+client 1's process dies mid-run and client 0's never does; `RefusingOddWriter` refuses every
+odd batch, so client 1's process lives and every batch of it fails. Registered by tests
+through DWBENCH_EXTRA_WRITERS."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ import asyncio
 import os
 import signal
 
+from dwbench.errors import WriteFailedError
 from workloads.base import Rows
 from writers.base import WriteReceipt
 from writers.null import NullWriter
 
 TARGET = "tests.bench.dying_writer:DyingWriter"
+REFUSING = "tests.bench.dying_writer:RefusingOddWriter"
 
 
 class DyingWriter(NullWriter):
@@ -25,4 +29,16 @@ class DyingWriter(NullWriter):
         if batch >= 21 and batch % 2 == 1:
             os.kill(os.getpid(), signal.SIGKILL)
         await asyncio.sleep(0.001)
+        return WriteReceipt(rows=len(rows))
+
+
+class RefusingOddWriter(NullWriter):
+    name = "refusing"
+    label = "Odd-batch-refusing writer (test-only)"
+    family = "test"
+
+    async def write(self, rows: Rows) -> WriteReceipt:
+        batch = int(rows.batch_id.rsplit("-", 1)[1])
+        if batch % 2 == 1:
+            raise WriteFailedError(f"batch {batch} refused (odd)", writer=self.name)
         return WriteReceipt(rows=len(rows))
