@@ -72,6 +72,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="UNSAFE, for measuring what durability costs only: acknowledge commits "
         "without fsyncing them (acknowledged rows may be lost on power loss)",
     )
+    p.add_argument(
+        "--jobs",
+        action="store_true",
+        help="serve the Jobs API's one-time runs (the databricks-job executor's stand-in): "
+        "a submitted run runs the code of the wheel it names on this machine, as a cluster "
+        "would, so the token then opens the host (default: off)",
+    )
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     if not is_loopback_host(args.host):
@@ -122,6 +129,7 @@ async def _serve(args: argparse.Namespace) -> None:
             rotation_interval_s=args.rotation_interval,
             rotation_grace_s=args.rotation_grace,
             ack_only=args.ack_only,
+            jobs=args.jobs,
             writer=TableWriterConfig(fsync=not args.no_fsync),
         )
     )

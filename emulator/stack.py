@@ -18,6 +18,7 @@ from fastapi import Header, HTTPException
 
 from emulator.catalog import Catalog
 from emulator.flight import FlightIngestService, add_to_server
+from emulator.jobs import JobRuns, Secrets, jobs_router
 from emulator.kafka import KafkaListener
 from emulator.mqtt import ZerobusMqttService
 from emulator.oauth import DISCOVERY_PATH, TOKEN_PATH, OAuthIssuer
@@ -57,6 +58,8 @@ class StackConfig:
     rotation_interval_s: float | None = None
     rotation_grace_s: float = 5.0
     ack_only: bool = False
+    # Job runs execute the code they are sent (emulator.jobs): off unless asked for.
+    jobs: bool = False
     writer: TableWriterConfig = field(default_factory=TableWriterConfig)
 
 
@@ -90,6 +93,7 @@ class LocalStack:
         self.mqtt_port = 0
         self.kafka: KafkaListener | None = None
         self.pipeline: PipelineServices | None = None  # the serving path's copy and syncs
+        self.jobs: JobRuns | None = None
         self.postgres_status = SupervisorStatus(state="stopped")
         self._supervisor: asyncio.Task[None] | None = None
         self._parent_pid = _parent_pid()
@@ -141,9 +145,11 @@ class LocalStack:
         add_to_server(self.flight, self._grpc)
         await self._grpc.start()
 
-        app = create_statement_app(
-            self.catalog, cfg.token, volumes=Volumes(cfg.data_dir), oauth=self.oauth
-        )
+        volumes = Volumes(cfg.data_dir)
+        app = create_statement_app(self.catalog, cfg.token, volumes=volumes, oauth=self.oauth)
+        # One-time job runs (the databricks-job executor) and the secret scopes they read.
+        self.jobs = JobRuns(cfg.data_dir, volumes, Secrets(), enabled=cfg.jobs)
+        app.include_router(jobs_router(self.jobs, cfg.token, self.oauth))
         self._statements = app.state.statement_service
         app.add_api_route("/api/local/status", self._status, methods=["GET"])
         app.add_api_route("/api/local/endpoints", self._endpoints, methods=["GET"])
@@ -261,6 +267,8 @@ class LocalStack:
                 await task
         if self.pipeline is not None:
             await self.pipeline.close()
+        if self.jobs is not None:
+            await self.jobs.close()  # a task still running is cancelled, then killed
         if self._statements is not None:
             await self._statements.close()
         if self.catalog is not None:

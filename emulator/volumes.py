@@ -4,6 +4,7 @@
            body: the file's bytes (application/octet-stream); one request per file
     POST   /api/2.0/fs/files/Volumes/...?action=initiate-upload
            multipart uploads (the SDK's way for files of 50 MiB and more): not served here
+    GET    /api/2.0/fs/files/Volumes/...            the file's bytes
     DELETE /api/2.0/fs/files/Volumes/...            no body on success
     HEAD   /api/2.0/fs/files/Volumes/...            content-length, last-modified
 
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import structlog
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import FileResponse
 
 from emulator.oauth import OAuthIssuer
 
@@ -185,7 +187,10 @@ class Volumes:
         )
 
 
-def _authorizer(token: str, oauth: OAuthIssuer | None) -> Callable[[Request], Awaitable[None]]:
+def workspace_authorizer(
+    token: str, oauth: OAuthIssuer | None
+) -> Callable[[Request], Awaitable[None]]:
+    """A route dependency: the stack's token, or an all-apis OAuth token of `oauth`."""
     expected = f"Bearer {token}".encode()
 
     async def authorize(request: Request) -> None:
@@ -212,7 +217,7 @@ def _flag(value: str | None, name: str, *, default: bool) -> bool:
 def files_router(volumes: Volumes, token: str, oauth: OAuthIssuer | None = None) -> APIRouter:
     """The Files API over `volumes`, guarded by `token` and the all-apis OAuth tokens of
     `oauth` (add the exception handler too)."""
-    guard = _authorizer(token, oauth)
+    guard = workspace_authorizer(token, oauth)
     router = APIRouter(prefix="/api/2.0/fs", dependencies=[Depends(guard)])
 
     @router.put("/files{file_path:path}")
@@ -240,6 +245,14 @@ def files_router(volumes: Volumes, token: str, oauth: OAuthIssuer | None = None)
         """Delete a file."""
         await asyncio.to_thread(volumes.delete, file_path)
         return Response(status_code=204)
+
+    @router.get("/files{file_path:path}")
+    async def download(file_path: str) -> Response:
+        """A file's bytes."""
+        path = volumes.file_path(file_path)
+        if not path.is_file():
+            raise FilesApiError(404, "NOT_FOUND", f"The file {file_path} does not exist.")
+        return FileResponse(path, media_type="application/octet-stream")
 
     @router.head("/files{file_path:path}")
     async def metadata(file_path: str) -> Response:

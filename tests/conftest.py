@@ -50,7 +50,8 @@ def local_stack() -> Iterator[dict[str, Any]]:
     user that must traverse the path, and a second pytest session resets that root to 0700.
     """
     data_dir = Path(tempfile.mkdtemp(prefix="dwbench-stack-"))
-    stack = LocalStackProcess(data_dir, token=secrets.token_urlsafe(16))
+    # --jobs: the databricks-job executor's tests submit job runs (test_cli_databricks_job).
+    stack = LocalStackProcess(data_dir, token=secrets.token_urlsafe(16), args=["--jobs"])
     try:
         endpoints = stack.start()
         yield endpoints

@@ -132,7 +132,12 @@ def test_upload_metadata_delete(stack):
     assert stack.stored(path).read_bytes() == b"replaced"
     stack.w.files.upload(path, io.BytesIO(b"unspecified"))  # "true or unspecified"
     assert stack.stored(path).read_bytes() == b"unspecified"
+    assert stack.w.files.download(path).contents.read() == b"unspecified"
+    with pytest.raises(Unauthenticated, match="Invalid access token"):
+        client(stack.url, "not-the-token").files.download(path).contents.read()
     stack.w.files.delete(path)
+    with pytest.raises(NotFound, match=f"The file {path} does not exist"):
+        stack.w.files.download(path).contents.read()
     assert not stack.stored(path).exists()
     with pytest.raises(NotFound, match=f"The file {path} does not exist"):
         stack.w.files.delete(path)
