@@ -183,7 +183,8 @@ class ClientsRun(RunElsewhere):
 
     def result(self) -> RunResult:
         """The merged result so far (each client's latest, merged writer by writer)."""
-        if self._template is not None and not any(p.clients for p in self.phases):
+        begun = any(p.clients for p in self.phases)
+        if self._template is not None and not begun and self.error is None:
             return self._template.result().model_copy(update={"status": self.status})
         writers: list[WriterResult] = []
         warnings: list[str] = []
@@ -242,6 +243,10 @@ class ClientsRun(RunElsewhere):
         if phase.clients and len(lost) == len(phase.clients):
             return WriterResult(
                 writer=name, label=label, stores_rows=stores, status="failed", error=lost[0]
+            )
+        if self.error is not None and not phase.clients:  # the run stopped before it
+            return WriterResult(
+                writer=name, label=label, stores_rows=stores, status="failed", error=self.error
             )
         return WriterResult(
             writer=name,
