@@ -92,10 +92,11 @@ class BenchmarkConfig(BaseModel):
         description="client processes, each with its own writers and SDK instances; records "
         "and rate are totals over every client and stream",
     )
-    executor: Literal["inline", "processes", "spark"] | None = Field(
+    executor: Literal["inline", "processes", "spark", "databricks-job"] | None = Field(
         default=None,
         description="where clients run: inline (this process, one client), processes (one "
-        "worker process per client) or spark (one Spark task per client, local[clients]); "
+        "worker process per client), spark (one Spark task per client, local[clients]) or "
+        "databricks-job (one Spark task per client on a job cluster, databricks mode); "
         "default inline for one client, processes for more",
     )
     parallel: bool = Field(default=False, description="run the writers at the same time")

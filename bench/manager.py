@@ -21,9 +21,9 @@ import structlog
 
 from bench.clients import ClientsRun
 from bench.config import BenchmarkConfig, check_memory
+from bench.executors import clients_run
 from bench.results import RunResult
 from bench.runner import BenchmarkRun, ProgressCallback, WriterSource
-from bench.spark_driver import SparkRun
 from bench.store import ResultStore, summary
 from bench.worker_process import RunElsewhere, WorkerJob, WorkerProcess, exit_reason, make_job
 from dwbench.errors import BenchmarkError, DirectWriteError
@@ -175,13 +175,13 @@ class BenchmarkManager:
         built = await asyncio.to_thread(build)
         self._check_free()  # another start may have won while this one was built
         run: Run
-        if config.clients > 1 or config.executor == "spark":
+        if config.clients > 1 or config.executor in ("spark", "databricks-job"):
             if self.worker is None:
                 raise BenchmarkError(
                     f"{config.clients} clients run in worker processes, which this app does not "
                     "start (it runs benchmarks in its own process)"
                 )
-            clients = SparkRun(built) if config.executor == "spark" else ClientsRun(built)
+            clients = clients_run(built, self.worker)
             run = clients
             self._task = asyncio.create_task(
                 self._execute_clients(clients, self.worker), name=f"benchmark-{clients.id}"

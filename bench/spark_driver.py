@@ -34,7 +34,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +113,10 @@ class SparkRun(ClientsRun):
     def worker_pids(self) -> list[int]:
         return [self.driver.pid] if self.driver is not None else []
 
+    def _started_remotely(self) -> bool:
+        """Whether its tasks are under way somewhere (the driver, a job run)."""
+        return self.driver is not None
+
     def cancel(self) -> None:
         self.cancelled = True
         if self.driver is not None:
@@ -124,7 +128,7 @@ class SparkRun(ClientsRun):
 
     def _writer_progress(self, phase: _Phase, name: str) -> dict[str, Any]:
         entry = super()._writer_progress(phase, name)
-        if self.driver is not None and phase.clients and not phase.finished:
+        if self._started_remotely() and phase.clients and not phase.finished:
             # Spark tasks report when they return: the phase going on, as far as it is known.
             started = all(p.finished for p in self.phases[: self.phases.index(phase)])
             if started:
@@ -263,22 +267,31 @@ def _drive(spark_job: SparkJob, sock: socket.socket) -> None:
     threading.Thread(target=control, daemon=True).start()
     send({"type": "started", "pid": os.getpid(), "spark": spark_version, "master": sc.master})
     try:
-        for index, writers in enumerate(spark_job.phases):
-            if cancelled.is_set():
-                send({"type": "phase", "index": index, "error": "cancelled before it started"})
-                continue
-            config = spark_job.job.config.model_copy(update={"writers": writers})
-            job = dataclasses.replace(spark_job.job, config=config)
-            rdd = sc.parallelize(range(spark_job.clients), spark_job.clients)
-            try:
-                results = rdd.barrier().mapPartitions(_task(pickle.dumps(job))).collect()
-            except Exception as exc:  # a task failed, or the job was cancelled
-                reason = "cancelled" if cancelled.is_set() else _spark_reason(exc)
-                send({"type": "phase", "index": index, "error": reason})
-                continue
-            send({"type": "phase", "index": index, "results": list(results)})
+        run_phases(sc, spark_job, send, cancelled)
     finally:
         spark.stop()
+
+
+def run_phases(
+    sc: Any, spark_job: SparkJob, send: Callable[[dict[str, Any]], None], cancelled: threading.Event
+) -> None:
+    """Each phase of `spark_job` as one barrier job of its clients on SparkContext `sc`;
+    `send` gets each phase's {"type": "phase", "index", "results" | "error"} (the driver
+    here, and a databricks-job task: bench.databricks_job)."""
+    for index, writers in enumerate(spark_job.phases):
+        if cancelled.is_set():
+            send({"type": "phase", "index": index, "error": "cancelled before it started"})
+            continue
+        config = spark_job.job.config.model_copy(update={"writers": writers})
+        job = dataclasses.replace(spark_job.job, config=config)
+        rdd = sc.parallelize(range(spark_job.clients), spark_job.clients)
+        try:
+            results = rdd.barrier().mapPartitions(_task(pickle.dumps(job))).collect()
+        except Exception as exc:  # a task failed, or the job was cancelled
+            reason = "cancelled" if cancelled.is_set() else _spark_reason(exc)
+            send({"type": "phase", "index": index, "error": reason})
+            continue
+        send({"type": "phase", "index": index, "results": list(results)})
 
 
 def _spark_reason(exc: BaseException) -> str:

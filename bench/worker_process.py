@@ -285,7 +285,7 @@ class _Source:
 
 def _with_auth(targets: Targets) -> Targets:
     """Databricks mode: the workspace credentials, resolved again from the same settings
-    (what the app did at start-up: `dwbench.runtime._workspace_targets`)."""
+    (what the app did at start-up: `dwbench.runtime.workspace_targets`)."""
     if targets.mode != "databricks":
         return targets
     from dwbench.auth import WorkspaceAuthError, resolve_workspace_auth

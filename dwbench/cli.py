@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from bench.config import DEFAULT_DURATION_S, DEFAULT_WARMUP_S, BenchmarkConfig
 from bench.environment import LOCAL_NOTICE, mode_notice
+from bench.executors import ELSEWHERE
 from bench.report import (
     MISSING,
     UNSUPPORTED,
@@ -735,16 +736,12 @@ async def _run_benchmark(
             _say(auth_line(runtime.targets.workspace_auth, runtime.targets.auth_problem))
         _say("Ctrl-C cancels the run and keeps what was measured")
         # The local stack runs in its own session, so the terminal's Ctrl-C reaches only us.
-        if config.executor in ("processes", "spark"):
+        if config.executor in ELSEWHERE:
             # Each client in a worker process (or a Spark task) of its own, merged here.
-            from bench.clients import ClientsRun
+            from bench.executors import clients_run
             from bench.worker_process import make_job
 
-            clients = ClientsRun(run)
-            if config.executor == "spark":
-                from bench.spark_driver import SparkRun
-
-                clients = SparkRun(run)
+            clients = clients_run(run, runtime.targets)
             interrupts.cancel_run = clients.cancel
             job = await asyncio.to_thread(make_job, run, runtime.targets)
             display.update(clients.progress())
@@ -1027,10 +1024,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--executor",
-        choices=["inline", "processes", "spark"],
+        choices=["inline", "processes", "spark", "databricks-job"],
         help="where clients run: inline (this process, one client), processes (one worker "
-        "process per client; the default for --clients above 1) or spark (one Spark task per "
-        "client, local[clients]; needs pyspark and Java)",
+        "process per client; the default for --clients above 1), spark (one Spark task per "
+        "client, local[clients]; needs pyspark and Java) or databricks-job (one Spark task per "
+        "client on a job cluster of the workspace: databricks mode, DWBENCH_JOB_* settings)",
     )
     run.add_argument(
         "--rate",

@@ -66,7 +66,7 @@ class Runtime:
             mode="databricks", settings=settings, writer_settings=self.writer_settings
         )
         self.writers = WriterSet(self.targets)
-        self.workloads = WorkloadRegistry(_configured_products(self.targets))
+        self.workloads = WorkloadRegistry(configured_products(self.targets))
         self._tables_ready: set[str] = set()
         self._tables_lock = asyncio.Lock()
         self._follower: asyncio.Task[None] | None = None
@@ -103,7 +103,7 @@ class Runtime:
             await self.ensure_tables(self.workloads.get("products"))
         else:
             # Resolving credentials may ask the workspace (OAuth discovery): not on the loop.
-            self.targets = await asyncio.to_thread(_workspace_targets, self.targets)
+            self.targets = await asyncio.to_thread(workspace_targets, self.targets)
         self.writers = WriterSet(self.targets)
         self.benchmarks = BenchmarkManager(
             self.writers,
@@ -390,7 +390,7 @@ async def _shared_stack(running: RunningStack, data_dir: Path) -> dict[str, Any]
     return endpoints
 
 
-def _workspace_targets(targets: Targets) -> Targets:
+def workspace_targets(targets: Targets) -> Targets:
     """Databricks mode: the workspace credentials (unified auth), the Zerobus endpoint and
     the warehouse (which reading rows back uses too) as the zerobus and sql writers'
     settings name them, and what the workspace says about its compute. Blocking."""
@@ -420,7 +420,7 @@ def _workspace_targets(targets: Targets) -> Targets:
     )
 
 
-def _configured_products(targets: Targets) -> list[Workload]:
+def configured_products(targets: Targets) -> list[Workload]:
     """The products workload on the tables ZEROBUS_TABLE and LAKEBASE_TABLE name (the
     zerobus and lakebase writers' settings)."""
     from writers.lakebase import LakebaseSettings

@@ -1,0 +1,503 @@
+"""The `databricks-job` executor: a run's clients as the Spark tasks of a one-time job run.
+
+`dwbench run --executor databricks-job --clients 16` (databricks mode) does what the
+`spark` executor does on this machine (bench.spark_driver), on a job cluster of the
+workspace instead:
+
+1. the project's wheel (DWBENCH_JOB_WHEEL, e.g. the one `databricks bundle deploy` built, or
+   one built here from the source) and the run's spec go to a UC Volume
+   (DWBENCH_JOB_VOLUME) with the Files API. The spec is JSON with no secret in it: the
+   run's id, config, workload name and phases;
+2. `w.jobs.submit` starts a one-time run of one `python_wheel_task`
+   (`dwbench-job-task --spec <path>`) on a new dedicated-access cluster (RDD barrier mode, the
+   clients' start barrier, does not run on serverless or standard access) of
+   `DWBENCH_JOB_NUM_WORKERS` workers (default: one per client), or on
+   DWBENCH_JOB_EXISTING_CLUSTER_ID. The cluster's environment (`spark_env_vars`) carries
+   the settings this process has in its environment (the workspace host, the writers'
+   endpoints and tables), each secret one as a reference `{{secrets/<scope>/<NAME>}}` to
+   the key of its own name in DWBENCH_JOB_SECRET_SCOPE, which the cluster resolves as it
+   starts. Keys missing from the scope refuse the run before anything is submitted;
+3. the task (`task_main`, on the cluster's driver) reads its settings and credentials from
+   that environment as the app does, reads the spec, and runs each phase as one barrier job
+   of M tasks (bench.spark_driver.run_phases), writing each phase's client results to
+   `<run dir>/results/phase-<i>.json` in the Volume;
+4. this side polls the run (`w.jobs.get_run`) and the results, and merges the clients'
+   results as the other executors do (bench.clients). Cancel is `w.jobs.cancel_run`; the
+   phases without results are reported with how the run ended.
+
+Live progress is each phase's start and end, as for `spark`. Only the built-in workloads run
+this way (the task rebuilds the workload from its name and its own settings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import typing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import AliasChoices, AliasPath, BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bench.config import BenchmarkConfig
+from bench.spark_driver import SparkJob, SparkRun
+from bench.worker_process import WorkerJob
+from writers.base import Targets
+
+log = structlog.get_logger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK_ENTRY_POINT = "dwbench-job-task"
+PACKAGE_NAME = "direct-write-bench"
+# What the wheel is built from: the source tree without these.
+_NOT_CODE = {"tests", "build", "dist", "results", "test-artifacts", "node_modules", "docs"}
+# Settings of this process that do not travel to the cluster: where this process keeps its
+# data and listens, the local stack, this executor's own, and a config file's profile (there
+# is no such file on the cluster: its credentials come from the secret scope).
+_NOT_FORWARDED = {
+    "APP_MODE",
+    "DATA_DIR",
+    "HOST",
+    "DATABRICKS_APP_PORT",
+    "LOCAL_STACK_URL",
+    "LOCAL_STACK_TOKEN",
+    "DATABRICKS_CONFIG_PROFILE",
+    "DATABRICKS_CONFIG_FILE",
+}
+# Credentials the task may sign in with, whichever of them the scope holds.
+_AUTH_KEYS = ("DATABRICKS_TOKEN", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET")
+_TERMINAL = ("TERMINATED", "SKIPPED", "INTERNAL_ERROR")
+
+
+class JobSettings(BaseSettings):
+    """DWBENCH_JOB_*: where and how the databricks-job executor runs its clients."""
+
+    model_config = SettingsConfigDict(env_prefix="DWBENCH_JOB_", extra="ignore")
+
+    # A UC Volume path (/Volumes/<catalog>/<schema>/<volume>[/dir]) for the wheel, the spec
+    # and the results.
+    volume: str | None = None
+    # The project's wheel in the workspace (a Volume or workspace file); built here if unset.
+    wheel: str | None = None
+    existing_cluster_id: str | None = None
+    spark_version: str = "16.4.x-scala2.12"
+    node_type_id: str | None = None
+    num_workers: int | None = Field(default=None, ge=0)
+    secret_scope: str | None = None
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    timeout_s: int = Field(default=3600, ge=60)
+
+
+class JobSpec(BaseModel):
+    """What the task runs, as it is stored in the Volume: nothing secret."""
+
+    run_id: str
+    started_at: str
+    config: BenchmarkConfig
+    workload: str
+    delta_table: str
+    environment: dict[str, Any]
+    phases: list[list[str]]
+    clients: int
+    error: str | None = None
+    results_dir: str
+
+
+class JobProblem(Exception):
+    """Why the run cannot be submitted, in words for the user."""
+
+
+# -- the cluster's environment ---------------------------------------------------------------
+
+
+def _env_names(cls: type[BaseSettings]) -> Iterable[tuple[str, bool]]:
+    """(environment variable, secret?) of each field of a settings class, each name a field
+    reads (an alias's choices too)."""
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    for name, info in cls.model_fields.items():
+        alias = info.validation_alias or info.alias
+        if alias is None:
+            choices: list[Any] = [f"{prefix}{name}"]
+        elif isinstance(alias, AliasChoices):
+            choices = list(alias.choices)
+        else:
+            choices = [alias]
+        secret = SecretStr in (info.annotation, *typing.get_args(info.annotation))
+        for choice in choices:
+            env = choice.path[0] if isinstance(choice, AliasPath) else choice
+            yield str(env).upper(), secret
+
+
+def task_environment(
+    writers: list[str], scope: str | None, scope_keys: set[str], host: str,
+    environ: dict[str, str] | None = None,
+) -> dict[str, str]:  # fmt: skip
+    """The cluster's spark_env_vars for these writers: this process's settings as values,
+    its secrets and the scope's credentials as references into `scope`. JobProblem when a
+    secret is not in the scope, or the task would have no credentials."""
+    from dwbench.settings import Settings
+    from writers import writer_class
+    from writers.lakebase import LakebaseSettings
+    from writers.sql import SqlSettings
+    from writers.zerobus import ZerobusSettings
+
+    source = {k.upper(): v for k, v in (os.environ if environ is None else environ).items()}
+    # The settings the run uses (each secret one must be in the scope), and those the task
+    # reads besides to find its tables and endpoints, as the app does (values only).
+    used: list[type[BaseSettings]] = [Settings]
+    for name in writers:
+        settings_class = writer_class(name).settings_class
+        if settings_class not in used:
+            used.append(settings_class)
+    context = [c for c in (ZerobusSettings, LakebaseSettings, SqlSettings) if c not in used]
+    env = {"APP_MODE": "databricks", "DATABRICKS_HOST": host}
+    missing: list[str] = []
+    for cls in [*used, *context]:
+        for var, secret in _env_names(cls):
+            if var in _NOT_FORWARDED or var in env or var not in source:
+                continue
+            if not secret:
+                env[var] = source[var]
+            elif var in scope_keys:
+                env[var] = f"{{{{secrets/{scope}/{var}}}}}"
+            elif cls in used:
+                missing.append(var)
+    for key in _AUTH_KEYS:
+        if key in scope_keys and key not in env:
+            env[key] = f"{{{{secrets/{scope}/{key}}}}}"
+    if missing:
+        raise JobProblem(
+            f"the job's tasks need {', '.join(missing)}, which this process has in its "
+            f"environment: put each into secret scope {scope or '(DWBENCH_JOB_SECRET_SCOPE)'} "
+            "under its own name (databricks secrets put-secret <scope> <NAME>)"
+        )
+    signs_in = "DATABRICKS_TOKEN" in env or {
+        "DATABRICKS_CLIENT_ID",
+        "DATABRICKS_CLIENT_SECRET",
+    } <= set(env)
+    if not signs_in:
+        raise JobProblem(
+            "the job's tasks need workspace credentials: put DATABRICKS_TOKEN, or "
+            "DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (a service principal), into "
+            f"secret scope {scope or '(set DWBENCH_JOB_SECRET_SCOPE)'}"
+        )
+    return env
+
+
+# -- the wheel ---------------------------------------------------------------------------------
+
+
+def build_wheel(dest: Path, source: Path = ROOT) -> Path:
+    """The project's wheel, built from a copy of `source` (a build in place leaves build/
+    and *.egg-info behind) with this environment's setuptools (the dev requirements have it),
+    offline."""
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        skip = {n for n in names if n.startswith(".") or n == "__pycache__"}
+        skip |= {n for n in names if n.endswith((".pyc", ".egg-info"))}
+        if Path(directory) == source:
+            skip |= set(names) & _NOT_CODE
+        return skip
+
+    with tempfile.TemporaryDirectory(prefix="dwbench-wheel-") as tmp:
+        src = Path(tmp) / "src"
+        shutil.copytree(source, src, ignore=ignore)
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "--quiet", "--no-input", "wheel", "--no-deps",
+             "--no-build-isolation", "--no-index", "-w", str(dest), str(src)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if built.returncode != 0:  # setuptools missing here, say, or a broken tree
+            said = (built.stderr or built.stdout).strip()[-400:]
+            raise JobProblem(
+                f"building the project's wheel failed ({said}); "
+                "or set DWBENCH_JOB_WHEEL to a wheel in the workspace (databricks bundle deploy "
+                "builds one)"
+            )
+    (wheel,) = sorted(dest.glob("*.whl"))
+    return wheel
+
+
+# -- the coordinator -------------------------------------------------------------------------
+
+
+class DatabricksJobRun(SparkRun):
+    """A clients run whose clients are the Spark tasks of a one-time job run."""
+
+    executor = "databricks-job"
+
+    def __init__(
+        self,
+        template: Any,
+        targets: Targets,
+        settings: JobSettings | None = None,
+        *,
+        wheel_builder: Callable[[Path], Path] = build_wheel,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(template, master="databricks job cluster")
+        self.targets = targets
+        self.job_settings = settings if settings is not None else JobSettings()
+        self.wheel_builder = wheel_builder
+        self.environ = environ
+        self.job_run_id: int | None = None
+        self._workspace: Any = None
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return []  # nothing of it runs on this machine
+
+    def _started_remotely(self) -> bool:
+        return self.job_run_id is not None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.job_run_id is not None:
+            threading.Thread(target=self._cancel_remote, daemon=True).start()
+
+    def kill(self) -> None:
+        self.cancel()
+
+    def _cancel_remote(self) -> None:
+        try:
+            self._workspace.jobs.cancel_run(self.job_run_id)
+        except Exception as exc:  # the SDK's errors: said, the poll sees the run go on
+            log.warning("job_cancel_failed", run_id=self.id, reason=str(exc))
+
+    async def _run_phases(self, job: WorkerJob) -> None:
+        for phase in self.phases:
+            phase.clients = []
+        try:
+            results_dir = await asyncio.to_thread(self._submit, job)
+        except JobProblem as exc:
+            self.error = str(exc)
+            return
+        except Exception as exc:  # the SDK's errors (permissions, a bad cluster spec)
+            self.error = f"the job run could not be submitted: {exc}"
+            return
+        from bench.clients import _Client
+
+        for phase in self.phases:
+            phase.clients = [_Client(c) for c in range(self.config.clients)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.job_settings.timeout_s
+        ended: str | None = None
+        while ended is None:
+            state = await asyncio.to_thread(self._state)
+            await asyncio.to_thread(self._collect, results_dir)
+            if state["life_cycle_state"] in _TERMINAL:
+                ended = _ended(state)
+            elif loop.time() > deadline:
+                self.cancel()
+                ended = f"the job run did not end within {self.job_settings.timeout_s} s"
+            else:
+                await asyncio.sleep(self.job_settings.poll_interval_s)
+        await asyncio.to_thread(self._collect, results_dir)
+        for phase in self.phases:
+            if not phase.finished:
+                self._phase_done(phase, {"error": "cancelled" if self.cancelled else ended})
+
+    def _submit(self, job: WorkerJob) -> str:
+        """Upload the wheel and the spec, submit the run; the results' directory."""
+        from databricks.sdk.service import compute, jobs
+
+        settings = self.job_settings
+        if self.targets.mode != "databricks":
+            raise JobProblem(
+                "the databricks-job executor submits a job run to a workspace: it runs in "
+                "databricks mode (the local stack has no clusters; use --executor spark)"
+            )
+        auth = self.targets.workspace_auth
+        if auth is None:
+            raise JobProblem(f"no workspace credentials: {self.targets.auth_problem}")
+        if not settings.volume:
+            raise JobProblem(
+                "set DWBENCH_JOB_VOLUME to a UC Volume path (/Volumes/<catalog>/<schema>/"
+                "<volume>) for the job's wheel, spec and results"
+            )
+        if not job.workload.builtin:
+            raise JobProblem(
+                f"workload {job.workload.name} is not built in: the job's tasks rebuild a "
+                "workload from its name (run a custom table with --executor processes)"
+            )
+        if not settings.existing_cluster_id and not settings.node_type_id:
+            raise JobProblem(
+                "set DWBENCH_JOB_NODE_TYPE_ID (the job cluster's node type) or "
+                "DWBENCH_JOB_EXISTING_CLUSTER_ID"
+            )
+        w = self._workspace = auth.workspace_client()
+        scope = settings.secret_scope
+        keys = {s.key for s in w.secrets.list_secrets(scope) if s.key} if scope else set()
+        env = task_environment(self.config.writers, scope, keys, auth.host, self.environ)
+        base = f"{settings.volume.rstrip('/')}/dwbench-jobs"
+        wheel = settings.wheel or self._upload_wheel(w, f"{base}/wheels")
+        run_dir = f"{base}/runs/{self.id}"
+        spec = JobSpec(
+            run_id=self.id,
+            started_at=self.started_at,
+            config=self.config,
+            workload=job.workload.name,
+            delta_table=job.workload.table.delta_table,
+            environment=self.environment,
+            phases=[p.writers for p in self.phases],
+            clients=self.config.clients,
+            error=job.error,
+            results_dir=f"{run_dir}/results",
+        )
+        spec_path = f"{run_dir}/spec.json"
+        w.files.upload(spec_path, io.BytesIO(spec.model_dump_json().encode()), overwrite=True)
+        cluster = None
+        if not settings.existing_cluster_id:
+            cluster = compute.ClusterSpec(
+                spark_version=settings.spark_version,
+                node_type_id=settings.node_type_id,
+                num_workers=settings.num_workers
+                if settings.num_workers is not None
+                else self.config.clients,
+                data_security_mode=compute.DataSecurityMode.SINGLE_USER,
+                spark_env_vars=env,
+            )
+        task = jobs.SubmitTask(
+            task_key="clients",
+            python_wheel_task=jobs.PythonWheelTask(
+                package_name=PACKAGE_NAME,
+                entry_point=TASK_ENTRY_POINT,
+                parameters=["--spec", spec_path],
+            ),
+            libraries=[compute.Library(whl=wheel)],
+            new_cluster=cluster,
+            existing_cluster_id=settings.existing_cluster_id,
+        )
+        waiter = w.jobs.submit(
+            run_name=f"dwbench {self.id}",
+            tasks=[task],
+            timeout_seconds=settings.timeout_s,
+            idempotency_token=self.id,
+        )
+        self.job_run_id = int(waiter.run_id)
+        self.environment = {
+            **self.environment,
+            "databricks_job": {"run_id": self.job_run_id, "wheel": wheel, "spec": spec_path},
+        }
+        log.info("job_run_submitted", run_id=self.id, job_run_id=self.job_run_id)
+        if self.cancelled:
+            self._cancel_remote()
+        return spec.results_dir
+
+    def _upload_wheel(self, w: Any, where: str) -> str:
+        with tempfile.TemporaryDirectory(prefix="dwbench-dist-") as tmp:
+            wheel = self.wheel_builder(Path(tmp))
+            data = wheel.read_bytes()
+        # Clusters cache a library by its path: a new build goes to a path of its own.
+        path = f"{where}/{hashlib.sha256(data).hexdigest()[:16]}/{wheel.name}"
+        w.files.upload(path, io.BytesIO(data), overwrite=True)
+        return path
+
+    def _state(self) -> dict[str, Any]:
+        run = self._workspace.jobs.get_run(self.job_run_id)
+        state = run.state
+        found = {
+            "life_cycle_state": state.life_cycle_state.value if state.life_cycle_state else "",
+            "result_state": state.result_state.value if state.result_state else None,
+            "state_message": state.state_message or "",
+        }
+        job = self.environment.get("databricks_job", {})
+        self.environment = {
+            **self.environment,
+            "databricks_job": {**job, "run_page_url": run.run_page_url, "state": found},
+        }
+        return found
+
+    def _collect(self, results_dir: str) -> None:
+        """Each phase's results that the task has written and are not read yet."""
+        from databricks.sdk.errors import NotFound
+
+        for index, phase in enumerate(self.phases):
+            if phase.finished:
+                continue
+            try:
+                got = self._workspace.files.download(f"{results_dir}/phase-{index}.json")
+                message = json.loads(got.contents.read())
+            except NotFound:
+                continue
+            self._phase_done(phase, message)
+
+
+def _ended(state: dict[str, Any]) -> str:
+    return (
+        f"the job run ended {state['result_state'] or state['life_cycle_state']}: "
+        f"{state['state_message'] or 'no message'}"
+    )
+
+
+# -- the task, on the cluster ------------------------------------------------------------------
+
+
+def task_main(argv: list[str] | None = None) -> int:
+    """`dwbench-job-task --spec /Volumes/.../spec.json`: the run's phases on this cluster."""
+    import argparse
+
+    from bench.spark_driver import run_phases
+    from dwbench.log import configure_logging
+    from dwbench.runtime import configured_products, workspace_targets
+    from dwbench.settings import Settings
+    from workloads.registry import WorkloadRegistry
+    from writers import WRITERS
+
+    parser = argparse.ArgumentParser(prog=TASK_ENTRY_POINT)
+    parser.add_argument("--spec", required=True)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    configure_logging()
+    targets = workspace_targets(Targets(mode="databricks", settings=Settings()))
+    auth = targets.workspace_auth
+    if auth is None:
+        print(f"{TASK_ENTRY_POINT}: no workspace credentials: {targets.auth_problem}")
+        return 2
+    w = auth.workspace_client()
+    spec = JobSpec.model_validate_json(w.files.download(args.spec).contents.read())
+    workload = WorkloadRegistry(configured_products(targets)).get(spec.workload)
+    if workload.table.delta_table != spec.delta_table:
+        print(
+            f"{TASK_ENTRY_POINT}: workload {spec.workload} is on {workload.table.delta_table} "
+            f"here, {spec.delta_table} where the run was started: the cluster's settings differ"
+        )
+        return 2
+    from bench.worker_process import job_targets
+
+    resolved, unresolved = job_targets(targets, spec.config.writers)
+    job = WorkerJob(
+        run_id=spec.run_id,
+        started_at=spec.started_at,
+        config=spec.config,
+        workload=workload,
+        environment=spec.environment,
+        targets=resolved,
+        writers=dict(WRITERS),
+        unresolved=unresolved,
+        error=spec.error,
+    )
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.appName(f"dwbench-{spec.run_id}").getOrCreate()
+
+    def send(message: dict[str, Any]) -> None:
+        if message.get("type") != "phase":
+            return
+        body = json.dumps(message).encode()
+        path = f"{spec.results_dir}/phase-{message['index']}.json"
+        w.files.upload(path, io.BytesIO(body), overwrite=True)
+
+    spark_job = SparkJob(spec.run_id, job, spec.phases, spec.clients, master="")
+    run_phases(spark.sparkContext, spark_job, send, threading.Event())
+    return 0
