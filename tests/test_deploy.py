@@ -442,3 +442,35 @@ def test_setup_lakebase_grants_on_the_lakebase_table() -> None:
     postgres_ddl = SQL / "products_postgres.sql"
     if postgres_ddl.exists():
         assert qualified(create_table(postgres_ddl.read_text())[0]) == qualified(table.group(1))
+
+
+def test_the_clients_job_runs_the_wheels_task_with_settings_the_task_reads() -> None:
+    import tomllib
+
+    from bench.databricks_job import PACKAGE_NAME, TASK_ENTRY_POINT
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == PACKAGE_NAME
+    assert project["scripts"][TASK_ENTRY_POINT] == "bench.databricks_job:task_main"
+    job = load(BUNDLE_YAML)["resources"]["jobs"]["dwbench_clients"]
+    (task,) = job["tasks"]
+    wheel_task = task["python_wheel_task"]
+    assert (wheel_task["package_name"], wheel_task["entry_point"]) == (
+        PACKAGE_NAME,
+        TASK_ENTRY_POINT,
+    )
+    assert wheel_task["parameters"] == ["--spec", "{{job.parameters.spec}}"]
+    assert [p["name"] for p in job["parameters"]] == ["spec"]
+    assert task["libraries"] == [{"whl": "./dist/*.whl"}]
+    (cluster,) = job["job_clusters"]
+    assert cluster["job_cluster_key"] == task["job_cluster_key"]
+    spec = cluster["new_cluster"]
+    assert spec["data_security_mode"] == "SINGLE_USER"  # barrier mode needs dedicated access
+    read = settings_env_names()
+    for name in spec["spark_env_vars"]:
+        assert name.upper() in read or name in PLATFORM_ENV, f"{name} is read by no setting"
+    # The one secret, as a reference the cluster resolves (never a value in the bundle).
+    assert spec["spark_env_vars"]["DATABRICKS_CLIENT_SECRET"] == (
+        "{{secrets/${var.clients_secret_scope}/DATABRICKS_CLIENT_SECRET}}"
+    )
+    assert load(BUNDLE_YAML)["artifacts"]["dwbench_wheel"]["type"] == "whl"
