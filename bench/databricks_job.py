@@ -25,13 +25,15 @@ workspace instead:
    results as the other executors do (bench.clients). Cancel is `w.jobs.cancel_run`; the
    phases without results are reported with how the run ended.
 
-Live progress is each phase's start and end, as for `spark`. Only the built-in workloads run
+Live progress: each task uploads its client's progress once a second to `<run dir>/progress/`
+(from a thread of its own), which the coordinator reads as it polls. Only the built-in workloads run
 this way (the task rebuilds the workload from its name and its own settings).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -51,7 +53,7 @@ from pydantic import AliasChoices, AliasPath, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.config import BenchmarkConfig
-from bench.spark_driver import SparkJob, SparkRun
+from bench.spark_driver import ProgressSink, SparkJob, SparkRun
 from bench.worker_process import WorkerJob
 from writers.base import Targets
 
@@ -290,23 +292,39 @@ class DatabricksJobRun(SparkRun):
 
         for phase in self.phases:
             phase.clients = [_Client(c) for c in range(self.config.clients)]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.job_settings.timeout_s
-        ended: str | None = None
-        while ended is None:
-            state = await asyncio.to_thread(self._state)
-            await asyncio.to_thread(self._collect, results_dir)
-            if state["life_cycle_state"] in _TERMINAL:
-                ended = _ended(state)
-            elif loop.time() > deadline:
-                self.cancel()
-                ended = f"the job run did not end within {self.job_settings.timeout_s} s"
-            else:
-                await asyncio.sleep(self.job_settings.poll_interval_s)
-        await asyncio.to_thread(self._collect, results_dir)
+        assert self._workspace is not None
+        sink = VolumeSink(results_dir.rsplit("/", 1)[0] + "/progress", self._workspace)
+        watcher = asyncio.create_task(self._watch(sink, self.job_settings.poll_interval_s))
+        try:
+            ended = await self._follow_run(results_dir)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         for phase in self.phases:
             if not phase.finished:
                 self._phase_done(phase, {"error": "cancelled" if self.cancelled else ended})
+
+    async def _follow_run(self, results_dir: str) -> str:
+        """Poll the run and its results until it ends; how it ended."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.job_settings.timeout_s
+        while True:
+            state = await asyncio.to_thread(self._state)
+            self._apply(await asyncio.to_thread(self._collect, results_dir))
+            if state["life_cycle_state"] in _TERMINAL:
+                # Results written just before the end are read once more.
+                self._apply(await asyncio.to_thread(self._collect, results_dir))
+                return _ended(state)
+            if loop.time() > deadline:
+                self.cancel()
+                return f"the job run did not end within {self.job_settings.timeout_s} s"
+            await asyncio.sleep(self.job_settings.poll_interval_s)
+
+    def _apply(self, messages: list[tuple[int, dict[str, Any]]]) -> None:
+        for index, message in messages:
+            if not self.phases[index].finished:
+                self._phase_done(self.phases[index], message)
 
     def _submit(self, job: WorkerJob) -> str:
         """Upload the wheel and the spec, submit the run; the results' directory."""
@@ -419,19 +437,78 @@ class DatabricksJobRun(SparkRun):
         }
         return found
 
-    def _collect(self, results_dir: str) -> None:
+    def _collect(self, results_dir: str) -> list[tuple[int, dict[str, Any]]]:
         """Each phase's results that the task has written and are not read yet."""
         from databricks.sdk.errors import NotFound
 
+        found = []
         for index, phase in enumerate(self.phases):
             if phase.finished:
                 continue
             try:
                 got = self._workspace.files.download(f"{results_dir}/phase-{index}.json")
-                message = json.loads(got.contents.read())
+                found.append((index, json.loads(got.contents.read())))
             except NotFound:
                 continue
-            self._phase_done(phase, message)
+        return found
+
+
+class VolumeSink(ProgressSink):
+    """The tasks' progress as files in the run's Volume directory. A task's `put` hands the
+    document to an uploader thread (the latest per client wins), so the Files API's round
+    trip never holds up the task's event loop; the coordinator's `get` downloads."""
+
+    def __init__(self, directory: str, workspace: Any = None) -> None:
+        self.directory = directory
+        self._workspace = workspace
+        self._pending: dict[str, bytes] = {}
+        self._ready = threading.Condition()
+        self._uploader: threading.Thread | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"directory": self.directory}  # a task signs in with its own credentials
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["directory"])  # type: ignore[misc]
+
+    def _client(self) -> Any:
+        if self._workspace is None:
+            from dwbench.auth import resolve_workspace_auth
+            from dwbench.settings import Settings
+
+            self._workspace = resolve_workspace_auth(Settings()).workspace_client()
+        return self._workspace
+
+    def put(self, phase: int, client: int, document: dict[str, Any]) -> None:
+        with self._ready:
+            self._pending[self.name(phase, client)] = json.dumps(document).encode()
+            if self._uploader is None:
+                self._uploader = threading.Thread(target=self._upload, daemon=True)
+                self._uploader.start()
+            self._ready.notify()
+
+    def _upload(self) -> None:
+        while True:
+            with self._ready:
+                while not self._pending:
+                    self._ready.wait()
+                batch, self._pending = self._pending, {}
+            for name, body in batch.items():
+                try:
+                    path = f"{self.directory}/{name}"
+                    self._client().files.upload(path, io.BytesIO(body), overwrite=True)
+                except Exception as exc:  # progress is for watching: the run goes on
+                    log.warning("job_task_progress_failed", file=name, reason=str(exc))
+
+    def get(self, phase: int, client: int) -> dict[str, Any] | None:
+        from databricks.sdk.errors import NotFound
+
+        try:
+            got = self._client().files.download(f"{self.directory}/{self.name(phase, client)}")
+        except NotFound:
+            return None
+        document: dict[str, Any] = json.loads(got.contents.read())
+        return document
 
 
 def _ended(state: dict[str, Any]) -> str:
@@ -498,6 +575,7 @@ def task_main(argv: list[str] | None = None) -> int:
         path = f"{spec.results_dir}/phase-{message['index']}.json"
         w.files.upload(path, io.BytesIO(body), overwrite=True)
 
-    spark_job = SparkJob(spec.run_id, job, spec.phases, spec.clients, master="")
+    progress = VolumeSink(spec.results_dir.rsplit("/", 1)[0] + "/progress", w)
+    spark_job = SparkJob(spec.run_id, job, spec.phases, spec.clients, "", progress)
     run_phases(spark.sparkContext, spark_job, send, threading.Event())
     return 0

@@ -14,9 +14,12 @@ clients' results as for the `processes` executor (`bench.clients`).
 
 What Spark changes: a barrier stage runs all of its tasks or none, so a task that dies fails
 the phase for every client (the phase's clients are reported lost with Spark's reason;
-earlier phases keep their results); live progress is the phase's start and end (a task
-reports only when it returns); cancel cancels the Spark jobs, which stops the tasks without
-their figures.
+earlier phases keep their results); cancel cancels the Spark jobs, which stops the tasks
+without their figures. Live progress: each task puts its client's progress and result so far
+once a second into a `ProgressSink` that travels with the job — here a private directory of
+this machine (`DirectorySink`), for a job run the run's Volume directory
+(bench.databricks_job.VolumeSink) — which the coordinator reads once a second, so the app and
+the CLI show each client's rows as for the `processes` executor.
 
     driver <- coordinator: SparkJob, then {"type": "cancel"}
     driver -> coordinator: {"type": "started", "pid", "spark": version, "master"},
@@ -27,11 +30,14 @@ their figures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
 import os
 import pickle
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -70,6 +76,46 @@ class SparkJob:
     phases: list[list[str]]
     clients: int
     master: str
+    # Where each task puts its progress while it runs (None: it reports when it returns).
+    progress: ProgressSink | None = None
+
+
+class ProgressSink:
+    """Where a Spark task puts its client's progress once a second, and where the
+    coordinator reads it: one document per phase and client, the latest only. Picklable:
+    it travels to the tasks with the job."""
+
+    def put(self, phase: int, client: int, document: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def get(self, phase: int, client: int) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    @staticmethod
+    def name(phase: int, client: int) -> str:
+        return f"phase-{phase}-client-{client}.json"
+
+
+@dataclass(frozen=True)
+class DirectorySink(ProgressSink):
+    """A private directory of this machine (the local Spark executor's tasks run here)."""
+
+    path: str
+
+    def put(self, phase: int, client: int, document: dict[str, Any]) -> None:
+        target = os.path.join(self.path, self.name(phase, client))
+        partial = f"{target}.{os.getpid()}.partial"
+        with open(partial, "w") as out:
+            json.dump(document, out)
+        os.replace(partial, target)  # a reader sees the last document whole, or none
+
+    def get(self, phase: int, client: int) -> dict[str, Any] | None:
+        try:
+            with open(os.path.join(self.path, self.name(phase, client))) as found:
+                document: dict[str, Any] = json.load(found)
+                return document
+        except FileNotFoundError:
+            return None
 
 
 def spark_problem() -> str | None:
@@ -128,8 +174,9 @@ class SparkRun(ClientsRun):
 
     def _writer_progress(self, phase: _Phase, name: str) -> dict[str, Any]:
         entry = super()._writer_progress(phase, name)
-        if self._started_remotely() and phase.clients and not phase.finished:
-            # Spark tasks report when they return: the phase going on, as far as it is known.
+        waiting = entry["status"] == "pending"
+        if waiting and self._started_remotely() and phase.clients and not phase.finished:
+            # No task has reported yet: the phase going on, as far as it is known.
             started = all(p.finished for p in self.phases[: self.phases.index(phase)])
             if started:
                 entry = {**entry, "status": "running", "phase": "running as Spark tasks"}
@@ -139,12 +186,41 @@ class SparkRun(ClientsRun):
         if (problem := spark_problem()) is not None:
             self.error = problem
             return
+        with tempfile.TemporaryDirectory(prefix="dwbench-spark-progress-") as where:
+            sink = DirectorySink(where)  # mkdtemp's mode 0700: this user's only
+            watcher = asyncio.create_task(self._watch(sink))
+            try:
+                await self._drive_phases(job, sink)
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+    async def _watch(self, sink: ProgressSink, interval_s: float = 1.0) -> None:
+        """Read the tasks' progress once a second (in a thread: the sink may be remote)."""
+        while True:
+            wanted = [
+                (index, client)
+                for index, phase in enumerate(self.phases)
+                if not phase.finished
+                for client in phase.clients
+            ]
+            found = await asyncio.to_thread(_read_all, sink, wanted)
+            # Applied here, on the loop, where a phase's results are: never over them.
+            for index, client, document in found:
+                if document is not None and not self.phases[index].finished:
+                    client.progress = document["progress"]
+                    client.result_json = document["result"]
+            await asyncio.sleep(interval_s)
+
+    async def _drive_phases(self, job: WorkerJob, sink: ProgressSink) -> None:
         spark_job = SparkJob(
             run_id=self.id,
             job=job,
             phases=[p.writers for p in self.phases],
             clients=self.config.clients,
             master=self.master,
+            progress=sink,
         )
         try:
             driver = await WorkerProcess.start(
@@ -198,10 +274,16 @@ class SparkRun(ClientsRun):
             client.done = True
 
 
+def _read_all(
+    sink: ProgressSink, wanted: list[tuple[int, _Client]]
+) -> list[tuple[int, _Client, dict[str, Any] | None]]:
+    return [(index, client, sink.get(index, client.index)) for index, client in wanted]
+
+
 # -- the driver process ----------------------------------------------------------------------
 
 
-def _task(payload: bytes) -> Any:
+def _task(payload: bytes, phase: int, sink: ProgressSink | None) -> Any:
     """The function each barrier task runs over its one-element partition (the client)."""
 
     def run(partition: Iterator[int]) -> Iterator[str]:
@@ -226,7 +308,17 @@ def _task(payload: bytes) -> Any:
             await asyncio.to_thread(barrier)
 
         run_ = client_run(job, client, gate)
-        result = asyncio.run(execute_client(job, run_))
+        on_progress = None
+        if sink is not None:
+
+            def on_progress(progress: dict[str, Any]) -> None:
+                document = {"progress": progress, "result": run_.result().model_dump_json()}
+                try:
+                    sink.put(phase, client, document)
+                except Exception as exc:  # progress is for watching: the run goes on
+                    log.warning("spark_task_progress_failed", client=client, reason=str(exc))
+
+        result = asyncio.run(execute_client(job, run_, on_progress))
         yield result.model_dump_json()
 
     return run
@@ -286,7 +378,8 @@ def run_phases(
         job = dataclasses.replace(spark_job.job, config=config)
         rdd = sc.parallelize(range(spark_job.clients), spark_job.clients)
         try:
-            results = rdd.barrier().mapPartitions(_task(pickle.dumps(job))).collect()
+            task = _task(pickle.dumps(job), index, spark_job.progress)
+            results = rdd.barrier().mapPartitions(task).collect()
         except Exception as exc:  # a task failed, or the job was cancelled
             reason = "cancelled" if cancelled.is_set() else _spark_reason(exc)
             send({"type": "phase", "index": index, "error": reason})

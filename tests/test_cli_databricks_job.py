@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import secrets
 import time
 import zipfile
@@ -21,7 +22,7 @@ from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import InvalidParameterValue
 from databricks.sdk.service import compute, jobs
 
-from bench.databricks_job import JobProblem, task_environment
+from bench.databricks_job import JobProblem, VolumeSink, task_environment
 from bench.results import RunResult
 from tests.conftest import run_sql
 from tests.test_cli import dwbench, stack_env
@@ -273,3 +274,27 @@ def test_a_stack_started_without_jobs_runs_none(tmp_path: Path) -> None:
         "This local stack runs no jobs: a run executes the code of the wheel it names on this "
         "machine, so job runs are served only by a stack started with --jobs."
     )
+
+
+def test_a_volume_sink_carries_a_tasks_progress_to_the_coordinator(
+    local_stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The task's copy travels pickled, without the coordinator's client, and signs in with
+    # the credentials of its own environment (the cluster's spark_env_vars).
+    for name, value in {
+        "APP_MODE": "databricks",
+        "DATABRICKS_HOST": local_stack["api_url"],
+        "DATABRICKS_TOKEN": local_stack["token"],
+    }.items():
+        monkeypatch.setenv(name, value)
+    sink = VolumeSink(f"{VOLUME}/tests/progress-{secrets.token_hex(3)}", workspace(local_stack))
+    assert sink.get(0, 1) is None
+    task_side = pickle.loads(pickle.dumps(sink))
+    assert task_side._workspace is None
+    document = {"progress": {"writers": []}, "result": "{}"}
+    task_side.put(0, 1, document)
+    deadline = time.monotonic() + 30
+    while (found := sink.get(0, 1)) is None:
+        assert time.monotonic() < deadline, "the uploader thread did not upload"
+        time.sleep(0.05)
+    assert found == document

@@ -4,14 +4,20 @@ stack, and merges what the tasks return into one result file."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
 
+from bench.config import BenchmarkConfig
 from bench.results import RunResult
-from bench.spark_driver import spark_problem
+from bench.runner import BenchmarkRun
+from bench.spark_driver import SparkRun, spark_problem
+from bench.worker_process import make_job
 from tests.bench.dying_writer import TARGET as DYING
-from tests.conftest import run_sql
+from tests.bench.gated_writer import TARGET as GATED
+from tests.conftest import local_targets, run_sql
 from tests.test_cli import SMALL_RUN, TABLE, dwbench, stack_env
 from writers import WRITERS
 
@@ -77,3 +83,38 @@ def test_the_spark_executor_says_what_it_needs(monkeypatch, tmp_path):
         "the spark executor needs Java 17 or later (Debian: apt-get install "
         "openjdk-17-jre-headless; make test installs it)"
     )
+
+
+async def test_spark_tasks_show_their_progress_while_they_run(local_stack, tmp_path, monkeypatch):
+    # Each task writes 5 batches, then holds until the gate exists: the coordinator must show
+    # both clients at exactly 500 rows before any task has returned.
+    monkeypatch.setitem(WRITERS, "gated", GATED)
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("GATED_GATE", str(gate))
+    config = BenchmarkConfig(
+        writers=["gated"], clients=2, executor="spark", records=2_000, batch_size=100,
+        concurrency=1, warmup_s=0, visibility=False,
+    )  # fmt: skip
+    template = BenchmarkRun(config, environment={})
+    run = SparkRun(template)
+    job = make_job(template, local_targets(local_stack))
+    going = asyncio.create_task(run.execute(job))
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            (writer,) = run.progress()["writers"]
+            rows = [c["rows"] for c in writer["clients"]]
+            if rows == [500, 500]:
+                break
+            assert not going.done() and time.monotonic() < deadline, (rows, writer)
+            await asyncio.sleep(0.1)
+        assert writer["status"] == "running" and writer["rows"] == 1_000
+        assert [c["client"] for c in writer["clients"]] == [0, 1]
+        (partial,) = run.result().writers  # the merged result so far, from the progress
+        assert [w.rows for w in partial.workers or []] == [500, 500]
+    finally:
+        gate.touch()
+        result = await going
+    assert result.status == "completed", result.warnings
+    (w,) = result.writers
+    assert [c.rows for c in w.workers or []] == [1_000, 1_000]
