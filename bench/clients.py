@@ -48,6 +48,7 @@ class _Client:
     result_json: str | None = None
     progress: dict[str, Any] | None = None
     lost: str | None = None  # how its worker ended without a result
+    cancelled: bool = False  # stopped by the run's cancel before it returned a result
     done: bool = False
 
 
@@ -380,18 +381,18 @@ class ClientsRun(RunElsewhere):
 
 
 def _client_result(client: _Client) -> RunResult | None:
-    """The client's latest result; a lost client's running writers marked failed."""
+    """The client's latest result; a lost client's running writers marked failed, a
+    cancelled one's cancelled."""
     if client.result_json is None:
         return None
     result = RunResult.model_validate_json(client.result_json)
-    if client.lost is None:
+    if client.cancelled:
+        update: dict[str, Any] = {"status": "cancelled"}
+    elif client.lost is not None:
+        update = {"status": "failed", "error": client.lost}
+    else:
         return result
-    writers = [
-        w.model_copy(update={"status": "failed", "error": client.lost})
-        if w.status in _NOT_DONE
-        else w
-        for w in result.writers
-    ]
+    writers = [w.model_copy(update=update) if w.status in _NOT_DONE else w for w in result.writers]
     return result.model_copy(update={"writers": writers})
 
 

@@ -33,7 +33,6 @@ this way (the task rebuilds the workload from its name and its own settings).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import json
@@ -53,7 +52,7 @@ from pydantic import AliasChoices, AliasPath, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.config import BenchmarkConfig
-from bench.spark_driver import ProgressSink, SparkJob, SparkRun
+from bench.spark_driver import ProgressSink, SparkJob, SparkRun, stop_task
 from bench.worker_process import WorkerJob
 from writers.base import Targets
 
@@ -80,6 +79,9 @@ _NOT_FORWARDED = {
 # Credentials the task may sign in with, whichever of them the scope holds.
 _AUTH_KEYS = ("DATABRICKS_TOKEN", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET")
 _TERMINAL = ("TERMINATED", "SKIPPED", "INTERNAL_ERROR")
+# Polls of the run in a row that may fail (each after the SDK's own retries) before the run
+# is cancelled and reported failed with the last reason.
+MAX_POLL_FAILURES = 5
 
 
 class JobSettings(BaseSettings):
@@ -298,9 +300,8 @@ class DatabricksJobRun(SparkRun):
         try:
             ended = await self._follow_run(results_dir)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await stop_task(watcher)
+        await self._read_progress(sink)  # what the tasks put last, before the run ended
         for phase in self.phases:
             if not phase.finished:
                 self._phase_done(phase, {"error": "cancelled" if self.cancelled else ended})
@@ -309,9 +310,20 @@ class DatabricksJobRun(SparkRun):
         """Poll the run and its results until it ends; how it ended."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.job_settings.timeout_s
+        failures = 0
         while True:
-            state = await asyncio.to_thread(self._state)
-            self._apply(await asyncio.to_thread(self._collect, results_dir))
+            try:
+                state = await asyncio.to_thread(self._state)
+                self._apply(await asyncio.to_thread(self._collect, results_dir))
+                failures = 0
+            except Exception as exc:  # the SDK retried already; a few more polls before giving up
+                failures += 1
+                log.warning("job_poll_failed", run_id=self.id, attempt=failures, reason=str(exc))
+                if failures >= MAX_POLL_FAILURES:
+                    self.cancel()
+                    return f"the job run could not be read {failures} times in a row: {exc}"
+                await asyncio.sleep(self.job_settings.poll_interval_s)
+                continue
             if state["life_cycle_state"] in _TERMINAL:
                 # Results written just before the end are read once more.
                 self._apply(await asyncio.to_thread(self._collect, results_dir))

@@ -192,26 +192,33 @@ class SparkRun(ClientsRun):
             try:
                 await self._drive_phases(job, sink)
             finally:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+                await stop_task(watcher)
 
     async def _watch(self, sink: ProgressSink, interval_s: float = 1.0) -> None:
-        """Read the tasks' progress once a second (in a thread: the sink may be remote)."""
+        """Read the tasks' progress once a second."""
         while True:
-            wanted = [
-                (index, client)
-                for index, phase in enumerate(self.phases)
-                if not phase.finished
-                for client in phase.clients
-            ]
-            found = await asyncio.to_thread(_read_all, sink, wanted)
-            # Applied here, on the loop, where a phase's results are: never over them.
-            for index, client, document in found:
-                if document is not None and not self.phases[index].finished:
-                    client.progress = document["progress"]
-                    client.result_json = document["result"]
+            await self._read_progress(sink)
             await asyncio.sleep(interval_s)
+
+    async def _read_progress(self, sink: ProgressSink) -> None:
+        """Each running client's latest progress and result so far, as a worker's would be
+        (read in a thread, as the sink may be remote; applied here, on the loop, where a
+        phase's results are, and never over them)."""
+        wanted = [
+            (index, client)
+            for index, phase in enumerate(self.phases)
+            if not phase.finished
+            for client in phase.clients
+        ]
+        try:
+            found = await asyncio.to_thread(_read_all, sink, wanted)
+        except Exception as exc:  # a remote sink's hiccup: progress shows again next time
+            log.warning("spark_progress_unread", run_id=self.id, reason=str(exc))
+            return
+        for index, client, document in found:
+            if document is not None and not self.phases[index].finished:
+                client.progress = document["progress"]
+                client.result_json = document["result"]
 
     async def _drive_phases(self, job: WorkerJob, sink: ProgressSink) -> None:
         spark_job = SparkJob(
@@ -253,6 +260,7 @@ class SparkRun(ClientsRun):
             if not got_all:
                 driver.kill()
             code = await driver.wait()
+        await self._read_progress(sink)  # what the tasks put last, before they were stopped
         for phase in self.phases:
             if not phase.finished:
                 # The driver ended before this phase did.
@@ -268,10 +276,19 @@ class SparkRun(ClientsRun):
                 client.result_json = result_json
                 client.done = True
             return
-        reason = "cancelled" if self.cancelled and "error" not in message else message["error"]
+        reason = message.get("error")
         for client in phase.clients:
-            client.lost = reason
+            if self.cancelled and reason in (None, "cancelled", "cancelled before it started"):
+                client.cancelled = True  # its last progress kept, as a worker's would be
+            else:
+                client.lost = reason
             client.done = True
+
+
+async def stop_task(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _read_all(

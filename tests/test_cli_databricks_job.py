@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import secrets
+import signal
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -24,7 +28,7 @@ from databricks.sdk.service import compute, jobs
 
 from bench.databricks_job import JobProblem, VolumeSink, task_environment
 from bench.results import RunResult
-from tests.conftest import run_sql
+from tests.conftest import ROOT, run_sql
 from tests.test_cli import dwbench, stack_env
 from tests.test_cli_databricks_mode import TABLE, databricks_env
 from tests.test_cli_databricks_mode import table as table
@@ -298,3 +302,61 @@ def test_a_volume_sink_carries_a_tasks_progress_to_the_coordinator(
         assert time.monotonic() < deadline, "the uploader thread did not upload"
         time.sleep(0.05)
     assert found == document
+
+
+def measured(progress: Path) -> bool:
+    """Whether a task's progress file (written whole by the Files API) shows rows."""
+    if not progress.exists():
+        return False
+    (writer,) = json.loads(progress.read_text())["progress"]["writers"]
+    return bool(writer["rows"] > 0)
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_job_run_and_keeps_each_clients_progress(
+    local_stack: dict[str, Any], tmp_path: Path
+) -> None:
+    client_id, client_secret = local_stack["oauth_client_id"], local_stack["oauth_client_secret"]
+    scope = new_scope(
+        local_stack, DATABRICKS_CLIENT_ID=client_id, DATABRICKS_CLIENT_SECRET=client_secret
+    )
+    runs = volume_dir(local_stack) / "dwbench-jobs" / "runs"
+    before = set(runs.iterdir()) if runs.exists() else set()
+    out = tmp_path / "run.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dwbench", "run", "--writers", "null", "--clients", "2",
+         "--executor", "databricks-job", "--duration", "300s", "--rate", "2000",
+         "--batch-size", "100", "--warmup", "0", "--no-visibility", "--out", str(out),
+         "--results-dir", str(tmp_path / "results")],
+        cwd=ROOT, env=job_env(local_stack, tmp_path, scope, "oauth-m2m"), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        # Under way once both tasks have put rows into their progress in the run's Volume.
+        deadline = time.monotonic() + 180
+        while True:
+            new = set(runs.iterdir()) - before if runs.exists() else set()
+            progress = [d / "progress" / f"phase-0-client-{c}.json" for d in new for c in (0, 1)]
+            if progress and all(measured(p) for p in progress):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "cancelled (partial)" in stdout
+    run = RunResult.model_validate_json(out.read_text())
+    assert run.status == "cancelled" and run.partial
+    assert run.environment["databricks_job"]["state"] == {
+        "life_cycle_state": "TERMINATED",
+        "result_state": "CANCELED",
+        "state_message": "Run cancelled.",
+    }
+    (w,) = run.writers
+    assert w.status == "cancelled"
+    assert [c.status for c in w.workers or []] == ["cancelled", "cancelled"]
+    assert all(c.rows > 0 for c in w.workers or [])  # each client's last progress, kept
