@@ -50,6 +50,15 @@ def new_scope(stack: dict[str, Any], **values: str) -> str:
     return scope
 
 
+def principal_scope(stack: dict[str, Any]) -> str:
+    """A scope holding the stack's service principal under the names the task reads."""
+    return new_scope(
+        stack,
+        DATABRICKS_CLIENT_ID=stack["oauth_client_id"],
+        DATABRICKS_CLIENT_SECRET=stack["oauth_client_secret"],
+    )
+
+
 def job_env(stack: dict[str, Any], data_dir: Path, scope: str, auth: str) -> dict[str, str]:
     return {
         **databricks_env(stack, data_dir, auth),
@@ -68,11 +77,8 @@ def volume_dir(stack: dict[str, Any]) -> Path:
 def test_a_job_run_of_two_spark_tasks_writes_through_the_warehouse_and_merges(
     local_stack: dict[str, Any], tmp_path: Path
 ) -> None:
-    # A service principal: the scope holds its id and secret under their own names.
+    scope = principal_scope(local_stack)
     client_id, client_secret = local_stack["oauth_client_id"], local_stack["oauth_client_secret"]
-    scope = new_scope(
-        local_stack, DATABRICKS_CLIENT_ID=client_id, DATABRICKS_CLIENT_SECRET=client_secret
-    )
     out = tmp_path / "run.json"
     proc = dwbench(
         "run", "--writers", "sql", "--clients", "2", "--executor", "databricks-job",
@@ -316,10 +322,7 @@ def measured(progress: Path) -> bool:
 def test_ctrl_c_cancels_the_job_run_and_keeps_each_clients_progress(
     local_stack: dict[str, Any], tmp_path: Path
 ) -> None:
-    client_id, client_secret = local_stack["oauth_client_id"], local_stack["oauth_client_secret"]
-    scope = new_scope(
-        local_stack, DATABRICKS_CLIENT_ID=client_id, DATABRICKS_CLIENT_SECRET=client_secret
-    )
+    scope = principal_scope(local_stack)
     runs = volume_dir(local_stack) / "dwbench-jobs" / "runs"
     before = set(runs.iterdir()) if runs.exists() else set()
     out = tmp_path / "run.json"
