@@ -139,7 +139,8 @@ def summary(runs: dict[str, RunResult], stack_cpu: dict[str, float]) -> list[str
         "",
         "Local mode: these figures measure the client libraries and the local stand-ins "
         "sharing one machine's cores, not the Databricks services; the `databricks-job` "
-        "executor is not built yet.",
+        "executor runs the same Spark tasks on a workspace's job cluster, which this "
+        "benchmark does not reach.",
     ]
     return lines
 
