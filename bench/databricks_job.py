@@ -33,6 +33,7 @@ this way (the task rebuilds the workload from its name and its own settings).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -82,6 +83,8 @@ _TERMINAL = ("TERMINATED", "SKIPPED", "INTERNAL_ERROR")
 # Polls of the run in a row that may fail (each after the SDK's own retries) before the run
 # is cancelled and reported failed with the last reason.
 MAX_POLL_FAILURES = 5
+# How long a cancelled run is followed for the job run to end (within the app's 5 s grace).
+CANCEL_WAIT_S = 3.0
 
 
 class JobSettings(BaseSettings):
@@ -257,6 +260,7 @@ class DatabricksJobRun(SparkRun):
         self.environ = environ
         self.job_run_id: int | None = None
         self._workspace: Any = None
+        self._cancelling = asyncio.Event()
 
     @property
     def worker_pids(self) -> list[int]:
@@ -267,6 +271,11 @@ class DatabricksJobRun(SparkRun):
 
     def cancel(self) -> None:
         self.cancelled = True
+        self._cancelling.set()
+        self._request_cancel()
+
+    def _request_cancel(self) -> None:
+        """`w.jobs.cancel_run`, in a thread of its own (a cancel comes from the loop)."""
         if self.job_run_id is not None:
             threading.Thread(target=self._cancel_remote, daemon=True).start()
 
@@ -307,9 +316,12 @@ class DatabricksJobRun(SparkRun):
                 self._phase_done(phase, {"error": "cancelled" if self.cancelled else ended})
 
     async def _follow_run(self, results_dir: str) -> str:
-        """Poll the run and its results until it ends; how it ended."""
+        """Poll the run and its results until it ends; how it ended. After a cancel, the
+        run is followed for CANCEL_WAIT_S more at most (the app's Cancel answers within its
+        grace): a cluster still stopping then is said in `environment.databricks_job`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.job_settings.timeout_s
+        cancel_by: float | None = None
         failures = 0
         while True:
             try:
@@ -320,18 +332,36 @@ class DatabricksJobRun(SparkRun):
                 failures += 1
                 log.warning("job_poll_failed", run_id=self.id, attempt=failures, reason=str(exc))
                 if failures >= MAX_POLL_FAILURES:
-                    self.cancel()
+                    self._request_cancel()
                     return f"the job run could not be read {failures} times in a row: {exc}"
-                await asyncio.sleep(self.job_settings.poll_interval_s)
+                await self._pause(self.job_settings.poll_interval_s)
                 continue
             if state["life_cycle_state"] in _TERMINAL:
                 # Results written just before the end are read once more.
                 self._apply(await asyncio.to_thread(self._collect, results_dir))
                 return _ended(state)
-            if loop.time() > deadline:
-                self.cancel()
+            if self.cancelled:
+                cancel_by = cancel_by if cancel_by is not None else loop.time() + CANCEL_WAIT_S
+                if loop.time() >= cancel_by:
+                    job = self.environment.get("databricks_job", {})
+                    note = (
+                        f"cancel_run was requested; the job run was {state['life_cycle_state']} "
+                        "when this result was saved"
+                    )
+                    self.environment = {**self.environment, "databricks_job": {**job, "note": note}}
+                    return "cancelled"
+            elif loop.time() > deadline:
+                self._request_cancel()
                 return f"the job run did not end within {self.job_settings.timeout_s} s"
-            await asyncio.sleep(self.job_settings.poll_interval_s)
+            await self._pause(0.2 if self.cancelled else self.job_settings.poll_interval_s)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep until the next poll, or until a cancel (then poll at once)."""
+        if self.cancelled:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._cancelling.wait(), seconds)
 
     def _apply(self, messages: list[tuple[int, dict[str, Any]]]) -> None:
         for index, message in messages:

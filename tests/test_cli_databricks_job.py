@@ -363,3 +363,64 @@ def test_ctrl_c_cancels_the_job_run_and_keeps_each_clients_progress(
     assert w.status == "cancelled"
     assert [c.status for c in w.workers or []] == ["cancelled", "cancelled"]
     assert all(c.rows > 0 for c in w.workers or [])  # each client's last progress, kept
+
+
+def test_a_cancel_answers_while_the_cluster_is_still_stopping(
+    local_stack: dict[str, Any], tmp_path: Path
+) -> None:
+    # A task that ignores SIGTERM: the stand-in kills it only after its 10 s grace. The
+    # coordinator follows a cancelled run for 3 s at most, then saves what it has and says
+    # the job run was still stopping.
+    w = workspace(local_stack)
+    stubborn = (
+        "import signal, sys, time\n"
+        "def main():\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "    print('stubborn task started', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    path = f"{VOLUME}/tests/stubborn-{secrets.token_hex(3)}/stubborn-0.0.0-py3-none-any.whl"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("stubborn/__init__.py", stubborn)
+        zf.writestr(
+            "stubborn-0.0.0.dist-info/entry_points.txt",
+            "[console_scripts]\ndwbench-job-task = stubborn:main\n",
+        )
+    w.files.upload(path, io.BytesIO(buffer.getvalue()), overwrite=True)
+    jobs_dir = Path(local_stack["data_dir"]) / "jobs"
+    before = set(jobs_dir.iterdir()) if jobs_dir.exists() else set()
+    env = {**job_env(local_stack, tmp_path, principal_scope(local_stack), "oauth-m2m")}
+    env["DWBENCH_JOB_WHEEL"] = path
+    out = tmp_path / "run.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dwbench", "run", "--writers", "null", "--clients", "2",
+         "--executor", "databricks-job", "--records", "1000", "--warmup", "0",
+         "--no-visibility", "--out", str(out), "--results-dir", str(tmp_path / "results")],
+        cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            new = set(jobs_dir.iterdir()) - before if jobs_dir.exists() else set()
+            logs = [d / "task.log" for d in new if (d / "task.log").exists()]
+            if any("stubborn task started" in log.read_text() for log in logs):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    run = RunResult.model_validate_json(out.read_text())
+    assert run.status == "cancelled"
+    job = run.environment["databricks_job"]
+    assert job["note"] == (
+        "cancel_run was requested; the job run was TERMINATING when this result was saved"
+    )
+    (w_result,) = run.writers
+    assert w_result.status == "cancelled" and w_result.rows == 0
