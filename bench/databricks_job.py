@@ -20,7 +20,7 @@ workspace instead:
 3. the task (`task_main`, on the cluster's driver) reads its settings and credentials from
    that environment as the app does, reads the spec, and runs each phase as one barrier job
    of M tasks (bench.spark_driver.run_phases), writing each phase's client results to
-   `<run dir>/results/phase-<i>.json` in the Volume;
+   `<run dir>/results/phase-<i>.json` in the Volume (`JobSpec.result_path`);
 4. this side polls the run (`w.jobs.get_run`) and the results, and merges the clients'
    results as the other executors do (bench.clients). Cancel is `w.jobs.cancel_run`; the
    phases without results are reported with how the run ended.
@@ -46,15 +46,17 @@ import threading
 import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import structlog
 from pydantic import AliasChoices, AliasPath, BaseModel, Field, SecretStr
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.config import BenchmarkConfig
 from bench.spark_driver import ProgressSink, SparkJob, SparkRun, stop_task
-from bench.worker_process import WorkerJob
+from bench.worker_process import WorkerJob, make_job
 from writers.base import Targets
 
 log = structlog.get_logger(__name__)
@@ -118,7 +120,15 @@ class JobSpec(BaseModel):
     phases: list[list[str]]
     clients: int
     error: str | None = None
-    results_dir: str
+    run_dir: str  # in the Volume: spec.json, results/ and progress/
+
+    @property
+    def progress_dir(self) -> str:
+        return f"{self.run_dir}/progress"
+
+    def result_path(self, phase: int) -> str:
+        """Where the task puts phase `phase`'s client results."""
+        return f"{self.run_dir}/results/phase-{phase}.json"
 
 
 class JobProblem(Exception):
@@ -128,9 +138,9 @@ class JobProblem(Exception):
 # -- the cluster's environment ---------------------------------------------------------------
 
 
-def _env_names(cls: type[BaseSettings]) -> Iterable[tuple[str, bool]]:
-    """(environment variable, secret?) of each field of a settings class, each name a field
-    reads (an alias's choices too)."""
+def env_names(cls: type[BaseSettings]) -> Iterable[tuple[str, str, FieldInfo]]:
+    """(environment variable, field name, field) for each name a field of a settings class
+    reads: its prefix and name, or its alias (each of an alias's choices)."""
     prefix = str(cls.model_config.get("env_prefix") or "")
     for name, info in cls.model_fields.items():
         alias = info.validation_alias or info.alias
@@ -140,10 +150,13 @@ def _env_names(cls: type[BaseSettings]) -> Iterable[tuple[str, bool]]:
             choices = list(alias.choices)
         else:
             choices = [alias]
-        secret = SecretStr in (info.annotation, *typing.get_args(info.annotation))
         for choice in choices:
             env = choice.path[0] if isinstance(choice, AliasPath) else choice
-            yield str(env).upper(), secret
+            yield str(env).upper(), name, info
+
+
+def is_secret(info: FieldInfo) -> bool:
+    return SecretStr in (info.annotation, *typing.get_args(info.annotation))
 
 
 def task_environment(
@@ -171,10 +184,10 @@ def task_environment(
     env = {"APP_MODE": "databricks", "DATABRICKS_HOST": host}
     missing: list[str] = []
     for cls in [*used, *context]:
-        for var, secret in _env_names(cls):
+        for var, _name, info in env_names(cls):
             if var in _NOT_FORWARDED or var in env or var not in source:
                 continue
-            if not secret:
+            if not is_secret(info):
                 env[var] = source[var]
             elif var in scope_keys:
                 env[var] = f"{{{{secrets/{scope}/{var}}}}}"
@@ -292,7 +305,7 @@ class DatabricksJobRun(SparkRun):
         for phase in self.phases:
             phase.clients = []
         try:
-            results_dir = await asyncio.to_thread(self._submit, job)
+            spec = await asyncio.to_thread(self._submit, job)
         except JobProblem as exc:
             self.error = str(exc)
             return
@@ -304,18 +317,18 @@ class DatabricksJobRun(SparkRun):
         for phase in self.phases:
             phase.clients = [_Client(c) for c in range(self.config.clients)]
         assert self._workspace is not None
-        sink = VolumeSink(results_dir.rsplit("/", 1)[0] + "/progress", self._workspace)
+        sink = VolumeSink(spec.progress_dir, self._workspace)
         watcher = asyncio.create_task(self._watch(sink, self.job_settings.poll_interval_s))
         try:
-            ended = await self._follow_run(results_dir)
+            ended = await self._follow_run(spec)
         finally:
             await stop_task(watcher)
         await self._read_progress(sink)  # what the tasks put last, before the run ended
         for phase in self.phases:
             if not phase.finished:
-                self._phase_done(phase, {"error": "cancelled" if self.cancelled else ended})
+                self._phase_done(phase, {"cancelled": True} if self.cancelled else {"error": ended})
 
-    async def _follow_run(self, results_dir: str) -> str:
+    async def _follow_run(self, spec: JobSpec) -> str:
         """Poll the run and its results until it ends; how it ended. After a cancel, the
         run is followed for CANCEL_WAIT_S more at most (the app's Cancel answers within its
         grace): a cluster still stopping then is said in `environment.databricks_job`."""
@@ -326,7 +339,7 @@ class DatabricksJobRun(SparkRun):
         while True:
             try:
                 state = await asyncio.to_thread(self._state)
-                self._apply(await asyncio.to_thread(self._collect, results_dir))
+                self._apply(await asyncio.to_thread(self._collect, spec))
                 failures = 0
             except Exception as exc:  # the SDK retried already; a few more polls before giving up
                 failures += 1
@@ -338,7 +351,7 @@ class DatabricksJobRun(SparkRun):
                 continue
             if state["life_cycle_state"] in _TERMINAL:
                 # Results written just before the end are read once more.
-                self._apply(await asyncio.to_thread(self._collect, results_dir))
+                self._apply(await asyncio.to_thread(self._collect, spec))
                 return _ended(state)
             if self.cancelled:
                 cancel_by = cancel_by if cancel_by is not None else loop.time() + CANCEL_WAIT_S
@@ -368,8 +381,8 @@ class DatabricksJobRun(SparkRun):
             if not self.phases[index].finished:
                 self._phase_done(self.phases[index], message)
 
-    def _submit(self, job: WorkerJob) -> str:
-        """Upload the wheel and the spec, submit the run; the results' directory."""
+    def _submit(self, job: WorkerJob) -> JobSpec:
+        """Upload the wheel and the spec, submit the run; the spec."""
         from databricks.sdk.service import compute, jobs
 
         settings = self.job_settings
@@ -413,7 +426,7 @@ class DatabricksJobRun(SparkRun):
             phases=[p.writers for p in self.phases],
             clients=self.config.clients,
             error=job.error,
-            results_dir=f"{run_dir}/results",
+            run_dir=run_dir,
         )
         spec_path = f"{run_dir}/spec.json"
         w.files.upload(spec_path, io.BytesIO(spec.model_dump_json().encode()), overwrite=True)
@@ -453,7 +466,7 @@ class DatabricksJobRun(SparkRun):
         log.info("job_run_submitted", run_id=self.id, job_run_id=self.job_run_id)
         if self.cancelled:
             self._cancel_remote()
-        return spec.results_dir
+        return spec
 
     def _upload_wheel(self, w: Any, where: str) -> str:
         with tempfile.TemporaryDirectory(prefix="dwbench-dist-") as tmp:
@@ -479,19 +492,14 @@ class DatabricksJobRun(SparkRun):
         }
         return found
 
-    def _collect(self, results_dir: str) -> list[tuple[int, dict[str, Any]]]:
+    def _collect(self, spec: JobSpec) -> list[tuple[int, dict[str, Any]]]:
         """Each phase's results that the task has written and are not read yet."""
-        from databricks.sdk.errors import NotFound
-
         found = []
         for index, phase in enumerate(self.phases):
-            if phase.finished:
-                continue
-            try:
-                got = self._workspace.files.download(f"{results_dir}/phase-{index}.json")
-                found.append((index, json.loads(got.contents.read())))
-            except NotFound:
-                continue
+            if not phase.finished:
+                message = _download_json(self._workspace, spec.result_path(index))
+                if message is not None:
+                    found.append((index, message))
         return found
 
 
@@ -543,14 +551,19 @@ class VolumeSink(ProgressSink):
                     log.warning("job_task_progress_failed", file=name, reason=str(exc))
 
     def get(self, phase: int, client: int) -> dict[str, Any] | None:
-        from databricks.sdk.errors import NotFound
+        return _download_json(self._client(), f"{self.directory}/{self.name(phase, client)}")
 
-        try:
-            got = self._client().files.download(f"{self.directory}/{self.name(phase, client)}")
-        except NotFound:
-            return None
-        document: dict[str, Any] = json.loads(got.contents.read())
-        return document
+
+def _download_json(w: Any, path: str) -> dict[str, Any] | None:
+    """A JSON document in the Volume; None while there is none."""
+    from databricks.sdk.errors import NotFound
+
+    try:
+        got = w.files.download(path)
+    except NotFound:
+        return None
+    document: dict[str, Any] = json.loads(got.contents.read())
+    return document
 
 
 def _ended(state: dict[str, Any]) -> str:
@@ -572,7 +585,6 @@ def task_main(argv: list[str] | None = None) -> int:
     from dwbench.runtime import configured_products, workspace_targets
     from dwbench.settings import Settings
     from workloads.registry import WorkloadRegistry
-    from writers import WRITERS
 
     parser = argparse.ArgumentParser(prog=TASK_ENTRY_POINT)
     parser.add_argument("--spec", required=True)
@@ -592,32 +604,26 @@ def task_main(argv: list[str] | None = None) -> int:
             f"here, {spec.delta_table} where the run was started: the cluster's settings differ"
         )
         return 2
-    from bench.worker_process import job_targets
-
-    resolved, unresolved = job_targets(targets, spec.config.writers)
-    job = WorkerJob(
-        run_id=spec.run_id,
+    # The job as make_job makes it for a worker, from the spec where the run was started.
+    started = SimpleNamespace(
+        id=spec.run_id,
         started_at=spec.started_at,
         config=spec.config,
         workload=workload,
         environment=spec.environment,
-        targets=resolved,
-        writers=dict(WRITERS),
-        unresolved=unresolved,
         error=spec.error,
     )
+    job = make_job(started, targets)
     from pyspark.sql import SparkSession
 
     spark = SparkSession.builder.appName(f"dwbench-{spec.run_id}").getOrCreate()
 
     def send(message: dict[str, Any]) -> None:
-        if message.get("type") != "phase":
-            return
-        body = json.dumps(message).encode()
-        path = f"{spec.results_dir}/phase-{message['index']}.json"
-        w.files.upload(path, io.BytesIO(body), overwrite=True)
+        if message.get("type") == "phase":
+            body = io.BytesIO(json.dumps(message).encode())
+            w.files.upload(spec.result_path(message["index"]), body, overwrite=True)
 
-    progress = VolumeSink(spec.results_dir.rsplit("/", 1)[0] + "/progress", w)
+    progress = VolumeSink(spec.progress_dir, w)
     spark_job = SparkJob(spec.run_id, job, spec.phases, spec.clients, "", progress)
     run_phases(spark.sparkContext, spark_job, send, threading.Event())
     return 0

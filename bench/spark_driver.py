@@ -24,7 +24,8 @@ the CLI show each client's rows as for the `processes` executor.
     driver <- coordinator: SparkJob, then {"type": "cancel"}
     driver -> coordinator: {"type": "started", "pid", "spark": version, "master"},
                            {"type": "phase", "index", "results": [json per client]},
-                           {"type": "phase", "index", "error": text}
+                           {"type": "phase", "index", "error": text},
+                           {"type": "phase", "index", "cancelled": True}
 """
 
 from __future__ import annotations
@@ -276,12 +277,11 @@ class SparkRun(ClientsRun):
                 client.result_json = result_json
                 client.done = True
             return
-        reason = message.get("error")
         for client in phase.clients:
-            if self.cancelled and reason in (None, "cancelled", "cancelled before it started"):
+            if message.get("cancelled"):
                 client.cancelled = True  # its last progress kept, as a worker's would be
             else:
-                client.lost = reason
+                client.lost = message["error"]
             client.done = True
 
 
@@ -385,11 +385,11 @@ def run_phases(
     sc: Any, spark_job: SparkJob, send: Callable[[dict[str, Any]], None], cancelled: threading.Event
 ) -> None:
     """Each phase of `spark_job` as one barrier job of its clients on SparkContext `sc`;
-    `send` gets each phase's {"type": "phase", "index", "results" | "error"} (the driver
-    here, and a databricks-job task: bench.databricks_job)."""
+    `send` gets each phase's {"type": "phase", "index", "results" | "error" | "cancelled"}
+    (the driver here, and a databricks-job task: bench.databricks_job)."""
     for index, writers in enumerate(spark_job.phases):
         if cancelled.is_set():
-            send({"type": "phase", "index": index, "error": "cancelled before it started"})
+            send({"type": "phase", "index": index, "cancelled": True})
             continue
         config = spark_job.job.config.model_copy(update={"writers": writers})
         job = dataclasses.replace(spark_job.job, config=config)
@@ -398,8 +398,10 @@ def run_phases(
             task = _task(pickle.dumps(job), index, spark_job.progress)
             results = rdd.barrier().mapPartitions(task).collect()
         except Exception as exc:  # a task failed, or the job was cancelled
-            reason = "cancelled" if cancelled.is_set() else _spark_reason(exc)
-            send({"type": "phase", "index": index, "error": reason})
+            if cancelled.is_set():
+                send({"type": "phase", "index": index, "cancelled": True})
+            else:
+                send({"type": "phase", "index": index, "error": _spark_reason(exc)})
             continue
         send({"type": "phase", "index": index, "results": list(results)})
 

@@ -48,7 +48,7 @@ from fastapi import APIRouter, Depends, Request
 
 from emulator.child_env import allowlisted_environment
 from emulator.oauth import OAuthIssuer
-from emulator.volumes import FilesApiError, Volumes, workspace_authorizer
+from emulator.volumes import FilesApiError, Volumes, invalid, workspace_authorizer
 
 log = structlog.get_logger(__name__)
 
@@ -60,14 +60,10 @@ _MAX_SECRET_BYTES = 128 * 1024  # the service's limit per secret
 _TASK_PREFIXES = ("PYTHON", "JAVA_", "SPARK_", "COVERAGE_")
 
 
-def _invalid(message: str) -> FilesApiError:
-    return FilesApiError(400, "INVALID_PARAMETER_VALUE", message)
-
-
 def _text(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not value:
-        raise _invalid(f"{name} must be a non-empty string")
+        raise invalid(f"{name} must be a non-empty string")
     return value
 
 
@@ -79,16 +75,16 @@ class Secrets:
 
     def create_scope(self, scope: str) -> None:
         if not _NAME.match(scope):
-            raise _invalid(f"the scope name {scope!r} must be letters, digits, '-', '_' or '.'")
+            raise invalid(f"the scope name {scope!r} must be letters, digits, '-', '_' or '.'")
         if scope in self.scopes:
             raise FilesApiError(400, "RESOURCE_ALREADY_EXISTS", f"Scope {scope} already exists!")
         self.scopes[scope] = {}
 
     def put(self, scope: str, key: str, value: str) -> None:
         if not _NAME.match(key):
-            raise _invalid(f"the key {key!r} must be letters, digits, '-', '_' or '.'")
+            raise invalid(f"the key {key!r} must be letters, digits, '-', '_' or '.'")
         if len(value.encode()) > _MAX_SECRET_BYTES:
-            raise _invalid(f"a secret holds up to {_MAX_SECRET_BYTES} bytes")
+            raise invalid(f"a secret holds up to {_MAX_SECRET_BYTES} bytes")
         self._scope(scope)[key] = (value, int(time.time() * 1000))
 
     def keys(self, scope: str) -> list[dict[str, Any]]:
@@ -104,7 +100,7 @@ class Secrets:
             scope, key = match.group(1), match.group(2)
             found = self.scopes.get(scope, {}).get(key)
             if found is None:
-                raise _invalid(f"Secret does not exist with scope: {scope} and key: {key}")
+                raise invalid(f"Secret does not exist with scope: {scope} and key: {key}")
             return found[0]
 
         return _SECRET_REF.sub(value, text)
@@ -202,7 +198,7 @@ class JobRuns:
             )
         tasks = body.get("tasks")
         if not isinstance(tasks, list) or len(tasks) != 1 or not isinstance(tasks[0], dict):
-            raise _invalid("the local stack runs submits of exactly one task (tasks: [one])")
+            raise invalid("the local stack runs submits of exactly one task (tasks: [one])")
         task = tasks[0]
         key = _text(task, "task_key")
         launch, workers = self._launch(task)
@@ -222,7 +218,7 @@ class JobRuns:
         try:
             found = self.runs.get(int(run_id))
         except (TypeError, ValueError):
-            raise _invalid(f"run_id must be an integer, got {run_id!r}") from None
+            raise invalid(f"run_id must be an integer, got {run_id!r}") from None
         if found is None:
             raise FilesApiError(404, "RESOURCE_DOES_NOT_EXIST", f"Run {run_id} does not exist.")
         return found
@@ -251,7 +247,7 @@ class JobRuns:
     def _launch(self, task: dict[str, Any]) -> tuple[_Launch, int]:
         wheel_task = task.get("python_wheel_task")
         if not isinstance(wheel_task, dict):
-            raise _invalid(
+            raise invalid(
                 "the local stack runs python_wheel_task tasks only (the task has "
                 f"{sorted(k for k in task if k.endswith('_task'))})"
             )
@@ -259,30 +255,30 @@ class JobRuns:
         entry = _text(wheel_task, "entry_point")
         parameters = wheel_task.get("parameters") or []
         if not isinstance(parameters, list) or not all(isinstance(p, str) for p in parameters):
-            raise _invalid("python_wheel_task.parameters must be a list of strings")
+            raise invalid("python_wheel_task.parameters must be a list of strings")
         wheels = [
             lib["whl"]
             for lib in task.get("libraries") or []
             if isinstance(lib, dict) and "whl" in lib
         ]
         if len(wheels) != 1 or not isinstance(wheels[0], str):
-            raise _invalid('the task needs exactly one library {"whl": "/Volumes/..."}')
+            raise invalid('the task needs exactly one library {"whl": "/Volumes/..."}')
         wheel = self.volumes.file_path(wheels[0])
         if not wheel.is_file():
-            raise _invalid(f"Library {wheels[0]} does not exist.")
+            raise invalid(f"Library {wheels[0]} does not exist.")
         cluster = task.get("new_cluster")
         if cluster is None and isinstance(task.get("existing_cluster_id"), str):
             cluster = {}
         if not isinstance(cluster, dict):
-            raise _invalid("the task needs new_cluster or existing_cluster_id")
+            raise invalid("the task needs new_cluster or existing_cluster_id")
         workers = cluster.get("num_workers", 1)
         if not isinstance(workers, int) or not 0 <= workers <= 64:
-            raise _invalid("new_cluster.num_workers must be an integer 0-64 here")
+            raise invalid("new_cluster.num_workers must be an integer 0-64 here")
         env_vars = cluster.get("spark_env_vars") or {}
         if not isinstance(env_vars, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
         ):
-            raise _invalid("new_cluster.spark_env_vars must map names to strings")
+            raise invalid("new_cluster.spark_env_vars must map names to strings")
         # Resolved as the cluster starts: a missing secret fails the submit here.
         resolved = {k: self.secrets.resolve(v) for k, v in env_vars.items()}
         module, function = _entry_point(wheel, package, entry)
@@ -372,7 +368,7 @@ def _entry_point(wheel: Path, package: str, entry: str) -> tuple[str, str]:
             names = [n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt")]
             text = zf.read(names[0]).decode() if names else ""
     except (zipfile.BadZipFile, OSError) as exc:
-        raise _invalid(f"the library {wheel.name} is not a wheel: {exc}") from None
+        raise invalid(f"the library {wheel.name} is not a wheel: {exc}") from None
     parser = ConfigParser(interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     parser.read_string(text)
@@ -411,9 +407,9 @@ def jobs_router(runs: JobRuns, token: str, oauth: OAuthIssuer | None = None) -> 
         try:
             body = await request.json()
         except ValueError:
-            raise _invalid("the body must be JSON") from None
+            raise invalid("the body must be JSON") from None
         if not isinstance(body, dict):
-            raise _invalid("the body must be a JSON object")
+            raise invalid("the body must be a JSON object")
         return body
 
     @router.post("/api/2.0/secrets/scopes/create")

@@ -52,7 +52,7 @@ class FilesApiError(Exception):
         self.message = message
 
 
-def _invalid(message: str) -> FilesApiError:
+def invalid(message: str) -> FilesApiError:
     return FilesApiError(400, "INVALID_PARAMETER_VALUE", message)
 
 
@@ -67,37 +67,37 @@ class Volumes:
     def local_path(self, volume_path: str) -> Path:
         """Where `/Volumes/c/s/v/...` lives on disk; FilesApiError for any other path."""
         if "\x00" in volume_path or "\\" in volume_path:
-            raise _invalid(f"The path {volume_path!r} contains a NUL or backslash character.")
+            raise invalid(f"The path {volume_path!r} contains a NUL or backslash character.")
         parts = volume_path.split("/")
         if len(parts) < 2 or parts[0] != "" or parts[1] != "Volumes":
-            raise _invalid(
+            raise invalid(
                 f"The path {volume_path!r} is not in a volume: the local stack's Files API "
                 "serves /Volumes/<catalog>/<schema>/<volume>/<path> only."
             )
         inside = parts[2:]
         if len(inside) < 3 or not all(_NAME.match(p) for p in inside[:3]):
-            raise _invalid(
+            raise invalid(
                 f"The path {volume_path!r} does not name a volume: expected "
                 "/Volumes/<catalog>/<schema>/<volume>/... with names of letters, digits, "
                 "'_' and '-'."
             )
         rest = inside[3:]
         if any(p in ("", ".", "..") for p in rest):
-            raise _invalid(
+            raise invalid(
                 f"The path {volume_path!r} has an empty, '.' or '..' segment; give the "
                 "file's absolute path inside the volume."
             )
         path = self.root.joinpath(*(p.lower() for p in inside[:3]), *rest)
         # Belt and braces: whatever the segments were, the result stays under the root.
         if not path.resolve().is_relative_to(self.root):
-            raise _invalid(f"The path {volume_path!r} leaves the volume.")
+            raise invalid(f"The path {volume_path!r} leaves the volume.")
         return path
 
     def file_path(self, volume_path: str) -> Path:
         """A file's path (not the volume itself)."""
         path = self.local_path(volume_path)
         if len(path.relative_to(self.root).parts) < 4:
-            raise _invalid(
+            raise invalid(
                 f"The path {volume_path!r} is a volume, not a file inside one: add the file's name."
             )
         return path
@@ -167,7 +167,7 @@ class Volumes:
     def delete(self, volume_path: str) -> None:
         path = self.file_path(volume_path)
         if path.is_dir():
-            raise _invalid(f"{volume_path} is a directory; the files endpoint deletes files.")
+            raise invalid(f"{volume_path} is a directory; the files endpoint deletes files.")
         try:
             path.unlink()
         except (FileNotFoundError, NotADirectoryError):
@@ -210,7 +210,7 @@ def _flag(value: str | None, name: str, *, default: bool) -> bool:
         return default
     lowered = value.lower()
     if lowered not in ("true", "false"):
-        raise _invalid(f"The query parameter {name} must be true or false, got {value!r}.")
+        raise invalid(f"The query parameter {name} must be true or false, got {value!r}.")
     return lowered == "true"
 
 

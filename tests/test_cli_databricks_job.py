@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,14 +169,40 @@ def test_the_executor_runs_in_databricks_mode_only(local_stack: dict[str, Any], 
     ) in run.warnings
 
 
-def upload_wheel(w: WorkspaceClient, name: str, code: str) -> str:
-    """A one-module wheel `name` whose `main` is `code`'s, in the Volume."""
+def upload_wheel(w: WorkspaceClient, name: str, code: str, entry_points: str = "") -> str:
+    """A one-module wheel `name` of `code` (and the dist-info's `entry_points` when given),
+    in the Volume."""
     path = f"{VOLUME}/tests/{name}-{secrets.token_hex(3)}/{name}-0.0.0-py3-none-any.whl"
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         zf.writestr(f"{name}/__init__.py", code)
+        if entry_points:
+            zf.writestr(f"{name}-0.0.0.dist-info/entry_points.txt", entry_points)
     w.files.upload(path, io.BytesIO(buffer.getvalue()), overwrite=True)
     return path
+
+
+def interrupt_when(
+    args: list[str], env: dict[str, str], ready: Callable[[], bool], timeout_s: float
+) -> tuple[int, str, str]:
+    """`dwbench ARGS` in a session of its own, sent SIGINT (Ctrl-C) once `ready()`: its exit
+    code, stdout and stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dwbench", *args], cwd=ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, stdout, stderr
 
 
 def wheel_task(wheel: str, package: str, env: dict[str, str] | None = None) -> jobs.SubmitTask:
@@ -326,31 +353,20 @@ def test_ctrl_c_cancels_the_job_run_and_keeps_each_clients_progress(
     runs = volume_dir(local_stack) / "dwbench-jobs" / "runs"
     before = set(runs.iterdir()) if runs.exists() else set()
     out = tmp_path / "run.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dwbench", "run", "--writers", "null", "--clients", "2",
-         "--executor", "databricks-job", "--duration", "300s", "--rate", "2000",
-         "--batch-size", "100", "--warmup", "0", "--no-visibility", "--out", str(out),
-         "--results-dir", str(tmp_path / "results")],
-        cwd=ROOT, env=job_env(local_stack, tmp_path, scope, "oauth-m2m"), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
-    try:
+
+    def both_measuring() -> bool:
         # Under way once both tasks have put rows into their progress in the run's Volume.
-        deadline = time.monotonic() + 180
-        while True:
-            new = set(runs.iterdir()) - before if runs.exists() else set()
-            progress = [d / "progress" / f"phase-0-client-{c}.json" for d in new for c in (0, 1)]
-            if progress and all(measured(p) for p in progress):
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, stderr
+        new = set(runs.iterdir()) - before if runs.exists() else set()
+        progress = [d / "progress" / f"phase-0-client-{c}.json" for d in new for c in (0, 1)]
+        return bool(progress) and all(measured(p) for p in progress)
+
+    code, stdout, stderr = interrupt_when(
+        ["run", "--writers", "null", "--clients", "2", "--executor", "databricks-job",
+         "--duration", "300s", "--rate", "2000", "--batch-size", "100", "--warmup", "0",
+         "--no-visibility", "--out", str(out), "--results-dir", str(tmp_path / "results")],
+        job_env(local_stack, tmp_path, scope, "oauth-m2m"), both_measuring, 180,
+    )  # fmt: skip
+    assert code == 130, stderr
     assert "cancelled (partial)" in stdout
     run = RunResult.model_validate_json(out.read_text())
     assert run.status == "cancelled" and run.partial
@@ -379,43 +395,27 @@ def test_a_cancel_answers_while_the_cluster_is_still_stopping(
         "    print('stubborn task started', flush=True)\n"
         "    time.sleep(60)\n"
     )
-    path = f"{VOLUME}/tests/stubborn-{secrets.token_hex(3)}/stubborn-0.0.0-py3-none-any.whl"
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr("stubborn/__init__.py", stubborn)
-        zf.writestr(
-            "stubborn-0.0.0.dist-info/entry_points.txt",
-            "[console_scripts]\ndwbench-job-task = stubborn:main\n",
-        )
-    w.files.upload(path, io.BytesIO(buffer.getvalue()), overwrite=True)
+    path = upload_wheel(
+        w, "stubborn", stubborn, "[console_scripts]\ndwbench-job-task = stubborn:main\n"
+    )
     jobs_dir = Path(local_stack["data_dir"]) / "jobs"
     before = set(jobs_dir.iterdir()) if jobs_dir.exists() else set()
     env = {**job_env(local_stack, tmp_path, principal_scope(local_stack), "oauth-m2m")}
     env["DWBENCH_JOB_WHEEL"] = path
     out = tmp_path / "run.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dwbench", "run", "--writers", "null", "--clients", "2",
-         "--executor", "databricks-job", "--records", "1000", "--warmup", "0",
-         "--no-visibility", "--out", str(out), "--results-dir", str(tmp_path / "results")],
-        cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True,
+
+    def started() -> bool:
+        new = set(jobs_dir.iterdir()) - before if jobs_dir.exists() else set()
+        logs = [d / "task.log" for d in new if (d / "task.log").exists()]
+        return any("stubborn task started" in log.read_text() for log in logs)
+
+    code, _, stderr = interrupt_when(
+        ["run", "--writers", "null", "--clients", "2", "--executor", "databricks-job",
+         "--records", "1000", "--warmup", "0", "--no-visibility", "--out", str(out),
+         "--results-dir", str(tmp_path / "results")],
+        env, started, 60,
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            new = set(jobs_dir.iterdir()) - before if jobs_dir.exists() else set()
-            logs = [d / "task.log" for d in new if (d / "task.log").exists()]
-            if any("stubborn task started" in log.read_text() for log in logs):
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, stderr
+    assert code == 130, stderr
     run = RunResult.model_validate_json(out.read_text())
     assert run.status == "cancelled"
     job = run.environment["databricks_job"]

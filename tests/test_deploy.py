@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import AliasChoices, AliasPath, SecretStr
+from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
+from bench.databricks_job import env_names
 from dwbench.settings import Settings
 from workloads import products
 from workloads.products import COLUMNS
@@ -86,7 +87,6 @@ def settings_env_names() -> dict[str, FieldInfo]:
     names: dict[str, FieldInfo] = {}
     classes = settings_classes()
     for cls in classes:
-        prefix = cls.model_config.get("env_prefix", "") or ""
         # A field inherited from another listed class is that class's setting, shared on
         # purpose (zerobus-arrow reads ZEROBUS_ENDPOINT as zerobus does), not a second one.
         inherited = {
@@ -95,20 +95,11 @@ def settings_env_names() -> dict[str, FieldInfo]:
             if base is not cls and issubclass(cls, base)
             for name in base.model_fields
         }
-        for field_name, field in cls.model_fields.items():
+        for env, field_name, field in env_names(cls):
             if field_name in inherited:
                 continue
-            alias = field.validation_alias or field.alias
-            if alias is None:
-                choices: list[Any] = [prefix + field_name]
-            elif isinstance(alias, AliasChoices):
-                choices = list(alias.choices)
-            else:
-                choices = [alias]
-            for choice in choices:
-                name = str(choice.path[0] if isinstance(choice, AliasPath) else choice).upper()
-                assert name not in names, f"{name} is read by two settings fields"
-                names[name] = field
+            assert env not in names, f"{env} is read by two settings fields"
+            names[env] = field
     return names
 
 

@@ -19,26 +19,34 @@ TARGET = "tests.bench.dying_writer:DyingWriter"
 REFUSING = "tests.bench.dying_writer:RefusingOddWriter"
 
 
-class DyingWriter(NullWriter):
-    name = "dying"
-    label = "Dying writer (test-only)"
+class _OddBatchWriter(NullWriter):
+    """Discards rows; `on_odd` decides what becomes of an odd batch (client 1's of two)."""
+
     family = "test"
 
     async def write(self, rows: Rows) -> WriteReceipt:
-        batch = int(rows.batch_id.rsplit("-", 1)[1])
-        if batch >= 21 and batch % 2 == 1:
-            os.kill(os.getpid(), signal.SIGKILL)
+        batch = int(rows.batch_id.rsplit("-", 1)[1])  # the run's batch number
+        if batch % 2 == 1:
+            self.on_odd(batch)
         await asyncio.sleep(0.001)
         return WriteReceipt(rows=len(rows))
 
+    def on_odd(self, batch: int) -> None:
+        raise NotImplementedError
 
-class RefusingOddWriter(NullWriter):
+
+class DyingWriter(_OddBatchWriter):
+    name = "dying"
+    label = "Dying writer (test-only)"
+
+    def on_odd(self, batch: int) -> None:
+        if batch >= 21:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RefusingOddWriter(_OddBatchWriter):
     name = "refusing"
     label = "Odd-batch-refusing writer (test-only)"
-    family = "test"
 
-    async def write(self, rows: Rows) -> WriteReceipt:
-        batch = int(rows.batch_id.rsplit("-", 1)[1])
-        if batch % 2 == 1:
-            raise WriteFailedError(f"batch {batch} refused (odd)", writer=self.name)
-        return WriteReceipt(rows=len(rows))
+    def on_odd(self, batch: int) -> None:
+        raise WriteFailedError(f"batch {batch} refused (odd)", writer=self.name)
