@@ -162,8 +162,8 @@ async def _one(app: App, endpoints: dict[str, Any], config: dict[str, Any]) -> d
         "cpu_ms_per_1000_events_pushed": round(1000 * app_cpu / (pushed / 1000), 2)
         if pushed
         else None,
-        "note": "the app process alone (psutil), the local stack excluded; the app also runs "
-        "the fleet generator and the Zerobus client",
+        "note": "the app process alone (psutil): the local stack and the fleet's process (the "
+        "generator, the Zerobus client and the local real-time writer) excluded",
     }
     result["correctness"] = await asyncio.to_thread(correctness, endpoints, result["id"])
     return result

@@ -30,7 +30,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -283,7 +283,7 @@ class _Source:
         return await self.writers.get(name, stream)
 
 
-def _with_auth(targets: Targets) -> Targets:
+def with_workspace_auth(targets: Targets) -> Targets:
     """Databricks mode: the workspace credentials, resolved again from the same settings
     (what the app did at start-up: `dwbench.runtime.workspace_targets`)."""
     if targets.mode != "databricks":
@@ -323,7 +323,7 @@ async def execute_client(
     job: WorkerJob, run: BenchmarkRun, on_progress: ProgressCallback | None = None
 ) -> RunResult:
     """Run it on its own writers (built from the job's targets), closed at the end."""
-    targets = await asyncio.to_thread(_with_auth, job.targets)
+    targets = await asyncio.to_thread(with_workspace_auth, job.targets)
     source = _Source(targets, job.unresolved)
     try:
         return await run.execute(source, on_progress)
@@ -378,13 +378,21 @@ async def _serve(sock: socket.socket) -> None:
     log.info("benchmark_worker_finished", run_id=run.id, status=result.status)
 
 
-def main(argv: list[str]) -> int:
+def serve_on_socket(
+    argv: list[str], serve: Callable[[socket.socket], Coroutine[Any, Any, None]]
+) -> int:
+    """A worker's main: logging configured, then `serve` on the socket whose descriptor the
+    app passed as the first argument."""
     from dwbench.log import configure_logging
 
     configure_logging()
     sock = socket.socket(fileno=int(argv[1]))
-    asyncio.run(_serve(sock))
+    asyncio.run(serve(sock))
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return serve_on_socket(argv, _serve)
 
 
 if __name__ == "__main__":

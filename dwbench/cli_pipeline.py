@@ -87,9 +87,12 @@ def cmd_pipeline_run(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         f", state {sync.get('detailed_state')}, last processed version "
         f"{sync.get('last_processed_commit_version')}"
     )
-    cpu = result.get("cpu", {}).get("cpu_ms_per_1000_events_pushed")
-    if cpu is not None:
-        print(f"app CPU: {cpu:.1f} ms per 1,000 events pushed (this process)")
+    cpu = result.get("cpu", {})
+    if cpu.get("cpu_ms_per_1000_events_pushed") is not None:
+        print(
+            f"app CPU: {cpu['cpu_ms_per_1000_events_pushed']:.1f} ms per 1,000 events pushed "
+            f"(this process; the fleet's process used {cpu.get('fleet_process_cpu_s') or 0:g} s)"
+        )
     if args.out is not None:
         try:
             args.out.parent.mkdir(parents=True, exist_ok=True)

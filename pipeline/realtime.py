@@ -17,7 +17,8 @@ listens on that channel.
 
 `PostgresForeachWriter` is the synchronous class a Spark job passes to `foreach()`;
 `RealtimeSink` is the same contract, async and columnar, that local mode feeds with the
-fleet's acknowledged batches. Both use `TableStatements`.
+fleet's acknowledged batches (in the fleet's process, pipeline.fleet_process). Both use
+`TableStatements`.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """One run of the serving path, and the service the API and the CLI share.
 
 A run: the bronze table ensured through the runtime (as benchmarks ensure theirs), the
-Zerobus writer opened from the registry, the copy and the synced table started, the
-real-time sink opened, the fleet driven for the duration; then the sink flushed and the
-copy and sync waited for (until they reached what bronze holds), and the result kept:
-config, environment, mode, per-path freshness (summaries and encoded histograms), counts,
-the sync's status, and the process's CPU per 1,000 events pushed.
+fleet process started (pipeline.fleet_process: the Zerobus writer from the registry and,
+locally, the real-time sink, opened there), the copy and the synced table started, the
+fleet driven for the duration; then the sink flushed and the copy and sync waited for
+(until they reached what bronze holds), and the result kept: config, environment, mode,
+per-path freshness (summaries and encoded histograms), counts, the sync's status, and the
+app process's CPU per 1,000 events pushed (the fleet process's CPU beside it).
 
 `PipelineService` holds one run at a time (a second start is refused, 409) and the push
 hub that serves `WS /ws/fleet` whether a run is going or not.
@@ -21,18 +22,18 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Literal
 
-import pyarrow as pa
 import structlog
 from pydantic import BaseModel, Field
 
 from bench.environment import capture_environment
 from dwbench.errors import DirectWriteError, WriterUnavailableError
 from pipeline.events import events_batch
-from pipeline.fleet import FleetDriver, wall_us
+from pipeline.fleet import wall_us
+from pipeline.fleet_process import FleetProcess, FleetReport, fleet_job, spread
 from pipeline.freshness import HOPS, Freshness
 from pipeline.pg import PostgresConnector
 from pipeline.push import PushHub
-from pipeline.realtime import Mode, RealtimeSink, TableStatements, event_micros
+from pipeline.realtime import Mode, TableStatements
 from pipeline.serving import LocalServing, PipelineSettings, WorkspaceServing
 from workloads import telemetry
 from workloads.base import TableRef
@@ -103,8 +104,9 @@ class PipelineRun:
         self.freshness = Freshness()
         self.bad_events: dict[str, int] = {}
         self.stop_event = asyncio.Event()
-        self.fleet: FleetDriver | None = None
-        self.sink: RealtimeSink | None = None
+        # The fleet's process, once started; writing once it said it is ready.
+        self.fleet: FleetProcess | None = None
+        self.writing = False
         self.serving: LocalServing | WorkspaceServing | None = None
         self.serving_status: dict[str, Any] = {}
         self.rows_in_postgres: dict[str, int | None] = {"realtime": None, "synced": None}
@@ -140,8 +142,10 @@ class PipelineRun:
             log.error("pipeline.failed", run_id=self.id, error=self.error)
         finally:
             self.phase = "finishing"
-            if self.sink is not None:
-                await self.sink.close()
+            self.writing = False
+            if self.fleet is not None:
+                self.fleet.stop()
+                await self.fleet.finish()
             self.cpu_s = time.process_time() - self.cpu_start
             self.pushed_events = self.hub.events_pushed - self.pushed_events_start
             await self._refresh_status()
@@ -160,59 +164,65 @@ class PipelineRun:
 
         if writer_class(cfg.writer).family != "zerobus":
             raise WriterUnavailableError(f"the fleet writes through Zerobus; {cfg.writer} is not")
-        writer = await runtime.writers.get(cfg.writer)
-        await writer.prepare(self.table)
-        if runtime.targets.mode == "local":
+        local = runtime.targets.mode == "local"
+        job = await asyncio.to_thread(
+            fleet_job,
+            self.id,
+            runtime.targets,
+            writer=cfg.writer,
+            table=self.table,
+            drivers=cfg.drivers,
+            rate=cfg.rate,
+            duration_s=cfg.duration_s,
+            seed=cfg.seed,
+            # Locally the same ForeachWriter contract runs in the fleet's process, fed its
+            # acked batches; on a workspace the bundle's streaming job
+            # (pipeline/jobs/realtime_job.py) writes.
+            realtime_mode=cfg.realtime_mode if local else None,
+        )
+        self.fleet = fleet = await FleetProcess.start(job)
+        await self._until(fleet, "ready")
+        if local:
             self.serving = LocalServing(runtime.targets, self.settings)
         else:
             self.serving = WorkspaceServing(runtime.targets, self.settings)
         await self.serving.start(sync_interval_s=cfg.sync_interval_s, run_id=self.id)
-        sink: RealtimeSink | None = None
-        if runtime.targets.mode == "local":
-            # Locally the same ForeachWriter contract runs here, fed the fleet's acked batches;
-            # on a workspace the bundle's streaming job (pipeline/jobs/realtime_job.py) writes.
-            sink = RealtimeSink(self.connector.connect, cfg.realtime_mode, on_written=self._written)
-            await sink.prepare()
-            await sink.open()
-            self.sink = sink
-            self.hub.use_realtime_mode(sink.statements)
+        if local:
+            self.hub.use_realtime_mode(TableStatements(cfg.realtime_mode))
         self.pushed_events_start = self.hub.events_pushed
         self.cpu_start = time.process_time()
-        self.fleet = FleetDriver(
-            writer,
-            self.table,
-            drivers=cfg.drivers,
-            rate=cfg.rate,
-            on_acked=self._acked,
-            seed=cfg.seed,
-            batch_prefix=self.id,
-        )
         poller = asyncio.create_task(self._poll_status())
         probe = asyncio.create_task(self._probe_loop())
+        stopper = asyncio.create_task(self._stop_when_told(fleet))
         try:
             self.phase = "writing"
-            await self.fleet.run(cfg.duration_s, self.stop_event)
+            self.writing = True
+            fleet.go()
+            await self._until(fleet, "flushing")
+            self.writing = False
             self.phase = "flushing"
-            if sink is not None:
-                await sink.close()
+            await self._until(fleet, "done")
             self.phase = "settling"
             if not self.stop_event.is_set():
                 await self._settle()
         finally:
-            for task in (poller, probe):
+            for task in (poller, probe, stopper):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def _acked(self, batch: pa.RecordBatch, acked_us: int) -> None:
-        lags = [acked_us - t for t in event_micros(batch)]
-        self.freshness.record_us("realtime", "ack", lags)
-        self.freshness.record_us("synced", "ack", lags)
-        if self.sink is not None and not self.sink.closed:
-            self.sink.process(batch)
+    async def _until(self, fleet: FleetProcess, kind: str) -> None:
+        """Read the fleet's messages up to one of `kind`; its failure is the run's."""
+        while True:
+            message = await fleet.receive()
+            if message["type"] == "done" and message.get("error"):
+                raise WriterUnavailableError(message["error"])
+            if message["type"] == kind or message["type"] == "done":
+                return
 
-    def _written(self, micros: list[int], committed_us: int) -> None:
-        self.freshness.record_us("realtime", "postgres", [committed_us - t for t in micros])
+    async def _stop_when_told(self, fleet: FleetProcess) -> None:
+        await self.stop_event.wait()
+        fleet.stop()
 
     async def _settle(self) -> None:
         """Wait until the copy and the sync reached what bronze holds (local mode)."""
@@ -287,7 +297,7 @@ class PipelineRun:
 
     def submit_events(self, events: list[Any]) -> dict[str, Any]:
         """Events from outside: the good ones written like the fleet's, the bad counted."""
-        if self.fleet is None or self.state != "running":
+        if self.fleet is None or not self.writing or self.state != "running":
             raise PipelineNotRunningError("no pipeline run is writing events now")
         before = dict(self.bad_events)
         batch = events_batch(
@@ -308,24 +318,21 @@ class PipelineRun:
     # -- reporting ----------------------------------------------------------------------
 
     def freshness_view(self) -> Freshness:
+        """The app's hops, the stack's (local mode) and the fleet process's."""
         stack = self.serving_status.get("freshness") or {}
-        return self.freshness.merged_with(stack)
+        fleet = self.fleet.report.freshness if self.fleet is not None else {}
+        return self.freshness.merged_with(stack).merged_with(fleet)
 
     def status(self) -> dict[str, Any]:
-        fleet = self.fleet.counters if self.fleet else None
+        report = self.fleet.report if self.fleet else FleetReport()
+        fleet = report.counters
         end = self._t_end or time.monotonic()
-        sink = self.sink
         realtime: dict[str, Any] = {
             "rows_in_postgres": self.rows_in_postgres.get("realtime"),
             "mode": self.config.realtime_mode,
         }
-        if sink is not None:
-            realtime.update(
-                rows_written=sink.rows_written,
-                failed_rows=sink.failed_rows,
-                flushes=sink.flushes,
-                flush_ms=_spread(sink.write_ms),
-            )
+        if report.sink is not None:
+            realtime.update(report.sink)
         synced: dict[str, Any] = {
             "rows_in_postgres": self.rows_in_postgres.get("synced"),
             "sync": self.serving_status.get("sync", {}),
@@ -342,13 +349,17 @@ class PipelineRun:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "elapsed_s": round(end - self._t0, 3),
-            "events_produced": fleet.produced if fleet else 0,
-            "events_acked": fleet.acked if fleet else 0,
-            "events_failed": fleet.failed if fleet else 0,
-            "write_errors": fleet.error_samples if fleet else [],
+            "events_produced": fleet.produced,
+            "events_acked": fleet.acked,
+            "events_failed": fleet.failed,
+            "write_errors": fleet.error_samples,
+            "fleet_process": {
+                "pid": self.fleet.pid if self.fleet else None,
+                "cpu_s": report.cpu_s,
+            },
             "bad_events": dict(self.bad_events),
             "paths": {"realtime": realtime, "synced": synced},
-            "loop_lag_ms": _spread(self.loop_lag_ms),
+            "loop_lag_ms": spread(self.loop_lag_ms),
             "push": {
                 "listen_problem": self.hub.listen_problem,
                 "poll_problem": self.hub.poll_problem,
@@ -374,19 +385,12 @@ class PipelineRun:
                 "process_cpu_s": round(self.cpu_s, 3) if self.cpu_s is not None else None,
                 "events_pushed": self.pushed_events,
                 "cpu_ms_per_1000_events_pushed": cpu,
-                "note": "the app process's CPU over the run (in local mode it also runs the "
-                "fleet and the Zerobus client) per 1,000 driver updates sent on WebSockets",
+                "fleet_process_cpu_s": self.fleet.report.cpu_s if self.fleet else None,
+                "note": "the app process's CPU over the run per 1,000 driver updates sent on "
+                "WebSockets; the fleet (generator and Zerobus client) and, locally, the "
+                "real-time writer run in a process of their own (fleet_process_cpu_s)",
             },
         }
-
-
-def _spread(values: list[float]) -> dict[str, float] | None:
-    """p50, p95 and max of a small list (the sink's flush times)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    at = lambda p: ordered[min(len(ordered) - 1, int(p * len(ordered)))]  # noqa: E731
-    return {"p50": round(at(0.5), 2), "p95": round(at(0.95), 2), "max": round(ordered[-1], 2)}
 
 
 class PipelineService:

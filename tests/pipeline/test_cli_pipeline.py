@@ -33,6 +33,7 @@ def test_pipeline_run_prints_the_waterfall_and_writes_the_result(
     assert "realtime path (ms from event time)" in printed
     assert "synced path (ms from event time)" in printed
     assert "synced path: interval as fast as it keeps up" in printed
+    assert "ms per 1,000 events pushed (this process; the fleet's process used " in printed
     result = json.loads(out.read_text())
     assert result["kind"] == "pipeline" and result["status"] == "completed"
     assert result["config"]["drivers"] == 5 and result["config"]["rate"] == 50

@@ -4,11 +4,15 @@ WebSocket feed, and bad input. Small fleets for a few seconds each."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 from websockets.sync.client import ClientConnection, connect
 
 from tests.pipeline.support import (
@@ -275,3 +279,45 @@ def test_one_run_at_a_time_and_bad_settings_refused(client: httpx.Client) -> Non
     assert {e["loc"][-1] for e in bad.json()["detail"]} == {"drivers", "rate"}
     assert client.get("/api/v1/pipeline/city").json()["bbox"] == [-122.47, 37.74, -122.39, 37.8]
     finished(client)
+
+
+def test_the_fleet_runs_in_a_process_of_its_own_that_holds_no_secret_in_its_environment(
+    client: httpx.Client, local_stack: dict[str, Any]
+) -> None:
+    run_pipeline(client, drivers=5, rate=50, duration_s=3)
+    writing = wait_for(
+        lambda: (s := current(client))["phase"] == "writing" and s, "the fleet to start writing"
+    )
+    pid = writing["fleet_process"]["pid"]
+    assert isinstance(pid, int) and pid != os.getpid()
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert b"pipeline.fleet_process" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    password = conninfo_to_dict(local_stack["postgres_dsn"])["password"]
+    for secret in (local_stack["token"], password):
+        assert secret.encode() not in environ
+    status = finished(client)
+    assert status["events_acked"] == status["events_produced"] == 150
+    result = client.get("/api/v1/pipeline/runs/current/result").json()
+    # The app's CPU is its own; the fleet's (generator, Zerobus client, real-time sink) apart.
+    assert result["cpu"]["fleet_process_cpu_s"] > 0
+    assert result["cpu"]["fleet_process_cpu_s"] == status["fleet_process"]["cpu_s"]
+    assert "run in a process of their own" in result["cpu"]["note"]
+
+
+def test_a_fleet_process_that_dies_fails_the_run_with_how_it_ended(
+    client: httpx.Client,
+) -> None:
+    run_pipeline(client, drivers=5, rate=50, duration_s=60)
+    writing = wait_for(
+        lambda: (s := current(client))["phase"] == "writing" and s, "the fleet to start writing"
+    )
+    pid = writing["fleet_process"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    status = wait_for(
+        lambda: (s := current(client))["status"] == "failed" and s,
+        "the run to fail",
+        timeout_s=60,
+        every_s=0.2,
+    )
+    assert status["error"] == f"the fleet process (pid {pid}) was killed by SIGKILL"
+    assert status["phase"] == "done"
