@@ -9,6 +9,8 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -315,6 +317,87 @@ def host_load(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     if a and b and b["total"] > a["total"]:
         out["steal_percent"] = round(100 * (b["steal"] - a["steal"]) / (b["total"] - a["total"]), 2)
     return out
+
+
+# Cores busy with other work during a run, on average, above which its figures are flagged.
+OTHER_CORES_BUSY = 0.25
+
+
+def host_busy_cpu_s() -> float | None:
+    """CPU seconds the whole host has spent busy since boot, all cores (Linux's /proc/stat:
+    everything but idle and iowait); None elsewhere."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if not first or first[0] != "cpu":
+        return None
+    ticks = [int(v) for v in first[1:9]]
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pids: Iterable[int]) -> float:
+    """CPU seconds of these processes and all their descendants, the children they have
+    reaped included (a process that ended between two readings is counted in its parent's)."""
+    import psutil
+
+    seen: set[int] = set()
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in procs:
+            if proc.pid in seen:
+                continue
+            seen.add(proc.pid)
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+@dataclass
+class OtherWork:
+    """What the rest of the machine did while a run went: the host's busy CPU less that of
+    the run's own processes (`ours`: the roots of their trees), read before and after.
+    The readers and the clock are injectable (tests)."""
+
+    ours: Callable[[], list[int]]
+    host: Callable[[], float | None] = host_busy_cpu_s
+    tree: Callable[[Iterable[int]], float] = tree_cpu_s
+    clock: Callable[[], float] = time.monotonic
+    _start: tuple[float | None, float, float] | None = None
+
+    def start(self) -> None:
+        self._start = (self.host(), self.tree(self.ours()), self.clock())
+
+    def result(self) -> dict[str, Any]:
+        assert self._start is not None, "start() first"
+        host0, mine0, t0 = self._start
+        host, mine, wall = self.host(), self.tree(self.ours()), self.clock() - t0
+        cores = os.cpu_count()
+        if host is None or host0 is None or wall <= 0:
+            return {"cores": cores, "other_cores_busy": None, "warning": None}
+        busy = (host - host0) / wall
+        own = (mine - mine0) / wall
+        other = max(busy - own, 0.0)
+        warning = None
+        if other > OTHER_CORES_BUSY:
+            warning = (
+                f"other work kept {other:.2f} of {cores} cores busy during the run: "
+                "these figures also measure it"
+            )
+        return {
+            "cores": cores,
+            "busy_cores": round(busy, 3),
+            "own_cores_busy": round(own, 3),
+            "other_cores_busy": round(other, 3),
+            "warning": warning,
+        }
 
 
 def host_load_warnings(load: dict[str, Any]) -> list[str]:

@@ -10,14 +10,18 @@ path and hop (p50/p95/p99/max, counts) — the real-time path's event -> postgre
 -> ws_sent / browser p95 against the 300 ms target — the synced path's with its interval;
 the sync correctness check (the synced Postgres table equals silver's newest row per
 driver, read from the Delta table itself; the real-time table equals bronze's newest per
-driver of the run); and the app process's own CPU (psutil, the local stack excluded) per
-1,000 events pushed. Results go to <out>/pipeline-<timestamp>.json; a summary is printed.
+driver of the run); the app process's own CPU (psutil, the local stack and the fleet's
+process excluded) per 1,000 events pushed; and what the rest of the machine did meanwhile
+(the host's busy CPU less the run's own processes'), with a warning when other work kept
+more than a quarter of a core busy: on 2 cores one busy core moves the real-time p95 by
+more than half. Results go to <out>/pipeline-<timestamp>.json; a summary is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -36,7 +40,7 @@ import psycopg
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
-from bench.environment import write_results
+from bench.environment import OtherWork, write_results
 from dwbench.assets import ROOT
 from emulator.process import LocalStackProcess
 from pipeline.driver import drive
@@ -151,9 +155,22 @@ def correctness(endpoints: dict[str, Any], run_id: str) -> dict[str, Any]:
     }
 
 
+def our_pids(endpoints: dict[str, Any]) -> list[int]:
+    """The roots of the run's process trees: this process (the stack, the app and its fleet
+    process are its descendants) and the stack's Postgres, which pg_ctl leaves to init."""
+    pids = [os.getpid()]
+    for pid_file in Path(endpoints["data_dir"]).rglob("postmaster.pid"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pids.append(int(pid_file.read_text().splitlines()[0]))
+    return pids
+
+
 async def _one(app: App, endpoints: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     cpu_before = app.cpu_s()
+    other = OtherWork(lambda: our_pids(endpoints))
+    other.start()
     result = await drive(app.url, config)
+    result["other_work"] = other.result()
     app_cpu = app.cpu_s() - cpu_before
     pushed = result.get("cpu", {}).get("events_pushed") or 0
     result["app_process_cpu"] = {
@@ -210,6 +227,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "sync_correct": r["correctness"]["synced_equals_silver_newest_per_driver"],
                 "realtime_correct": r["correctness"]["realtime_equals_bronze_newest_per_driver"],
                 "app_cpu_ms_per_1000_pushed": r["app_process_cpu"]["cpu_ms_per_1000_events_pushed"],
+                "other_cores_busy": r["other_work"]["other_cores_busy"],
             }
         )
     return {
@@ -245,6 +263,9 @@ def main() -> None:
             {k: v for k, v in r["correctness"].items() if not k.endswith("problems")},
         )
         print("app CPU:", r["app_process_cpu"])
+        print("the rest of the machine:", r["other_work"])
+        if r["other_work"]["warning"]:
+            print(f"WARNING: {r['other_work']['warning']}")
     print()
     for line in results["summary"]:
         print(line)
