@@ -265,9 +265,7 @@ class SparkRun(ClientsRun):
         for phase in self.phases:
             if not phase.finished:
                 # The driver ended before this phase did.
-                reason = self.stop_reason or exit_reason(driver.pid, code).replace(
-                    "benchmark worker", "Spark driver"
-                )
+                reason = self.stop_reason or exit_reason(driver.pid, code, "Spark driver")
                 self._phase_done(phase, {"error": reason})
 
     def _phase_done(self, phase: _Phase, message: dict[str, Any]) -> None:

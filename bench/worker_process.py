@@ -230,7 +230,7 @@ class WorkerProcess:
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         worker = cls(process, reader, writer)
         worker.send(job)
-        log.info("benchmark_worker_started", run_id=job.run_id, pid=process.pid)
+        log.info("worker_started", module=module, run_id=job.run_id, pid=process.pid)
         return worker
 
     def send(self, message: Any) -> None:
@@ -254,15 +254,15 @@ class WorkerProcess:
         return code
 
 
-def exit_reason(pid: int, code: int) -> str:
-    """How a worker ended, in words, for a run that it did not return a result for."""
+def exit_reason(pid: int, code: int, what: str = "benchmark worker") -> str:
+    """How a worker (`what`) ended, in words, for a run that it did not return a result for."""
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        return f"the benchmark worker (pid {pid}) was killed by {name}"
-    return f"the benchmark worker (pid {pid}) exited with code {code} before returning a result"
+        return f"the {what} (pid {pid}) was killed by {name}"
+    return f"the {what} (pid {pid}) exited with code {code} before returning a result"
 
 
 # -- the worker's side ---------------------------------------------------------------------

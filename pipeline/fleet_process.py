@@ -129,9 +129,7 @@ class FleetProcess:
             message: dict[str, Any] = await self.worker.receive()
         except EOFError:
             code = await self.worker.wait()
-            raise WriterUnavailableError(
-                exit_reason(self.pid, code).replace("benchmark worker", "fleet process")
-            ) from None
+            raise WriterUnavailableError(exit_reason(self.pid, code, "fleet process")) from None
         if "report" in message:
             self.report = message["report"]
         return message
