@@ -14,7 +14,8 @@ a round commits every ROUND_EVERY_S, and delta-rs's cost per commit, and the syn
 per read, grows with the files a table holds.
 
 Each round stamps the freshness hops it sees, from each row's event time: "bronze" (the
-source commit's timestamp) and "silver" (when the target commit returned). Histograms are
+source commit's timestamp: its log entry's modification time, when it became readable) and
+"silver" (when the target commit returned). Histograms are
 HdrHistogram's standard encoding, which any HDR reader (the app's) decodes and merges.
 """
 
@@ -38,7 +39,13 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from hdrh.histogram import HdrHistogram
 
 from emulator.catalog import Catalog
-from emulator.table_writer import Upkeep, count_small_files, keep_table_up, read_commit
+from emulator.table_writer import (
+    Upkeep,
+    commit_time_us,
+    count_small_files,
+    keep_table_up,
+    read_commit,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -217,14 +224,15 @@ class CdfCopy:
         tables: list[pa.Table] = []
         commit_us: list[pa.Array] = []
         for version in versions:
-            added, timestamp_ms = _added_files(log_dir / f"{version:020d}.json")
+            added = _added_files(log_dir / f"{version:020d}.json")
+            committed_us = commit_time_us(self.source.path, version)
             for path in added:
                 part = pq.read_table(self.source.path / unquote(path))
                 part = part.select(self.source.schema.to_arrow().names).cast(
                     self.source.schema.to_arrow()
                 )
                 tables.append(part)
-                commit_us.append(pa.array([timestamp_ms * 1000] * part.num_rows, pa.int64()))
+                commit_us.append(pa.array([committed_us] * part.num_rows, pa.int64()))
         assert self._target is not None and self._target_path is not None
         if self._reload_target:
             # Compacted meanwhile: a fresh load costs less than catching up on the rewrite.
@@ -285,19 +293,16 @@ class CdfCopy:
         upkeep.add_done_callback(done)
 
 
-def _added_files(commit: Path) -> tuple[list[str], int]:
-    """The data files a commit added (dataChange) and its timestamp (ms)."""
+def _added_files(commit: Path) -> list[str]:
+    """The data files a commit added (dataChange)."""
     added: list[str] = []
-    timestamp_ms = 0
     for line in commit.read_text().splitlines():
         if not line.strip():
             continue
         action = json.loads(line)
         if "add" in action and action["add"].get("dataChange", True):
             added.append(action["add"]["path"])
-        elif "commitInfo" in action:
-            timestamp_ms = int(action["commitInfo"].get("timestamp") or 0)
-    return added, timestamp_ms
+    return added
 
 
 def _copied_through(table: DeltaTable) -> int | None:

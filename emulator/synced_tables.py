@@ -54,7 +54,7 @@ from emulator.cdf_copy import CdfCopy, HopHistogram, iso, lag_us, now_us
 from emulator.errors import EmulatorError
 from emulator.postgres import EmbeddedPostgres, superuser_conninfo
 from emulator.statements import ApiError
-from emulator.table_writer import commit_file
+from emulator.table_writer import commit_file, commit_time_us
 
 log = structlog.get_logger(__name__)
 
@@ -300,8 +300,7 @@ class SyncedTable:
             )
             kinds = pc.cast(changes.column("_change_type"), pa.string())
             versions = pc.cast(changes.column("_commit_version"), pa.int64())
-        history = source.history(1)  # the newest commit's own entry: its timestamp
-        commit_ms = int(history[0].get("timestamp") or 0) if history else 0
+        commit_us = commit_time_us(self.source.path, latest)
         data = changes.select(self._columns).cast(self._arrow)
         if kinds is not None:
             keep = pc.not_equal(kinds, "update_preimage")
@@ -317,11 +316,11 @@ class SyncedTable:
             is_delete = pc.equal(pc.take(kinds, newest), "delete")
             deletes = upserts.filter(is_delete)
             upserts = upserts.filter(pc.invert(is_delete))
-        self._apply(conn, upserts, deletes, latest, start, commit_ms)
+        self._apply(conn, upserts, deletes, latest, start, commit_us)
         end = now_us()
         self.last_version = latest
         self.delta_version = latest
-        self.delta_timestamp_us = commit_ms * 1000
+        self.delta_timestamp_us = commit_us
         self.sync_start_us, self.sync_end_us = start, end
         self.rows_applied += upserts.num_rows + (deletes.num_rows if deletes is not None else 0)
         self.changes_read += data.num_rows
@@ -364,7 +363,7 @@ class SyncedTable:
         deletes: pa.Table | None,
         version: int,
         start_us: int,
-        commit_ms: int,
+        commit_us: int,
     ) -> None:
         ident = sql.Identifier(self.pg_schema, self.pg_table)
         names = sql.SQL(", ").join(sql.Identifier(c) for c in self._columns)
@@ -417,7 +416,7 @@ class SyncedTable:
                     "sync_start = EXCLUDED.sync_start, sync_end = EXCLUDED.sync_end, "
                     "delta_commit_timestamp = EXCLUDED.delta_commit_timestamp"
                 ).format(sql.Identifier(STATE_SCHEMA)),
-                [self.name, version, start_us / 1e6, commit_ms / 1e3],
+                [self.name, version, start_us / 1e6, commit_us / 1e6],
             )
 
 

@@ -59,6 +59,14 @@ def commit_file(table_path: Path, version: int) -> Path:
     return table_path / "_delta_log" / f"{version:020d}.json"
 
 
+def commit_time_us(table_path: Path, version: int) -> int:
+    """When a commit became readable, in µs since the epoch: its log entry's modification
+    time, which is the Delta protocol's commit timestamp for a table without in-commit
+    timestamps. (delta-rs's commitInfo "timestamp" is taken when the write starts, before
+    its data files are written: earlier by the whole commit.)"""
+    return commit_file(table_path, version).stat().st_mtime_ns // 1000
+
+
 def read_commit(table_path: Path, version: int) -> list[dict[str, Any]]:
     """The actions of one commit, as its log entry holds them (one JSON object a line)."""
     text = commit_file(table_path, version).read_text()

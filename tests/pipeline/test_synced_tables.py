@@ -6,6 +6,7 @@ expected state is computed from silver itself, read with deltalake.
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from typing import Any
 
@@ -13,6 +14,9 @@ import psycopg
 import pytest
 from deltalake import DeltaTable
 
+from bench.stats import Latencies
+from emulator.cdf_copy import iso
+from emulator.table_writer import commit_time_us
 from tests.conftest import run_sql
 from tests.pipeline.support import (
     bronze_ddl,
@@ -131,6 +135,29 @@ def test_the_synced_table_is_the_newest_row_per_driver_of_silver(
     assert sync["last_sync"]["delta_table_sync_info"]["delta_commit_version"] == version
     assert sync["last_sync"]["sync_start_timestamp"] <= sync["last_sync"]["sync_end_timestamp"]
     assert status["freshness"]["postgres"]  # an encoded histogram
+    # The Delta version reached, stamped when its log entry was written (the protocol's
+    # commit timestamp), to the microsecond.
+    stamp = sync["last_sync"]["delta_table_sync_info"]["delta_commit_timestamp"]
+    assert stamp == iso(commit_time_us(delta_path(local_stack, tables["silver"]), version))
+
+
+def test_the_bronze_hop_ends_when_the_source_commit_became_readable(
+    local_stack: dict[str, Any], tables: dict[str, str]
+) -> None:
+    event = dt.datetime.now(dt.UTC)
+    fix = [("e1", "d1", event.strftime("%Y-%m-%d %H:%M:%S.%f"), "idle")]
+    run_sql(local_stack, insert_sql(tables["bronze"], fix))
+    bronze = DeltaTable(str(delta_path(local_stack, tables["bronze"])))
+    committed_us = commit_time_us(delta_path(local_stack, tables["bronze"]), bronze.version())
+    with stack_api(local_stack) as api:
+        start(api, tables)
+        wait_for(lambda: caught_up(api, tables), "the copy and the sync")
+        copy = api.get(f"/copies/{tables['silver']}").json()
+    hop = Latencies.decode(copy["freshness"]["bronze"])
+    assert hop.count == 1
+    lag_us = committed_us - int(event.timestamp() * 1_000_000)
+    # HdrHistogram keeps 3 significant digits.
+    assert abs(hop.hist.get_max_value() - lag_us) <= lag_us / 500
 
 
 def test_copy_and_sync_resume_from_their_versions_after_a_restart(
