@@ -34,9 +34,15 @@ class BadEvent(ValueError):
 def _number(value: Any, name: str, *, optional: bool = False) -> float | None:
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadEvent("malformed", f"{name} must be a finite number")
-    return float(value)
+    try:
+        number = float(value)  # an integer past a double's range raises OverflowError
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise BadEvent("malformed", f"{name} must be a finite number")
+    return number
 
 
 def _text(value: Any, name: str, *, optional: bool = False) -> str | None:
@@ -52,11 +58,13 @@ def _event_time_us(event: dict[str, Any]) -> int:
     if isinstance(value, bool):
         raise BadEvent("malformed", "event_time must be µs since the epoch or ISO 8601")
     if isinstance(value, int):
+        if not -(2**62) < value < 2**62:
+            raise BadEvent("malformed", "event_time is out of range")
         return value
     if isinstance(value, str):
         try:
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise BadEvent("malformed", f"event_time {value[:40]!r} is not ISO 8601") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.UTC)

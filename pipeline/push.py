@@ -7,8 +7,12 @@ and the whole table every FULL_POLL_S, each compared with what the feed holds.
 
 Each path's feed keeps every driver's latest state. A client first gets a snapshot of it,
 then batches of changes (coalesced per driver, every FLUSH_S), a status about once a
-second, and a ping now and then. Its "received" reports give the "browser" hop and its
-pongs the clock offset (min-RTT estimate), applied to that hop in databricks mode. A client
+second, and a ping on connecting and now and then. Its pongs give the clock offset (min-RTT
+estimate) and its "received" reports (the `sent_us` of a changes message and when it
+arrived) the "browser" hop: the event times are the ones the server sent in that message,
+kept per client until answered, so a client reports one time and can invent no samples. In
+databricks mode the hop is corrected for the offset, and a receipt that comes before the
+first pong waits for it. A client
 that falls behind (its queue full) is closed with 1013 and, reconnecting, gets a snapshot:
 it converges. The LISTEN connection is renewed before the Postgres token's hour ends and
 after any failure, with a reload of the feed so that nothing missed meanwhile stays missed.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +46,10 @@ POLL_S = 0.1
 FULL_POLL_S = 10.0
 LOOKBACK_US = 30_000_000
 QUEUE_MAX = 200
+# Changes messages a client may leave unanswered (their event times kept for its receipt),
+# and receipts kept waiting for its first pong; the oldest go first.
+AWAITING_MAX = 2 * QUEUE_MAX
+HELD_MAX = 200
 WS_TRY_AGAIN = 1013
 
 Recorder = Callable[[str, str, list[int]], None]
@@ -72,6 +81,15 @@ class Client:
     offset_us: float | None = None
     best_rtt_us: float | None = None
     overflowed: bool = False
+    # sent_us of a changes message -> the event times it carried (the browser hop's samples)
+    awaiting: dict[int, list[int]] = field(default_factory=dict)
+    # receipts (received_us, event times) that wait for the clock offset
+    held: list[tuple[int, list[int]]] = field(default_factory=list)
+
+    def expect(self, sent_us: int, event_times: list[int]) -> None:
+        self.awaiting[sent_us] = event_times
+        if len(self.awaiting) > AWAITING_MAX:
+            del self.awaiting[next(iter(self.awaiting))]
 
     def offer(self, text: str) -> None:
         try:
@@ -294,22 +312,28 @@ class PushHub:
     async def _flush(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_S)
-            for feed in self.feeds.values():
-                if not feed.dirty:
-                    continue
-                drivers = list(feed.dirty.values())
-                feed.dirty = {}
-                if not feed.clients:
-                    continue
-                sent_us = self.clock_us()
-                text = json.dumps(
-                    {"type": "changes", "path": feed.path, "drivers": drivers, "sent_us": sent_us}
-                )
-                for client in list(feed.clients):
-                    client.offer(text)
-                self.messages_sent += len(feed.clients)
-                self.events_pushed += len(drivers)
-                self.record(feed.path, "ws_sent", [sent_us - d["event_time_us"] for d in drivers])
+            self.flush_once()
+
+    def flush_once(self) -> None:
+        """Each feed's changes since the last flush, in one message to each of its clients."""
+        for feed in self.feeds.values():
+            if not feed.dirty:
+                continue
+            drivers = list(feed.dirty.values())
+            feed.dirty = {}
+            if not feed.clients:
+                continue
+            sent_us = self.clock_us()
+            text = json.dumps(
+                {"type": "changes", "path": feed.path, "drivers": drivers, "sent_us": sent_us}
+            )
+            times = [d["event_time_us"] for d in drivers]
+            for client in list(feed.clients):
+                client.expect(sent_us, times)
+                client.offer(text)
+            self.messages_sent += len(feed.clients)
+            self.events_pushed += len(drivers)
+            self.record(feed.path, "ws_sent", [sent_us - t for t in times])
 
     async def _beat(self) -> None:
         last_ping = 0.0
@@ -325,9 +349,12 @@ class PushHub:
                     client.offer(text)
             if time.monotonic() - last_ping >= PING_S:
                 last_ping = time.monotonic()
-                text = json.dumps({"type": "ping", "server_us": self.clock_us()})
+                text = self._ping()
                 for client in clients:
                     client.offer(text)
+
+    def _ping(self) -> str:
+        return json.dumps({"type": "ping", "server_us": self.clock_us()})
 
     async def serve(self, websocket: WebSocket, path: str) -> None:
         """One client: snapshot, then changes; its reports feed the browser hop."""
@@ -347,6 +374,7 @@ class PushHub:
             "server_us": self.clock_us(),
         }
         client.offer(json.dumps(snapshot))
+        client.offer(self._ping())  # its clock offset, before its first receipt
         feed.clients.add(client)
         sender = asyncio.create_task(self._send_to(client))
         try:
@@ -358,7 +386,7 @@ class PushHub:
                 if text is None:
                     self.bad("malformed_message")
                     continue
-                self._on_client(client, text)
+                self.on_client_message(client, text)
                 if sender.done():
                     break
         except WebSocketDisconnect:
@@ -378,24 +406,47 @@ class PushHub:
                 return
             await client.websocket.send_text(text)
 
-    def _on_client(self, client: Client, text: str) -> None:
+    def on_client_message(self, client: Client, text: str) -> None:
         try:
             message = json.loads(text)
             kind = message["type"]
             if kind == "pong":
                 now = self.clock_us()
-                sent = int(message["server_us"])
+                sent = _time_us(message["server_us"])
+                client_us = _time_us(message["client_us"])
                 rtt = now - sent
                 if rtt >= 0 and (client.best_rtt_us is None or rtt <= client.best_rtt_us):
                     client.best_rtt_us = rtt
-                    client.offset_us = int(message["client_us"]) - (sent + rtt / 2)
+                    client.offset_us = client_us - (sent + rtt / 2)
+                    held, client.held = client.held, []
+                    for received_us, event_times in held:
+                        self._record_receipt(client, received_us, event_times)
             elif kind == "received":
-                received = int(message["received_us"])
-                if self.correct_offset and client.offset_us is not None:
-                    received -= int(client.offset_us)
-                times = [int(t) for t in message["event_time_us"]]
-                self.record(client.path, "browser", [received - t for t in times])
+                sent = _time_us(message["sent_us"])
+                received = _time_us(message["received_us"])
+                times = client.awaiting.pop(sent, None)
+                if times is None:
+                    self.bad("unmatched_receipt")  # not a message this client was sent
+                elif self.correct_offset and client.offset_us is None:
+                    client.held.append((received, times))
+                    del client.held[:-HELD_MAX]
+                else:
+                    self._record_receipt(client, received, times)
             else:
                 self.bad("malformed_message")
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             self.bad("malformed_message")
+
+    def _record_receipt(self, client: Client, received_us: int, event_times: list[int]) -> None:
+        if self.correct_offset and client.offset_us is not None:
+            received_us -= int(client.offset_us)
+        self.record(client.path, "browser", [received_us - t for t in event_times])
+
+
+def _time_us(value: Any) -> int:
+    """A client's time in µs since the epoch: an integer, or a finite float (JavaScript's)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError("a time must be a number")
+    if not math.isfinite(value) or not 0 <= value < 2**62:
+        raise ValueError("a time out of range")
+    return int(value)

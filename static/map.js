@@ -4,8 +4,9 @@
 // and the freshness of every hop. Leaflet (static/vendor/leaflet, the global L) draws the map.
 //
 // The socket sends a snapshot first (after every reconnect too), then changes; the page
-// answers each change with when it received it (the "browser" hop) and each ping with its
-// clock, so the server can correct for the browser's clock offset.
+// answers each change with when it received it (the server pairs that with the event times
+// it sent: the "browser" hop) and each ping with its clock, so the server can correct for
+// the browser's clock offset.
 
 import { errorMessage, postJson, requestJson } from "./http.js";
 
@@ -35,7 +36,6 @@ const HOP_LABEL = {
 };
 const PATH_LABEL = { realtime: "real-time", synced: "synced table" };
 const ACTIVE_ORDER = new Set(["to_restaurant", "at_restaurant", "picked_up", "to_customer"]);
-const MAX_RECEIVED_TIMES = 1000; // event times reported back per change message
 const ORDERS_SHOWN = 40;
 
 const ui = {};
@@ -384,7 +384,6 @@ function onMessage(socket, event) {
       type: "received",
       sent_us: message.sent_us,
       received_us: Date.now() * 1000,
-      event_time_us: drivers.slice(0, MAX_RECEIVED_TIMES).map((d) => d.event_time_us),
     });
   } else if (message.type === "status") {
     renderStatus(message);

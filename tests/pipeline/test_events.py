@@ -43,6 +43,10 @@ def test_a_good_event_becomes_a_row_of_the_telemetry_schema() -> None:
         (good(status="teleporting"), "unknown_status", "status 'teleporting' is not one of"),
         (good(event_time_us=NOW + 60_000_000), "clock_skew", "event_time is +60.0 s from"),
         (good(event_time_us=NOW - 7_200_000_000), "clock_skew", "event_time is -7200.0 s from"),
+        (good(latitude=10**400), "malformed", "latitude must be a finite number"),
+        (good(speed_mps=-(10**400)), "malformed", "speed_mps must be a finite number"),
+        (good(event_time_us=10**400), "malformed", "event_time is out of range"),
+        (good(event_time_us="+999999-01-01"), "malformed", "event_time '+999999-01-01' is not"),
     ],
 )
 def test_each_bad_event_is_refused_with_its_kind(event: object, kind: str, reason: str) -> None:
