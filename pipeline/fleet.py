@@ -99,20 +99,22 @@ class FleetDriver:
             self._spawn(batch)
         await self.drain()
 
-    def submit(self, batch: pa.RecordBatch) -> None:
-        """Write a batch from elsewhere (checked external events) the same way."""
-        self._spawn(batch, counted_as_fleet=False)
+    async def submit(self, batch: pa.RecordBatch) -> None:
+        """Write a batch from elsewhere (checked external events) the same way, within the
+        same bound on batches in flight."""
+        await self._slots.acquire()
+        self._spawn(batch)
 
     async def drain(self) -> None:
         if self._tasks:
             await asyncio.gather(*list(self._tasks))
 
-    def _spawn(self, batch: pa.RecordBatch, *, counted_as_fleet: bool = True) -> None:
-        task = asyncio.create_task(self._send(batch, release=counted_as_fleet))
+    def _spawn(self, batch: pa.RecordBatch) -> None:
+        task = asyncio.create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: pa.RecordBatch, *, release: bool) -> None:
+    async def _send(self, batch: pa.RecordBatch) -> None:
         c = self.counters
         c.produced += batch.num_rows
         batch_id = batch.column("batch_id")[0].as_py() if batch.num_rows else ""
@@ -127,8 +129,7 @@ class FleetDriver:
                 c.error_samples.append(f"{kind}: {text}"[:300])
             return
         finally:
-            if release:
-                self._slots.release()
+            self._slots.release()
         acked_us = self.clock_us()
         c.acked += batch.num_rows
         c.batches += 1

@@ -13,12 +13,19 @@ DSN, the writer registry) over a private socket pair, as length-prefixed pickles
 
     app -> fleet:  one FleetJob; {"type": "go"} once the serving path is started;
                    {"type": "events", "batch"} (checked events from the API, written
-                   like the fleet's); {"type": "stop"}
+                   like the fleet's); {"type": "seal"} once the app accepts no more
+                   events; {"type": "stop"} (which seals too)
     fleet -> app:  {"type": "ready", "pid"} once the writer and the sink are open (the
                    fleet starts on "go"),
                    {"type": "report", "report"} each REPORT_S,
-                   {"type": "flushing", "report"} when the fleet has sent its last batch,
+                   {"type": "generated"} when the fleet's duration is over,
+                   {"type": "flushing", "report"} when every batch, the fleet's and the
+                   events' up to the seal, is written,
                    {"type": "done", "report", "error"} at the end
+
+The seal makes every event the app accepted reach the fleet's writer: the app stops
+accepting, then seals, and the socket keeps the order, so each accepted batch arrives
+before the seal; the fleet writes all of them before it flushes the sink.
 
 A report (FleetReport) holds the fleet's counters, the sink's, the "ack" and "postgres"
 hops as encoded histograms, and the process's CPU since it was ready.
@@ -83,7 +90,7 @@ class FleetReport:
     """What the fleet process has done so far."""
 
     counters: FleetCounters = field(default_factory=FleetCounters)
-    sink: dict[str, Any] | None = None  # rows_written, failed_rows, flushes, flush_ms
+    sink: dict[str, Any] | None = None  # rows_written, failed_rows, retries, ..., flush_ms
     # path -> hop -> HdrHistogram encoding: the "ack" hops and the real-time "postgres" hop.
     freshness: dict[str, dict[str, str]] = field(default_factory=dict)
     cpu_s: float = 0.0
@@ -118,6 +125,9 @@ class FleetProcess:
 
     def go(self) -> None:
         self.worker.send({"type": "go"})
+
+    def seal(self) -> None:
+        self.worker.send({"type": "seal"})
 
     def stop(self) -> None:
         self.worker.send({"type": "stop"})
@@ -247,6 +257,8 @@ class _Fleet:
             out.sink = {
                 "rows_written": s.rows_written,
                 "failed_rows": s.failed_rows,
+                "retries": s.retries,
+                "last_error": s.last_error,
                 "flushes": s.flushes,
                 "flush_ms": spread(s.write_ms),
             }
@@ -259,6 +271,7 @@ async def _serve(sock: socket.socket) -> None:
     job: FleetJob = await read_message(reader)
     stop = asyncio.Event()
     go = asyncio.Event()
+    sealed = asyncio.Event()
     state = _Fleet(job)
 
     def send(message: dict[str, Any]) -> None:
@@ -271,14 +284,20 @@ async def _serve(sock: socket.socket) -> None:
                 message = await read_message(reader)
             except EOFError:
                 stop.set()  # the app is gone: stop, nobody is watching
+                sealed.set()
+                go.set()
                 return
-            if message.get("type") == "stop":
+            kind = message.get("type")
+            if kind == "stop":
                 stop.set()
+                sealed.set()
                 go.set()
-            elif message.get("type") == "go":
+            elif kind == "seal":
+                sealed.set()
+            elif kind == "go":
                 go.set()
-            elif message.get("type") == "events" and state.fleet is not None:
-                state.fleet.submit(message["batch"])
+            elif kind == "events" and state.fleet is not None:
+                await state.fleet.submit(message["batch"])
 
     async def reports() -> None:
         while True:
@@ -297,6 +316,9 @@ async def _serve(sock: socket.socket) -> None:
         reporter = asyncio.create_task(reports())
         assert state.fleet is not None
         await state.fleet.run(job.duration_s, stop)
+        send({"type": "generated"})
+        await sealed.wait()
+        await state.fleet.drain()
         send({"type": "flushing", "report": state.report()})
         if state.sink is not None:
             await state.sink.close()

@@ -48,6 +48,13 @@ FLUSH_AFTER_S = 0.100
 # the wait stays about one transaction), only this one to gather batches acked together.
 SINK_LINGER_S = 0.005
 CLOSE_TIMEOUT_S = 60.0
+# A flush that fails is tried again (reconnected, after a pause doubling from RETRY_S up to
+# RETRY_MAX_S) up to FLUSH_ATTEMPTS times, as Spark retries a failed task; then its rows
+# are counted failed, with the error, and the sink goes on. A row Postgres refuses (a
+# constraint, a value out of range) is isolated by halving the flush: only it is refused.
+FLUSH_ATTEMPTS = 5
+RETRY_S = 0.1
+RETRY_MAX_S = 2.0
 LIVE_TABLE = "public.fleet_live"
 EVENTS_TABLE = "public.fleet_events"
 CHANNEL = "fleet_changes"
@@ -286,6 +293,8 @@ class RealtimeSink:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._attempts = 0  # failed attempts of the flush at the head of _pending
+        self.retries = 0
 
     @property
     def closed(self) -> bool:
@@ -367,24 +376,68 @@ class RealtimeSink:
         if not self._pending:
             self._oldest = None  # else the rest is as old as it was: flushed next, at once
         table = pa.Table.from_batches(take)
-        values = self.statements.rows(table)
         began = time.perf_counter()
         try:
-            await self._write(values)
-        except Exception as exc:  # counted and reported; the next flush tries again
+            written, refused = await self._write_isolating(table, again=self._attempts > 0)
+        except Exception as exc:  # a lost connection, a server going away: try it again
+            self._count_error(exc)
+            self._attempts += 1
+            if self._attempts < FLUSH_ATTEMPTS:
+                self.retries += 1
+                log.warning(
+                    "realtime.flush_retrying",
+                    rows=rows,
+                    attempt=self._attempts,
+                    error=self.last_error,
+                )
+                self._pending[:0] = take  # first again, due at once
+                self._pending_rows += rows
+                self._oldest = time.monotonic() - self.flush_after_s
+                await self._reconnect()
+                await asyncio.sleep(min(RETRY_S * 2 ** (self._attempts - 1), RETRY_MAX_S))
+                return
+            self._attempts = 0
             self.failed_rows += rows
-            kind = type(exc).__name__
-            self.errors[kind] = self.errors.get(kind, 0) + 1
-            self.last_error = str(exc)[:300]
-            log.error("realtime.flush_failed", rows=rows, error=self.last_error)
+            log.error(
+                "realtime.flush_failed", rows=rows, attempts=FLUSH_ATTEMPTS, error=self.last_error
+            )
             await self._reconnect()
+            return
+        self._attempts = 0
+        self.failed_rows += refused
+        if not written:
             return
         committed = self.clock_us()
         if len(self.write_ms) < 100_000:
             self.write_ms.append((time.perf_counter() - began) * 1000)
-        self.rows_written += rows
+        self.rows_written += sum(t.num_rows for t in written)
         self.flushes += 1
-        self.on_written(event_micros(table), committed)
+        self.on_written([t for part in written for t in event_micros(part)], committed)
+
+    async def _write_isolating(self, table: pa.Table, *, again: bool) -> tuple[list[pa.Table], int]:
+        """Write `table`; when Postgres refuses a row of it (a constraint, a value out of
+        its type's range), write its halves apart, down to that row, so one bad row costs
+        only itself. Returns the parts written and the number of rows refused."""
+        try:
+            await self._write(self.statements.rows(table), retry=again)
+            return [table], 0
+        except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
+            self._count_error(exc)
+            if self.statements.mode == "copy" and not again:
+                # A replayed event id: as a retry does, insert it ON CONFLICT DO NOTHING.
+                return await self._write_isolating(table, again=True)
+            if table.num_rows == 1:
+                log.error("realtime.row_refused", error=self.last_error)
+                return [], 1
+            half = table.num_rows // 2
+            first = await self._write_isolating(table.slice(0, half), again=again)
+            second = await self._write_isolating(table.slice(half), again=again)
+            return first[0] + second[0], first[1] + second[1]
+
+    def _count_error(self, exc: Exception) -> None:
+        kind = type(exc).__name__
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        self.last_error = str(exc)[:300]
 
     async def _session(self) -> psycopg.AsyncConnection[Any]:
         conn = await self.connect()
@@ -392,11 +445,19 @@ class RealtimeSink:
             await conn.execute(self.statements.stage_ddl())
         return conn
 
-    async def _write(self, values: Iterable[tuple[Any, ...]]) -> None:
+    async def _write(self, values: Iterable[tuple[Any, ...]], *, retry: bool = False) -> None:
+        """One flush, one transaction. A retried COPY inserts ON CONFLICT DO NOTHING
+        instead: if the failed attempt's commit did reach the server, its rows are kept
+        once (upsert and insert are idempotent anyway)."""
         assert self._conn is not None
         conn = self._conn
         async with conn.transaction():
-            if self.statements.mode == "upsert":
+            if self.statements.mode == "copy" and retry:
+                async with conn.cursor() as cur:
+                    await cur.executemany(
+                        TableStatements("insert", self.statements.table).write_sql(), list(values)
+                    )
+            elif self.statements.mode == "upsert":
                 copy_sql, merge_sql = self.statements.staged_upsert_sql()
                 async with conn.cursor().copy(copy_sql) as copy:
                     for row in values:

@@ -26,14 +26,14 @@ import structlog
 from pydantic import BaseModel, Field
 
 from bench.environment import capture_environment
-from dwbench.errors import DirectWriteError, WriterUnavailableError
+from dwbench.errors import DirectWriteError, WriteFailedError, WriterUnavailableError
 from pipeline.events import events_batch
 from pipeline.fleet import wall_us
 from pipeline.fleet_process import FleetProcess, FleetReport, fleet_job, spread
 from pipeline.freshness import HOPS, Freshness
 from pipeline.pg import PostgresConnector
 from pipeline.push import PushHub
-from pipeline.realtime import Mode, TableStatements
+from pipeline.realtime import FLUSH_ATTEMPTS, Mode, TableStatements
 from pipeline.serving import LocalServing, PipelineSettings, WorkspaceServing
 from workloads import telemetry
 from workloads.base import TableRef
@@ -75,6 +75,27 @@ class PipelineNotRunningError(DirectWriteError):
 
 def _now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def lost_data(report: FleetReport, writer: str) -> str | None:
+    """Why a run lost data, if it did: events the writer did not acknowledge, rows that did
+    not reach the real-time table. Such a run fails (its figures are kept): they measure a
+    pipeline that lost data."""
+    lost = []
+    counters = report.counters
+    if counters.failed:
+        sample = counters.error_samples[0] if counters.error_samples else "no reason given"
+        lost.append(
+            f"{counters.failed:,} of {counters.produced:,} events were not acknowledged "
+            f"by {writer} (first error: {sample})"
+        )
+    sink = report.sink or {}
+    if sink.get("failed_rows"):
+        lost.append(
+            f"{sink['failed_rows']:,} rows did not reach the real-time table (refused, or "
+            f"failing {FLUSH_ATTEMPTS} attempts; last error: {sink.get('last_error')})"
+        )
+    return "; ".join(lost) or None
 
 
 class PipelineRun:
@@ -198,13 +219,20 @@ class PipelineRun:
             self.phase = "writing"
             self.writing = True
             fleet.go()
-            await self._until(fleet, "flushing")
+            await self._until(fleet, "generated")
+            # No event accepted after this; every one accepted before reaches the fleet
+            # ahead of the seal and is written before the sink flushes.
             self.writing = False
+            fleet.seal()
+            await self._until(fleet, "flushing")
             self.phase = "flushing"
             await self._until(fleet, "done")
             self.phase = "settling"
             if not self.stop_event.is_set():
                 await self._settle()
+            lost = lost_data(fleet.report, self.config.writer)
+            if lost is not None:
+                raise WriteFailedError(lost)
         finally:
             for task in (poller, probe, stopper):
                 task.cancel()
@@ -222,6 +250,7 @@ class PipelineRun:
 
     async def _stop_when_told(self, fleet: FleetProcess) -> None:
         await self.stop_event.wait()
+        self.writing = False
         fleet.stop()
 
     async def _settle(self) -> None:

@@ -191,7 +191,6 @@ def test_websocket_snapshot_then_changes_and_a_reconnect_converges(
                     "type": "received",
                     "sent_us": changes["sent_us"],
                     "received_us": time.time_ns() // 1000,
-                    "event_time_us": [d["event_time_us"] for d in changes["drivers"]],
                 }
             )
         )
@@ -264,6 +263,44 @@ def test_bad_input_is_counted_and_never_stops_the_run(
     late = client.post("/api/v1/pipeline/events", json={"events": [good]})
     assert late.status_code == 409
     assert late.json()["message"] == "no pipeline run is writing events now"
+
+
+def test_every_event_accepted_until_the_run_ends_is_written(
+    client: httpx.Client, local_stack: dict[str, Any]
+) -> None:
+    run = run_pipeline(client, drivers=2, rate=20, duration_s=2, realtime_mode="insert")
+    wait_for(lambda: current(client)["phase"] == "writing", "the fleet to start writing")
+    accepted = []
+    for n in range(100_000):  # posting until the run refuses events: its end
+        event_id = f"{run['id']}-phone-{n}"
+        reply = client.post(
+            "/api/v1/pipeline/events",
+            json={
+                "events": [
+                    {
+                        "event_id": event_id,
+                        "driver_id": "driver-phone-2",
+                        "event_time_us": time.time_ns() // 1000,
+                        "latitude": 37.76,
+                        "longitude": -122.43,
+                        "status": "idle",
+                    }
+                ]
+            },
+        )
+        if reply.status_code == 409:
+            break
+        assert reply.json() == {"accepted": 1, "rejected": {}}, reply.text
+        accepted.append(event_id)
+    assert accepted
+    status = finished(client)
+    assert status["events_failed"] == 0
+    bronze = set(delta_rows(local_stack, BRONZE).column("event_id").to_pylist())
+    assert [e for e in accepted if e not in bronze] == []
+    realtime = postgres_rows(
+        local_stack, "public.fleet_events", f"WHERE event_id LIKE '{run['id']}-phone-%'"
+    )
+    assert sorted(r["event_id"] for r in realtime) == sorted(accepted)
 
 
 def test_one_run_at_a_time_and_bad_settings_refused(client: httpx.Client) -> None:
