@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import time
 from collections.abc import Callable
@@ -62,6 +63,7 @@ STATE_SCHEMA = "_dwbench_sync"
 # Interval 0 ("as fast as it keeps up"): syncs start at most this often.
 MIN_INTERVAL_S = 0.1
 ROUTE = "/api/local/pipeline"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _pg_type(kind: pa.DataType) -> str:
@@ -166,7 +168,16 @@ class SyncedTable:
         self.hops = {"postgres": HopHistogram()}
 
     async def start(self) -> None:
+        """Provision and read the progress first, so the status has the version it resumes
+        from as soon as this returns; a failure here is the first sync's, which reports it
+        (FAILED, the message) and tries again."""
         self._stop.clear()
+        try:
+            await asyncio.to_thread(self._connection)
+        except Exception:  # the first sync meets it again and reports it
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                await asyncio.to_thread(conn.close)
         self._task = asyncio.create_task(self._run(), name=f"synced-table-{self.name}")
 
     async def stop(self) -> None:
@@ -421,7 +432,7 @@ class SyncedTable:
 
 
 def _us(value: Any) -> int | None:
-    return None if value is None else int(value.timestamp() * 1_000_000)
+    return None if value is None else (value - _EPOCH) // dt.timedelta(microseconds=1)
 
 
 class PipelineServices:

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from workloads.telemetry import SCHEMA, STATUSES
+from workloads.wire import epoch_micros
 
 MAX_FUTURE_S = 5.0
 MAX_PAST_S = 3600.0
@@ -68,7 +69,7 @@ def _event_time_us(event: dict[str, Any]) -> int:
             raise BadEvent("malformed", f"event_time {value[:40]!r} is not ISO 8601") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.UTC)
-        return int(parsed.timestamp() * 1_000_000)
+        return epoch_micros(parsed)
     raise BadEvent("malformed", "event_time must be µs since the epoch or ISO 8601")
 
 

@@ -149,6 +149,7 @@ class PushHub:
         self._tasks: list[asyncio.Task[None]] = []
         self._listen_conn: psycopg.AsyncConnection[Any] | None = None
         self._reload = asyncio.Event()
+        self._cut: set[str] = set()  # drivers whose notification was cut: read their row
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -199,6 +200,8 @@ class PushHub:
                 while time.monotonic() < renew_at:
                     async for note in gen:
                         self._on_notify(note.payload)
+                    if self._cut:
+                        await self._read_cut(conn)
                     if self._reload.is_set():
                         self._reload.clear()
                         await self._load_realtime(conn)
@@ -232,7 +235,8 @@ class PushHub:
         try:
             data = json.loads(payload)
             if data.get("cut"):
-                return  # an oversized row: the next full reload carries it
+                self._cut.add(str(data["driver_id"]))  # an oversized row: read it
+                return
             driver = {
                 "driver_id": str(data["driver_id"]),
                 "lat": float(data["lat"]),
@@ -247,10 +251,20 @@ class PushHub:
         except (ValueError, KeyError, TypeError):
             self.bad("malformed_notification")
             return
+        self._apply_realtime(driver)
+
+    def _apply_realtime(self, driver: dict[str, Any]) -> None:
         if self.feeds["realtime"].apply(driver) and self.observed_hops:
             # On a workspace the job commits, not the app: the time the notification
             # arrived bounds "in Postgres" from above.
             self.record("realtime", "postgres", [self.clock_us() - driver["event_time_us"]])
+
+    async def _read_cut(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """The rows whose notification was too big to carry them, read from the table."""
+        drivers, self._cut = sorted(self._cut), set()
+        cur = await conn.execute(self.realtime.snapshot_sql(of_drivers=True), [drivers])
+        for row in await cur.fetchall():
+            self._apply_realtime(_driver(row))
 
     # -- the synced path: polling -----------------------------------------------------
 

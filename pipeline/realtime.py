@@ -12,8 +12,8 @@ sink: SINK_LINGER_S, one flush at a time), each flush one transaction, in one of
 
 The app owns these tables, so each has a trigger that sends every written row with
 `pg_notify` (payload well under Postgres's 8,000-byte limit: the driver's position and
-status; an oversized one is cut to the key, and the listener reads that row). The push
-listens on that channel.
+status; an oversized one is cut to the key, and the listener reads that driver's row).
+The push listens on that channel.
 
 `PostgresForeachWriter` is the synchronous class a Spark job passes to `foreach()`;
 `RealtimeSink` is the same contract, async and columnar, that local mode feeds with the
@@ -36,6 +36,7 @@ import structlog
 from psycopg import sql
 
 from workloads.telemetry import SCHEMA
+from workloads.wire import epoch_micros
 
 log = structlog.get_logger(__name__)
 
@@ -166,17 +167,19 @@ END $$"""
             sql.Identifier(STAGE), self.ident
         )
 
-    def snapshot_sql(self) -> sql.Composed:
-        """Every driver's latest fix in this table."""
+    def snapshot_sql(self, *, of_drivers: bool = False) -> sql.Composed:
+        """Every driver's latest fix in this table; `of_drivers`: only those of the
+        parameter (a list of driver ids)."""
         wanted = sql.SQL(
             "driver_id, latitude, longitude, status, order_id, speed_mps, heading_deg, "
             "battery_pct, (extract(epoch FROM event_time) * 1000000)::bigint"
         )
+        where = sql.SQL(" WHERE driver_id = ANY(%s)" if of_drivers else "")
         if self.mode == "upsert":
-            return sql.SQL("SELECT {} FROM {}").format(wanted, self.ident)
+            return sql.SQL("SELECT {} FROM {}{}").format(wanted, self.ident, where)
         return sql.SQL(
-            "SELECT DISTINCT ON (driver_id) {} FROM {} ORDER BY driver_id, event_time DESC"
-        ).format(wanted, self.ident)
+            "SELECT DISTINCT ON (driver_id) {} FROM {}{} ORDER BY driver_id, event_time DESC"
+        ).format(wanted, self.ident, where)
 
     def rows(self, batch: pa.RecordBatch | pa.Table) -> list[tuple[Any, ...]]:
         """A batch's rows in column order (plus the version in upsert mode)."""
@@ -218,7 +221,7 @@ class PostgresForeachWriter:
         record = [values.get(c) for c in COLUMNS]
         if self.statements.mode == "upsert":
             at = values["event_time"]
-            record.append(int(at.timestamp() * 1_000_000))
+            record.append(epoch_micros(at))
         if not self._buffer:
             self._oldest = time.monotonic()
         self._buffer.append(tuple(record))

@@ -79,7 +79,7 @@ def test_the_fleet_moves_on_the_map_and_freshness_fills(app: RunningApp) -> None
 
         page.fill("#ops-drivers", str(DRIVERS))
         page.fill("#ops-rate", "400")
-        page.fill("#ops-duration", "30")
+        page.fill("#ops-duration", "600")  # longer than the test: it stops the run itself
         page.click("#ops-start")
         page.wait_for_selector("#ops-stop:not([hidden])")
         page.wait_for_selector("#ops-connection[data-state='live']")

@@ -3,6 +3,7 @@ WebSocket feed, and bad input. Small fleets for a few seconds each."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from websockets.sync.client import ClientConnection, connect
 
+from pipeline.realtime import PostgresForeachWriter
 from tests.pipeline.support import (
     delta_rows,
     newest_per_driver,
@@ -22,6 +24,7 @@ from tests.pipeline.support import (
     same_state,
     wait_for,
 )
+from workloads.wire import epoch_micros
 
 BRONZE = "main.diners.fleet_bronze"
 SILVER = "main.diners.fleet_silver"
@@ -152,7 +155,7 @@ def as_state(drivers: list[dict[str, Any]]) -> dict[str, tuple[int, str, float, 
 def db_state(local_stack: dict[str, Any], table: str) -> dict[str, tuple[int, str, float, float]]:
     return {
         r["driver_id"]: (
-            int(r["event_time"].timestamp() * 1_000_000),
+            epoch_micros(r["event_time"]),
             r["status"],
             r["latitude"],
             r["longitude"],
@@ -214,6 +217,41 @@ def test_websocket_snapshot_then_changes_and_a_reconnect_converges(
         wait_for(converged, f"the {path} client to converge on Postgres")
     assert status["freshness"][path]["ws_sent"]["count"] > 0
     assert status["freshness"][path]["browser"]["count"] > 0
+
+
+def test_a_row_too_big_for_its_notification_still_reaches_the_clients(
+    client: httpx.Client, local_stack: dict[str, Any]
+) -> None:
+    run_pipeline(client, drivers=1, rate=10, duration_s=1, realtime_mode="upsert")
+    finished(client)  # the real-time feed follows public.fleet_live now
+    order = "order-" + "x" * 7990  # its row's notification would pass 8,000 bytes
+    at = dt.datetime.now(dt.UTC)
+    with connect(ws_url(client, "realtime")) as ws:
+        receive(ws, "snapshot")
+        writer = PostgresForeachWriter(lambda: conninfo_to_dict(local_stack["postgres_dsn"]))
+        writer.open(partition_id=0, epoch_id=0)
+        writer.process(
+            {
+                "event_id": f"big-{at.timestamp()}",
+                "driver_id": "driver-big-order",
+                "order_id": order,
+                "event_time": at,
+                "latitude": 37.76,
+                "longitude": -122.43,
+                "status": "picked_up",
+                "batch_id": "big",
+                "source": "test",
+            }
+        )
+        writer.close(None)
+
+        def big_order() -> dict[str, Any] | None:
+            changes = receive(ws, "changes")
+            return next((d for d in changes["drivers"] if d["order_id"] == order), None)
+
+        driver = wait_for(big_order, "the cut row's driver on the socket")
+    assert driver["driver_id"] == "driver-big-order" and driver["status"] == "picked_up"
+    assert driver["event_time_us"] == epoch_micros(at)
 
 
 def test_bad_input_is_counted_and_never_stops_the_run(

@@ -27,6 +27,7 @@ from pipeline.realtime import (
     TableStatements,
 )
 from workloads.telemetry import SCHEMA
+from workloads.wire import epoch_micros
 
 T0 = dt.datetime(2026, 12, 2, 8, 0, tzinfo=dt.UTC)
 
@@ -76,7 +77,7 @@ def test_the_foreach_writer_upserts_the_newest_fix_and_notifies_each_row(
             f"SELECT driver_id, status, event_id, version FROM {LIVE_TABLE} "
             "WHERE driver_id LIKE 'rt-%' ORDER BY 1"
         ).fetchall()
-    micros = int((T0 + dt.timedelta(seconds=5)).timestamp() * 1_000_000)
+    micros = epoch_micros(T0 + dt.timedelta(seconds=5))
     assert rows[0] == ("rt-1", "to_restaurant", "x2", micros)
     assert [r[:3] for r in rows[1:]] == [("rt-2", "picked_up", "x4"), ("rt-3", "idle", "x5")]
     payloads = [json.loads(n.payload) for n in listener.notifies(timeout=2.0, stop_after=4)]

@@ -29,6 +29,7 @@ from tests.pipeline.support import (
     stack_api,
     wait_for,
 )
+from workloads.wire import epoch_micros
 
 
 @pytest.fixture
@@ -155,7 +156,7 @@ def test_the_bronze_hop_ends_when_the_source_commit_became_readable(
         copy = api.get(f"/copies/{tables['silver']}").json()
     hop = Latencies.decode(copy["freshness"]["bronze"])
     assert hop.count == 1
-    lag_us = committed_us - int(event.timestamp() * 1_000_000)
+    lag_us = committed_us - epoch_micros(event)
     # HdrHistogram keeps 3 significant digits.
     assert abs(hop.hist.get_max_value() - lag_us) <= lag_us / 500
 
