@@ -150,6 +150,8 @@ class PushHub:
         self._listen_conn: psycopg.AsyncConnection[Any] | None = None
         self._reload = asyncio.Event()
         self._cut: set[str] = set()  # drivers whose notification was cut: read their row
+        self.polls = 0  # polls of the synced table done
+        self.flushes = 0  # fan-out rounds done
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -305,6 +307,7 @@ class PushHub:
                         self.record("synced", "postgres", [seen_us - t for t in changed])
                     feed.loaded = True
                     self.poll_problem = None
+                    self.polls += 1
                     await asyncio.sleep(POLL_S)
             except asyncio.CancelledError:
                 raise
@@ -330,6 +333,7 @@ class PushHub:
 
     def flush_once(self) -> None:
         """Each feed's changes since the last flush, in one message to each of its clients."""
+        self.flushes += 1
         for feed in self.feeds.values():
             if not feed.dirty:
                 continue
@@ -348,6 +352,29 @@ class PushHub:
             self.messages_sent += len(feed.clients)
             self.events_pushed += len(drivers)
             self.record(feed.path, "ws_sent", [sent_us - t for t in times])
+
+    async def settle(self, timeout_s: float) -> bool:
+        """Wait until what Postgres holds now has been pushed and every client answered
+        what it was sent: a poll of the synced table that began after this call, a flush
+        after it, then no client with a message unanswered. False if `timeout_s` passed
+        first (a client that never answers, a poll that keeps failing)."""
+        polls, deadline = self.polls, time.monotonic() + timeout_s
+
+        async def until(done: Callable[[], bool]) -> bool:
+            while not done():
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(0.02)
+            return True
+
+        if not await until(lambda: self.polls >= polls + 2):  # the first may predate this
+            return False
+        flushes = self.flushes
+        if not await until(lambda: self.flushes > flushes):
+            return False
+        return await until(
+            lambda: not any(c.awaiting for f in self.feeds.values() for c in f.clients)
+        )
 
     async def _beat(self) -> None:
         last_ping = 0.0

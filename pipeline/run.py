@@ -46,6 +46,8 @@ log = structlog.get_logger(__name__)
 RESULT_SCHEMA_VERSION = 1
 STATUS_POLL_S = 1.0
 SETTLE_TIMEOUT_S = 60.0
+# After the sync caught up: how long the push may take to send its last rows and hear back.
+PUSH_SETTLE_S = 3.0
 
 
 class PipelineConfig(BaseModel):
@@ -230,6 +232,9 @@ class PipelineRun:
             self.phase = "settling"
             if not self.stop_event.is_set():
                 await self._settle()
+                # The last sync's rows pushed and received: their hops are the run's too.
+                if not await self.hub.settle(PUSH_SETTLE_S):
+                    log.warning("pipeline.push_not_settled", run_id=self.id, s=PUSH_SETTLE_S)
             lost = lost_data(fleet.report, self.config.writer)
             if lost is not None:
                 raise WriteFailedError(lost)

@@ -3,10 +3,12 @@ WebSocket feed, and bad input. Small fleets for a few seconds each."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 from websockets.sync.client import ClientConnection, connect
 
 from pipeline.realtime import PostgresForeachWriter
+from pipeline.watch import WatchStats, watch
 from tests.pipeline.support import (
     delta_rows,
     newest_per_driver,
@@ -80,11 +83,40 @@ def of_run(rows: Any, run_id: str) -> Any:
     return rows.filter(pc.starts_with(rows.column("batch_id"), f"{run_id}-"))
 
 
+class Watchers:
+    """A `pipeline.watch` client per path (as the map behaves: it answers every message),
+    on an event loop of its own thread."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.stop = asyncio.Event()
+        self.stats = {path: WatchStats() for path in ("realtime", "synced")}
+        self.tasks = [
+            asyncio.run_coroutine_threadsafe(watch(ws_url(client, p), self.stop, s), self.loop)
+            for p, s in self.stats.items()
+        ]
+        wait_for(lambda: all(s.snapshots for s in self.stats.values()), "the watchers' snapshots")
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        for task in self.tasks:
+            task.result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        self.loop.close()
+
+
 def test_every_event_reaches_postgres_on_both_paths(
     client: httpx.Client, local_stack: dict[str, Any]
 ) -> None:
-    run = run_pipeline(client, drivers=20, rate=200, duration_s=2, realtime_mode="insert")
-    status = finished(client)
+    watchers = Watchers(client)
+    try:
+        run = run_pipeline(client, drivers=20, rate=200, duration_s=2, realtime_mode="insert")
+        status = finished(client)
+    finally:
+        watchers.close()
     produced = status["events_produced"]
     assert produced == 400
     assert status["events_acked"] == produced and status["events_failed"] == 0
@@ -112,6 +144,10 @@ def test_every_event_reaches_postgres_on_both_paths(
     for hop in ("ack", "bronze", "silver", "postgres"):
         assert fresh["synced"][hop]["count"] == produced, hop
         assert set(fresh["synced"][hop]) == {"p50", "p95", "p99", "max", "count"}
+    # One client per path answering every message: each update sent was received, the
+    # last sync's included (the run waits for them before it ends).
+    for path in ("realtime", "synced"):
+        assert fresh[path]["browser"]["count"] == fresh[path]["ws_sent"]["count"] > 0, path
 
 
 def test_upsert_mode_keeps_each_drivers_newest_fix(
