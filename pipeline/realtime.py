@@ -78,10 +78,10 @@ class TableStatements:
         self.columns = (*COLUMNS, "version") if mode == "upsert" else COLUMNS
         self.names = sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
 
-    def ddl(self) -> list[sql.Composable]:
+    def ddl(self) -> list[sql.SQL | sql.Composed]:
         key = "driver_id" if self.mode == "upsert" else "event_id"
         create = SCHEMA.postgres_ddl(self.table, primary_key=key)
-        statements: list[sql.Composable] = [sql.SQL(create)]  # type: ignore[arg-type]  # derived DDL
+        statements: list[sql.SQL | sql.Composed] = [sql.SQL(create)]  # type: ignore[arg-type]  # derived DDL
         if self.mode == "upsert":
             statements.append(
                 sql.SQL(

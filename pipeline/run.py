@@ -209,9 +209,10 @@ class PipelineRun:
             self.serving = LocalServing(runtime.targets, self.settings)
         else:
             self.serving = WorkspaceServing(runtime.targets, self.settings)
-        await self.serving.start(sync_interval_s=cfg.sync_interval_s, run_id=self.id)
-        if local:
-            self.hub.use_realtime_mode(TableStatements(cfg.realtime_mode))
+        await self.serving.start(
+            sync_interval_s=cfg.sync_interval_s, run_id=self.id, realtime_mode=cfg.realtime_mode
+        )
+        self.hub.use_realtime_mode(TableStatements(cfg.realtime_mode))
         self.pushed_events_start = self.hub.events_pushed
         self.cpu_start = time.process_time()
         poller = asyncio.create_task(self._poll_status())

@@ -6,20 +6,30 @@ source: pipeline/jobs/cdf_copy_job.py), started with `w.jobs.run_now`; the synce
 `w.database.create_synced_database_table` (Lakebase Provisioned, LAKEBASE_INSTANCE_NAME)
 or `w.postgres.create_synced_table` (Autoscaling, PIPELINE_LAKEBASE_BRANCH), scheduling
 policy CONTINUOUS, its status read from the same fields the local stack returns. Neither
-reports lag; it is computed from the last sync's times.
+reports lag; it is computed from the last sync's times. On a workspace the app also owns
+the real-time table: it creates it with its notify trigger (as its own Postgres role, the
+one that LISTENs) and grants the bundle's real-time job's role (PIPELINE_REALTIME_JOB_ROLE)
+what its writes need; locally the sink in the fleet's process does that.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import psycopg
+from psycopg import sql
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dwbench.errors import WriterUnavailableError
+from pipeline.pg import PostgresConnector
+from pipeline.realtime import Mode, TableStatements
 from writers.base import Targets
 from writers.lakebase import LakebaseSettings
+
+Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
 
 
 class PipelineSettings(BaseSettings):
@@ -36,6 +46,11 @@ class PipelineSettings(BaseSettings):
     # Where a synced table's pipeline keeps its checkpoints (a standard catalog).
     storage_catalog: str = "main"
     storage_schema: str = "diners"
+    # The bundle's real-time job (databricks.yml, pipeline_realtime): the mode it
+    # writes in (its `mode` parameter) and the Postgres role it writes as (its `user`),
+    # granted SELECT, INSERT, UPDATE on the table the app creates for it.
+    realtime_job_mode: Mode = "upsert"
+    realtime_job_role: str | None = None
 
     @property
     def synced_postgres_table(self) -> str:
@@ -90,7 +105,7 @@ class LocalServing:
             )
         return resp.json()
 
-    async def start(self, *, sync_interval_s: float, run_id: str) -> None:
+    async def start(self, *, sync_interval_s: float, run_id: str, realtime_mode: Mode) -> None:
         await self.start_copy(run_id)
         await self.start_sync(sync_interval_s, run_id)
 
@@ -139,13 +154,17 @@ class LocalServing:
 class WorkspaceServing:
     """A workspace's bundle job (the copy) and Lakebase synced table."""
 
-    def __init__(self, targets: Targets, settings: PipelineSettings) -> None:
+    def __init__(
+        self, targets: Targets, settings: PipelineSettings, *, connect: Connect | None = None
+    ) -> None:
         auth = targets.workspace_auth
         if auth is None:
             raise WriterUnavailableError(targets.auth_missing() or "no workspace credentials")
         self.auth = auth
         self.settings = settings
         self.lakebase = targets.writer_config("lakebase", LakebaseSettings)
+        # The app's own Lakebase connection (the push's role): it owns the real-time table.
+        self.connect: Connect = connect or PostgresConnector(targets).connect
         self._w: Any = None
 
     def _client(self) -> Any:
@@ -153,14 +172,49 @@ class WorkspaceServing:
             self._w = self.auth.workspace_client()
         return self._w
 
-    async def start(self, *, sync_interval_s: float, run_id: str) -> None:
+    async def start(self, *, sync_interval_s: float, run_id: str, realtime_mode: Mode) -> None:
         if sync_interval_s:
             raise WriterUnavailableError(
                 "--sync-interval applies to the local stack's sync; a workspace's continuous "
                 "synced table runs at the service's own pace"
             )
+        job_mode = self.settings.realtime_job_mode
+        if realtime_mode != job_mode:
+            raise WriterUnavailableError(
+                f"the bundle's real-time job writes in {job_mode} mode "
+                f"(PIPELINE_REALTIME_JOB_MODE, its `mode` parameter in databricks.yml); "
+                f"a run in {realtime_mode} mode would watch a table nobody writes"
+            )
         await asyncio.to_thread(self._start_copy_job)
         await asyncio.to_thread(self._ensure_synced_table)
+        await self.prepare_realtime_table(TableStatements(realtime_mode))
+
+    async def prepare_realtime_table(self, statements: TableStatements) -> None:
+        """The real-time table, its notify trigger and the job's grants, in one transaction
+        (idempotent), as the app's role."""
+        role = self.settings.realtime_job_role
+        try:
+            conn = await self.connect()
+        except WriterUnavailableError as exc:
+            raise WriterUnavailableError(
+                f"the real-time table {statements.table} cannot be prepared: {exc.message}"
+            ) from exc
+        try:
+            async with conn.transaction():
+                for statement in statements.ddl():
+                    await conn.execute(statement)
+                if role:
+                    await conn.execute(
+                        sql.SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(
+                            statements.ident, sql.Identifier(role)
+                        )
+                    )
+        except psycopg.Error as exc:
+            raise WriterUnavailableError(
+                f"the real-time table {statements.table} cannot be prepared: {exc}"[:500]
+            ) from exc
+        finally:
+            await conn.close()
 
     def _start_copy_job(self) -> None:
         w = self._client()

@@ -44,3 +44,8 @@ GRANT USAGE ON SCHEMA public TO "${app_service_principal}";
 
 -- COPY ... FROM STDIN and INSERT need INSERT; reading rows back (visibility checks) needs SELECT.
 GRANT SELECT, INSERT ON TABLE public.products TO "${app_service_principal}";
+
+-- The serving path (Data Diners): the app creates the real-time table public.fleet_live,
+-- its notify function and trigger (it owns them, and grants the real-time job's role what
+-- its writes need: PIPELINE_REALTIME_JOB_ROLE).
+GRANT CREATE ON SCHEMA public TO "${app_service_principal}";

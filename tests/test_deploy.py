@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings
 
 from bench.databricks_job import env_names
 from dwbench.settings import Settings
+from pipeline.serving import PipelineSettings
 from workloads import products
 from workloads.products import COLUMNS
 from writers import WRITERS, writer_class
@@ -77,9 +78,10 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def settings_classes() -> list[type[BaseSettings]]:
-    """The app's settings and the settings class of every registered writer."""
+    """The app's settings, the serving path's and the settings class of every registered
+    writer."""
     writers = dict.fromkeys(writer_class(name).settings_class for name in WRITERS)
-    return [Settings, *writers]
+    return [Settings, PipelineSettings, *writers]
 
 
 def settings_env_names() -> dict[str, FieldInfo]:
@@ -210,6 +212,17 @@ def render(sql: str, **values: str) -> str:
 
 
 # --- app.yaml ----------------------------------------------------------------------------
+
+
+def test_the_real_time_job_installs_the_project_and_its_role_reaches_the_app() -> None:
+    """The job's ForeachWriter imports the project (pipeline.realtime, pipeline.pg) and its
+    dependencies; the app grants the role the job writes as."""
+    job = load(BUNDLE_YAML)["resources"]["jobs"]["pipeline_realtime"]
+    (task,) = job["tasks"]
+    assert task["libraries"] == [{"whl": "./dist/*.whl"}]
+    assert load(BUNDLE_YAML)["artifacts"]["dwbench_wheel"]["type"] == "whl"
+    env = {e["name"]: e.get("value") for e in bundle_app()["config"]["env"]}
+    assert env["PIPELINE_REALTIME_JOB_ROLE"] == task["notebook_task"]["base_parameters"]["user"]
 
 
 def test_deploy_files_are_yaml_mappings() -> None:

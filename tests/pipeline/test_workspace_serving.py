@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from databricks.sdk.errors import NotFound
 from databricks.sdk.service import database as db
@@ -88,7 +89,22 @@ class FakeAuth:
         return self.client
 
 
-def serving(client: FakeWorkspace, **settings: Any) -> WorkspaceServing:
+class Lakebase:
+    """The app's Lakebase connection, here the local stack's Postgres (the real-time
+    table's DDL and grants run on a real server)."""
+
+    def __init__(self, dsn: str | None) -> None:
+        self.dsn = dsn
+
+    async def connect(self) -> psycopg.AsyncConnection[Any]:
+        if self.dsn is None:
+            raise WriterUnavailableError("cannot connect to Postgres: connection refused")
+        return await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+
+
+def serving(
+    client: FakeWorkspace, postgres_dsn: str | None = None, **settings: Any
+) -> WorkspaceServing:
     targets = Targets(
         mode="databricks",
         settings=Settings(app_mode="databricks", data_dir=Path("/tmp")),
@@ -97,7 +113,14 @@ def serving(client: FakeWorkspace, **settings: Any) -> WorkspaceServing:
         },
         workspace_auth=FakeAuth(client),  # type: ignore[arg-type]
     )
-    return WorkspaceServing(targets, PipelineSettings(**settings))
+    return WorkspaceServing(
+        targets, PipelineSettings(**settings), connect=Lakebase(postgres_dsn).connect
+    )
+
+
+def start(serving: WorkspaceServing, **options: Any) -> None:
+    given = {"sync_interval_s": 0, "run_id": "r1", "realtime_mode": "upsert", **options}
+    asyncio.run(serving.start(**given))
 
 
 def copy_job(client: FakeWorkspace) -> None:
@@ -106,10 +129,12 @@ def copy_job(client: FakeWorkspace) -> None:
     )
 
 
-def test_provisioned_synced_table_is_created_continuous_from_silver() -> None:
+def test_provisioned_synced_table_is_created_continuous_from_silver(
+    local_stack: dict[str, Any],
+) -> None:
     client = FakeWorkspace()
     copy_job(client)
-    asyncio.run(serving(client).start(sync_interval_s=0, run_id="r1"))
+    start(serving(client, local_stack["postgres_dsn"]))
     assert client.jobs.started == [7]
     table = client.database.tables["main.diners.fleet_synced"]
     assert table.database_instance_name == "diners-db"
@@ -121,11 +146,11 @@ def test_provisioned_synced_table_is_created_continuous_from_silver() -> None:
     assert table.spec.scheduling_policy == db.SyncedTableSchedulingPolicy.CONTINUOUS
 
 
-def test_autoscaling_synced_table_goes_to_the_branch() -> None:
+def test_autoscaling_synced_table_goes_to_the_branch(local_stack: dict[str, Any]) -> None:
     client = FakeWorkspace()
     copy_job(client)
     branch = "projects/diners/branches/main"
-    asyncio.run(serving(client, lakebase_branch=branch).start(sync_interval_s=0, run_id="r1"))
+    start(serving(client, local_stack["postgres_dsn"], lakebase_branch=branch))
     ((table, table_id),) = client.postgres.created
     assert table_id == "main.diners.fleet_synced"
     assert table.spec is not None and table.spec.branch == branch
@@ -170,13 +195,55 @@ def test_status_is_read_from_the_sdk_fields() -> None:
 def test_missing_or_paused_jobs_and_a_local_interval_are_refused() -> None:
     client = FakeWorkspace()
     with pytest.raises(WriterUnavailableError, match="deploy the bundle"):
-        asyncio.run(serving(client).start(sync_interval_s=0, run_id="r1"))
+        start(serving(client))
     copy_job(client)
     client.jobs.continuous = True
     with pytest.raises(WriterUnavailableError, match="unpause its continuous schedule"):
-        asyncio.run(serving(client).start(sync_interval_s=0, run_id="r1"))
+        start(serving(client))
     with pytest.raises(WriterUnavailableError, match="--sync-interval applies to the local"):
-        asyncio.run(serving(client).start(sync_interval_s=15, run_id="r1"))
+        start(serving(client), sync_interval_s=15)
+    with pytest.raises(WriterUnavailableError) as refused:
+        start(serving(client), realtime_mode="copy")
+    assert refused.value.message == (
+        "the bundle's real-time job writes in upsert mode (PIPELINE_REALTIME_JOB_MODE, its "
+        "`mode` parameter in databricks.yml); a run in copy mode would watch a table nobody "
+        "writes"
+    )
+
+
+def test_the_app_creates_the_real_time_table_and_grants_the_jobs_role(
+    local_stack: dict[str, Any],
+) -> None:
+    dsn = local_stack["postgres_dsn"]
+    client = FakeWorkspace()
+    copy_job(client)
+    # pg_monitor stands for the job's role (the stack's writer may create no role).
+    start(serving(client, dsn, realtime_job_role="pg_monitor"))
+    with psycopg.connect(dsn) as conn:
+        granted = conn.execute(
+            "SELECT privilege_type FROM information_schema.role_table_grants "
+            "WHERE grantee = 'pg_monitor' AND table_schema = 'public' "
+            "AND table_name = 'fleet_live' ORDER BY 1"
+        ).fetchall()
+        trigger = conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'public.fleet_live'::regclass "
+            "AND NOT tgisinternal"
+        ).fetchall()
+        version = conn.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = 'public' "
+            "AND table_name = 'fleet_live' AND column_name = 'version'"
+        ).fetchall()
+        conn.execute("REVOKE ALL ON public.fleet_live FROM pg_monitor")
+    assert granted == [("INSERT",), ("SELECT",), ("UPDATE",)]
+    assert trigger == [("fleet_live_notify",)]
+    assert version == [("bigint",)]
+    # Without Postgres the run cannot start, and says why.
+    with pytest.raises(WriterUnavailableError) as refused:
+        start(serving(client))
+    assert refused.value.message == (
+        "the real-time table public.fleet_live cannot be prepared: cannot connect to "
+        "Postgres: connection refused"
+    )
 
 
 def test_listen_uses_the_direct_host_not_the_pooler() -> None:
