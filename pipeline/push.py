@@ -178,8 +178,9 @@ class PushHub:
                     client.queue.put_nowait(None)
 
     def use_realtime_mode(self, statements: TableStatements) -> None:
-        """A run writes this table now: the real-time feed reloads from it."""
-        if statements.table != self.realtime.table:
+        """A run writes this table now (created by then): the real-time feed reloads from
+        it if it is another, or if it was missing when last loaded."""
+        if statements.table != self.realtime.table or self.listen_problem is not None:
             self.realtime = statements
             self._reload.set()
 
@@ -195,7 +196,6 @@ class PushHub:
                 # After LISTEN: whatever is written from now on is notified, so a reload
                 # now misses nothing.
                 await self._load_realtime(conn)
-                self.listen_problem = None
                 renew_at = time.monotonic() + RENEW_AFTER_S
                 self._reload.clear()
                 gen = conn.notifies(timeout=1.0)
@@ -225,7 +225,10 @@ class PushHub:
         try:
             cur = await conn.execute(self.realtime.snapshot_sql())
             rows = await cur.fetchall()
+            self.listen_problem = None
         except psycopg.errors.UndefinedTable:
+            # Listening all the same: a run creates the table, and reloads the feed then.
+            self.listen_problem = f"the real-time table {self.realtime.table} does not exist yet"
             rows = []
         feed.state = {}
         for row in rows:

@@ -4,15 +4,18 @@ is driven without Postgres (its tasks are not started) and with an injected cloc
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, cast
 
+import psycopg
 import pytest
 from fastapi import WebSocket
 
 from dwbench.settings import Settings
 from pipeline.pg import PostgresConnector
 from pipeline.push import AWAITING_MAX, Client, PushHub
+from pipeline.realtime import TableStatements
 from writers.base import Targets
 
 
@@ -151,3 +154,38 @@ def test_local_mode_records_receipts_at_once_uncorrected() -> None:
     sent = h.push(9_000_000)
     h.say({"type": "received", "sent_us": sent["sent_us"], "received_us": 10_040_000})
     assert h.browser() == [[1_040_000]]
+
+
+async def test_a_missing_real_time_table_is_reported_until_a_run_creates_it(
+    local_stack: dict[str, Any],
+) -> None:
+    from tests.conftest import local_targets
+    from tests.pipeline.support import wait_for
+
+    table = "public.push_missing_table"
+    statements = TableStatements("upsert", table)
+    dsn = local_stack["postgres_dsn"]
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"DROP TABLE IF EXISTS {table}")
+    hub = PushHub(
+        PostgresConnector(local_targets(local_stack)),
+        synced_table="public.push_missing_synced",
+        record=lambda path, hop, lags: None,
+        bad=lambda kind: None,
+        status=lambda: None,
+        correct_offset=False,
+    )
+    hub.use_realtime_mode(statements)
+    await hub.start()
+    try:
+        problem = f"the real-time table {table} does not exist yet"
+        await asyncio.to_thread(wait_for, lambda: hub.listen_problem == problem, problem)
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            for statement in statements.ddl():
+                admin.execute(statement)
+        hub.use_realtime_mode(statements)  # as a run does once its table exists
+        await asyncio.to_thread(wait_for, lambda: hub.listen_problem is None, "the reload")
+    finally:
+        await hub.close()
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f"DROP TABLE IF EXISTS {table}")
