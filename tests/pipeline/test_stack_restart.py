@@ -62,6 +62,10 @@ def test_copy_and_sync_resume_after_the_stack_restarts() -> None:
             assert resumed["continuous_update_status"]["last_processed_commit_version"] == version
             run_sql(endpoints, insert_sql(TABLES["bronze"], BATCH_3))
             wait_for(lambda: caught_up(api, TABLES), "the copy and the sync after the restart")
+            # The new process read only what came after the versions it resumed from.
+            assert api.get(f"/copies/{TABLES['silver']}").json()["rows_copied"] == len(BATCH_3)
+            changes = api.get(f"/synced-tables/{TABLES['synced']}").json()["changes_read"]
+            assert changes == len(BATCH_3)
         silver = delta_rows(endpoints, TABLES["silver"])
         assert sorted(silver.column("event_id").to_pylist()) == [f"e{i}" for i in range(1, 9)]
         rows = postgres_rows(endpoints, TABLES["postgres"])

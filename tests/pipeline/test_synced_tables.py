@@ -186,6 +186,10 @@ def test_copy_and_sync_resume_from_their_versions_after_a_restart(
         run_sql(local_stack, insert_sql(tables["bronze"], BATCH_3))
         wait_for(lambda: caught_up(api, tables), "the copy and the sync after the restart")
         after = api.get(f"/synced-tables/{tables['synced']}").json()
+        copy_after = api.get(f"/copies/{tables['silver']}").json()
+    # Restarted, each read only what came after its version: nothing read again.
+    assert copy_after["rows_copied"] == len(BATCH_2) + len(BATCH_3)
+    assert after["changes_read"] == len(BATCH_2) + len(BATCH_3)
     silver = delta_rows(local_stack, tables["silver"])
     ids = silver.column("event_id").to_pylist()
     assert sorted(ids) == [f"e{i}" for i in range(1, 9)]  # each once: nothing lost or doubled
