@@ -25,6 +25,7 @@ from tests.pipeline.support import (
     newest_per_driver,
     postgres_rows,
     same_state,
+    stack_api,
     wait_for,
 )
 from workloads.wire import epoch_micros
@@ -148,6 +149,51 @@ def test_every_event_reaches_postgres_on_both_paths(
     # last sync's included (the run waits for them before it ends).
     for path in ("realtime", "synced"):
         assert fresh[path]["browser"]["count"] == fresh[path]["ws_sent"]["count"] > 0, path
+
+
+def test_the_copy_and_the_sync_restarted_mid_run_resume_and_lose_nothing(
+    client: httpx.Client, local_stack: dict[str, Any]
+) -> None:
+    # 8 s of writing: the restart below happens well inside it.
+    run = run_pipeline(client, drivers=20, rate=200, duration_s=8, realtime_mode="insert")
+    wait_for(lambda: current(client)["events_acked"] >= 200, "the fleet to write")
+    synced_name = "main.diners.fleet_synced"
+    with stack_api(local_stack) as api:
+        wait_for(
+            lambda: api.get(f"/synced-tables/{synced_name}").json()["changes_read"] > 0,
+            "the sync to apply changes of this run",
+        )
+        assert api.delete(f"/copies/{SILVER}").json()["state"] == "STOPPED"
+        stopped = api.delete(f"/synced-tables/{synced_name}").json()
+        assert stopped["data_synchronization_status"]["detailed_state"] == "SYNCED_TABLED_OFFLINE"
+        acked = current(client)["events_acked"]
+        wait_for(lambda: current(client)["events_acked"] >= acked + 200, "writes meanwhile")
+        copy = api.post("/copies", json={"source": BRONZE, "target": SILVER, "run_id": run["id"]})
+        assert copy.status_code == 200, copy.text
+        synced = api.post(
+            "/synced-tables",
+            json={
+                "name": synced_name,
+                "spec": {
+                    "source_table_full_name": SILVER,
+                    "primary_key_columns": ["driver_id"],
+                    "timeseries_key": "event_time",
+                },
+                "sync_interval_s": 0,
+                "run_id": run["id"],
+            },
+        )
+        assert synced.status_code == 200, synced.text
+    status = finished(client)
+    bronze = of_run(delta_rows(local_stack, BRONZE), run["id"])
+    silver_all = delta_rows(local_stack, SILVER)
+    silver = of_run(silver_all, run["id"])
+    assert bronze.num_rows == status["events_produced"] == 1600
+    # Each event once in silver: the copy resumed after its last version, not before it.
+    assert sorted(silver.column("event_id").to_pylist()) == sorted(
+        bronze.column("event_id").to_pylist()
+    )
+    assert same_state(postgres_rows(local_stack, SYNCED_PG), newest_per_driver(silver_all)) == []
 
 
 def test_upsert_mode_keeps_each_drivers_newest_fix(
