@@ -14,7 +14,7 @@ from fastapi import WebSocket
 
 from dwbench.settings import Settings
 from pipeline.pg import PostgresConnector
-from pipeline.push import AWAITING_MAX, Client, PushHub
+from pipeline.push import AWAITING_MAX, QUEUE_MAX, WS_TRY_AGAIN, Client, PushHub
 from pipeline.realtime import TableStatements
 from writers.base import Targets
 
@@ -189,3 +189,32 @@ async def test_a_missing_real_time_table_is_reported_until_a_run_creates_it(
         await hub.close()
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+class RecordingSocket:
+    """The two WebSocket calls the hub's sender makes, recorded."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.closed: tuple[int, str] | None = None
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+async def test_a_client_that_falls_behind_is_closed_with_1013_to_resync() -> None:
+    h = Hub(correct_offset=False)
+    socket = RecordingSocket()
+    client = Client(cast(WebSocket, socket), "realtime")
+    for n in range(QUEUE_MAX + 1):  # one more than its queue holds: it fell behind
+        client.offer(json.dumps({"type": "changes", "n": n}))
+    assert client.overflowed
+    await h.hub._send_to(client)
+    # The oldest message made room for the close: the rest is sent, then the close that
+    # makes it reconnect (and get a snapshot); nothing after.
+    assert [json.loads(t)["n"] for t in socket.sent] == list(range(1, QUEUE_MAX))
+    assert WS_TRY_AGAIN == 1013
+    assert socket.closed == (1013, "fell behind: reconnect")
