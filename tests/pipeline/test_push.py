@@ -218,3 +218,38 @@ async def test_a_client_that_falls_behind_is_closed_with_1013_to_resync() -> Non
     assert [json.loads(t)["n"] for t in socket.sent] == list(range(1, QUEUE_MAX))
     assert WS_TRY_AGAIN == 1013
     assert socket.closed == (1013, "fell behind: reconnect")
+
+
+async def test_a_reload_pushes_only_the_drivers_that_changed(local_stack: dict[str, Any]) -> None:
+    dsn = local_stack["postgres_dsn"]
+    table = "public.push_reload_table"
+    statements = TableStatements("upsert", table)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"DROP TABLE IF EXISTS {table}")
+        for statement in statements.ddl():
+            admin.execute(statement)
+        for n in (1, 2):
+            admin.execute(
+                f"INSERT INTO {table} (event_id, driver_id, event_time, latitude, longitude, "
+                "status, batch_id, source, version) VALUES (%s, %s, to_timestamp(%s), 37.7, "
+                "-122.4, 'idle', 'b', 'test', %s)",
+                [f"e{n}", f"d{n}", 1_800_000_000 + n, (1_800_000_000 + n) * 1_000_000],
+            )
+    h = Hub(correct_offset=False)
+    h.hub.realtime = statements
+    feed = h.hub.feeds["realtime"]
+    try:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await h.hub._load_realtime(conn)
+            assert sorted(feed.dirty) == ["d1", "d2"]
+            feed.dirty = {}
+            await conn.execute(
+                f"UPDATE {table} SET status = 'picked_up', version = version + 1 "
+                "WHERE driver_id = 'd2'"
+            )
+            await h.hub._load_realtime(conn)
+        assert list(feed.dirty) == ["d2"] and feed.dirty["d2"]["status"] == "picked_up"
+        assert sorted(feed.state) == ["d1", "d2"]
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f"DROP TABLE IF EXISTS {table}")
