@@ -283,15 +283,14 @@ async def _serve(sock: socket.socket) -> None:
             try:
                 message = await read_message(reader)
             except EOFError:
-                stop.set()  # the app is gone: stop, nobody is watching
-                sealed.set()
-                go.set()
-                return
+                message = {"type": "gone"}
             kind = message.get("type")
-            if kind == "stop":
+            if kind in ("stop", "gone"):  # gone: the app is, so nobody is watching
                 stop.set()
                 sealed.set()
                 go.set()
+                if kind == "gone":
+                    return
             elif kind == "seal":
                 sealed.set()
             elif kind == "go":

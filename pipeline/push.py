@@ -230,14 +230,9 @@ class PushHub:
             # Listening all the same: a run creates the table, and reloads the feed then.
             self.listen_problem = f"the real-time table {self.realtime.table} does not exist yet"
             rows = []
-        # The table's state replaces the feed's; only drivers that differ are pushed (a
-        # reload is no change for a driver it finds as the feed had it).
-        state: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            driver = _driver(row)
-            known = state.get(driver["driver_id"])
-            if known is None or known["event_time_us"] < driver["event_time_us"]:
-                state[driver["driver_id"]] = driver
+        # The table's state (one row per driver) replaces the feed's; only drivers that
+        # differ are pushed (a reload is no change for a driver the feed held as it is).
+        state = {driver["driver_id"]: driver for driver in map(_driver, rows)}
         for driver_id, driver in state.items():
             if feed.state.get(driver_id) != driver:
                 feed.dirty[driver_id] = driver

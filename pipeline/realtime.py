@@ -192,6 +192,23 @@ END $$"""
         return list(zip(*columns, strict=True))
 
 
+async def create_table(
+    conn: psycopg.AsyncConnection[Any], statements: TableStatements, *, writer: str | None = None
+) -> None:
+    """The app-owned table of `statements`, its notify function and trigger, in one
+    transaction (idempotent); `writer`: a role granted what the ForeachWriter's writes need
+    (SELECT, INSERT, UPDATE), when another role writes it."""
+    async with conn.transaction():
+        for statement in statements.ddl():
+            await conn.execute(statement)
+        if writer:
+            await conn.execute(
+                sql.SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(
+                    statements.ident, sql.Identifier(writer)
+                )
+            )
+
+
 def event_micros(batch: pa.RecordBatch | pa.Table) -> list[int]:
     micros = pc.cast(pc.cast(batch.column("event_time"), pa.timestamp("us", tz="UTC")), pa.int64())
     return [int(v) for v in micros.to_pylist() if v is not None]
@@ -307,9 +324,7 @@ class RealtimeSink:
         """Create the table, its notify function and trigger (idempotent)."""
         conn = await self.connect()
         try:
-            async with conn.transaction():
-                for statement in self.statements.ddl():
-                    await conn.execute(statement)
+            await create_table(conn, self.statements)
         finally:
             await conn.close()
 

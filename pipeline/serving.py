@@ -20,12 +20,11 @@ from typing import Any
 
 import httpx
 import psycopg
-from psycopg import sql
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dwbench.errors import WriterUnavailableError
 from pipeline.pg import PostgresConnector
-from pipeline.realtime import Mode, TableStatements
+from pipeline.realtime import Mode, TableStatements, create_table
 from writers.base import Targets
 from writers.lakebase import LakebaseSettings
 
@@ -190,9 +189,7 @@ class WorkspaceServing:
         await self.prepare_realtime_table(TableStatements(realtime_mode))
 
     async def prepare_realtime_table(self, statements: TableStatements) -> None:
-        """The real-time table, its notify trigger and the job's grants, in one transaction
-        (idempotent), as the app's role."""
-        role = self.settings.realtime_job_role
+        """The real-time table, its notify trigger and the job's grants, as the app's role."""
         try:
             conn = await self.connect()
         except WriterUnavailableError as exc:
@@ -200,15 +197,7 @@ class WorkspaceServing:
                 f"the real-time table {statements.table} cannot be prepared: {exc.message}"
             ) from exc
         try:
-            async with conn.transaction():
-                for statement in statements.ddl():
-                    await conn.execute(statement)
-                if role:
-                    await conn.execute(
-                        sql.SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(
-                            statements.ident, sql.Identifier(role)
-                        )
-                    )
+            await create_table(conn, statements, writer=self.settings.realtime_job_role)
         except psycopg.Error as exc:
             raise WriterUnavailableError(
                 f"the real-time table {statements.table} cannot be prepared: {exc}"[:500]
